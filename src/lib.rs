@@ -1,7 +1,79 @@
+//! percore: a thread-per-core dispatcher of AI inference jobs.
+//!
+//! A fleet of IoT devices is grouped into classes; each class is served by a model
+//! on compute nodes. One **job** for one device fetches its raw data from a data
+//! source (unary gRPC), sends it to a compute node of its class (KServe v2
+//! `ModelInfer`), and hands the result to a writer that persists it. percore runs
+//! one pinned glommio executor per core ("shard"); each owns a disjoint slice of
+//! the devices and its own HTTP/2 connections, and shares nothing on the per-job
+//! path with other shards.
+//!
+//! # Layout
+//!
+//! Follow one job from tick to row by reading the modules in this order:
+//!
+//! - [`config`]: the TOML file → parsed → validated → typed [`config::Config`];
+//!   errors name file, line and field. [`tuning`]: the per-host file (shard CPUs,
+//!   connections per node, in-flight limit, locked memory). [`devices`]: the fleet
+//!   (CSV or generated), the stable hash that places a device on a shard.
+//! - [`dispatcher`]: the coordinator. Splits the fleet over shards, opens the sink,
+//!   makes every channel, starts the shards, prints status, merges statistics,
+//!   measures CPU. Runs on the calling thread, never on a shard.
+//! - [`shard`]: the per-core loop. Owns its devices, schedule, connections,
+//!   counters; fires ticks, starts jobs, batches results to the sink.
+//! - [`tick`]: the tick grid (a pure function of device id and period) and the
+//!   per-shard schedule that fires it.
+//! - [`job`]: one job — Fetch, then ModelInfer, under one deadline — ending in a
+//!   [`record::JobRecord`]: ok, failed with a reason, or skipped with a reason.
+//! - [`upstream`]: a shard's connection pools per node (several HTTP/2
+//!   connections when streams run out, backoff on refused connects) and the
+//!   round-robin balancer over a class's nodes.
+//! - [`grpc`]: gRPC on `h2`: message framing, status trailers, the unary client
+//!   and the server the mock nodes use. [`tensor`]: KServe v2 tensor checks.
+//! - [`sink`]: the `Sink` trait, the SQLite implementation and the writer thread
+//!   that turns batches into transactions.
+//! - [`stats`]: per-shard counters and HDR histograms, merged off the shards.
+//!   [`summary`]: the end-of-run table and `--summary-json`. [`cpu`]: per-thread
+//!   CPU accounting.
+//! - [`mock`]: built-in data-source and compute nodes with service times, error
+//!   and hang rates and injectable faults. [`demo`]: the self-contained demo run.
+//! - [`runtime`]: the only module that names glommio (executors, tasks, timers,
+//!   TCP), so the runtime could be swapped. [`error`]: the job error taxonomy.
+//! - [`proto`]: prost messages generated from `proto/` at build time.
+//!
+//! # Threads
+//!
+//! One coordinator (the caller of [`dispatcher::run`]), one executor thread per
+//! shard CPU, one sink writer thread, and, in demos and benchmarks, mock-node
+//! executors. Between them only bounded flume channels, created at start-up.
+
+pub mod config;
+pub mod cpu;
+pub mod demo;
+pub mod devices;
+pub mod dispatcher;
+pub mod error;
+pub mod grpc;
+pub mod job;
+pub mod mock;
+pub mod record;
+pub mod runtime;
+pub mod shard;
+pub mod sink;
+pub mod stats;
+pub mod summary;
+pub mod tensor;
+pub mod tick;
+pub mod tuning;
+pub mod upstream;
+
+/// Messages generated from `proto/` by prost at build time.
 pub mod proto {
+    /// KServe v2 / Open Inference Protocol (`inference.GRPCInferenceService`).
     pub mod inference {
         include!(concat!(env!("OUT_DIR"), "/inference.rs"));
     }
+    /// percore's data-source service (`percore.source.v1.DataSource`).
     pub mod source {
         include!(concat!(env!("OUT_DIR"), "/percore.source.v1.rs"));
     }

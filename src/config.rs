@@ -1,0 +1,1230 @@
+//! The run's configuration: classes of devices, the fleet, the sink, gRPC limits and
+//! the host tuning, loaded once at start-up and never changed during the run.
+//!
+//! The binary calls [`Config::load`]; shards, the gRPC clients and the sink then read
+//! the resulting [`Config`]. Loading goes in steps, like pingora's: read the file →
+//! parse it into the serde "file" structs ([`Config::from_str`], unit-tested on inline
+//! strings) → `validate()` them into the typed runtime structs, which are plain data so
+//! code (the demo, tests) can also build a [`Config`] directly.
+//!
+//! Every start-up mistake, here or in the files this one points at (the device list,
+//! the tuning file), is a [`ConfigError`] naming the file, line and field.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::devices::Fleet;
+use crate::record::ClassIndex;
+use crate::tuning::Tuning;
+
+/// A start-up mistake in one of the configuration files.
+///
+/// Displays as `{file}:{line}: {field}: {message}`, leaving out the parts that are
+/// `None`, so an operator can jump straight to the offending value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file that holds the mistake (the config, the device list or the tuning file).
+    pub file: PathBuf,
+    /// 1-based line of the offending value, when it is known.
+    pub line: Option<usize>,
+    /// Dotted path of the offending key, e.g. `classes[1].period_ms`, when it is known.
+    pub field: Option<String>,
+    /// What is wrong, and where useful what was expected.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error about a whole file, without line or field.
+    pub fn new(file: impl Into<PathBuf>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: file.into(),
+            line: None,
+            field: None,
+            message: message.into(),
+        }
+    }
+
+    /// The same error, pinned to a 1-based line.
+    pub fn at_line(mut self, line: usize) -> ConfigError {
+        self.line = Some(line);
+        self
+    }
+
+    /// The same error, naming the offending key.
+    pub fn in_field(mut self, field: impl Into<String>) -> ConfigError {
+        self.field = Some(field.into());
+        self
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": {field}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A TOML file being loaded: names it in errors and turns byte spans into lines.
+/// Shared by this module and [`crate::tuning`].
+pub(crate) struct Source<'a> {
+    /// The file, as the caller named it.
+    pub(crate) file: &'a Path,
+    /// Its whole text, which every span points into.
+    pub(crate) text: &'a str,
+}
+
+impl<'a> Source<'a> {
+    pub(crate) fn new(file: &'a Path, text: &'a str) -> Source<'a> {
+        Source { file, text }
+    }
+
+    /// 1-based line holding byte `offset`.
+    pub(crate) fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&byte| byte == b'\n')
+            .count()
+            + 1
+    }
+
+    /// An error about the value at `span` (from a [`Spanned`]).
+    pub(crate) fn error(
+        &self,
+        span: Range<usize>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::new(self.file, message)
+            .at_line(self.line_of(span.start))
+            .in_field(field)
+    }
+
+    /// Parse the text into a serde file struct, turning toml's error into ours.
+    pub(crate) fn parse<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        toml::from_str(self.text).map_err(|error| self.toml_error(&error))
+    }
+
+    /// Keep toml's message (it already names unknown or missing keys), put it on
+    /// one line, and add the line and, for a bad value, the key it was given to.
+    fn toml_error(&self, error: &toml::de::Error) -> ConfigError {
+        let message = error
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|part| !part.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut config_error = ConfigError::new(self.file, message);
+        // toml reports a missing top-level key at 0..0, which is no place in the file.
+        if let Some(span) = error.span().filter(|span| *span != (0..0)) {
+            config_error = config_error.at_line(self.line_of(span.start));
+            if let Some(key) = self.key_before(span.start) {
+                config_error = config_error.in_field(key);
+            }
+        }
+        config_error
+    }
+
+    /// The key of a `key = value` pair whose value starts at `offset`, if that is
+    /// what the text there looks like (also inside an inline table).
+    fn key_before(&self, offset: usize) -> Option<String> {
+        let before = self.text.get(..offset)?;
+        let line = before.rsplit('\n').next()?;
+        let pair = line.trim_end().strip_suffix('=')?;
+        let key = pair.rsplit(['{', ',']).next()?.trim();
+        let is_key = !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"'));
+        is_key.then(|| key.to_string())
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Runtime config: what the rest of the crate reads.
+// ---------------------------------------------------------------------------------
+
+/// Everything a run needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file it came from, for messages and reports.
+    pub path: PathBuf,
+    /// Device classes; a device's [`ClassIndex`] is its class's position here.
+    pub classes: Vec<Class>,
+    /// Every device, with its class.
+    pub fleet: Fleet,
+    /// Where job records are written.
+    pub sink: SinkConfig,
+    /// Limits for every gRPC call.
+    pub grpc: GrpcConfig,
+    /// Per-host settings (CPUs, connection and in-flight limits).
+    pub tuning: Tuning,
+}
+
+/// A kind of device: which model it runs, how often, and which nodes serve it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Class {
+    /// Unique name, used in the device list and the sink's rows.
+    pub name: String,
+    /// Model the compute nodes run for this class.
+    pub model: String,
+    /// Model version to ask for; empty lets the server choose.
+    pub model_version: String,
+    /// Every device of the class ticks once per period.
+    pub period_ms: u64,
+    /// Time from a tick until its job counts as failed; at most the period, so a
+    /// device never has two jobs of its own in flight by design.
+    pub deadline_ms: u64,
+    /// Data sources to fetch inputs from, taken in turn by each shard.
+    pub data_sources: Vec<SocketAddr>,
+    /// Compute nodes serving the model, taken in turn by each shard.
+    pub compute_nodes: Vec<SocketAddr>,
+    /// Name of the model's input tensor in the infer request.
+    pub input_name: String,
+    /// What every response's output must look like; `None` accepts any output.
+    pub output: Option<OutputSpec>,
+}
+
+/// The expected output tensor of a class's model, checked on every response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputSpec {
+    /// Tensor name; `None` accepts any name.
+    pub name: Option<String>,
+    /// KServe v2 datatype, e.g. `FP32`.
+    pub datatype: String,
+    /// Expected shape; `-1` accepts any size in that dimension.
+    pub shape: Vec<i64>,
+}
+
+impl OutputSpec {
+    /// Whether a response's output tensor matches; the error text goes into the
+    /// job's `reason`. Allocates only when the output does not match.
+    pub fn check(&self, name: &str, datatype: &str, shape: &[i64]) -> Result<(), String> {
+        if let Some(expected) = &self.name {
+            if name != expected {
+                return Err(format!("output name is {name:?}, expected {expected:?}"));
+            }
+        }
+        if datatype != self.datatype {
+            return Err(format!(
+                "output datatype is {datatype:?}, expected {:?}",
+                self.datatype
+            ));
+        }
+        let shape_matches = shape.len() == self.shape.len()
+            && shape
+                .iter()
+                .zip(&self.shape)
+                .all(|(&got, &expected)| expected == -1 || got == expected);
+        if !shape_matches {
+            return Err(format!(
+                "output shape is {shape:?}, expected {:?}",
+                self.shape
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where job records go. An enum so other stores (e.g. Postgres) can be added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkConfig {
+    /// A SQLite database file, created if missing.
+    Sqlite {
+        /// The database file, already resolved against the config file's folder.
+        path: PathBuf,
+    },
+}
+
+/// Limits applied to every gRPC call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcConfig {
+    /// Largest response message accepted; bounds the memory one job can take.
+    pub max_message_bytes: usize,
+    /// How long opening a connection to a node may take before trying the next.
+    pub connect_timeout_ms: u64,
+}
+
+/// gRPC's own default maximum message size.
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Long enough for a LAN or a loaded host, short enough to fail over within a tick.
+const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1000;
+/// Below this not even a small tensor with its metadata fits.
+const MIN_MESSAGE_BYTES: usize = 1024;
+/// Name KServe examples (and Triton) use for a model's first input.
+const DEFAULT_INPUT_NAME: &str = "INPUT0";
+
+/// The tensor datatypes of the KServe v2 protocol.
+const KSERVE_DATATYPES: [&str; 13] = [
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16",
+    "FP32", "FP64", "BYTES",
+];
+
+impl Default for GrpcConfig {
+    fn default() -> GrpcConfig {
+        GrpcConfig {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+        }
+    }
+}
+
+impl Config {
+    /// Read, parse and validate the config file at `path`, with the device list and
+    /// tuning file it points at.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| ConfigError::new(path, format!("cannot read: {error}")))?;
+        Config::from_str(&text, path)
+    }
+
+    /// Parse and validate config text. `path` names the file in errors and is the base
+    /// for the relative paths inside it (device list, sink, tuning file), which are
+    /// read from disk.
+    #[allow(clippy::should_implement_trait)] // needs `path`, so it cannot be `FromStr`
+    pub fn from_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let source = Source::new(path, text);
+        let file: ConfigFile = source.parse()?;
+        file.validate(&source)
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// File format: what serde reads. Values validation can reject are `Spanned`, so
+// their errors carry a line.
+// ---------------------------------------------------------------------------------
+
+/// The config file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    /// Path of the tuning file, relative to this file; absent means `Tuning::default()`.
+    tuning: Option<Spanned<String>>,
+    /// Where the fleet comes from.
+    devices: Spanned<DevicesFile>,
+    /// Where records go.
+    sink: Spanned<SinkFile>,
+    /// gRPC limits; the whole table may be left out.
+    #[serde(default = "GrpcFile::defaults")]
+    grpc: GrpcFile,
+    /// Left out means none, which validation rejects with a clear message.
+    #[serde(default = "Vec::new")]
+    classes: Vec<Spanned<ClassFile>>,
+}
+
+/// `[devices]`: exactly one of the two ways to get a fleet.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DevicesFile {
+    /// A CSV device list, relative to the config file.
+    csv: Option<Spanned<String>>,
+    /// A synthetic fleet, for demos and benchmarks.
+    generate: Option<Spanned<GenerateFile>>,
+}
+
+/// `[devices] generate = { count = …, mix = { class = weight, … } }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GenerateFile {
+    /// How many devices.
+    count: Spanned<usize>,
+    /// Relative share of each class; a map keyed by class name.
+    mix: Spanned<BTreeMap<Spanned<String>, Spanned<u32>>>,
+}
+
+/// `[sink]`, tagged by `kind`. Fields inside an internally tagged enum cannot be
+/// `Spanned` (serde buffers them), so errors point at the `[sink]` table.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", deny_unknown_fields)]
+enum SinkFile {
+    /// `kind = "sqlite"`.
+    #[serde(rename = "sqlite")]
+    Sqlite {
+        /// Database file, relative to the config file.
+        path: String,
+    },
+}
+
+/// `[grpc]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrpcFile {
+    /// See [`GrpcConfig::max_message_bytes`].
+    #[serde(default = "default_max_message_bytes")]
+    max_message_bytes: Spanned<usize>,
+    /// See [`GrpcConfig::connect_timeout_ms`].
+    #[serde(default = "default_connect_timeout_ms")]
+    connect_timeout_ms: Spanned<u64>,
+}
+
+impl GrpcFile {
+    fn defaults() -> GrpcFile {
+        GrpcFile {
+            max_message_bytes: default_max_message_bytes(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+        }
+    }
+}
+
+// Defaults have no place in the file; they are valid, so their span is never shown.
+fn default_max_message_bytes() -> Spanned<usize> {
+    Spanned::new(0..0, DEFAULT_MAX_MESSAGE_BYTES)
+}
+
+fn default_connect_timeout_ms() -> Spanned<u64> {
+    Spanned::new(0..0, DEFAULT_CONNECT_TIMEOUT_MS)
+}
+
+fn default_input_name() -> Spanned<String> {
+    Spanned::new(0..0, DEFAULT_INPUT_NAME.to_string())
+}
+
+/// One `[[classes]]` table; see [`Class`] for what each field means.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClassFile {
+    name: Spanned<String>,
+    model: Spanned<String>,
+    #[serde(default = "String::new")]
+    model_version: String,
+    period_ms: Spanned<u64>,
+    deadline_ms: Spanned<u64>,
+    data_sources: Spanned<Vec<Spanned<String>>>,
+    compute_nodes: Spanned<Vec<Spanned<String>>>,
+    #[serde(default = "default_input_name")]
+    input_name: Spanned<String>,
+    output: Option<OutputFile>,
+}
+
+/// `[classes.output]`; see [`OutputSpec`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutputFile {
+    name: Option<Spanned<String>>,
+    datatype: Spanned<String>,
+    shape: Vec<Spanned<i64>>,
+}
+
+// ---------------------------------------------------------------------------------
+// Validation: file structs → runtime structs.
+// ---------------------------------------------------------------------------------
+
+impl ConfigFile {
+    /// Check every rule, resolve addresses and relative paths, then read the device
+    /// list and tuning file. Cheap checks come first so a typo is reported before
+    /// a million-line device list is read.
+    fn validate(self, source: &Source) -> Result<Config, ConfigError> {
+        let base = source.file.parent().unwrap_or_else(|| Path::new(""));
+        let classes = validate_classes(&self.classes, source)?;
+        let class_names: Vec<&str> = classes.iter().map(|class| class.name.as_str()).collect();
+        let grpc = self.grpc.validate(source)?;
+        let sink = validate_sink(&self.sink, base, source)?;
+        let fleet_source =
+            self.devices
+                .get_ref()
+                .validate(self.devices.span(), &class_names, base, source)?;
+        let tuning = match &self.tuning {
+            None => Tuning::default(),
+            Some(tuning_path) => {
+                let path = base.join(tuning_path.get_ref());
+                let text = read_referenced(&path, tuning_path, "tuning", source)?;
+                Tuning::from_str(&text, &path)?
+            }
+        };
+        let fleet = match fleet_source {
+            FleetSource::Csv { path, text } => Fleet::from_csv_str(&text, &path, &class_names)?,
+            FleetSource::Generate { count, mix } => Fleet::generate(count, &mix),
+        };
+        Ok(Config {
+            path: source.file.to_path_buf(),
+            classes,
+            fleet,
+            sink,
+            grpc,
+            tuning,
+        })
+    }
+}
+
+/// Read a file this config points at; an error names the config line that points.
+fn read_referenced(
+    path: &Path,
+    pointer: &Spanned<String>,
+    field: &str,
+    source: &Source,
+) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|error| {
+        source.error(
+            pointer.span(),
+            field,
+            format!("cannot read {}: {error}", path.display()),
+        )
+    })
+}
+
+fn validate_classes(
+    classes: &[Spanned<ClassFile>],
+    source: &Source,
+) -> Result<Vec<Class>, ConfigError> {
+    if classes.is_empty() {
+        return Err(
+            ConfigError::new(source.file, "at least one [[classes]] table is required")
+                .in_field("classes"),
+        );
+    }
+    // A device's class is a ClassIndex, so the list must fit it.
+    let max_classes = usize::from(ClassIndex::MAX) + 1;
+    if classes.len() > max_classes {
+        return Err(ConfigError::new(
+            source.file,
+            format!("at most {max_classes} classes are supported"),
+        )
+        .in_field("classes"));
+    }
+    let mut seen = HashSet::new();
+    let mut validated = Vec::with_capacity(classes.len());
+    for (index, class) in classes.iter().enumerate() {
+        let class = class.get_ref();
+        let prefix = format!("classes[{index}]");
+        if !seen.insert(class.name.get_ref().as_str()) {
+            return Err(source.error(
+                class.name.span(),
+                format!("{prefix}.name"),
+                format!("class {:?} is defined twice", class.name.get_ref()),
+            ));
+        }
+        validated.push(class.validate(&prefix, source)?);
+    }
+    Ok(validated)
+}
+
+impl ClassFile {
+    fn validate(&self, prefix: &str, source: &Source) -> Result<Class, ConfigError> {
+        let field = |name: &str| format!("{prefix}.{name}");
+        non_empty(&self.name, &field("name"), source)?;
+        non_empty(&self.model, &field("model"), source)?;
+        non_empty(&self.input_name, &field("input_name"), source)?;
+        let period_ms = *self.period_ms.get_ref();
+        if period_ms == 0 {
+            return Err(source.error(
+                self.period_ms.span(),
+                field("period_ms"),
+                "must be greater than 0",
+            ));
+        }
+        let deadline_ms = *self.deadline_ms.get_ref();
+        if deadline_ms == 0 {
+            return Err(source.error(
+                self.deadline_ms.span(),
+                field("deadline_ms"),
+                "must be greater than 0",
+            ));
+        }
+        if deadline_ms > period_ms {
+            return Err(source.error(
+                self.deadline_ms.span(),
+                field("deadline_ms"),
+                format!("must not exceed period_ms ({period_ms})"),
+            ));
+        }
+        let output = match &self.output {
+            None => None,
+            Some(output) => Some(output.validate(&field("output"), source)?),
+        };
+        Ok(Class {
+            name: self.name.get_ref().clone(),
+            model: self.model.get_ref().clone(),
+            model_version: self.model_version.clone(),
+            period_ms,
+            deadline_ms,
+            data_sources: resolve_nodes(&self.data_sources, &field("data_sources"), source)?,
+            compute_nodes: resolve_nodes(&self.compute_nodes, &field("compute_nodes"), source)?,
+            input_name: self.input_name.get_ref().clone(),
+            output,
+        })
+    }
+}
+
+impl OutputFile {
+    fn validate(&self, prefix: &str, source: &Source) -> Result<OutputSpec, ConfigError> {
+        if let Some(name) = &self.name {
+            non_empty(name, &format!("{prefix}.name"), source)?;
+        }
+        let datatype = self.datatype.get_ref();
+        if !KSERVE_DATATYPES.contains(&datatype.as_str()) {
+            return Err(source.error(
+                self.datatype.span(),
+                format!("{prefix}.datatype"),
+                format!(
+                    "unknown datatype {datatype:?} (KServe v2 datatypes: {})",
+                    KSERVE_DATATYPES.join(", ")
+                ),
+            ));
+        }
+        for (index, dim) in self.shape.iter().enumerate() {
+            if *dim.get_ref() < -1 {
+                return Err(source.error(
+                    dim.span(),
+                    format!("{prefix}.shape[{index}]"),
+                    "must be -1 (any size) or at least 0",
+                ));
+            }
+        }
+        Ok(OutputSpec {
+            name: self.name.as_ref().map(|name| name.get_ref().clone()),
+            datatype: datatype.clone(),
+            shape: self.shape.iter().map(|dim| *dim.get_ref()).collect(),
+        })
+    }
+}
+
+fn non_empty(value: &Spanned<String>, field: &str, source: &Source) -> Result<(), ConfigError> {
+    if value.get_ref().trim().is_empty() {
+        return Err(source.error(value.span(), field, "must not be empty"));
+    }
+    Ok(())
+}
+
+/// Resolve each `host:port` once, at load, so a typo stops the start instead of
+/// failing every job. A name that resolves to several addresses takes the first,
+/// as a plain `connect` would; write an IP literal to be explicit.
+fn resolve_nodes(
+    nodes: &Spanned<Vec<Spanned<String>>>,
+    field: &str,
+    source: &Source,
+) -> Result<Vec<SocketAddr>, ConfigError> {
+    if nodes.get_ref().is_empty() {
+        return Err(source.error(nodes.span(), field, "must list at least one address"));
+    }
+    let mut addresses = Vec::with_capacity(nodes.get_ref().len());
+    for (index, node) in nodes.get_ref().iter().enumerate() {
+        let text = node.get_ref().as_str();
+        let error =
+            |message: String| source.error(node.span(), format!("{field}[{index}]"), message);
+        let has_port = text
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !has_port {
+            return Err(error(format!("expected \"host:port\", found {text:?}")));
+        }
+        let address = text
+            .to_socket_addrs()
+            .map_err(|cause| error(format!("cannot resolve {text:?}: {cause}")))?
+            .next()
+            .ok_or_else(|| error(format!("{text:?} resolves to no address")))?;
+        addresses.push(address);
+    }
+    Ok(addresses)
+}
+
+fn validate_sink(
+    sink: &Spanned<SinkFile>,
+    base: &Path,
+    source: &Source,
+) -> Result<SinkConfig, ConfigError> {
+    match sink.get_ref() {
+        SinkFile::Sqlite { path } => {
+            if path.trim().is_empty() {
+                return Err(source.error(sink.span(), "sink.path", "must not be empty"));
+            }
+            Ok(SinkConfig::Sqlite {
+                path: base.join(path),
+            })
+        }
+    }
+}
+
+impl GrpcFile {
+    fn validate(&self, source: &Source) -> Result<GrpcConfig, ConfigError> {
+        let max_message_bytes = *self.max_message_bytes.get_ref();
+        if max_message_bytes < MIN_MESSAGE_BYTES {
+            return Err(source.error(
+                self.max_message_bytes.span(),
+                "grpc.max_message_bytes",
+                format!("must be at least {MIN_MESSAGE_BYTES}"),
+            ));
+        }
+        let connect_timeout_ms = *self.connect_timeout_ms.get_ref();
+        if connect_timeout_ms == 0 {
+            return Err(source.error(
+                self.connect_timeout_ms.span(),
+                "grpc.connect_timeout_ms",
+                "must be greater than 0",
+            ));
+        }
+        Ok(GrpcConfig {
+            max_message_bytes,
+            connect_timeout_ms,
+        })
+    }
+}
+
+/// Where the fleet will come from, once the cheap checks have passed.
+enum FleetSource {
+    /// A device list already read from disk.
+    Csv { path: PathBuf, text: String },
+    /// A synthetic fleet, weights by class index.
+    Generate {
+        count: usize,
+        mix: Vec<(ClassIndex, u32)>,
+    },
+}
+
+impl DevicesFile {
+    fn validate(
+        &self,
+        span: Range<usize>,
+        class_names: &[&str],
+        base: &Path,
+        source: &Source,
+    ) -> Result<FleetSource, ConfigError> {
+        match (&self.csv, &self.generate) {
+            (Some(csv), None) => {
+                let path = base.join(csv.get_ref());
+                let text = read_referenced(&path, csv, "devices.csv", source)?;
+                Ok(FleetSource::Csv { path, text })
+            }
+            (None, Some(generate)) => generate.get_ref().validate(class_names, source),
+            _ => Err(source.error(span, "devices", "set exactly one of csv or generate")),
+        }
+    }
+}
+
+impl GenerateFile {
+    fn validate(&self, class_names: &[&str], source: &Source) -> Result<FleetSource, ConfigError> {
+        let count = *self.count.get_ref();
+        if count == 0 {
+            return Err(source.error(
+                self.count.span(),
+                "devices.generate.count",
+                "must be greater than 0",
+            ));
+        }
+        // A device is addressed by a DeviceIndex (u32).
+        if count > u32::MAX as usize {
+            return Err(source.error(
+                self.count.span(),
+                "devices.generate.count",
+                format!("must be at most {}", u32::MAX),
+            ));
+        }
+        if self.mix.get_ref().is_empty() {
+            return Err(source.error(
+                self.mix.span(),
+                "devices.generate.mix",
+                "must name at least one class",
+            ));
+        }
+        let mut mix = Vec::with_capacity(self.mix.get_ref().len());
+        for (name, weight) in self.mix.get_ref() {
+            let field = format!("devices.generate.mix.{}", name.get_ref());
+            let Some(class) = class_names.iter().position(|known| known == name.get_ref()) else {
+                return Err(source.error(
+                    name.span(),
+                    field,
+                    format!(
+                        "unknown class {:?} (known classes: {})",
+                        name.get_ref(),
+                        class_names.join(", ")
+                    ),
+                ));
+            };
+            if *weight.get_ref() == 0 {
+                return Err(source.error(weight.span(), field, "must be greater than 0"));
+            }
+            // `validate_classes` capped the class count to what a ClassIndex holds.
+            let class = ClassIndex::try_from(class).map_err(|_| {
+                source.error(name.span(), "devices.generate.mix", "too many classes")
+            })?;
+            mix.push((class, *weight.get_ref()));
+        }
+        // Class order, not name order, so the spread follows the config's class list.
+        mix.sort_unstable_by_key(|&(class, _)| class);
+        Ok(FleetSource::Generate { count, mix })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal valid config with a generated fleet, so no file is needed.
+    const VALID: &str = r#"
+[devices]
+generate = { count = 8, mix = { thermostat = 3, camera = 1 } }
+
+[sink]
+kind = "sqlite"
+path = "out/percore.db"
+
+[[classes]]
+name = "camera"
+model = "resnet50"
+period_ms = 10000
+deadline_ms = 2000
+data_sources = ["127.0.0.1:9000"]
+compute_nodes = ["127.0.0.1:9001", "[::1]:9002"]
+[classes.output]
+datatype = "FP32"
+shape = [1, -1]
+
+[[classes]]
+name = "thermostat"
+model = "lstm"
+model_version = "3"
+period_ms = 60000
+deadline_ms = 60000
+data_sources = ["127.0.0.1:9010"]
+compute_nodes = ["127.0.0.1:9011"]
+input_name = "series"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_str(text, Path::new("conf/fleet.toml"))
+    }
+
+    /// The error text for `text`, which must fail.
+    fn error_of(text: &str) -> String {
+        match parse(text) {
+            Ok(config) => panic!("expected an error, got {config:?}"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn error_display_leaves_out_missing_parts() {
+        let full = ConfigError::new("fleet.toml", "must be greater than 0")
+            .at_line(12)
+            .in_field("classes[1].period_ms");
+        assert_eq!(
+            full.to_string(),
+            "fleet.toml:12: classes[1].period_ms: must be greater than 0"
+        );
+        let bare = ConfigError::new("devices.csv", "the device list is empty");
+        assert_eq!(bare.to_string(), "devices.csv: the device list is empty");
+        let no_line = ConfigError::new("fleet.toml", "required").in_field("classes");
+        assert_eq!(no_line.to_string(), "fleet.toml: classes: required");
+    }
+
+    #[test]
+    fn parses_a_valid_config_with_defaults() {
+        let config = match parse(VALID) {
+            Ok(config) => config,
+            Err(error) => panic!("{error}"),
+        };
+        assert_eq!(config.path, Path::new("conf/fleet.toml"));
+        assert_eq!(config.classes.len(), 2);
+        let camera = &config.classes[0];
+        assert_eq!(camera.name, "camera");
+        assert_eq!(camera.model_version, "");
+        assert_eq!(camera.input_name, "INPUT0");
+        assert_eq!(camera.period_ms, 10000);
+        assert_eq!(camera.deadline_ms, 2000);
+        assert_eq!(
+            camera.compute_nodes,
+            vec![
+                "127.0.0.1:9001".parse::<SocketAddr>().unwrap(),
+                "[::1]:9002".parse::<SocketAddr>().unwrap()
+            ]
+        );
+        assert_eq!(
+            camera.output,
+            Some(OutputSpec {
+                name: None,
+                datatype: "FP32".into(),
+                shape: vec![1, -1]
+            })
+        );
+        let thermostat = &config.classes[1];
+        assert_eq!(thermostat.model_version, "3");
+        assert_eq!(thermostat.input_name, "series");
+        assert_eq!(thermostat.output, None);
+        assert_eq!(
+            config.sink,
+            SinkConfig::Sqlite {
+                path: PathBuf::from("conf/out/percore.db")
+            }
+        );
+        assert_eq!(config.grpc, GrpcConfig::default());
+        assert_eq!(config.grpc.max_message_bytes, 4 * 1024 * 1024);
+        assert_eq!(config.grpc.connect_timeout_ms, 1000);
+        assert_eq!(config.tuning, Tuning::default());
+        // camera:thermostat = 1:3 over 8 devices.
+        assert_eq!(config.fleet.len(), 8);
+        let cameras = (0..8).filter(|&d| config.fleet.class(d) == 0).count();
+        assert_eq!(cameras, 2);
+        assert_eq!(config.fleet.id(0), "dev-0000001");
+    }
+
+    #[test]
+    fn grpc_table_overrides_defaults() {
+        let text = format!("[grpc]\nmax_message_bytes = 1024\nconnect_timeout_ms = 5\n{VALID}");
+        let config = parse(&text).map_err(|e| e.to_string());
+        let grpc = config.map(|config| config.grpc);
+        assert_eq!(
+            grpc,
+            Ok(GrpcConfig {
+                max_message_bytes: 1024,
+                connect_timeout_ms: 5
+            })
+        );
+    }
+
+    #[test]
+    fn syntax_errors_keep_tomls_message_and_line() {
+        assert_eq!(
+            error_of("[devices]\ncsv = \"a\"\n[sink\n"),
+            "conf/fleet.toml:3: invalid table header; expected `.`, `]`"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_their_line() {
+        let text = VALID.replace("period_ms = 10000", "period_ms = 10000\nperiod = 5");
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:13: unknown field `period`, expected one of `name`, `model`, \
+             `model_version`, `period_ms`, `deadline_ms`, `data_sources`, `compute_nodes`, \
+             `input_name`, `output`"
+        );
+        let text = format!("{VALID}\n[extra]\n");
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:30: unknown field `extra`, expected one of `tuning`, `devices`, \
+             `sink`, `grpc`, `classes`"
+        );
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let text = VALID.replace("period_ms = 10000", "period_ms = -1");
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:12: period_ms: invalid value: integer `-1`, expected u64"
+        );
+        let text = VALID.replace("count = 8", "count = \"8\"");
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:3: count: invalid type: string \"8\", expected usize"
+        );
+    }
+
+    #[test]
+    fn missing_required_keys_are_named() {
+        let text = VALID.replace("model = \"lstm\"\n", "");
+        assert_eq!(error_of(&text), "conf/fleet.toml:20: missing field `model`");
+        let text = VALID.replace("[sink]\nkind = \"sqlite\"\npath = \"out/percore.db\"\n", "");
+        assert_eq!(error_of(&text), "conf/fleet.toml: missing field `sink`");
+    }
+
+    #[test]
+    fn period_and_deadline_rules() {
+        let text = VALID.replace("period_ms = 60000", "period_ms = 0");
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:24: classes[1].period_ms: must be greater than 0"
+        );
+        let text = VALID.replace("deadline_ms = 2000", "deadline_ms = 0");
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:13: classes[0].deadline_ms: must be greater than 0"
+        );
+        let text = VALID.replace("deadline_ms = 2000", "deadline_ms = 10001");
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:13: classes[0].deadline_ms: must not exceed period_ms (10000)"
+        );
+    }
+
+    #[test]
+    fn classes_are_required_unique_and_named() {
+        let without_classes = &VALID[..VALID.find("[[classes]]").unwrap_or(VALID.len())];
+        assert_eq!(
+            error_of(without_classes),
+            "conf/fleet.toml: classes: at least one [[classes]] table is required"
+        );
+        let text = VALID.replace("name = \"thermostat\"", "name = \"camera\"");
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:21: classes[1].name: class \"camera\" is defined twice"
+        );
+        let text = VALID.replace("name = \"camera\"", "name = \" \"");
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:10: classes[0].name: must not be empty"
+        );
+        let text = VALID.replace("model = \"resnet50\"", "model = \"\"");
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:11: classes[0].model: must not be empty"
+        );
+    }
+
+    #[test]
+    fn node_addresses_must_be_host_port_and_resolve() {
+        let text = VALID.replace("[\"127.0.0.1:9000\"]", "[]");
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:14: classes[0].data_sources: must list at least one address"
+        );
+        let text = VALID.replace(
+            "\"127.0.0.1:9001\", \"[::1]:9002\"",
+            "\"127.0.0.1:9001\",\n  \"127.0.0.1\"",
+        );
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:16: classes[0].compute_nodes[1]: \
+             expected \"host:port\", found \"127.0.0.1\""
+        );
+        let text = VALID.replace("127.0.0.1:9010", "127.0.0.1:99999");
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:26: classes[1].data_sources[0]: \
+             expected \"host:port\", found \"127.0.0.1:99999\""
+        );
+    }
+
+    #[test]
+    fn output_spec_rules() {
+        let text = VALID.replace("datatype = \"FP32\"", "datatype = \"fp32\"");
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:17: classes[0].output.datatype: unknown datatype \"fp32\" \
+             (KServe v2 datatypes: BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, \
+             INT64, FP16, FP32, FP64, BYTES)"
+        );
+        let text = VALID.replace("shape = [1, -1]", "shape = [1,\n -2]");
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:19: classes[0].output.shape[1]: must be -1 (any size) or at least 0"
+        );
+    }
+
+    #[test]
+    fn output_check_accepts_matches_and_explains_mismatches() {
+        let spec = OutputSpec {
+            name: Some("OUTPUT0".into()),
+            datatype: "FP32".into(),
+            shape: vec![1, -1, 2],
+        };
+        assert_eq!(spec.check("OUTPUT0", "FP32", &[1, 7, 2]), Ok(()));
+        assert_eq!(
+            spec.check("logits", "FP32", &[1, 7, 2]),
+            Err("output name is \"logits\", expected \"OUTPUT0\"".into())
+        );
+        assert_eq!(
+            spec.check("OUTPUT0", "INT64", &[1, 7, 2]),
+            Err("output datatype is \"INT64\", expected \"FP32\"".into())
+        );
+        assert_eq!(
+            spec.check("OUTPUT0", "FP32", &[1, 3]),
+            Err("output shape is [1, 3], expected [1, -1, 2]".into())
+        );
+        assert_eq!(
+            spec.check("OUTPUT0", "FP32", &[2, 7, 2]),
+            Err("output shape is [2, 7, 2], expected [1, -1, 2]".into())
+        );
+        let any_name = OutputSpec { name: None, ..spec };
+        assert_eq!(any_name.check("whatever", "FP32", &[1, 0, 2]), Ok(()));
+    }
+
+    #[test]
+    fn grpc_limits() {
+        let text = format!("[grpc]\nmax_message_bytes = 1023\n{VALID}");
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:2: grpc.max_message_bytes: must be at least 1024"
+        );
+        let text = format!("[grpc]\nconnect_timeout_ms = 0\n{VALID}");
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:2: grpc.connect_timeout_ms: must be greater than 0"
+        );
+    }
+
+    #[test]
+    fn sink_kind_is_checked() {
+        let text = VALID.replace("kind = \"sqlite\"", "kind = \"postgres\"");
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:6: kind: unknown variant `postgres`, expected `sqlite`"
+        );
+        let text = VALID.replace("path = \"out/percore.db\"", "path = \"\"");
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:5: sink.path: must not be empty"
+        );
+    }
+
+    #[test]
+    fn devices_need_exactly_one_source() {
+        let text = VALID.replace("generate =", "csv = \"d.csv\"\ngenerate =");
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:2: devices: set exactly one of csv or generate"
+        );
+        let text = VALID.replace(
+            "generate = { count = 8, mix = { thermostat = 3, camera = 1 } }",
+            "",
+        );
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:2: devices: set exactly one of csv or generate"
+        );
+    }
+
+    #[test]
+    fn generate_rules() {
+        let text = VALID.replace("count = 8", "count = 0");
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:3: devices.generate.count: must be greater than 0"
+        );
+        let text = VALID.replace("count = 8", "count = 4294967296");
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:3: devices.generate.count: must be at most 4294967295"
+        );
+        let text = VALID.replace("{ thermostat = 3, camera = 1 }", "{}");
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:3: devices.generate.mix: must name at least one class"
+        );
+        let text = VALID.replace("thermostat = 3", "thermostat = 0");
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:3: devices.generate.mix.thermostat: must be greater than 0"
+        );
+        let text = VALID.replace("thermostat = 3", "fridge = 3");
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:3: devices.generate.mix.fridge: \
+             unknown class \"fridge\" (known classes: camera, thermostat)"
+        );
+    }
+
+    #[test]
+    fn load_reads_csv_and_tuning_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        std::fs::create_dir(dir.join("hosts")).unwrap();
+        std::fs::write(
+            dir.join("devices.csv"),
+            "id,class\ncam-1,camera\nthermo-1, thermostat\n",
+        )
+        .unwrap();
+        let cpu = crate::tuning::allowed_cpus()[0];
+        std::fs::write(
+            dir.join("hosts/this.toml"),
+            format!("shard_cpus = [{cpu}]\nconnections_per_node = 2\n"),
+        )
+        .unwrap();
+        let text = VALID.replace(
+            "generate = { count = 8, mix = { thermostat = 3, camera = 1 } }",
+            "csv = \"devices.csv\"",
+        );
+        let text = format!("tuning = \"hosts/this.toml\"\n{text}");
+        let path = dir.join("fleet.toml");
+        std::fs::write(&path, text).unwrap();
+
+        let config = match Config::load(&path) {
+            Ok(config) => config,
+            Err(error) => panic!("{error}"),
+        };
+        assert_eq!(config.fleet.len(), 2);
+        assert_eq!(config.fleet.id(1), "thermo-1");
+        assert_eq!(config.fleet.class(1), 1);
+        assert_eq!(config.tuning.shard_cpus, vec![cpu]);
+        assert_eq!(config.tuning.connections_per_node, 2);
+        assert_eq!(
+            config.sink,
+            SinkConfig::Sqlite {
+                path: dir.join("out/percore.db")
+            }
+        );
+    }
+
+    #[test]
+    fn errors_in_referenced_files_name_those_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        std::fs::write(dir.join("devices.csv"), "cam-1,camera\ncam-2,fridge\n").unwrap();
+        std::fs::write(dir.join("tuning.toml"), "io_memory_kib = 1\n").unwrap();
+        let csv_config = VALID.replace(
+            "generate = { count = 8, mix = { thermostat = 3, camera = 1 } }",
+            "csv = \"devices.csv\"",
+        );
+        let path = dir.join("fleet.toml");
+
+        let error = Config::from_str(&csv_config, &path).map(|_| ());
+        let expected = format!(
+            "{}:2: unknown class \"fridge\" (known classes: camera, thermostat)",
+            dir.join("devices.csv").display()
+        );
+        assert_eq!(error.map_err(|e| e.to_string()), Err(expected));
+
+        let text = format!("tuning = \"tuning.toml\"\n{VALID}");
+        let error = Config::from_str(&text, &path).map(|_| ());
+        let expected = format!(
+            "{}:1: io_memory_kib: must be at least 64",
+            dir.join("tuning.toml").display()
+        );
+        assert_eq!(error.map_err(|e| e.to_string()), Err(expected));
+
+        let text = format!("tuning = \"missing.toml\"\n{VALID}");
+        let error = Config::from_str(&text, &path).map(|_| ());
+        let expected = format!(
+            "{}:1: tuning: cannot read {}: No such file or directory (os error 2)",
+            path.display(),
+            dir.join("missing.toml").display()
+        );
+        assert_eq!(error.map_err(|e| e.to_string()), Err(expected));
+    }
+
+    #[test]
+    fn load_names_an_unreadable_file() {
+        let error = Config::load(Path::new("/nonexistent/fleet.toml")).map(|_| ());
+        assert_eq!(
+            error.map_err(|e| e.to_string()),
+            Err(
+                "/nonexistent/fleet.toml: cannot read: No such file or directory (os error 2)"
+                    .to_string()
+            )
+        );
+    }
+
+    /// The shipped example must stay loadable.
+    #[test]
+    fn example_config_loads() {
+        // `file!()` is this file's path, relative to the package root or absolute.
+        let root = Path::new(file!())
+            .ancestors()
+            .nth(2)
+            .unwrap_or(Path::new(""));
+        let path = root.join("examples/percore.toml");
+        let config = match Config::load(&path) {
+            Ok(config) => config,
+            Err(error) => panic!("{error}"),
+        };
+        let names: Vec<&str> = config.classes.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["camera", "thermostat"]);
+        assert_eq!(config.fleet.len(), 10);
+        assert_eq!(config.tuning, Tuning::default());
+    }
+}

@@ -1,0 +1,128 @@
+//! Error taxonomy.
+//!
+//! Two families, kept apart on purpose:
+//! - [`JobError`]: why one job failed at run time. Built on the shard, stored in the
+//!   job's row; a small enum with the stage that failed and whether a retry could
+//!   help, in the manner of pingora's `ErrorType` + `ErrorSource`.
+//! - Start-up errors (config, device list, tuning) are [`ConfigError`](crate::config::ConfigError)s
+//!   that name the file, line and field; the binary wraps them in `anyhow` at its edge.
+
+use std::net::SocketAddr;
+
+use crate::grpc::status::Code;
+
+/// Which call of a job failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The data-source `Fetch` call.
+    Fetch,
+    /// The compute node's `ModelInfer` call.
+    Infer,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Fetch => "fetch",
+            Stage::Infer => "infer",
+        }
+    }
+}
+
+/// Why one job failed. `Display` gives the text written to the row's `reason`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobError {
+    /// The call that failed.
+    pub stage: Stage,
+    /// What went wrong.
+    pub kind: ErrorKind,
+}
+
+/// What went wrong in one call; the variants are the cases an operator acts on differently.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No connection to the node could be opened (refused, unreachable, timed out).
+    Connect {
+        node: SocketAddr,
+        cause: std::io::ErrorKind,
+    },
+    /// An open connection broke, or the peer reset the stream, mid-call.
+    ConnectionLost { node: SocketAddr, detail: Box<str> },
+    /// The job's deadline passed before the call answered.
+    DeadlineExceeded,
+    /// The server answered with a non-OK gRPC status.
+    Status { code: Code, message: Box<str> },
+    /// The response message is larger than the configured maximum.
+    MessageTooLarge { len: usize, max: usize },
+    /// The response broke the gRPC-over-HTTP/2 rules (bad framing, HTTP status, no
+    /// grpc-status, truncated body).
+    Protocol(Box<str>),
+    /// The response message did not decode as the expected protobuf.
+    Decode(Box<str>),
+    /// The response decoded but its content is not what the class expects
+    /// (wrong datatype, wrong shape, missing tensor).
+    BadResponse(Box<str>),
+}
+
+impl JobError {
+    pub fn new(stage: Stage, kind: ErrorKind) -> JobError {
+        JobError { stage, kind }
+    }
+
+    /// Whether trying the same call again, possibly on another node, could succeed.
+    pub fn is_retryable(&self) -> bool {
+        match &self.kind {
+            ErrorKind::Connect { .. } | ErrorKind::ConnectionLost { .. } => true,
+            ErrorKind::Status { code, .. } => *code == Code::UNAVAILABLE,
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for JobError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: ", self.stage.as_str())?;
+        match &self.kind {
+            ErrorKind::Connect { node, cause } => write!(f, "connect error to {node}: {cause}"),
+            ErrorKind::ConnectionLost { node, detail } => {
+                write!(f, "connection to {node} lost: {detail}")
+            }
+            ErrorKind::DeadlineExceeded => f.write_str("deadline exceeded"),
+            ErrorKind::Status { code, message } if message.is_empty() => {
+                write!(f, "grpc status {code}")
+            }
+            ErrorKind::Status { code, message } => write!(f, "grpc status {code}: {message}"),
+            ErrorKind::MessageTooLarge { len, max } => {
+                write!(
+                    f,
+                    "response of {len} bytes exceeds the maximum message size of {max} bytes"
+                )
+            }
+            ErrorKind::Protocol(detail) => write!(f, "protocol error: {detail}"),
+            ErrorKind::Decode(detail) => write!(f, "undecodable response: {detail}"),
+            ErrorKind::BadResponse(detail) => write!(f, "bad response: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for JobError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_name_stage_and_cause() {
+        let error = JobError::new(
+            Stage::Infer,
+            ErrorKind::Status {
+                code: Code::INTERNAL,
+                message: "boom".into(),
+            },
+        );
+        assert_eq!(error.to_string(), "infer: grpc status 13 INTERNAL: boom");
+        assert!(!error.is_retryable());
+        let error = JobError::new(Stage::Fetch, ErrorKind::DeadlineExceeded);
+        assert_eq!(error.to_string(), "fetch: deadline exceeded");
+    }
+}

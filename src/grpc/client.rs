@@ -1,0 +1,297 @@
+//! A gRPC unary client on one HTTP/2 connection.
+//!
+//! [`Connection`] owns one `h2` client connection to one node, driven by a task on
+//! the shard that opened it; nothing about it is shared with another shard. A call
+//! is: open a stream with the gRPC request headers, send the framed message within
+//! the stream's flow-control capacity, read the response headers, body and
+//! trailers, and turn everything that can go wrong into an [`ErrorKind`].
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use http::header::{CONTENT_TYPE, TE};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
+use prost::Message;
+
+use super::frame::{self, FrameError, MessageDecoder};
+use super::status::{read_status, Code, StatusError};
+use crate::error::ErrorKind;
+use crate::runtime;
+
+/// HTTP/2 settings a client connection asks for.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// Time allowed for TCP connect plus the HTTP/2 handshake.
+    pub connect_timeout: Duration,
+    /// Per-stream receive window. Large enough that a typical response never waits
+    /// for a WINDOW_UPDATE round trip.
+    pub stream_window: u32,
+    /// Connection-level receive window, shared by all streams on the connection.
+    pub connection_window: u32,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        ClientSettings {
+            connect_timeout: Duration::from_secs(1),
+            stream_window: 1 << 20,
+            connection_window: 8 << 20,
+        }
+    }
+}
+
+/// One HTTP/2 connection to one node, owned by one shard.
+pub struct Connection {
+    /// h2's handle for opening streams; cloned per call, as `ready()` consumes it.
+    send: SendRequest<Bytes>,
+    /// The node, for error messages.
+    node: SocketAddr,
+    /// Calls open on this connection, so the pool can pick the least loaded one and
+    /// open another connection when the peer's stream limit is reached.
+    in_flight: Cell<usize>,
+    /// Set by the connection's driver task when the connection ends.
+    closed: Rc<Cell<bool>>,
+}
+
+impl Connection {
+    /// Connects and performs the HTTP/2 handshake; the connection is then driven by
+    /// a task on the current executor until it closes.
+    pub async fn open(node: SocketAddr, settings: &ClientSettings) -> std::io::Result<Connection> {
+        let deadline = Instant::now() + settings.connect_timeout;
+        let timed_out = || std::io::Error::from(std::io::ErrorKind::TimedOut);
+        let stream =
+            runtime::until_deadline(deadline, runtime::connect(node, settings.connect_timeout))
+                .await
+                .ok_or_else(timed_out)??;
+        let handshake = h2::client::Builder::new()
+            .initial_window_size(settings.stream_window)
+            .initial_connection_window_size(settings.connection_window)
+            .enable_push(false)
+            .handshake::<_, Bytes>(stream);
+        let (send, connection) = runtime::until_deadline(deadline, handshake)
+            .await
+            .ok_or_else(timed_out)?
+            .map_err(|error| std::io::Error::other(format!("HTTP/2 handshake: {error}")))?;
+        let closed = Rc::new(Cell::new(false));
+        let closed_by_driver = closed.clone();
+        runtime::spawn(async move {
+            // The error, if any, reaches callers through their streams.
+            let _ = connection.await;
+            closed_by_driver.set(true);
+        })
+        .detach();
+        Ok(Connection {
+            send,
+            node,
+            in_flight: Cell::new(0),
+            closed,
+        })
+    }
+
+    pub fn node(&self) -> SocketAddr {
+        self.node
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.get()
+    }
+
+    /// Whether another call fits under the peer's `max_concurrent_streams`.
+    pub fn has_stream_capacity(&self) -> bool {
+        self.in_flight.get() < self.send.current_max_send_streams()
+    }
+
+    /// Makes one unary call. `uri` is `http://<authority>/<package.Service>/<Method>`,
+    /// built once per node and method; `deadline` becomes `grpc-timeout`.
+    pub async fn unary<Req: Message, Resp: Message + Default>(
+        &self,
+        uri: &Uri,
+        request: &Req,
+        deadline: Instant,
+        max_message_len: usize,
+    ) -> Result<Resp, ErrorKind> {
+        let _in_flight = InFlight::enter(&self.in_flight);
+        let message = self
+            .call(uri, frame::encode(request), deadline, max_message_len)
+            .await?;
+        Resp::decode(message).map_err(|error| ErrorKind::Decode(error.to_string().into()))
+    }
+
+    async fn call(
+        &self,
+        uri: &Uri,
+        body: Bytes,
+        deadline: Instant,
+        max_message_len: usize,
+    ) -> Result<Bytes, ErrorKind> {
+        let lost = |error: h2::Error| self.lost(error);
+        let mut send = self.send.clone().ready().await.map_err(lost)?;
+        let (response, mut stream) = send
+            .send_request(grpc_request(uri, deadline), false)
+            .map_err(lost)?;
+        send_body(&mut stream, body).await.map_err(lost)?;
+
+        let response = response.await.map_err(lost)?;
+        let (head, mut body) = response.into_parts();
+        if head.status != StatusCode::OK {
+            return Err(ErrorKind::Protocol(
+                format!("HTTP status {}", head.status).into(),
+            ));
+        }
+        // A trailers-only response carries grpc-status in the headers and no body.
+        match read_status(&head.headers) {
+            Ok(status) if status.code != Code::OK => return Err(status_error(status)),
+            Ok(_) => return Err(ErrorKind::Protocol("OK status without a message".into())),
+            Err(StatusError::Malformed) => return Err(malformed_status()),
+            Err(StatusError::Missing) => check_content_type(&head.headers)?,
+        }
+
+        let mut decoder = MessageDecoder::new(max_message_len);
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.map_err(lost)?;
+            // Give the window back at once so the peer never stalls on us.
+            let _ = body.flow_control().release_capacity(chunk.len());
+            decoder.push(chunk).map_err(frame_error)?;
+        }
+        let trailers = body.trailers().await.map_err(lost)?;
+        match trailers.as_ref().map(read_status) {
+            Some(Ok(status)) if status.code != Code::OK => return Err(status_error(status)),
+            Some(Ok(_)) => {}
+            Some(Err(StatusError::Malformed)) => return Err(malformed_status()),
+            Some(Err(StatusError::Missing)) | None => {
+                // The body may explain why (a cut-off frame); say that first.
+                decoder.finish().map_err(frame_error)?;
+                return Err(ErrorKind::Protocol(
+                    "response ended without grpc-status".into(),
+                ));
+            }
+        }
+        decoder.finish().map_err(frame_error)
+    }
+
+    fn lost(&self, error: h2::Error) -> ErrorKind {
+        ErrorKind::ConnectionLost {
+            node: self.node,
+            detail: error.to_string().into(),
+        }
+    }
+}
+
+/// Counts a call as in flight until it ends or is dropped by a deadline.
+struct InFlight<'a>(&'a Cell<usize>);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a Cell<usize>) -> InFlight<'a> {
+        counter.set(counter.get() + 1);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+fn grpc_request(uri: &Uri, deadline: Instant) -> Request<()> {
+    let mut request = Request::new(());
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = uri.clone();
+    let headers = request.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert(TE, HeaderValue::from_static("trailers"));
+    headers.insert(
+        "grpc-timeout",
+        grpc_timeout(deadline.saturating_duration_since(Instant::now())),
+    );
+    request
+}
+
+/// Formats a timeout as gRPC wants it: at most 8 digits and a unit.
+fn grpc_timeout(remaining: Duration) -> HeaderValue {
+    let micros = remaining.as_micros();
+    let text = if micros < 100_000_000 {
+        format!("{micros}u")
+    } else {
+        format!("{}m", (remaining.as_millis()).min(99_999_999))
+    };
+    // Digits and a unit letter are always a valid header value.
+    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("99999999m"))
+}
+
+/// Sends the request body within flow control: waits for the peer's window rather
+/// than buffering an unbounded amount inside h2.
+async fn send_body(stream: &mut h2::SendStream<Bytes>, mut body: Bytes) -> Result<(), h2::Error> {
+    stream.reserve_capacity(body.len());
+    loop {
+        let capacity = stream.capacity();
+        if capacity >= body.len() {
+            return stream.send_data(body, true);
+        }
+        if capacity > 0 {
+            let chunk = body.split_to(capacity);
+            stream.send_data(chunk, false)?;
+            stream.reserve_capacity(body.len());
+            continue;
+        }
+        match std::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
+            Some(Ok(_)) => {}
+            Some(Err(error)) => return Err(error),
+            None => return stream.send_data(body, true),
+        }
+    }
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), ErrorKind> {
+    let content_type = headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
+    match content_type {
+        Some(value) if value.starts_with(b"application/grpc") => Ok(()),
+        Some(value) => Err(ErrorKind::Protocol(
+            format!(
+                "content-type {:?} is not application/grpc",
+                String::from_utf8_lossy(value)
+            )
+            .into(),
+        )),
+        None => Err(ErrorKind::Protocol("response has no content-type".into())),
+    }
+}
+
+fn status_error(status: super::status::Status) -> ErrorKind {
+    ErrorKind::Status {
+        code: status.code,
+        message: status.message.into(),
+    }
+}
+
+fn malformed_status() -> ErrorKind {
+    ErrorKind::Protocol("malformed grpc-status".into())
+}
+
+fn frame_error(error: FrameError) -> ErrorKind {
+    match error {
+        FrameError::TooLarge { len, max } => ErrorKind::MessageTooLarge { len, max },
+        other => ErrorKind::Protocol(other.to_string().into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_uses_at_most_eight_digits() {
+        assert_eq!(grpc_timeout(Duration::from_millis(1500)), "1500000u");
+        assert_eq!(grpc_timeout(Duration::from_secs(100)), "100000m");
+        assert_eq!(grpc_timeout(Duration::from_secs(10_000_000)), "99999999m");
+        assert_eq!(grpc_timeout(Duration::ZERO), "0u");
+    }
+}

@@ -1,0 +1,11 @@
+//! gRPC over HTTP/2, written directly on `h2` (no tonic, no tokio runtime).
+//!
+//! - [`frame`]: the 5-byte length-prefixed message framing.
+//! - [`status`]: status codes and the `grpc-status`/`grpc-message` trailers.
+//! - [`client`]: one unary call on one shard-owned connection.
+//! - [`server`]: the unary server the built-in mock nodes run on.
+
+pub mod client;
+pub mod frame;
+pub mod server;
+pub mod status;

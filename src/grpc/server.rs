@@ -1,0 +1,186 @@
+//! A gRPC unary server on `h2`, for percore's built-in mock nodes.
+//!
+//! One accept loop per executor (the listener uses SO_REUSEPORT, so several
+//! executors can serve one port); one task per connection drives `h2`; one task per
+//! call reads the request, asks the [`Service`] for a [`Reply`] and writes it back.
+
+use std::future::Future;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+
+use super::frame::MessageDecoder;
+use super::status::{percent_encode, Code};
+use crate::runtime::{self, Listener, Stream};
+
+/// What a service answers to one call.
+#[derive(Debug)]
+pub enum Reply {
+    /// An encoded response message (without the 5-byte prefix): sent with status OK.
+    Message(Bytes),
+    /// A non-OK status, sent as a trailers-only response.
+    Status { code: Code, message: String },
+    /// Send nothing for this long (or until the client gives up), then answer
+    /// UNAVAILABLE: simulates a hung node.
+    Hang(Duration),
+    /// Raw body bytes sent as they are, then OK trailers: lets tests send malformed
+    /// frames a well-behaved server never would.
+    RawBody(Bytes),
+}
+
+/// A unary gRPC service. `path` is the request's `/package.Service/Method`.
+pub trait Service: 'static {
+    fn call(self: Rc<Self>, path: &str, message: Bytes) -> impl Future<Output = Reply>;
+}
+
+/// HTTP/2 settings a server connection announces.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Streams a client may have open on one connection; clients open more
+    /// connections past it.
+    pub max_concurrent_streams: u32,
+    /// Largest request message accepted.
+    pub max_message_len: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            max_concurrent_streams: 1024,
+            max_message_len: 64 << 20,
+        }
+    }
+}
+
+/// Accepts connections on `listener` and serves `service` on them until `stop` completes.
+pub async fn serve<S: Service>(
+    listener: Listener,
+    service: Rc<S>,
+    settings: ServerSettings,
+    stop: impl Future<Output = ()>,
+) {
+    let settings = Rc::new(settings);
+    let accept_loop = async {
+        loop {
+            match listener.accept().await {
+                Ok(stream) => {
+                    runtime::spawn(serve_connection(stream, service.clone(), settings.clone()))
+                        .detach();
+                }
+                // Out of descriptors or the like: wait a little rather than spin.
+                Err(_) => runtime::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    };
+    futures_lite::future::or(accept_loop, stop).await;
+}
+
+async fn serve_connection<S: Service>(
+    stream: Stream,
+    service: Rc<S>,
+    settings: Rc<ServerSettings>,
+) {
+    let handshake = h2::server::Builder::new()
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(8 << 20)
+        .handshake::<_, Bytes>(stream);
+    let Ok(mut connection) = handshake.await else {
+        return;
+    };
+    while let Some(Ok((request, respond))) = connection.accept().await {
+        runtime::spawn(serve_call(
+            request,
+            respond,
+            service.clone(),
+            settings.max_message_len,
+        ))
+        .detach();
+    }
+}
+
+async fn serve_call<S: Service>(
+    request: Request<h2::RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    service: Rc<S>,
+    max_message_len: usize,
+) {
+    let (head, mut body) = request.into_parts();
+    let mut decoder = MessageDecoder::new(max_message_len);
+    while let Some(chunk) = body.data().await {
+        let Ok(chunk) = chunk else { return };
+        let _ = body.flow_control().release_capacity(chunk.len());
+        if let Err(error) = decoder.push(chunk) {
+            let code = match error {
+                super::frame::FrameError::TooLarge { .. } => Code::RESOURCE_EXHAUSTED,
+                _ => Code::INTERNAL,
+            };
+            send_status(&mut respond, code, &error.to_string());
+            return;
+        }
+    }
+    let message = match decoder.finish() {
+        Ok(message) => message,
+        Err(error) => {
+            send_status(&mut respond, Code::INTERNAL, &error.to_string());
+            return;
+        }
+    };
+    match service.call(head.uri.path(), message).await {
+        Reply::Message(message) => {
+            let mut framed = bytes::BytesMut::with_capacity(5 + message.len());
+            framed.extend_from_slice(&[0]);
+            framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+            framed.extend_from_slice(&message);
+            send_body(&mut respond, framed.freeze());
+        }
+        Reply::RawBody(body) => send_body(&mut respond, body),
+        Reply::Status { code, message } => send_status(&mut respond, code, &message),
+        Reply::Hang(duration) => {
+            let client_gave_up = std::future::poll_fn(|cx| respond.poll_reset(cx));
+            let hang = async {
+                runtime::sleep(duration).await;
+                Ok(h2::Reason::NO_ERROR)
+            };
+            if futures_lite::future::or(hang, client_gave_up).await.is_ok() {
+                send_status(&mut respond, Code::UNAVAILABLE, "hung node woke up");
+            }
+        }
+    }
+}
+
+fn grpc_response(headers: HeaderMap) -> Response<()> {
+    let mut response = Response::new(());
+    *response.status_mut() = StatusCode::OK;
+    *response.headers_mut() = headers;
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/grpc"));
+    response
+}
+
+fn send_body(respond: &mut SendResponse<Bytes>, body: Bytes) {
+    let Ok(mut stream) = respond.send_response(grpc_response(HeaderMap::new()), false) else {
+        return;
+    };
+    // Mock replies are small next to the 1 MiB windows both sides announce; h2
+    // buffers whatever exceeds the current window and sends it as WINDOW_UPDATEs arrive.
+    if stream.send_data(body, false).is_err() {
+        return;
+    }
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let _ = stream.send_trailers(trailers);
+}
+
+fn send_status(respond: &mut SendResponse<Bytes>, code: Code, message: &str) {
+    let mut headers = HeaderMap::new();
+    headers.insert("grpc-status", HeaderValue::from(code.0));
+    if let Ok(value) = HeaderValue::from_str(&percent_encode(message)) {
+        headers.insert("grpc-message", value);
+    }
+    let _ = respond.send_response(grpc_response(headers), true);
+}

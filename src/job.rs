@@ -1,0 +1,150 @@
+//! One job: fetch a device's data, run it through its class's model, check the
+//! result.
+//!
+//! Runs as a task on the shard that owns the device. Both calls share one
+//! deadline, counted from the job's start; whichever call is in progress when it
+//! passes is abandoned (its stream reset) and named in the failure. Every path ends
+//! in a [`JobRecord`]: a job never panics and is never lost.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Uri;
+use prost::Message;
+
+use crate::config::OutputSpec;
+use crate::error::{ErrorKind, JobError, Stage};
+use crate::proto::inference::model_infer_request::InferInputTensor;
+use crate::proto::inference::{ModelInferRequest, ModelInferResponse};
+use crate::proto::source::{FetchRequest, FetchResponse};
+use crate::record::StageLatency;
+use crate::runtime;
+use crate::tensor;
+use crate::upstream::{Balancer, NodePool};
+
+/// Everything a job needs to know about its device's class, on one shard.
+pub struct ClassRoute {
+    /// Class name, sent to the data source.
+    pub name: String,
+    /// Model name and version for ModelInfer.
+    pub model: String,
+    pub model_version: String,
+    /// Name of the model's input tensor.
+    pub input_name: String,
+    /// Time allowed for one job, from its start.
+    pub deadline: Duration,
+    /// What the output must look like, if the config says.
+    pub output: Option<OutputSpec>,
+    /// This shard's pools for the class's data sources and compute nodes.
+    pub sources: Balancer,
+    pub computes: Balancer,
+    /// Largest response message accepted.
+    pub max_message_len: usize,
+}
+
+/// The result of a job that ran: its output or why it failed, and its timings.
+pub struct Finished {
+    pub result: Result<Bytes, JobError>,
+    pub latency: StageLatency,
+}
+
+fn micros(duration: Duration) -> u64 {
+    duration.as_micros() as u64
+}
+
+/// Runs one job for `device_id` at tick `tick_ms`, planned for `planned`.
+pub async fn run(route: &ClassRoute, device_id: &str, tick_ms: i64, planned: Instant) -> Finished {
+    let started = Instant::now();
+    let deadline = started + route.deadline;
+    let mut latency = StageLatency {
+        schedule_lag_us: micros(started.saturating_duration_since(planned)),
+        ..StageLatency::default()
+    };
+    let result = fetch_and_infer(route, device_id, tick_ms, deadline, &mut latency).await;
+    latency.end_to_end_us = Some(micros(planned.elapsed()));
+    Finished { result, latency }
+}
+
+async fn fetch_and_infer(
+    route: &ClassRoute,
+    device_id: &str,
+    tick_ms: i64,
+    deadline: Instant,
+    latency: &mut StageLatency,
+) -> Result<Bytes, JobError> {
+    let fetch_started = Instant::now();
+    let source = route.sources.pick();
+    let request = FetchRequest {
+        device_id: device_id.to_owned(),
+        class: route.name.clone(),
+        tick_unix_ms: tick_ms,
+    };
+    let fetched: FetchResponse = call(
+        source,
+        source.fetch_uri(),
+        &request,
+        deadline,
+        route,
+        Stage::Fetch,
+    )
+    .await?;
+    latency.fetch_us = Some(micros(fetch_started.elapsed()));
+    tensor::check_raw(&fetched.datatype, &fetched.shape, &fetched.raw)
+        .map_err(|detail| JobError::new(Stage::Fetch, ErrorKind::BadResponse(detail.into())))?;
+
+    let infer_started = Instant::now();
+    let compute = route.computes.pick();
+    let request = ModelInferRequest {
+        model_name: route.model.clone(),
+        model_version: route.model_version.clone(),
+        inputs: vec![InferInputTensor {
+            name: route.input_name.clone(),
+            datatype: fetched.datatype,
+            shape: fetched.shape,
+            ..Default::default()
+        }],
+        // Forwarded as received: a slice of the fetch response's buffer.
+        raw_input_contents: vec![fetched.raw],
+        ..Default::default()
+    };
+    let response: ModelInferResponse = call(
+        compute,
+        compute.infer_uri(),
+        &request,
+        deadline,
+        route,
+        Stage::Infer,
+    )
+    .await?;
+    latency.infer_us = Some(micros(infer_started.elapsed()));
+
+    let bad = |detail: String| JobError::new(Stage::Infer, ErrorKind::BadResponse(detail.into()));
+    let output = tensor::first_output(response).map_err(bad)?;
+    if let Some(spec) = &route.output {
+        spec.check(&output.name, &output.datatype, &output.shape)
+            .map_err(bad)?;
+    }
+    Ok(output.bytes)
+}
+
+/// One unary call with the job's deadline around connecting and calling.
+async fn call<Req: Message, Resp: Message + Default>(
+    pool: &Rc<NodePool>,
+    uri: &Uri,
+    request: &Req,
+    deadline: Instant,
+    route: &ClassRoute,
+    stage: Stage,
+) -> Result<Resp, JobError> {
+    let attempt = async {
+        let connection = pool.connection().await?;
+        connection
+            .unary(uri, request, deadline, route.max_message_len)
+            .await
+    };
+    match runtime::until_deadline(deadline, attempt).await {
+        Some(result) => result.map_err(|kind| JobError::new(stage, kind)),
+        None => Err(JobError::new(stage, ErrorKind::DeadlineExceeded)),
+    }
+}

@@ -1,0 +1,473 @@
+//! The per-core loop: one shard owns a slice of the fleet and everything its jobs
+//! touch.
+//!
+//! A shard runs on one pinned executor. It holds its devices, their schedule, its
+//! own connections to every node, its counters and histograms — all plain or `Rc`
+//! state that no other thread sees. It talks to the rest of the process only over
+//! the bounded flume channels in [`ShardChannels`], made at start-up: batches of
+//! results to the sink, reports to the coordinator, control messages from it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::config::Class;
+use crate::devices::{stable_hash, Fleet};
+use crate::grpc::client::ClientSettings;
+use crate::job::{self, ClassRoute};
+use crate::record::{DeviceIndex, JobRecord, Outcome, SkipReason, StageLatency};
+use crate::runtime;
+use crate::stats::{ShardReport, ShardStats};
+use crate::tick::{self, Clock, Schedule};
+use crate::upstream::{Balancer, NodePool};
+
+/// How often finished results are handed to the sink. Short enough to keep sink
+/// lag low, long enough that batches amortise the channel and the transaction.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(5);
+
+/// How often the shard looks at its control channel while no tick is due.
+const CONTROL_POLL: Duration = Duration::from_millis(50);
+
+/// How often progress counters go to the coordinator.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What drives jobs on a shard.
+#[derive(Debug, Clone, Copy)]
+pub enum Workload {
+    /// Devices fire on their tick grid for ticks in `[start_ms, end_ms)`.
+    Ticks { start_ms: i64, end_ms: i64 },
+    /// Closed loop (benchmarks): `concurrency` jobs always in flight, devices taken
+    /// in turn, from `start_ms` until `end_ms`.
+    ClosedLoop {
+        concurrency: usize,
+        start_ms: i64,
+        end_ms: i64,
+    },
+}
+
+/// Messages from the coordinator to a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Fire no more ticks; finish the jobs in flight and report.
+    Stop,
+    /// The coordinator has read this thread's CPU time: the shard may exit.
+    Release,
+}
+
+/// A shard's ends of the channels made at start-up.
+pub struct ShardChannels {
+    /// Batches of results to the sink writer; bounded, so a slow sink pushes back.
+    pub results: flume::Sender<Vec<JobRecord>>,
+    /// Emptied batch vectors coming back from the writer, to reuse their memory.
+    pub recycled: flume::Receiver<Vec<JobRecord>>,
+    /// Progress and the final report to the coordinator.
+    pub reports: flume::Sender<ShardReport>,
+    /// Stop and release from the coordinator.
+    pub control: flume::Receiver<Control>,
+}
+
+/// Limits and settings every shard gets the same copy of.
+#[derive(Debug, Clone)]
+pub struct ShardLimits {
+    /// Jobs in flight before further ticks are skipped.
+    pub max_in_flight: usize,
+    /// HTTP/2 connections per node this shard may open.
+    pub connections_per_node: usize,
+    /// Largest response message accepted.
+    pub max_message_len: usize,
+    /// Connect plus handshake timeout.
+    pub connect_timeout: Duration,
+}
+
+/// Everything a shard starts from; built by the coordinator and moved to the
+/// shard's thread.
+pub struct ShardPlan {
+    /// This shard's number, written in its rows.
+    pub index: u16,
+    /// The devices this shard owns (by stable hash of their id).
+    pub devices: Vec<DeviceIndex>,
+    /// The whole fleet, read-only: ids and classes by index.
+    pub fleet: Arc<Fleet>,
+    /// The class table, read-only; each shard builds its own routes from it.
+    pub classes: Arc<[Class]>,
+    /// Shared Unix-to-monotonic mapping, so all shards agree on tick times.
+    pub clock: Clock,
+    pub workload: Workload,
+    pub limits: ShardLimits,
+    pub channels: ShardChannels,
+}
+
+/// A shard's state while it runs. Lives on the shard's thread only.
+struct Shard {
+    /// This shard's number.
+    index: u16,
+    /// Ids and classes of all devices (read-only, shared).
+    fleet: Arc<Fleet>,
+    /// Per class: this shard's balancers and the class settings a job needs.
+    routes: Vec<ClassRoute>,
+    /// Shard-local device index -> fleet index.
+    devices: Vec<DeviceIndex>,
+    /// Per local device: whether its previous job still runs (at most one in flight).
+    busy: Vec<Cell<bool>>,
+    /// Per local device: its last tick, so closed-loop ticks never repeat a key.
+    last_tick_ms: Vec<Cell<i64>>,
+    /// Jobs started and not finished.
+    in_flight: Cell<usize>,
+    /// From the limits: skip ticks beyond this many jobs in flight.
+    max_in_flight: usize,
+    /// Results waiting for the flusher; skips start when it holds this many.
+    backlog_limit: usize,
+    /// Results not yet handed to the sink.
+    results: RefCell<Vec<JobRecord>>,
+    /// Counters and histograms.
+    stats: RefCell<ShardStats>,
+    /// Set once no new jobs will start; the flusher then drains and stops.
+    no_more_jobs: Cell<bool>,
+    /// Set when the coordinator asks to stop early.
+    stop_requested: Cell<bool>,
+    /// Next device in turn for closed-loop workers.
+    closed_loop_cursor: Cell<usize>,
+    clock: Clock,
+}
+
+/// The executor's main future: runs the shard's workload, drains, reports, and
+/// waits to be released.
+pub async fn run(plan: ShardPlan) {
+    let ShardPlan {
+        index,
+        devices,
+        fleet,
+        classes,
+        clock,
+        workload,
+        limits,
+        channels,
+    } = plan;
+    let routes = build_routes(&classes, &limits);
+    let shard = Rc::new(Shard {
+        index,
+        busy: devices.iter().map(|_| Cell::new(false)).collect(),
+        last_tick_ms: devices.iter().map(|_| Cell::new(i64::MIN)).collect(),
+        devices,
+        fleet,
+        routes,
+        in_flight: Cell::new(0),
+        max_in_flight: limits.max_in_flight.max(1),
+        backlog_limit: (limits.max_in_flight * 4).max(65_536),
+        results: RefCell::new(Vec::with_capacity(1024)),
+        stats: RefCell::new(ShardStats::default()),
+        no_more_jobs: Cell::new(false),
+        stop_requested: Cell::new(false),
+        closed_loop_cursor: Cell::new(0),
+        clock,
+    });
+
+    let flusher = runtime::spawn(flush_results(
+        shard.clone(),
+        channels.results,
+        channels.recycled,
+    ));
+    match workload {
+        Workload::Ticks { start_ms, end_ms } => {
+            tick_loop(
+                &shard,
+                &classes,
+                start_ms,
+                end_ms,
+                &channels.control,
+                &channels.reports,
+            )
+            .await
+        }
+        Workload::ClosedLoop {
+            concurrency,
+            start_ms,
+            end_ms,
+        } => {
+            closed_loop(
+                &shard,
+                concurrency,
+                start_ms,
+                end_ms,
+                &channels.control,
+                &channels.reports,
+            )
+            .await
+        }
+    }
+    while shard.in_flight.get() > 0 {
+        runtime::sleep(Duration::from_millis(1)).await;
+    }
+    shard.no_more_jobs.set(true);
+    let error = flusher.await.err();
+    let stats = Box::new(shard.stats.borrow().clone());
+    let _ = channels
+        .reports
+        .send_async(ShardReport::Finished {
+            shard: index,
+            stats,
+            error,
+        })
+        .await;
+    // Stay alive until the coordinator has read this thread's CPU time.
+    while let Ok(message) = channels.control.recv_async().await {
+        if message == Control::Release {
+            break;
+        }
+    }
+}
+
+/// One pool per node per shard, shared by the classes that use the node.
+fn build_routes(classes: &[Class], limits: &ShardLimits) -> Vec<ClassRoute> {
+    let settings = Rc::new(ClientSettings {
+        connect_timeout: limits.connect_timeout,
+        ..ClientSettings::default()
+    });
+    let mut pools: HashMap<SocketAddr, Rc<NodePool>> = HashMap::new();
+    let mut balancer = |nodes: &[SocketAddr]| {
+        Balancer::new(
+            nodes
+                .iter()
+                .map(|&node| {
+                    pools
+                        .entry(node)
+                        .or_insert_with(|| {
+                            NodePool::new(node, limits.connections_per_node, settings.clone())
+                        })
+                        .clone()
+                })
+                .collect(),
+        )
+    };
+    classes
+        .iter()
+        .map(|class| ClassRoute {
+            name: class.name.clone(),
+            model: class.model.clone(),
+            model_version: class.model_version.clone(),
+            input_name: class.input_name.clone(),
+            deadline: Duration::from_millis(class.deadline_ms),
+            output: class.output.clone(),
+            sources: balancer(&class.data_sources),
+            computes: balancer(&class.compute_nodes),
+            max_message_len: limits.max_message_len,
+        })
+        .collect()
+}
+
+async fn tick_loop(
+    shard: &Rc<Shard>,
+    classes: &[Class],
+    start_ms: i64,
+    end_ms: i64,
+    control: &flume::Receiver<Control>,
+    reports: &flume::Sender<ShardReport>,
+) {
+    let periods: Vec<u64> = classes.iter().map(|class| class.period_ms).collect();
+    let entries = shard.devices.iter().enumerate().map(|(local, &device)| {
+        let class = shard.fleet.class(device) as usize;
+        let phase = tick::phase_ms(stable_hash(shard.fleet.id(device)), periods[class]);
+        (class, phase, local as u32)
+    });
+    let mut schedule = Schedule::new(&periods, entries, start_ms);
+    let mut end_ms = end_ms;
+    let mut next_progress = Instant::now() + PROGRESS_INTERVAL;
+    loop {
+        if shard.poll_control(control) {
+            end_ms = end_ms.min(shard.clock.now_ms());
+        }
+        let now_ms = shard.clock.now_ms();
+        schedule.fire_due(now_ms.min(end_ms - 1), |_, local, tick_ms| {
+            shard.dispatch(local, tick_ms)
+        });
+        if Instant::now() >= next_progress {
+            shard.send_progress(reports);
+            next_progress += PROGRESS_INTERVAL;
+        }
+        let next_due = match schedule.next_due_ms() {
+            Some(next) if next < end_ms => next,
+            _ => break,
+        };
+        let wake = shard
+            .clock
+            .instant_of(next_due)
+            .min(Instant::now() + CONTROL_POLL);
+        runtime::sleep_until(wake).await;
+    }
+}
+
+async fn closed_loop(
+    shard: &Rc<Shard>,
+    concurrency: usize,
+    start_ms: i64,
+    end_ms: i64,
+    control: &flume::Receiver<Control>,
+    reports: &flume::Sender<ShardReport>,
+) {
+    if shard.devices.is_empty() {
+        return;
+    }
+    runtime::sleep_until(shard.clock.instant_of(start_ms)).await;
+    let workers: Vec<_> = (0..concurrency.max(1))
+        .map(|_| runtime::spawn(closed_loop_worker(shard.clone(), end_ms)))
+        .collect();
+    while shard.clock.now_ms() < end_ms && !shard.stop_requested.get() {
+        runtime::sleep(CONTROL_POLL).await;
+        shard.poll_control(control);
+        shard.send_progress(reports);
+    }
+    for worker in workers {
+        worker.await;
+    }
+}
+
+async fn closed_loop_worker(shard: Rc<Shard>, end_ms: i64) {
+    loop {
+        let now_ms = shard.clock.now_ms();
+        if now_ms >= end_ms || shard.stop_requested.get() {
+            return;
+        }
+        let Some(local) = shard.next_idle_device() else {
+            runtime::sleep(Duration::from_millis(1)).await;
+            continue;
+        };
+        // A device that ran this millisecond takes the next one: keys stay unique.
+        let tick_ms = now_ms.max(shard.last_tick_ms[local as usize].get() + 1);
+        shard.last_tick_ms[local as usize].set(tick_ms);
+        shard.begin(local);
+        run_job(&shard, local, tick_ms, Instant::now()).await;
+        runtime::yield_if_needed().await;
+    }
+}
+
+async fn run_job(shard: &Shard, local: u32, tick_ms: i64, planned: Instant) {
+    let device = shard.devices[local as usize];
+    let class = shard.fleet.class(device);
+    let route = &shard.routes[class as usize];
+    let finished = job::run(route, shard.fleet.id(device), tick_ms, planned).await;
+    let (outcome, output) = match finished.result {
+        Ok(output) => (Outcome::Ok, output),
+        Err(error) => (Outcome::Failed(error), Bytes::new()),
+    };
+    shard.busy[local as usize].set(false);
+    shard.in_flight.set(shard.in_flight.get() - 1);
+    shard.push(JobRecord {
+        device,
+        tick_ms,
+        class,
+        shard: shard.index,
+        outcome,
+        output,
+        latency: finished.latency,
+    });
+}
+
+/// Hands results to the sink every FLUSH_INTERVAL until the shard is done and
+/// drained. Awaiting a full channel is the sink's backpressure.
+async fn flush_results(
+    shard: Rc<Shard>,
+    results: flume::Sender<Vec<JobRecord>>,
+    recycled: flume::Receiver<Vec<JobRecord>>,
+) -> Result<(), String> {
+    loop {
+        runtime::sleep(FLUSH_INTERVAL).await;
+        let last_round = shard.no_more_jobs.get();
+        if !shard.results.borrow().is_empty() {
+            let spare = recycled
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(1024));
+            let batch = std::mem::replace(&mut *shard.results.borrow_mut(), spare);
+            let rows = batch.len();
+            if results.send_async(batch).await.is_err() {
+                return Err(format!(
+                    "shard {}: the sink stopped taking results; {rows} results could not be written",
+                    shard.index
+                ));
+            }
+        }
+        if last_round {
+            return Ok(());
+        }
+    }
+}
+
+impl Shard {
+    /// Starts the job for a due tick, or records why it is skipped.
+    fn dispatch(self: &Rc<Self>, local: u32, tick_ms: i64) {
+        let skip = if self.busy[local as usize].get() {
+            Some(SkipReason::PreviousJobRunning)
+        } else if self.in_flight.get() >= self.max_in_flight {
+            Some(SkipReason::ShardAtCapacity)
+        } else if self.results.borrow().len() >= self.backlog_limit {
+            Some(SkipReason::SinkBacklog)
+        } else {
+            None
+        };
+        let planned = self.clock.instant_of(tick_ms);
+        if let Some(reason) = skip {
+            let device = self.devices[local as usize];
+            self.push(JobRecord {
+                device,
+                tick_ms,
+                class: self.fleet.class(device),
+                shard: self.index,
+                outcome: Outcome::Skipped(reason),
+                output: Bytes::new(),
+                latency: StageLatency {
+                    schedule_lag_us: planned.elapsed().as_micros() as u64,
+                    ..StageLatency::default()
+                },
+            });
+            return;
+        }
+        self.begin(local);
+        let shard = self.clone();
+        runtime::spawn(async move { run_job(&shard, local, tick_ms, planned).await }).detach();
+    }
+
+    fn begin(&self, local: u32) {
+        self.busy[local as usize].set(true);
+        self.in_flight.set(self.in_flight.get() + 1);
+    }
+
+    fn push(&self, record: JobRecord) {
+        self.stats.borrow_mut().record(&record);
+        self.results.borrow_mut().push(record);
+    }
+
+    /// The next device in turn whose previous job has finished.
+    fn next_idle_device(&self) -> Option<u32> {
+        let count = self.devices.len();
+        let start = self.closed_loop_cursor.get();
+        let found = (0..count)
+            .map(|offset| (start + offset) % count)
+            .find(|&local| !self.busy[local].get())?;
+        self.closed_loop_cursor.set(found + 1);
+        Some(found as u32)
+    }
+
+    /// Applies pending control messages; true if a stop was asked for.
+    fn poll_control(&self, control: &flume::Receiver<Control>) -> bool {
+        while let Ok(message) = control.try_recv() {
+            if message == Control::Stop {
+                self.stop_requested.set(true);
+            }
+        }
+        self.stop_requested.get()
+    }
+
+    fn send_progress(&self, reports: &flume::Sender<ShardReport>) {
+        let mut counters = self.stats.borrow().counters;
+        counters.in_flight = self.in_flight.get() as u64;
+        // Progress is advisory: if the coordinator is behind, skip this one.
+        let _ = reports.try_send(ShardReport::Progress {
+            shard: self.index,
+            counters,
+        });
+    }
+}

@@ -1,0 +1,166 @@
+//! What a run reports at its end: the `--summary-json` object and the per-stage
+//! percentile table.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+use crate::stats::{Counters, StageHistograms};
+
+/// The merged result of one run.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// Number of shards that ran.
+    pub shards: usize,
+    /// Unix-ms window whose ticks were dispatched: `[start, end)`.
+    pub window_ms: (i64, i64),
+    /// Length of that window.
+    pub elapsed: Duration,
+    /// CPU time (user + system) of all dispatcher threads, mock nodes excluded.
+    pub dispatcher_cpu: Duration,
+    /// Rows the sink wrote in this run; equals `counters.jobs()`.
+    pub rows_written: u64,
+    /// Where the rows are (e.g. the SQLite file).
+    pub sink_location: String,
+    /// Counters of every shard, by shard index.
+    pub per_shard: Vec<Counters>,
+    /// All shards together.
+    pub counters: Counters,
+    pub latency: StageHistograms,
+}
+
+fn percentiles(histogram: &Histogram<u64>) -> Value {
+    json!({
+        "p50": histogram.value_at_quantile(0.50),
+        "p90": histogram.value_at_quantile(0.90),
+        "p99": histogram.value_at_quantile(0.99),
+        "p999": histogram.value_at_quantile(0.999),
+        "max": histogram.max(),
+        "count": histogram.len(),
+    })
+}
+
+impl RunSummary {
+    pub fn jobs_per_s(&self) -> f64 {
+        let seconds = self.elapsed.as_secs_f64();
+        if seconds > 0.0 {
+            self.counters.jobs() as f64 / seconds
+        } else {
+            0.0
+        }
+    }
+
+    pub fn cpu_us_per_job(&self) -> f64 {
+        match self.counters.jobs() {
+            0 => 0.0,
+            jobs => self.dispatcher_cpu.as_secs_f64() * 1e6 / jobs as f64,
+        }
+    }
+
+    /// The `--summary-json` object.
+    pub fn to_json(&self) -> Value {
+        let mut latency = serde_json::Map::new();
+        for (stage, histogram) in self.latency.stages() {
+            latency.insert(stage.to_string(), percentiles(histogram));
+        }
+        json!({
+            "jobs": self.counters.jobs(),
+            "ok": self.counters.ok,
+            "failed": self.counters.failed,
+            "skipped": self.counters.skipped,
+            "rows_written": self.rows_written,
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "jobs_per_s": self.jobs_per_s(),
+            "cpu_us_per_job": self.cpu_us_per_job(),
+            "dispatcher_cpu_s": self.dispatcher_cpu.as_secs_f64(),
+            "shards": self.shards,
+            "window_unix_ms": [self.window_ms.0, self.window_ms.1],
+            "sink": self.sink_location,
+            "per_shard": self.per_shard.iter().enumerate().map(|(shard, c)| json!({
+                "shard": shard, "ok": c.ok, "failed": c.failed, "skipped": c.skipped,
+            })).collect::<Vec<_>>(),
+            "latency_us": latency,
+        })
+    }
+
+    /// The end-of-run table: one row per stage, latencies in microseconds.
+    pub fn latency_table(&self) -> String {
+        let mut table = String::new();
+        let _ = writeln!(
+            table,
+            "{:<13} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "stage (µs)", "count", "p50", "p90", "p99", "p99.9", "max"
+        );
+        for (stage, histogram) in self.latency.stages() {
+            let _ = writeln!(
+                table,
+                "{:<13} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                stage,
+                histogram.len(),
+                histogram.value_at_quantile(0.50),
+                histogram.value_at_quantile(0.90),
+                histogram.value_at_quantile(0.99),
+                histogram.value_at_quantile(0.999),
+                histogram.max(),
+            );
+        }
+        table
+    }
+
+    /// One line with the totals.
+    pub fn totals_line(&self) -> String {
+        format!(
+            "{} jobs in {:.1} s ({:.0} jobs/s): ok {}, failed {}, skipped {}; dispatcher CPU {:.1} µs/job on {} shard(s)",
+            self.counters.jobs(),
+            self.elapsed.as_secs_f64(),
+            self.jobs_per_s(),
+            self.counters.ok,
+            self.counters.failed,
+            self.counters.skipped,
+            self.cpu_us_per_job(),
+            self.shards,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_the_documented_shape_and_derived_rates() {
+        let mut latency = StageHistograms::default();
+        for us in 1..=1000 {
+            latency.end_to_end.record(us).unwrap();
+        }
+        let summary = RunSummary {
+            shards: 2,
+            window_ms: (1_000, 11_000),
+            elapsed: Duration::from_secs(10),
+            dispatcher_cpu: Duration::from_millis(50),
+            rows_written: 5_000,
+            sink_location: "x.db".into(),
+            per_shard: vec![],
+            counters: Counters {
+                ok: 4_000,
+                failed: 900,
+                skipped: 100,
+                in_flight: 0,
+            },
+            latency,
+        };
+        let json = summary.to_json();
+        assert_eq!(json["jobs"], 5_000);
+        assert_eq!(json["jobs_per_s"], 500.0);
+        assert_eq!(json["cpu_us_per_job"], 10.0);
+        assert_eq!(json["latency_us"]["end_to_end"]["p50"], 500);
+        assert_eq!(json["latency_us"]["end_to_end"]["max"], 1000);
+        assert!(json["latency_us"]["fetch"]["p999"].is_u64());
+        assert!(summary
+            .latency_table()
+            .lines()
+            .any(|l| l.starts_with("end_to_end") && l.contains("500")));
+    }
+}

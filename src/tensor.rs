@@ -1,0 +1,202 @@
+//! KServe v2 tensors as percore sees them: a datatype name, a shape and
+//! little-endian row-major bytes.
+//!
+//! The job checks a fetched tensor before forwarding it (its bytes must fill its
+//! shape) and turns a ModelInfer response into the output bytes it stores, whether
+//! the server answered with `raw_output_contents` or with typed `contents`.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::proto::inference::{InferTensorContents, ModelInferResponse};
+
+/// Size in bytes of one element of a datatype; `None` for BYTES (variable-size) and
+/// for names the protocol does not define.
+pub fn element_size(datatype: &str) -> Option<usize> {
+    Some(match datatype {
+        "BOOL" | "UINT8" | "INT8" => 1,
+        "UINT16" | "INT16" | "FP16" | "BF16" => 2,
+        "UINT32" | "INT32" | "FP32" => 4,
+        "UINT64" | "INT64" | "FP64" => 8,
+        _ => return None,
+    })
+}
+
+/// Checks that `raw` holds exactly the bytes `datatype` x `shape` calls for.
+pub fn check_raw(datatype: &str, shape: &[i64], raw: &[u8]) -> Result<(), String> {
+    if shape.iter().any(|&dim| dim < 0) {
+        return Err(format!("tensor shape {shape:?} has a negative dimension"));
+    }
+    let elements: i64 = shape.iter().product();
+    match element_size(datatype) {
+        Some(size) => {
+            let expected = elements as usize * size;
+            if raw.len() != expected {
+                return Err(format!(
+                    "tensor of {datatype} {shape:?} needs {expected} bytes, got {}",
+                    raw.len()
+                ));
+            }
+            Ok(())
+        }
+        // BYTES elements are length-prefixed strings: no fixed size to check.
+        None if datatype == "BYTES" => Ok(()),
+        None => Err(format!("unknown tensor datatype {datatype:?}")),
+    }
+}
+
+/// The first output of a ModelInfer response, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub name: String,
+    pub datatype: String,
+    pub shape: Vec<i64>,
+    /// Little-endian, row-major bytes.
+    pub bytes: Bytes,
+}
+
+/// Takes the first output tensor from a response, raw or typed.
+pub fn first_output(mut response: ModelInferResponse) -> Result<Output, String> {
+    if response.outputs.is_empty() {
+        return Err("response has no output tensor".into());
+    }
+    let tensor = response.outputs.swap_remove(0);
+    let bytes = if let Some(raw) = response.raw_output_contents.into_iter().next() {
+        raw
+    } else {
+        let contents = tensor.contents.unwrap_or_default();
+        typed_to_raw(&tensor.datatype, &contents)?
+    };
+    check_raw(&tensor.datatype, &tensor.shape, &bytes)?;
+    Ok(Output {
+        name: tensor.name,
+        datatype: tensor.datatype,
+        shape: tensor.shape,
+        bytes,
+    })
+}
+
+/// Serialises typed `contents` to the raw little-endian layout.
+fn typed_to_raw(datatype: &str, contents: &InferTensorContents) -> Result<Bytes, String> {
+    let mut out = BytesMut::new();
+    match datatype {
+        "BOOL" => contents
+            .bool_contents
+            .iter()
+            .for_each(|&v| out.put_u8(v as u8)),
+        "INT8" => contents
+            .int_contents
+            .iter()
+            .for_each(|&v| out.put_i8(v as i8)),
+        "INT16" => contents
+            .int_contents
+            .iter()
+            .for_each(|&v| out.put_i16_le(v as i16)),
+        "INT32" => contents
+            .int_contents
+            .iter()
+            .for_each(|&v| out.put_i32_le(v)),
+        "INT64" => contents
+            .int64_contents
+            .iter()
+            .for_each(|&v| out.put_i64_le(v)),
+        "UINT8" => contents
+            .uint_contents
+            .iter()
+            .for_each(|&v| out.put_u8(v as u8)),
+        "UINT16" => contents
+            .uint_contents
+            .iter()
+            .for_each(|&v| out.put_u16_le(v as u16)),
+        "UINT32" => contents
+            .uint_contents
+            .iter()
+            .for_each(|&v| out.put_u32_le(v)),
+        "UINT64" => contents
+            .uint64_contents
+            .iter()
+            .for_each(|&v| out.put_u64_le(v)),
+        "FP32" => contents
+            .fp32_contents
+            .iter()
+            .for_each(|&v| out.put_f32_le(v)),
+        "FP64" => contents
+            .fp64_contents
+            .iter()
+            .for_each(|&v| out.put_f64_le(v)),
+        "BYTES" => contents.bytes_contents.iter().for_each(|v| {
+            out.put_u32_le(v.len() as u32);
+            out.put_slice(v);
+        }),
+        other => return Err(format!("cannot read typed contents of datatype {other:?}")),
+    }
+    Ok(out.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::inference::model_infer_response::InferOutputTensor;
+
+    fn output(
+        datatype: &str,
+        shape: Vec<i64>,
+        contents: Option<InferTensorContents>,
+    ) -> InferOutputTensor {
+        InferOutputTensor {
+            name: "OUTPUT0".into(),
+            datatype: datatype.into(),
+            shape,
+            parameters: Default::default(),
+            contents,
+        }
+    }
+
+    #[test]
+    fn raw_output_is_taken_as_is() {
+        let response = ModelInferResponse {
+            outputs: vec![output("FP32", vec![1, 2], None)],
+            raw_output_contents: vec![Bytes::from_static(&[0, 0, 128, 63, 0, 0, 0, 64])],
+            ..Default::default()
+        };
+        let output = first_output(response).unwrap();
+        assert_eq!(output.shape, vec![1, 2]);
+        assert_eq!(&output.bytes[..], &[0, 0, 128, 63, 0, 0, 0, 64]);
+    }
+
+    #[test]
+    fn typed_output_becomes_the_same_raw_bytes() {
+        let contents = InferTensorContents {
+            fp32_contents: vec![1.0, 2.0],
+            ..Default::default()
+        };
+        let response = ModelInferResponse {
+            outputs: vec![output("FP32", vec![1, 2], Some(contents))],
+            ..Default::default()
+        };
+        assert_eq!(
+            &first_output(response).unwrap().bytes[..],
+            &[0, 0, 128, 63, 0, 0, 0, 64]
+        );
+    }
+
+    #[test]
+    fn bytes_that_do_not_fill_the_shape_are_refused() {
+        let response = ModelInferResponse {
+            outputs: vec![output("FP32", vec![1, 3], None)],
+            raw_output_contents: vec![Bytes::from_static(&[0; 8])],
+            ..Default::default()
+        };
+        assert_eq!(
+            first_output(response).unwrap_err(),
+            "tensor of FP32 [1, 3] needs 12 bytes, got 8"
+        );
+        assert_eq!(
+            first_output(ModelInferResponse::default()).unwrap_err(),
+            "response has no output tensor"
+        );
+        assert_eq!(
+            check_raw("FP8", &[1], &[0]).unwrap_err(),
+            "unknown tensor datatype \"FP8\""
+        );
+    }
+}

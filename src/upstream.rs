@@ -1,0 +1,248 @@
+//! A shard's connections to the nodes it calls, and how it picks one per call.
+//!
+//! Every shard has its own [`NodePool`] per node (data source or compute node): up
+//! to `connections_per_node` HTTP/2 connections, opened lazily, a new one only when
+//! every open one is at the peer's `max_concurrent_streams`. A node that refuses
+//! connections is backed off (50 ms doubling to 1 s) so a dead node costs a failed
+//! job per call instead of a connect storm, and is retried by the first call after
+//! the backoff. [`Balancer`] spreads a class's calls over its nodes round-robin,
+//! passing over nodes that are backing off while another is usable.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use http::Uri;
+
+use crate::error::ErrorKind;
+use crate::grpc::client::{ClientSettings, Connection};
+use crate::runtime;
+
+/// Request path of the data source's Fetch.
+pub const FETCH_PATH: &str = "/percore.source.v1.DataSource/Fetch";
+/// Request path of KServe v2's ModelInfer.
+pub const INFER_PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Whether a pool may open a connection now.
+#[derive(Debug, Clone)]
+enum ConnectState {
+    /// Nothing in progress; a connection may be opened when needed.
+    Idle,
+    /// A connect is under way; callers wait for it instead of starting their own.
+    Connecting,
+    /// The last connect failed; calls fail fast with `cause` until `retry_at`.
+    BackingOff {
+        retry_at: Instant,
+        cause: std::io::ErrorKind,
+    },
+}
+
+/// One shard's connections to one node. Owned by that shard (`Rc`), never shared.
+pub struct NodePool {
+    /// The node's address.
+    node: SocketAddr,
+    /// Prebuilt request URIs (authority = node), so a call only clones them.
+    fetch_uri: Uri,
+    infer_uri: Uri,
+    /// Open connections; closed ones are pruned when a call looks for one.
+    connections: RefCell<Vec<Rc<Connection>>>,
+    /// Upper bound on `connections`, from the tuning file.
+    max_connections: usize,
+    /// Connect progress, so only one connect runs at a time per node and shard.
+    state: RefCell<ConnectState>,
+    /// Next backoff after a failed connect.
+    backoff: Cell<Duration>,
+    /// Bumped whenever a connect ends; waiters compare it to know they can retry.
+    generation: Cell<u64>,
+    /// Calls waiting for a connect to end.
+    waiters: RefCell<Vec<Waker>>,
+    /// HTTP/2 and connect settings for new connections.
+    settings: Rc<ClientSettings>,
+}
+
+impl NodePool {
+    pub fn new(
+        node: SocketAddr,
+        max_connections: usize,
+        settings: Rc<ClientSettings>,
+    ) -> Rc<NodePool> {
+        let uri = |path: &str| -> Uri {
+            // An IP:port authority and a fixed path always form a valid URI.
+            format!("http://{node}{path}").parse().unwrap_or_default()
+        };
+        Rc::new(NodePool {
+            node,
+            fetch_uri: uri(FETCH_PATH),
+            infer_uri: uri(INFER_PATH),
+            connections: RefCell::new(Vec::new()),
+            max_connections: max_connections.max(1),
+            state: RefCell::new(ConnectState::Idle),
+            backoff: Cell::new(FIRST_BACKOFF),
+            generation: Cell::new(0),
+            waiters: RefCell::new(Vec::new()),
+            settings,
+        })
+    }
+
+    pub fn node(&self) -> SocketAddr {
+        self.node
+    }
+
+    pub fn fetch_uri(&self) -> &Uri {
+        &self.fetch_uri
+    }
+
+    pub fn infer_uri(&self) -> &Uri {
+        &self.infer_uri
+    }
+
+    /// Open connections right now (for gauges and tests).
+    pub fn open_connections(&self) -> usize {
+        self.connections
+            .borrow()
+            .iter()
+            .filter(|c| !c.is_closed())
+            .count()
+    }
+
+    /// Whether calls to this node currently fail fast because it refused a connect.
+    pub fn is_backing_off(&self) -> bool {
+        match &*self.state.borrow() {
+            ConnectState::BackingOff { retry_at, .. } => Instant::now() < *retry_at,
+            _ => false,
+        }
+    }
+
+    /// A connection to make one call on.
+    pub async fn connection(self: &Rc<Self>) -> Result<Rc<Connection>, ErrorKind> {
+        loop {
+            let (usable, least_loaded, open) = self.survey();
+            if let Some(connection) = usable {
+                return Ok(connection);
+            }
+            let state = self.state.borrow().clone();
+            match state {
+                ConnectState::Connecting => {
+                    self.connect_ended(self.generation.get()).await;
+                }
+                ConnectState::BackingOff { retry_at, cause } if Instant::now() < retry_at => {
+                    return least_loaded.ok_or(ErrorKind::Connect {
+                        node: self.node,
+                        cause,
+                    });
+                }
+                _ if open < self.max_connections => {
+                    let generation = self.generation.get();
+                    self.start_connect();
+                    self.connect_ended(generation).await;
+                }
+                // All connections full and no room for another: h2 queues the
+                // stream until one of the busy ones frees up.
+                _ => {
+                    if let Some(connection) = least_loaded {
+                        return Ok(connection);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Prunes closed connections; returns (least-loaded with a free stream,
+    /// least-loaded overall, how many are open).
+    fn survey(&self) -> (Option<Rc<Connection>>, Option<Rc<Connection>>, usize) {
+        let mut connections = self.connections.borrow_mut();
+        connections.retain(|connection| !connection.is_closed());
+        let least_loaded = connections.iter().min_by_key(|c| c.in_flight()).cloned();
+        let usable = least_loaded
+            .as_ref()
+            .filter(|c| c.has_stream_capacity())
+            .cloned()
+            .or_else(|| {
+                connections
+                    .iter()
+                    .find(|c| c.has_stream_capacity())
+                    .cloned()
+            });
+        (usable, least_loaded, connections.len())
+    }
+
+    fn start_connect(self: &Rc<Self>) {
+        *self.state.borrow_mut() = ConnectState::Connecting;
+        let pool = self.clone();
+        runtime::spawn(async move {
+            let result = Connection::open(pool.node, &pool.settings).await;
+            let next_state = match result {
+                Ok(connection) => {
+                    pool.connections.borrow_mut().push(Rc::new(connection));
+                    pool.backoff.set(FIRST_BACKOFF);
+                    ConnectState::Idle
+                }
+                Err(error) => {
+                    let backoff = pool.backoff.get();
+                    pool.backoff.set((backoff * 2).min(MAX_BACKOFF));
+                    ConnectState::BackingOff {
+                        retry_at: Instant::now() + backoff,
+                        cause: error.kind(),
+                    }
+                }
+            };
+            *pool.state.borrow_mut() = next_state;
+            pool.generation.set(pool.generation.get() + 1);
+            for waker in pool.waiters.borrow_mut().drain(..) {
+                waker.wake();
+            }
+        })
+        .detach();
+    }
+
+    /// Resolves once a connect that was under way at `generation` has ended.
+    async fn connect_ended(&self, generation: u64) {
+        std::future::poll_fn(|cx| {
+            if self.generation.get() != generation {
+                Poll::Ready(())
+            } else {
+                self.waiters.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Round-robin over the nodes that serve one role (sources or compute) of a class.
+pub struct Balancer {
+    /// The class's nodes, as pools of this shard.
+    pools: Vec<Rc<NodePool>>,
+    /// Where the next pick starts.
+    next: Cell<usize>,
+}
+
+impl Balancer {
+    pub fn new(pools: Vec<Rc<NodePool>>) -> Balancer {
+        Balancer {
+            pools,
+            next: Cell::new(0),
+        }
+    }
+
+    /// The next node in turn, skipping nodes that are backing off unless all are.
+    pub fn pick(&self) -> &Rc<NodePool> {
+        let count = self.pools.len();
+        let start = self.next.get();
+        let chosen = (0..count)
+            .map(|offset| (start + offset) % count)
+            .find(|&index| !self.pools[index].is_backing_off())
+            .unwrap_or(start % count);
+        self.next.set(chosen + 1);
+        &self.pools[chosen]
+    }
+
+    pub fn pools(&self) -> &[Rc<NodePool>] {
+        &self.pools
+    }
+}
