@@ -197,6 +197,8 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
         window_ms: (start_ms, stopped_ms.max(start_ms)),
         elapsed: Duration::from_millis((stopped_ms - start_ms).max(0) as u64),
         dispatcher_cpu: shard_cpu + writer_report.cpu + coordinator_cpu,
+        shard_cpu,
+        writer_cpu: writer_report.cpu,
         rows_written: writer_report.rows,
         sink_location: writer_report.location,
         per_shard: Vec::with_capacity(shard_count),

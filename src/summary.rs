@@ -20,6 +20,10 @@ pub struct RunSummary {
     pub elapsed: Duration,
     /// CPU time (user + system) of all dispatcher threads, mock nodes excluded.
     pub dispatcher_cpu: Duration,
+    /// The part of `dispatcher_cpu` used by the shard threads (and glommio's helpers).
+    pub shard_cpu: Duration,
+    /// The part used by the sink writer thread.
+    pub writer_cpu: Duration,
     /// Rows the sink wrote in this run; equals `counters.jobs()`.
     pub rows_written: u64,
     /// Where the rows are (e.g. the SQLite file).
@@ -61,6 +65,8 @@ impl RunSummary {
 
     /// The `--summary-json` object.
     pub fn to_json(&self) -> Value {
+        let jobs = self.counters.jobs().max(1) as f64;
+        let per_job = |cpu: Duration| cpu.as_secs_f64() * 1e6 / jobs;
         let mut latency = serde_json::Map::new();
         for (stage, histogram) in self.latency.stages() {
             latency.insert(stage.to_string(), percentiles(histogram));
@@ -75,6 +81,11 @@ impl RunSummary {
             "jobs_per_s": self.jobs_per_s(),
             "cpu_us_per_job": self.cpu_us_per_job(),
             "dispatcher_cpu_s": self.dispatcher_cpu.as_secs_f64(),
+            "cpu_us_per_job_by_thread": {
+                "shards": per_job(self.shard_cpu),
+                "sink_writer": per_job(self.writer_cpu),
+                "coordinator": per_job(self.dispatcher_cpu.saturating_sub(self.shard_cpu + self.writer_cpu)),
+            },
             "shards": self.shards,
             "window_unix_ms": [self.window_ms.0, self.window_ms.1],
             "sink": self.sink_location,
@@ -140,6 +151,8 @@ mod tests {
             window_ms: (1_000, 11_000),
             elapsed: Duration::from_secs(10),
             dispatcher_cpu: Duration::from_millis(50),
+            shard_cpu: Duration::from_millis(30),
+            writer_cpu: Duration::from_millis(15),
             rows_written: 5_000,
             sink_location: "x.db".into(),
             per_shard: vec![],
@@ -155,6 +168,8 @@ mod tests {
         assert_eq!(json["jobs"], 5_000);
         assert_eq!(json["jobs_per_s"], 500.0);
         assert_eq!(json["cpu_us_per_job"], 10.0);
+        assert_eq!(json["cpu_us_per_job_by_thread"]["shards"], 6.0);
+        assert_eq!(json["cpu_us_per_job_by_thread"]["coordinator"], 1.0);
         assert_eq!(json["latency_us"]["end_to_end"]["p50"], 500);
         assert_eq!(json["latency_us"]["end_to_end"]["max"], 1000);
         assert!(json["latency_us"]["fetch"]["p999"].is_u64());

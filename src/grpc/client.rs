@@ -17,6 +17,7 @@ use http::header::{CONTENT_TYPE, TE};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use prost::Message;
 
+use super::coalesce::CoalescingStream;
 use super::frame::{self, FrameError, MessageDecoder};
 use super::status::{read_status, Code, StatusError};
 use crate::error::ErrorKind;
@@ -71,7 +72,7 @@ impl Connection {
             .initial_window_size(settings.stream_window)
             .initial_connection_window_size(settings.connection_window)
             .enable_push(false)
-            .handshake::<_, Bytes>(stream);
+            .handshake::<_, Bytes>(CoalescingStream::new(stream));
         let (send, connection) = runtime::until_deadline(deadline, handshake)
             .await
             .ok_or_else(timed_out)?

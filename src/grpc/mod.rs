@@ -4,8 +4,10 @@
 //! - [`status`]: status codes and the `grpc-status`/`grpc-message` trailers.
 //! - [`client`]: one unary call on one shard-owned connection.
 //! - [`server`]: the unary server the built-in mock nodes run on.
+//! - [`coalesce`]: gathers a scheduler round's HTTP/2 writes into one `send`.
 
 pub mod client;
+pub mod coalesce;
 pub mod frame;
 pub mod server;
 pub mod status;

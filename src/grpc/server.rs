@@ -12,6 +12,7 @@ use bytes::Bytes;
 use h2::server::SendResponse;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 
+use super::coalesce::CoalescingStream;
 use super::frame::MessageDecoder;
 use super::status::{percent_encode, Code};
 use crate::runtime::{self, Listener, Stream};
@@ -87,7 +88,7 @@ async fn serve_connection<S: Service>(
         .max_concurrent_streams(settings.max_concurrent_streams)
         .initial_window_size(1 << 20)
         .initial_connection_window_size(8 << 20)
-        .handshake::<_, Bytes>(stream);
+        .handshake::<_, Bytes>(CoalescingStream::new(stream));
     let Ok(mut connection) = handshake.await else {
         return;
     };

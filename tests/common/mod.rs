@@ -1,0 +1,330 @@
+//! Helpers shared by the integration tests: mock nodes on loopback, config and fleet
+//! builders, one run of the dispatcher, a reader for the `jobs` table, and the checks
+//! every run must pass (each due tick exactly once, counts that agree).
+//!
+//! Each test binary uses a different subset of these.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use percore::config::{Class, Config, GrpcConfig, OutputSpec, SinkConfig};
+use percore::devices::{shard_of, stable_hash, Fleet};
+use percore::dispatcher::{self, Load, RunOptions};
+use percore::mock::{mock_model_output, mock_payload, MockKind, MockNode, MockOptions};
+use percore::record::DeviceIndex;
+use percore::summary::RunSummary;
+use percore::tick::{phase_ms, ticks_in};
+use percore::tuning::{allowed_cpus, Tuning};
+
+/// Registered-buffer memory of each mock executor: glommio's memory is locked, and
+/// `ulimit -l` is 8 MiB for every executor of every test running at once.
+pub const MOCK_IO_MEMORY: usize = 512 * 1024;
+
+/// What a class of the test fleet looks like; addresses are filled in by [`class`].
+#[derive(Debug, Clone, Copy)]
+pub struct ClassSpec {
+    pub name: &'static str,
+    pub model: &'static str,
+    pub period_ms: u64,
+    pub deadline_ms: u64,
+}
+
+/// Shards on the first two CPUs this process may use (one shard on a one-CPU
+/// machine: two shards on one CPU is not allowed).
+pub fn shard_cpus() -> Vec<usize> {
+    allowed_cpus().into_iter().take(2).collect()
+}
+
+/// The tuning every test runs with: [`shard_cpus`], defaults otherwise.
+pub fn tuning() -> Tuning {
+    Tuning {
+        shard_cpus: shard_cpus(),
+        ..Tuning::default()
+    }
+}
+
+/// Starts a mock node on a port the OS picks, on one unpinned executor.
+pub fn start_mock(kind: MockKind, options: MockOptions) -> MockNode {
+    start_mock_at(kind, SocketAddr::from(([127, 0, 0, 1], 0)), options)
+}
+
+/// Starts a mock node on `addr`, on one unpinned executor.
+pub fn start_mock_at(kind: MockKind, addr: SocketAddr, options: MockOptions) -> MockNode {
+    match MockNode::start(kind, addr, &[None], MOCK_IO_MEMORY, options) {
+        Ok(node) => node,
+        Err(error) => panic!("cannot start the {kind:?} mock on {addr}: {error}"),
+    }
+}
+
+/// A class served by one data source and one compute node, whose output must be the
+/// mock model's FP32 [1, 2] tensor named OUTPUT0.
+pub fn class(spec: ClassSpec, source: SocketAddr, compute: SocketAddr) -> Class {
+    Class {
+        name: spec.name.to_string(),
+        model: spec.model.to_string(),
+        model_version: String::new(),
+        period_ms: spec.period_ms,
+        deadline_ms: spec.deadline_ms,
+        data_sources: vec![source],
+        compute_nodes: vec![compute],
+        input_name: "INPUT0".to_string(),
+        output: Some(OutputSpec {
+            name: Some("OUTPUT0".to_string()),
+            datatype: "FP32".to_string(),
+            shape: vec![1, 2],
+        }),
+    }
+}
+
+/// A config for `devices` generated devices spread evenly over `classes`, writing to
+/// `db`, on the test [`tuning`].
+pub fn config(classes: Vec<Class>, devices: usize, db: PathBuf, grpc: GrpcConfig) -> Config {
+    let mix: Vec<(u16, u32)> = (0..classes.len() as u16).map(|class| (class, 1)).collect();
+    Config {
+        path: PathBuf::from("<integration test>"),
+        classes,
+        fleet: Fleet::generate(devices, &mix),
+        sink: SinkConfig::Sqlite { path: db },
+        grpc,
+        tuning: tuning(),
+    }
+}
+
+/// The options of a tick-driven run of `duration`, without status lines.
+pub fn run_options(duration: Duration) -> RunOptions {
+    RunOptions {
+        duration: Some(duration),
+        load: Load::Ticks,
+        print_status: false,
+        stop: None,
+    }
+}
+
+/// Runs the dispatcher for `duration`; a run error fails the test with its text.
+pub fn run(config: &Config, duration: Duration) -> RunSummary {
+    match dispatcher::run(config, &run_options(duration)) {
+        Ok(summary) => summary,
+        Err(error) => panic!("the run failed: {error}"),
+    }
+}
+
+/// One row of the `jobs` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub device_id: String,
+    pub tick_ms: i64,
+    pub class: String,
+    pub model: String,
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub output: Option<Vec<u8>>,
+    pub schedule_lag_us: i64,
+    pub fetch_us: Option<i64>,
+    pub infer_us: Option<i64>,
+    pub end_to_end_us: Option<i64>,
+    pub shard: i64,
+}
+
+/// Every row of the `jobs` table in `db`, by (device, tick).
+pub fn read_rows(db: &Path) -> Vec<Row> {
+    let conn = rusqlite::Connection::open(db)
+        .unwrap_or_else(|error| panic!("cannot open {}: {error}", db.display()));
+    let mut statement = conn
+        .prepare(
+            "SELECT device_id, tick_ms, class, model, outcome, reason, output, schedule_lag_us,
+                    fetch_us, infer_us, end_to_end_us, shard
+             FROM jobs ORDER BY device_id, tick_ms",
+        )
+        .unwrap_or_else(|error| panic!("cannot query {}: {error}", db.display()));
+    let rows = statement
+        .query_map([], |row| {
+            Ok(Row {
+                device_id: row.get(0)?,
+                tick_ms: row.get(1)?,
+                class: row.get(2)?,
+                model: row.get(3)?,
+                outcome: row.get(4)?,
+                reason: row.get(5)?,
+                output: row.get(6)?,
+                schedule_lag_us: row.get(7)?,
+                fetch_us: row.get(8)?,
+                infer_us: row.get(9)?,
+                end_to_end_us: row.get(10)?,
+                shard: row.get(11)?,
+            })
+        })
+        .and_then(|rows| rows.collect::<Result<Vec<Row>, _>>());
+    rows.unwrap_or_else(|error| panic!("cannot read rows of {}: {error}", db.display()))
+}
+
+/// Every (device id, tick) due in the run's window: for each device, the ticks of
+/// its class's grid in `[start, end)`.
+pub fn expected_ticks(config: &Config, window_ms: (i64, i64)) -> BTreeSet<(String, i64)> {
+    let (start, end) = window_ms;
+    let fleet = &config.fleet;
+    let mut expected = BTreeSet::new();
+    for device in 0..fleet.len() as DeviceIndex {
+        let id = fleet.id(device);
+        let period = config.classes[usize::from(fleet.class(device))].period_ms;
+        let phase = phase_ms(stable_hash(id), period);
+        for tick in ticks_in(start, end, phase, period) {
+            expected.insert((id.to_string(), tick));
+        }
+    }
+    expected
+}
+
+/// Checks that the table holds every tick due in the summary's window exactly once,
+/// and nothing else.
+pub fn assert_exact_ticks(config: &Config, summary: &RunSummary, rows: &[Row]) {
+    let expected = expected_ticks(config, summary.window_ms);
+    assert!(
+        !expected.is_empty(),
+        "no tick was due in the window {:?}",
+        summary.window_ms
+    );
+    let keys: Vec<(String, i64)> = rows
+        .iter()
+        .map(|row| (row.device_id.clone(), row.tick_ms))
+        .collect();
+    let actual: BTreeSet<(String, i64)> = keys.iter().cloned().collect();
+    assert_eq!(actual.len(), keys.len(), "the table repeats a (device, tick)");
+    let missing: Vec<_> = expected.difference(&actual).take(5).collect();
+    let extra: Vec<_> = actual.difference(&expected).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "window {:?}: {} ticks expected, {} rows; {} missing (first: {missing:?}), {} extra (first: {extra:?})",
+        summary.window_ms,
+        expected.len(),
+        actual.len(),
+        expected.difference(&actual).count(),
+        actual.difference(&expected).count(),
+    );
+}
+
+/// Rows by outcome: (ok, failed, skipped). Fails on any other outcome label.
+pub fn outcome_counts<'a>(rows: impl IntoIterator<Item = &'a Row>) -> (u64, u64, u64) {
+    let mut counts = (0, 0, 0);
+    for row in rows {
+        match row.outcome.as_str() {
+            "ok" => counts.0 += 1,
+            "failed" => counts.1 += 1,
+            "skipped" => counts.2 += 1,
+            other => panic!("row {row:?} has the unknown outcome {other:?}"),
+        }
+    }
+    counts
+}
+
+/// Checks that the table, the sink's count and the shards' counters agree, in total
+/// and shard by shard: ok + failed + skipped == rows == rows_written == jobs.
+pub fn assert_counts(summary: &RunSummary, rows: &[Row]) {
+    let counters = &summary.counters;
+    let (ok, failed, skipped) = outcome_counts(rows);
+    assert_eq!(
+        (ok, failed, skipped),
+        (counters.ok, counters.failed, counters.skipped),
+        "rows by outcome (ok, failed, skipped) against the summary's counters"
+    );
+    assert_eq!(ok + failed + skipped, rows.len() as u64);
+    assert_eq!(summary.rows_written, rows.len() as u64, "rows_written");
+    assert_eq!(counters.jobs(), rows.len() as u64, "counters.jobs()");
+    assert_eq!(summary.per_shard.len(), summary.shards);
+    let mut by_shard: BTreeMap<i64, Vec<&Row>> = BTreeMap::new();
+    for row in rows {
+        by_shard.entry(row.shard).or_default().push(row);
+    }
+    for (shard, counters) in summary.per_shard.iter().enumerate() {
+        let shard_rows = by_shard.remove(&(shard as i64)).unwrap_or_default();
+        assert_eq!(
+            outcome_counts(shard_rows),
+            (counters.ok, counters.failed, counters.skipped),
+            "shard {shard}: rows by outcome against its counters"
+        );
+    }
+    assert!(
+        by_shard.is_empty(),
+        "rows name shards that did not run: {:?}",
+        by_shard.keys().collect::<Vec<_>>()
+    );
+}
+
+/// Checks that every row sits on the shard its device hashes to.
+pub fn assert_shard_placement(summary: &RunSummary, rows: &[Row]) {
+    for row in rows {
+        assert_eq!(
+            row.shard,
+            shard_of(&row.device_id, summary.shards) as i64,
+            "row {row:?} is on the wrong shard"
+        );
+    }
+}
+
+/// The bytes the mock model answers for `device_id`: its FP32 [1, 2] output on the
+/// device's mock payload, little-endian.
+pub fn expected_output(device_id: &str, payload_bytes: usize) -> Vec<u8> {
+    mock_model_output(&mock_payload(device_id, payload_bytes))
+        .iter()
+        .flat_map(|value| value.to_le_bytes())
+        .collect()
+}
+
+/// Checks every ok row: the right device's output, every stage timed, no reason.
+pub fn assert_ok_rows_are_right(rows: &[Row], payload_bytes: usize) {
+    for row in rows.iter().filter(|row| row.outcome == "ok") {
+        assert_eq!(
+            row.output.as_deref(),
+            Some(&expected_output(&row.device_id, payload_bytes)[..]),
+            "output of {} at {}",
+            row.device_id,
+            row.tick_ms
+        );
+        assert_eq!(row.reason, None, "ok row {row:?} has a reason");
+        assert!(
+            row.fetch_us.is_some() && row.infer_us.is_some() && row.end_to_end_us.is_some(),
+            "ok row {row:?} misses a stage latency"
+        );
+        assert!(row.schedule_lag_us >= 0, "ok row {row:?}");
+    }
+}
+
+/// Checks that each row's class and model are those of its device's class.
+pub fn assert_classes(config: &Config, rows: &[Row]) {
+    let fleet = &config.fleet;
+    let class_of: BTreeMap<&str, &Class> = (0..fleet.len() as DeviceIndex)
+        .map(|device| {
+            (
+                fleet.id(device),
+                &config.classes[usize::from(fleet.class(device))],
+            )
+        })
+        .collect();
+    for row in rows {
+        let Some(class) = class_of.get(row.device_id.as_str()) else {
+            panic!("row {row:?} names a device outside the fleet");
+        };
+        assert_eq!(
+            (row.class.as_str(), row.model.as_str()),
+            (class.name.as_str(), class.model.as_str()),
+            "class and model of {}",
+            row.device_id
+        );
+    }
+}
+
+/// The distinct reasons of the rows with `outcome`, with how often each occurs.
+pub fn reasons(rows: &[Row], outcome: &str) -> BTreeMap<String, u64> {
+    let mut reasons = BTreeMap::new();
+    for row in rows.iter().filter(|row| row.outcome == outcome) {
+        let reason = row.reason.clone().unwrap_or_else(|| "<none>".to_string());
+        *reasons.entry(reason).or_insert(0) += 1;
+    }
+    reasons
+}
+
+/// The reason of a skipped tick whose device's previous job is still running: the
+/// one skip a healthy shard can produce when a machine stalls.
+pub const SKIP_PREVIOUS_RUNNING: &str = "previous job of this device still running";
