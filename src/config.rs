@@ -188,8 +188,8 @@ pub struct Class {
     pub model_version: String,
     /// Every device of the class ticks once per period.
     pub period_ms: u64,
-    /// Time from a tick until its job counts as failed; at most the period, so a
-    /// device never has two jobs of its own in flight by design.
+    /// Time from a job's start until it counts as failed (`deadline exceeded`); at
+    /// most the period, so a device rarely has a tick skipped behind its own job.
     pub deadline_ms: u64,
     /// Data sources to fetch inputs from, taken in turn by each shard.
     pub data_sources: Vec<SocketAddr>,

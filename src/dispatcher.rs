@@ -30,6 +30,20 @@ const START_LEAD: Duration = Duration::from_millis(300);
 /// pushes back on the shards, which then skip ticks with a recorded reason.
 const RESULT_CHANNEL_BATCHES: usize = 256;
 
+/// How far ahead of "now" an early stop is set, so every shard hears of it
+/// before its clock reaches it (shards poll control at least every 50 ms) and all
+/// stop at the same tick time.
+const STOP_LEAD_MS: i64 = 200;
+
+/// A shard's last word, kept by the coordinator.
+struct FinalReport {
+    stats: ShardStats,
+    /// End of the window this shard dispatched (Unix ms, exclusive).
+    end_ms: i64,
+    /// Why the shard stopped early, if it did.
+    error: Option<String>,
+}
+
 /// How a run generates jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Load {
@@ -149,7 +163,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
             }
             Err(error) => {
                 for control in &controls {
-                    let _ = control.send(Control::Stop);
+                    let _ = control.send(Control::StopAt(i64::MIN));
                     let _ = control.send(Control::Release);
                 }
                 return Err(RunError(error.to_string()));
@@ -166,9 +180,8 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
         shard_count,
         options,
         started,
-        start_ms,
+        &clock,
     );
-    let stopped_ms = clock.now_ms().min(end_ms);
 
     let writer_result = writer
         .join()
@@ -187,9 +200,16 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
     }
     let finished = finished?;
     let writer_report = writer_result.map_err(|error| RunError(error.to_string()))?;
-    if let Some(error) = finished.iter().find_map(|(_, error)| error.clone()) {
+    if let Some(error) = finished.iter().find_map(|report| report.error.clone()) {
         return Err(RunError(error));
     }
+    // All shards were given the same stop time; one that heard late stopped later.
+    let stopped_ms = finished
+        .iter()
+        .map(|report| report.end_ms)
+        .max()
+        .unwrap_or(start_ms)
+        .clamp(start_ms, end_ms);
 
     let coordinator_cpu = cpu::current_thread().saturating_sub(coordinator_cpu_at_start);
     let mut summary = RunSummary {
@@ -205,10 +225,10 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
         counters: Counters::default(),
         latency: Default::default(),
     };
-    for (stats, _) in &finished {
-        summary.counters.add(&stats.counters);
-        summary.per_shard.push(stats.counters);
-        summary.latency.add(&stats.latency);
+    for report in &finished {
+        summary.counters.add(&report.stats.counters);
+        summary.per_shard.push(report.stats.counters);
+        summary.latency.add(&report.stats.latency);
     }
     if summary.counters.jobs() != summary.rows_written {
         return Err(RunError(format!(
@@ -228,26 +248,29 @@ fn supervise(
     shard_count: usize,
     options: &RunOptions,
     started: Instant,
-    start_ms: i64,
-) -> Result<Vec<(ShardStats, Option<String>)>, RunError> {
+    clock: &Clock,
+) -> Result<Vec<FinalReport>, RunError> {
     let mut latest = vec![Counters::default(); shard_count];
-    let mut finished: Vec<Option<(ShardStats, Option<String>)>> =
-        (0..shard_count).map(|_| None).collect();
+    let mut finished: Vec<Option<FinalReport>> = (0..shard_count).map(|_| None).collect();
     let mut next_status = started + Duration::from_secs(1);
     let mut jobs_at_last_status = 0;
     let mut stop_sent = false;
-    let _ = start_ms;
     while finished.iter().any(Option::is_none) {
         match reports.recv_deadline(next_status) {
             Ok(ShardReport::Progress { shard, counters }) => latest[shard as usize] = counters,
             Ok(ShardReport::Finished {
                 shard,
                 stats,
+                end_ms,
                 error,
             }) => {
                 latest[shard as usize] = stats.counters;
                 latest[shard as usize].in_flight = 0;
-                finished[shard as usize] = Some((*stats, error));
+                finished[shard as usize] = Some(FinalReport {
+                    stats: *stats,
+                    end_ms,
+                    error,
+                });
             }
             Err(flume::RecvTimeoutError::Timeout) => {}
             Err(flume::RecvTimeoutError::Disconnected) => {
@@ -259,8 +282,9 @@ fn supervise(
         if !stop_sent {
             if let Some(stop) = &options.stop {
                 if !matches!(stop.try_recv(), Err(flume::TryRecvError::Empty)) {
+                    let stop_ms = clock.now_ms() + STOP_LEAD_MS;
                     for control in controls {
-                        let _ = control.send(Control::Stop);
+                        let _ = control.send(Control::StopAt(stop_ms));
                     }
                     stop_sent = true;
                 }

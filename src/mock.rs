@@ -177,7 +177,14 @@ impl Mock {
         output.put_f32_le(sum);
         output.put_f32_le(len);
         let (datatype, shape) = match &self.options.fault {
-            Some(Fault::OutputDatatype(datatype)) => (datatype.clone(), vec![1, 2]),
+            Some(Fault::OutputDatatype(datatype)) => {
+                // Two elements of the named type, so the tensor is self-consistent
+                // and only its datatype is wrong.
+                if let Some(size) = tensor::element_size(datatype) {
+                    output = BytesMut::zeroed(2 * size);
+                }
+                (datatype.clone(), vec![1, 2])
+            }
             Some(Fault::OutputShape(shape)) => ("FP32".to_string(), shape.clone()),
             _ => ("FP32".to_string(), vec![1, 2]),
         };

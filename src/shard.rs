@@ -53,8 +53,10 @@ pub enum Workload {
 /// Messages from the coordinator to a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
-    /// Fire no more ticks; finish the jobs in flight and report.
-    Stop,
+    /// Fire no ticks at or after this Unix ms (or after now, if it has passed);
+    /// finish the jobs in flight and report. The coordinator picks one time for
+    /// all shards so the run's window is the same everywhere.
+    StopAt(i64),
     /// The coordinator has read this thread's CPU time: the shard may exit.
     Release,
 }
@@ -128,8 +130,8 @@ struct Shard {
     stats: RefCell<ShardStats>,
     /// Set once no new jobs will start; the flusher then drains and stops.
     no_more_jobs: Cell<bool>,
-    /// Set when the coordinator asks to stop early.
-    stop_requested: Cell<bool>,
+    /// Set when the coordinator asks to stop early: the Unix ms to stop at.
+    stop_at_ms: Cell<Option<i64>>,
     /// Next device in turn for closed-loop workers.
     closed_loop_cursor: Cell<usize>,
     clock: Clock,
@@ -162,7 +164,7 @@ pub async fn run(plan: ShardPlan) {
         results: RefCell::new(Vec::with_capacity(1024)),
         stats: RefCell::new(ShardStats::default()),
         no_more_jobs: Cell::new(false),
-        stop_requested: Cell::new(false),
+        stop_at_ms: Cell::new(None),
         closed_loop_cursor: Cell::new(0),
         clock,
     });
@@ -172,7 +174,7 @@ pub async fn run(plan: ShardPlan) {
         channels.results,
         channels.recycled,
     ));
-    match workload {
+    let end_ms = match workload {
         Workload::Ticks { start_ms, end_ms } => {
             tick_loop(
                 &shard,
@@ -182,7 +184,8 @@ pub async fn run(plan: ShardPlan) {
                 &channels.control,
                 &channels.reports,
             )
-            .await
+            .await;
+            end_ms
         }
         Workload::ClosedLoop {
             concurrency,
@@ -197,9 +200,14 @@ pub async fn run(plan: ShardPlan) {
                 &channels.control,
                 &channels.reports,
             )
-            .await
+            .await;
+            end_ms
         }
-    }
+    };
+    let end_ms = shard
+        .stop_at_ms
+        .get()
+        .map_or(end_ms, |stop_ms| stop_ms.min(end_ms));
     while shard.in_flight.get() > 0 {
         runtime::sleep(Duration::from_millis(1)).await;
     }
@@ -211,6 +219,7 @@ pub async fn run(plan: ShardPlan) {
         .send_async(ShardReport::Finished {
             shard: index,
             stats,
+            end_ms,
             error,
         })
         .await;
@@ -278,8 +287,8 @@ async fn tick_loop(
     let mut end_ms = end_ms;
     let mut next_progress = Instant::now() + PROGRESS_INTERVAL;
     loop {
-        if shard.poll_control(control) {
-            end_ms = end_ms.min(shard.clock.now_ms());
+        if let Some(stop_ms) = shard.poll_control(control) {
+            end_ms = end_ms.min(stop_ms);
         }
         let now_ms = shard.clock.now_ms();
         schedule.fire_due(now_ms.min(end_ms - 1), |_, local, tick_ms| {
@@ -316,7 +325,7 @@ async fn closed_loop(
     let workers: Vec<_> = (0..concurrency.max(1))
         .map(|_| runtime::spawn(closed_loop_worker(shard.clone(), end_ms)))
         .collect();
-    while shard.clock.now_ms() < end_ms && !shard.stop_requested.get() {
+    while shard.clock.now_ms() < shard.end_ms(end_ms) {
         runtime::sleep(CONTROL_POLL).await;
         shard.poll_control(control);
         shard.send_progress(reports);
@@ -329,7 +338,7 @@ async fn closed_loop(
 async fn closed_loop_worker(shard: Rc<Shard>, end_ms: i64) {
     loop {
         let now_ms = shard.clock.now_ms();
-        if now_ms >= end_ms || shard.stop_requested.get() {
+        if now_ms >= shard.end_ms(end_ms) {
             return;
         }
         let Some(local) = shard.next_idle_device() else {
@@ -451,14 +460,22 @@ impl Shard {
         Some(found as u32)
     }
 
-    /// Applies pending control messages; true if a stop was asked for.
-    fn poll_control(&self, control: &flume::Receiver<Control>) -> bool {
+    /// Applies pending control messages; returns the stop time if one was asked
+    /// for. A stop time already past becomes now: ticks already fired stay fired.
+    fn poll_control(&self, control: &flume::Receiver<Control>) -> Option<i64> {
         while let Ok(message) = control.try_recv() {
-            if message == Control::Stop {
-                self.stop_requested.set(true);
+            if let Control::StopAt(stop_ms) = message {
+                self.stop_at_ms.set(Some(stop_ms.max(self.clock.now_ms())));
             }
         }
-        self.stop_requested.get()
+        self.stop_at_ms.get()
+    }
+
+    /// The run's end: the planned one, or an earlier stop.
+    fn end_ms(&self, planned_end_ms: i64) -> i64 {
+        self.stop_at_ms
+            .get()
+            .map_or(planned_end_ms, |stop_ms| stop_ms.min(planned_end_ms))
     }
 
     fn send_progress(&self, reports: &flume::Sender<ShardReport>) {

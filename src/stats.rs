@@ -131,6 +131,8 @@ pub enum ShardReport {
     Finished {
         shard: u16,
         stats: Box<ShardStats>,
+        /// End of the window whose ticks this shard dispatched (Unix ms, exclusive).
+        end_ms: i64,
         /// Set when the shard stopped early, e.g. because the sink went away.
         error: Option<String>,
     },

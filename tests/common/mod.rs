@@ -191,7 +191,11 @@ pub fn assert_exact_ticks(config: &Config, summary: &RunSummary, rows: &[Row]) {
         .map(|row| (row.device_id.clone(), row.tick_ms))
         .collect();
     let actual: BTreeSet<(String, i64)> = keys.iter().cloned().collect();
-    assert_eq!(actual.len(), keys.len(), "the table repeats a (device, tick)");
+    assert_eq!(
+        actual.len(),
+        keys.len(),
+        "the table repeats a (device, tick)"
+    );
     let missing: Vec<_> = expected.difference(&actual).take(5).collect();
     let extra: Vec<_> = actual.difference(&expected).take(5).collect();
     assert!(
