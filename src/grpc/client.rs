@@ -77,6 +77,8 @@ impl Connection {
             .await
             .ok_or_else(timed_out)?
             .map_err(|error| std::io::Error::other(format!("HTTP/2 handshake: {error}")))?;
+        let mut connection = connection;
+        let ping_pong = connection.ping_pong();
         let closed = Rc::new(Cell::new(false));
         let closed_by_driver = closed.clone();
         runtime::spawn(async move {
@@ -85,6 +87,15 @@ impl Connection {
             closed_by_driver.set(true);
         })
         .detach();
+        // One PING round trip: the peer's SETTINGS come before its PONG, so after
+        // it `max_concurrent_streams` is the peer's real limit, not h2's unbounded
+        // initial guess, and the pool knows when to open another connection.
+        if let Some(mut ping_pong) = ping_pong {
+            runtime::until_deadline(deadline, ping_pong.ping(h2::Ping::opaque()))
+                .await
+                .ok_or_else(timed_out)?
+                .map_err(|error| std::io::Error::other(format!("HTTP/2 ping: {error}")))?;
+        }
         Ok(Connection {
             send,
             node,
