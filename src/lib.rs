@@ -32,7 +32,9 @@
 //!   and the server the mock nodes use. [`tensor`]: KServe v2 tensor checks.
 //! - [`sink`]: the `Sink` trait, the SQLite implementation and the writer thread
 //!   that turns batches into transactions.
-//! - [`stats`]: per-shard counters and HDR histograms, merged off the shards.
+//! - [`stats`]: per-shard counters and HDR histograms (totals, per class, per
+//!   second), merged off the shards. [`admin`]: Prometheus `/metrics` and
+//!   `/healthz` from a thread of its own.
 //!   [`summary`]: the end-of-run table and `--summary-json`. [`cpu`]: per-thread
 //!   CPU accounting.
 //! - [`mock`]: built-in data-source and compute nodes with service times, error
@@ -47,6 +49,8 @@
 //! shard CPU, one sink writer thread, and, in demos and benchmarks, mock-node
 //! executors. Between them only bounded flume channels, created at start-up.
 
+pub mod admin;
+pub mod bench;
 pub mod config;
 pub mod cpu;
 pub mod demo;
@@ -57,6 +61,7 @@ pub mod grpc;
 pub mod job;
 pub mod mock;
 pub mod record;
+pub mod report;
 pub mod runtime;
 pub mod shard;
 pub mod sink;

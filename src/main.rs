@@ -7,10 +7,13 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use percore::admin::AdminServer;
+use percore::bench::{self, Bench, BenchOptions, Level};
 use percore::config::Config;
 use percore::demo;
 use percore::dispatcher::{self, Load, RunOptions};
 use percore::mock::{MockKind, MockNode, MockOptions, ServiceTime};
+use percore::report;
 use percore::summary::RunSummary;
 use percore::tuning::{parse_cpu_list, Tuning};
 
@@ -33,6 +36,11 @@ enum Command {
     Demo(DemoArgs),
     /// Dispatch for the fleet described by a config file, against real nodes.
     Run(RunArgs),
+    /// Load-test the dispatcher: closed loop (--concurrency) or open loop (--rate),
+    /// one level or a sweep, against built-in mock nodes or given ones.
+    Bench(BenchArgs),
+    /// Re-render a saved run's report (DIR), or compare two runs (DIR_A DIR_B).
+    Report(ReportArgs),
     /// Serve the mock data source (percore.source.v1.DataSource/Fetch) until Ctrl-C.
     MockSource(MockArgs),
     /// Serve a mock KServe v2 compute node (ModelInfer) until Ctrl-C.
@@ -59,9 +67,80 @@ struct DemoArgs {
     /// Tuning file (shard CPUs, connections, limits); default: every CPU.
     #[arg(long)]
     tuning: Option<PathBuf>,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+/// Where a run's results go besides the terminal.
+#[derive(Args)]
+struct OutputArgs {
     /// Write the run's summary as JSON to this file.
     #[arg(long)]
     summary_json: Option<PathBuf>,
+    /// Write the run's report files to this directory: one .hgrm per stage,
+    /// histograms.hlog (per-second interval log), summary.json, report.html.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Serve Prometheus /metrics and /healthz on this address during the run
+    /// ("none" to turn off).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    admin: String,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Dispatcher shards, on the first CPUs this process may use.
+    #[arg(long, default_value_t = 1)]
+    shards: usize,
+    /// Closed loop: jobs kept in flight in total; a list sweeps levels (1,16,64,256).
+    #[arg(long, conflicts_with_all = ["rate", "latency_bound_us"])]
+    concurrency: Option<String>,
+    /// Open loop: jobs/s arriving in total; a list sweeps levels (5000,20000,50000).
+    /// With --latency-bound-us, the largest value is the search's upper limit.
+    #[arg(long)]
+    rate: Option<String>,
+    /// Open-loop arrivals as a Poisson process instead of evenly spaced.
+    #[arg(long)]
+    poisson: bool,
+    /// Find by binary search the highest open-loop rate whose p99 end-to-end
+    /// latency stays under this bound (µs) with no failed or skipped job.
+    #[arg(long)]
+    latency_bound_us: Option<u64>,
+    /// Seconds per level.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Mock nodes' service time per call, in microseconds.
+    #[arg(long, default_value_t = 0)]
+    service_time_us: u64,
+    /// Bytes of raw data per fetch.
+    #[arg(long, default_value_t = 1_024)]
+    payload_bytes: usize,
+    /// Devices in the generated fleet.
+    #[arg(long, default_value_t = 100_000)]
+    devices: usize,
+    /// Use this data source instead of a built-in mock (with --compute).
+    #[arg(long, requires = "compute")]
+    source: Option<SocketAddr>,
+    /// Use this compute node instead of a built-in mock (with --source).
+    #[arg(long, requires = "source")]
+    compute: Option<SocketAddr>,
+    /// Write the summary JSON here (an array of {level, summary} for a sweep).
+    #[arg(long)]
+    summary_json: Option<PathBuf>,
+    /// Write report files here (one subdirectory per level for a sweep).
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// A directory written by --report.
+    dir: PathBuf,
+    /// A second run to compare with the first.
+    other: Option<PathBuf>,
+    /// Where to write the comparison page (two runs only).
+    #[arg(long, default_value = "comparison.html")]
+    output: PathBuf,
 }
 
 #[derive(Args)]
@@ -72,9 +151,8 @@ struct RunArgs {
     /// How long to dispatch, in seconds; without it, until Ctrl-C or SIGTERM.
     #[arg(long)]
     duration: Option<u64>,
-    /// Write the run's summary as JSON to this file.
-    #[arg(long)]
-    summary_json: Option<PathBuf>,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 #[derive(Args)]
@@ -122,6 +200,8 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Demo(args) => demo_command(args, stop),
         Command::Run(args) => run_command(args, stop),
+        Command::Bench(args) => bench_command(args),
+        Command::Report(args) => report_command(args),
         Command::MockSource(args) => mock_command(MockKind::Source, args, stop),
         Command::MockCompute(args) => mock_command(MockKind::Compute, args, stop),
     }
@@ -153,36 +233,212 @@ fn demo_command(args: DemoArgs, stop: flume::Receiver<()>) -> Result<()> {
         args.db,
         tuning,
     );
+    let admin = start_admin(&args.output.admin);
     let options = RunOptions {
         duration: Some(Duration::from_secs(args.duration)),
         load: Load::Ticks,
         print_status: true,
         stop: Some(stop),
+        metrics: admin.as_ref().map(AdminServer::publisher),
     };
     let result = dispatcher::run(&config, &options);
     mocks.stop();
-    finish(result?, args.summary_json.as_deref())
+    let finished = result
+        .map_err(anyhow::Error::from)
+        .and_then(|summary| finish(&summary, &args.output));
+    if let Some(admin) = admin {
+        admin.stop();
+    }
+    finished
 }
 
 fn run_command(args: RunArgs, stop: flume::Receiver<()>) -> Result<()> {
     let config = Config::load(&args.config)?;
+    let admin = start_admin(&args.output.admin);
     let options = RunOptions {
         duration: args.duration.map(Duration::from_secs),
         load: Load::Ticks,
         print_status: true,
         stop: Some(stop),
+        metrics: admin.as_ref().map(AdminServer::publisher),
     };
-    let summary = dispatcher::run(&config, &options)?;
-    finish(summary, args.summary_json.as_deref())
+    let finished = dispatcher::run(&config, &options)
+        .map_err(anyhow::Error::from)
+        .and_then(|summary| finish(&summary, &args.output));
+    if let Some(admin) = admin {
+        admin.stop();
+    }
+    finished
 }
 
-fn finish(summary: RunSummary, summary_json: Option<&Path>) -> Result<()> {
+/// Starts the admin server unless turned off; a busy port is a warning, not a
+/// reason to refuse the run.
+fn start_admin(addr: &str) -> Option<AdminServer> {
+    if addr == "none" {
+        return None;
+    }
+    let Ok(parsed) = addr.parse::<SocketAddr>() else {
+        eprintln!(
+            "warning: --admin {addr:?} is not an address like 127.0.0.1:9464; no metrics endpoint"
+        );
+        return None;
+    };
+    match AdminServer::start(parsed) {
+        Ok(server) => {
+            eprintln!("metrics on http://{}/metrics", server.addr());
+            Some(server)
+        }
+        Err(error) => {
+            eprintln!("warning: cannot serve metrics on {parsed}: {error}; continuing without");
+            None
+        }
+    }
+}
+
+fn finish(summary: &RunSummary, output: &OutputArgs) -> Result<()> {
     println!("{}", summary.totals_line());
     print!("{}", summary.latency_table());
     println!("results: {}", summary.sink_location);
+    write_outputs(
+        summary,
+        output.summary_json.as_deref(),
+        output.report.as_deref(),
+    )
+}
+
+fn write_outputs(
+    summary: &RunSummary,
+    summary_json: Option<&Path>,
+    report_dir: Option<&Path>,
+) -> Result<()> {
     if let Some(path) = summary_json {
         let text = serde_json::to_string_pretty(&summary.to_json())?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(dir) = report_dir {
+        report::write_dir(dir, &summary.recording())?;
+        println!("report: {}", dir.join("report.html").display());
+    }
+    Ok(())
+}
+
+fn bench_command(args: BenchArgs) -> Result<()> {
+    let levels = match (&args.concurrency, &args.rate, args.latency_bound_us) {
+        (Some(list), _, _) => {
+            bench::parse_levels("--concurrency", list, |v| Level::Concurrency(v as usize))
+                .map_err(anyhow::Error::msg)?
+        }
+        (None, Some(list), _) => {
+            bench::parse_levels("--rate", list, Level::Rate).map_err(anyhow::Error::msg)?
+        }
+        (None, None, Some(_)) => vec![Level::Rate(200_000.0)],
+        (None, None, None) => vec![Level::Concurrency(64)],
+    };
+    let scratch_dir = std::env::temp_dir().join(format!("percore-bench-{}", std::process::id()));
+    let bench = Bench::start(BenchOptions {
+        shards: args.shards,
+        poisson: args.poisson,
+        duration: Duration::from_secs(args.duration),
+        service_time: Duration::from_micros(args.service_time_us),
+        payload_bytes: args.payload_bytes,
+        devices: args.devices,
+        external: args.source.zip(args.compute),
+        scratch_dir: scratch_dir.clone(),
+    })?;
+    let result = run_bench(&bench, &args, &levels);
+    bench.stop();
+    let _ = std::fs::remove_dir_all(scratch_dir);
+    result
+}
+
+fn run_bench(bench: &Bench, args: &BenchArgs, levels: &[Level]) -> Result<()> {
+    let mut rows: Vec<(Level, RunSummary)> = Vec::new();
+    if let Some(bound_us) = args.latency_bound_us {
+        let high = levels
+            .iter()
+            .filter_map(|level| match level {
+                Level::Rate(rate) => Some(*rate),
+                _ => None,
+            })
+            .fold(0.0, f64::max);
+        let best = bench.max_rate_under(bound_us, 100.0, high, |level, summary| {
+            eprintln!(
+                "{level}: p99 {} µs, failed {}, skipped {} -> {}",
+                summary.latency.end_to_end.value_at_quantile(0.99),
+                summary.counters.failed,
+                summary.counters.skipped,
+                if bench::passes(summary, bound_us) {
+                    "within bound"
+                } else {
+                    "over"
+                }
+            );
+            rows.push((level, summary.clone()));
+        })?;
+        print!("{}", bench::table(&rows));
+        match &best {
+            Some((rate, _)) => {
+                println!("highest rate with p99 end-to-end <= {bound_us} µs: {rate:.0} jobs/s")
+            }
+            None => println!(
+                "no rate from 100 to {high:.0} jobs/s kept p99 end-to-end <= {bound_us} µs"
+            ),
+        }
+    } else {
+        for &level in levels {
+            let summary = bench.run(level)?;
+            eprintln!("{level}: {}", summary.totals_line());
+            rows.push((level, summary));
+        }
+        print!("{}", bench::table(&rows));
+    }
+    if let [(_, summary)] = rows.as_slice() {
+        return write_outputs(
+            summary,
+            args.summary_json.as_deref(),
+            args.report.as_deref(),
+        );
+    }
+    if let Some(path) = &args.summary_json {
+        let all: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(level, summary)| {
+                serde_json::json!({"level": level.to_string(), "summary": summary.to_json()})
+            })
+            .collect();
+        std::fs::write(path, serde_json::to_string_pretty(&all)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(dir) = &args.report {
+        for (index, (_, summary)) in rows.iter().enumerate() {
+            report::write_dir(&dir.join(format!("level-{index}")), &summary.recording())?;
+        }
+        println!("reports: {}/level-*/report.html", dir.display());
+    }
+    Ok(())
+}
+
+fn report_command(args: ReportArgs) -> Result<()> {
+    let first = report::load_dir(&args.dir)?;
+    match &args.other {
+        None => {
+            print!("{}", report::text_table(&first));
+            let page = args.dir.join("report.html");
+            std::fs::write(&page, report::render_html(&first))
+                .with_context(|| format!("writing {}", page.display()))?;
+            println!("report: {}", page.display());
+        }
+        Some(other) => {
+            let second = report::load_dir(other)?;
+            let (a, b) = (args.dir.display().to_string(), other.display().to_string());
+            print!("{}", report::comparison_table(&first, &a, &second, &b));
+            std::fs::write(
+                &args.output,
+                report::render_comparison_html(&first, &a, &second, &b),
+            )
+            .with_context(|| format!("writing {}", args.output.display()))?;
+            println!("comparison: {}", args.output.display());
+        }
     }
     Ok(())
 }

@@ -6,6 +6,8 @@
 //! hot path allocates nothing; the sink resolves names from the shared, immutable
 //! [`Fleet`](crate::devices::Fleet) and class table.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 
 /// Index of a device in the [`Fleet`](crate::devices::Fleet), stable for a run.
@@ -33,6 +35,9 @@ pub struct JobRecord {
     pub output: Bytes,
     /// Per-stage latencies, in microseconds.
     pub latency: StageLatency,
+    /// When the result was ready on the shard; the sink writer measures sink lag
+    /// (ready → committed) from it.
+    pub ready_at: Instant,
 }
 
 /// Per-stage latencies of one job, in microseconds. A stage that did not run is `None`.

@@ -22,7 +22,7 @@ use crate::grpc::client::ClientSettings;
 use crate::job::{self, ClassRoute};
 use crate::record::{DeviceIndex, JobRecord, Outcome, SkipReason, StageLatency};
 use crate::runtime;
-use crate::stats::{ShardReport, ShardStats};
+use crate::stats::{Counters, ShardReport, ShardStats};
 use crate::tick::{self, Clock, Schedule};
 use crate::upstream::{Balancer, NodePool};
 
@@ -41,10 +41,19 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 pub enum Workload {
     /// Devices fire on their tick grid for ticks in `[start_ms, end_ms)`.
     Ticks { start_ms: i64, end_ms: i64 },
-    /// Closed loop (benchmarks): `concurrency` jobs always in flight, devices taken
-    /// in turn, from `start_ms` until `end_ms`.
+    /// Closed loop (benchmarks): `concurrency` jobs always in flight on this shard,
+    /// devices taken in turn, from `start_ms` until `end_ms`.
     ClosedLoop {
         concurrency: usize,
+        start_ms: i64,
+        end_ms: i64,
+    },
+    /// Open loop (benchmarks): jobs arrive at `rate_per_s` on this shard, evenly
+    /// spaced or as a Poisson process, whatever is in flight; devices taken in turn.
+    /// Latency counts from the planned arrival, so falling behind shows.
+    OpenLoop {
+        rate_per_s: f64,
+        poisson: bool,
         start_ms: i64,
         end_ms: i64,
     },
@@ -112,6 +121,8 @@ struct Shard {
     fleet: Arc<Fleet>,
     /// Per class: this shard's balancers and the class settings a job needs.
     routes: Vec<ClassRoute>,
+    /// Every node pool of this shard, for connection and traffic gauges.
+    pools: Vec<Rc<NodePool>>,
     /// Shard-local device index -> fleet index.
     devices: Vec<DeviceIndex>,
     /// Per local device: whether its previous job still runs (at most one in flight).
@@ -150,7 +161,7 @@ pub async fn run(plan: ShardPlan) {
         limits,
         channels,
     } = plan;
-    let routes = build_routes(&classes, &limits);
+    let (routes, pools) = build_routes(&classes, &limits);
     let shard = Rc::new(Shard {
         index,
         busy: devices.iter().map(|_| Cell::new(false)).collect(),
@@ -158,11 +169,12 @@ pub async fn run(plan: ShardPlan) {
         devices,
         fleet,
         routes,
+        pools,
         in_flight: Cell::new(0),
         max_in_flight: limits.max_in_flight.max(1),
         backlog_limit: (limits.max_in_flight * 4).max(65_536),
         results: RefCell::new(Vec::with_capacity(1024)),
-        stats: RefCell::new(ShardStats::default()),
+        stats: RefCell::new(ShardStats::new(classes.len())),
         no_more_jobs: Cell::new(false),
         stop_at_ms: Cell::new(None),
         closed_loop_cursor: Cell::new(0),
@@ -203,6 +215,24 @@ pub async fn run(plan: ShardPlan) {
             .await;
             end_ms
         }
+        Workload::OpenLoop {
+            rate_per_s,
+            poisson,
+            start_ms,
+            end_ms,
+        } => {
+            let arrivals = Arrivals::new(rate_per_s, poisson, index);
+            open_loop(
+                &shard,
+                arrivals,
+                start_ms,
+                end_ms,
+                &channels.control,
+                &channels.reports,
+            )
+            .await;
+            end_ms
+        }
     };
     let end_ms = shard
         .stop_at_ms
@@ -213,12 +243,15 @@ pub async fn run(plan: ShardPlan) {
     }
     shard.no_more_jobs.set(true);
     let error = flusher.await.err();
-    let stats = Box::new(shard.stats.borrow().clone());
+    let interval = Box::new(shard.stats.borrow_mut().take_interval());
+    let mut stats = Box::new(shard.stats.borrow().clone());
+    stats.counters = shard.counters();
     let _ = channels
         .reports
         .send_async(ShardReport::Finished {
             shard: index,
             stats,
+            interval,
             end_ms,
             error,
         })
@@ -232,7 +265,7 @@ pub async fn run(plan: ShardPlan) {
 }
 
 /// One pool per node per shard, shared by the classes that use the node.
-fn build_routes(classes: &[Class], limits: &ShardLimits) -> Vec<ClassRoute> {
+fn build_routes(classes: &[Class], limits: &ShardLimits) -> (Vec<ClassRoute>, Vec<Rc<NodePool>>) {
     let settings = Rc::new(ClientSettings {
         connect_timeout: limits.connect_timeout,
         ..ClientSettings::default()
@@ -253,7 +286,7 @@ fn build_routes(classes: &[Class], limits: &ShardLimits) -> Vec<ClassRoute> {
                 .collect(),
         )
     };
-    classes
+    let routes = classes
         .iter()
         .map(|class| ClassRoute {
             name: class.name.clone(),
@@ -266,7 +299,8 @@ fn build_routes(classes: &[Class], limits: &ShardLimits) -> Vec<ClassRoute> {
             computes: balancer(&class.compute_nodes),
             max_message_len: limits.max_message_len,
         })
-        .collect()
+        .collect();
+    (routes, pools.into_values().collect())
 }
 
 async fn tick_loop(
@@ -292,7 +326,7 @@ async fn tick_loop(
         }
         let now_ms = shard.clock.now_ms();
         schedule.fire_due(now_ms.min(end_ms - 1), |_, local, tick_ms| {
-            shard.dispatch(local, tick_ms)
+            shard.dispatch(local, tick_ms, shard.clock.instant_of(tick_ms))
         });
         if Instant::now() >= next_progress {
             shard.send_progress(reports);
@@ -325,10 +359,14 @@ async fn closed_loop(
     let workers: Vec<_> = (0..concurrency.max(1))
         .map(|_| runtime::spawn(closed_loop_worker(shard.clone(), end_ms)))
         .collect();
+    let mut next_progress = Instant::now() + PROGRESS_INTERVAL;
     while shard.clock.now_ms() < shard.end_ms(end_ms) {
         runtime::sleep(CONTROL_POLL).await;
         shard.poll_control(control);
-        shard.send_progress(reports);
+        if Instant::now() >= next_progress {
+            shard.send_progress(reports);
+            next_progress += PROGRESS_INTERVAL;
+        }
     }
     for worker in workers {
         worker.await;
@@ -354,6 +392,79 @@ async fn closed_loop_worker(shard: Rc<Shard>, end_ms: i64) {
     }
 }
 
+/// When open-loop jobs arrive: evenly spaced, or a Poisson process.
+struct Arrivals {
+    /// Mean time between arrivals.
+    mean_gap: Duration,
+    poisson: bool,
+    /// xorshift state for exponential gaps, seeded per shard.
+    rng: u64,
+}
+
+impl Arrivals {
+    fn new(rate_per_s: f64, poisson: bool, shard: u16) -> Arrivals {
+        Arrivals {
+            mean_gap: Duration::from_secs_f64(1.0 / rate_per_s.max(1e-3)),
+            poisson,
+            rng: 0x9E37_79B9_7F4A_7C15 ^ (shard as u64 + 1),
+        }
+    }
+
+    fn next_gap(&mut self) -> Duration {
+        if !self.poisson {
+            return self.mean_gap;
+        }
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let uniform = ((self.rng >> 11) as f64 / (1u64 << 53) as f64).max(f64::MIN_POSITIVE);
+        self.mean_gap.mul_f64(-uniform.ln())
+    }
+}
+
+/// Wakeups closer together than this are merged: arrivals due within it start
+/// together (their planned times, and so their latencies, are unchanged).
+const OPEN_LOOP_GRANULARITY: Duration = Duration::from_micros(200);
+
+async fn open_loop(
+    shard: &Rc<Shard>,
+    mut arrivals: Arrivals,
+    start_ms: i64,
+    end_ms: i64,
+    control: &flume::Receiver<Control>,
+    reports: &flume::Sender<ShardReport>,
+) {
+    if shard.devices.is_empty() {
+        return;
+    }
+    let mut planned = shard.clock.instant_of(start_ms);
+    let mut next_progress = Instant::now() + PROGRESS_INTERVAL;
+    loop {
+        shard.poll_control(control);
+        let end = shard.clock.instant_of(shard.end_ms(end_ms));
+        let now = Instant::now();
+        while planned <= now && planned < end {
+            let local = shard.next_device_in_turn();
+            let planned_ms = shard.clock.unix_ms_of(planned);
+            let tick_ms = planned_ms.max(shard.last_tick_ms[local as usize].get() + 1);
+            shard.last_tick_ms[local as usize].set(tick_ms);
+            shard.dispatch(local, tick_ms, planned);
+            planned += arrivals.next_gap();
+        }
+        if now >= next_progress {
+            shard.send_progress(reports);
+            next_progress += PROGRESS_INTERVAL;
+        }
+        if planned >= end {
+            return;
+        }
+        let wake = planned
+            .max(now + OPEN_LOOP_GRANULARITY)
+            .min(now + CONTROL_POLL);
+        runtime::sleep_until(wake).await;
+    }
+}
+
 async fn run_job(shard: &Shard, local: u32, tick_ms: i64, planned: Instant) {
     let device = shard.devices[local as usize];
     let class = shard.fleet.class(device);
@@ -373,6 +484,7 @@ async fn run_job(shard: &Shard, local: u32, tick_ms: i64, planned: Instant) {
         outcome,
         output,
         latency: finished.latency,
+        ready_at: Instant::now(),
     });
 }
 
@@ -406,8 +518,9 @@ async fn flush_results(
 }
 
 impl Shard {
-    /// Starts the job for a due tick, or records why it is skipped.
-    fn dispatch(self: &Rc<Self>, local: u32, tick_ms: i64) {
+    /// Starts the job for a due tick planned for `planned`, or records why it is
+    /// skipped.
+    fn dispatch(self: &Rc<Self>, local: u32, tick_ms: i64, planned: Instant) {
         let skip = if self.busy[local as usize].get() {
             Some(SkipReason::PreviousJobRunning)
         } else if self.in_flight.get() >= self.max_in_flight {
@@ -417,7 +530,6 @@ impl Shard {
         } else {
             None
         };
-        let planned = self.clock.instant_of(tick_ms);
         if let Some(reason) = skip {
             let device = self.devices[local as usize];
             self.push(JobRecord {
@@ -431,6 +543,7 @@ impl Shard {
                     schedule_lag_us: planned.elapsed().as_micros() as u64,
                     ..StageLatency::default()
                 },
+                ready_at: Instant::now(),
             });
             return;
         }
@@ -447,6 +560,14 @@ impl Shard {
     fn push(&self, record: JobRecord) {
         self.stats.borrow_mut().record(&record);
         self.results.borrow_mut().push(record);
+    }
+
+    /// The next device in turn, busy or not (open loop: a busy one is skipped and
+    /// recorded as such).
+    fn next_device_in_turn(&self) -> u32 {
+        let local = self.closed_loop_cursor.get() % self.devices.len();
+        self.closed_loop_cursor.set(local + 1);
+        local as u32
     }
 
     /// The next device in turn whose previous job has finished.
@@ -478,13 +599,28 @@ impl Shard {
             .map_or(planned_end_ms, |stop_ms| stop_ms.min(planned_end_ms))
     }
 
-    fn send_progress(&self, reports: &flume::Sender<ShardReport>) {
+    /// Counters with the gauges and traffic filled in as of now.
+    fn counters(&self) -> Counters {
         let mut counters = self.stats.borrow().counters;
         counters.in_flight = self.in_flight.get() as u64;
-        // Progress is advisory: if the coordinator is behind, skip this one.
+        for pool in &self.pools {
+            counters.connections += pool.open_connections() as u64;
+            let (sent, received) = pool.traffic();
+            counters.bytes_sent += sent;
+            counters.bytes_received += received;
+        }
+        counters
+    }
+
+    fn send_progress(&self, reports: &flume::Sender<ShardReport>) {
+        let counters = self.counters();
+        let interval = Box::new(self.stats.borrow_mut().take_interval());
+        // Progress is advisory: if the coordinator is behind, drop this one. Its
+        // interval's latencies stay in the whole-run histograms.
         let _ = reports.try_send(ShardReport::Progress {
             shard: self.index,
             counters,
+            interval,
         });
     }
 }

@@ -1,22 +1,28 @@
 //! Per-shard counters and latency histograms.
 //!
 //! A shard records into its own [`ShardStats`] without locks (it is the only
-//! writer), and sends copies to the coordinator over a channel: counters every
-//! second for the status line, everything when it finishes. Merging happens off
-//! the shards.
+//! writer): totals per stage, per class, and an interval set that it hands to the
+//! coordinator every second (and then starts afresh), so the coordinator can show
+//! the last second's p99 and keep a per-second log. Everything is merged off the
+//! shards, from copies sent over a channel.
+
+use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
 use crate::record::{JobRecord, Outcome};
 
-/// Highest latency a histogram tracks exactly: one hour, in microseconds. Larger
-/// values are clamped, never dropped.
-const MAX_TRACKED_US: u64 = 3_600_000_000;
+/// Highest latency a histogram tracks exactly: 100 s, in microseconds. Larger
+/// values are clamped to it, never dropped; a job's deadline is far below it.
+pub const MAX_TRACKED_US: u64 = 100_000_000;
 
 /// Significant decimal digits: 3 gives 0.1% resolution across the range.
-const SIGNIFICANT_DIGITS: u8 = 3;
+pub const SIGNIFICANT_DIGITS: u8 = 3;
 
-/// Counts by outcome, plus the in-flight gauge.
+/// Stage names, in report order.
+pub const STAGES: [&str; 5] = ["schedule_lag", "fetch", "infer", "sink_lag", "end_to_end"];
+
+/// Counts by outcome, plus gauges and traffic.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
     pub ok: u64,
@@ -24,6 +30,11 @@ pub struct Counters {
     pub skipped: u64,
     /// Jobs started and not yet finished, at the time of the copy.
     pub in_flight: u64,
+    /// Open HTTP/2 connections, at the time of the copy.
+    pub connections: u64,
+    /// gRPC message bytes sent and received (framing included, HTTP/2 headers not).
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
 }
 
 impl Counters {
@@ -36,7 +47,24 @@ impl Counters {
         self.failed += other.failed;
         self.skipped += other.skipped;
         self.in_flight += other.in_flight;
+        self.connections += other.connections;
+        self.bytes_sent += other.bytes_sent;
+        self.bytes_received += other.bytes_received;
     }
+
+    fn count(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Ok => self.ok += 1,
+            Outcome::Failed(_) => self.failed += 1,
+            Outcome::Skipped(_) => self.skipped += 1,
+        }
+    }
+}
+
+/// A latency histogram with percore's bounds (µs, 1..=100 s, 3 digits).
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_TRACKED_US, SIGNIFICANT_DIGITS)
+        .expect("constant histogram bounds are valid")
 }
 
 /// One histogram per stage, in microseconds.
@@ -45,33 +73,32 @@ pub struct StageHistograms {
     pub schedule_lag: Histogram<u64>,
     pub fetch: Histogram<u64>,
     pub infer: Histogram<u64>,
+    /// Result ready on the shard → row committed; recorded by the sink writer.
+    pub sink_lag: Histogram<u64>,
     pub end_to_end: Histogram<u64>,
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_TRACKED_US, SIGNIFICANT_DIGITS)
-        .expect("constant histogram bounds are valid")
 }
 
 impl Default for StageHistograms {
     fn default() -> Self {
         StageHistograms {
-            schedule_lag: histogram(),
-            fetch: histogram(),
-            infer: histogram(),
-            end_to_end: histogram(),
+            schedule_lag: new_histogram(),
+            fetch: new_histogram(),
+            infer: new_histogram(),
+            sink_lag: new_histogram(),
+            end_to_end: new_histogram(),
         }
     }
 }
 
 impl StageHistograms {
-    /// The stages in report order, with their names.
-    pub fn stages(&self) -> [(&'static str, &Histogram<u64>); 4] {
+    /// The stages in report order ([`STAGES`]), with their names.
+    pub fn stages(&self) -> [(&'static str, &Histogram<u64>); 5] {
         [
-            ("schedule_lag", &self.schedule_lag),
-            ("fetch", &self.fetch),
-            ("infer", &self.infer),
-            ("end_to_end", &self.end_to_end),
+            (STAGES[0], &self.schedule_lag),
+            (STAGES[1], &self.fetch),
+            (STAGES[2], &self.infer),
+            (STAGES[3], &self.sink_lag),
+            (STAGES[4], &self.end_to_end),
         ]
     }
 
@@ -80,57 +107,111 @@ impl StageHistograms {
         let _ = self.schedule_lag.add(&other.schedule_lag);
         let _ = self.fetch.add(&other.fetch);
         let _ = self.infer.add(&other.infer);
+        let _ = self.sink_lag.add(&other.sink_lag);
         let _ = self.end_to_end.add(&other.end_to_end);
+    }
+
+    /// Records the stages a shard times. Skipped ticks have no stages; failed jobs
+    /// count for schedule lag only (a failed call's time says little about a node).
+    fn record(&mut self, record: &JobRecord) {
+        if matches!(record.outcome, Outcome::Skipped(_)) {
+            return;
+        }
+        let latency = &record.latency;
+        self.schedule_lag
+            .saturating_record(latency.schedule_lag_us.max(1));
+        if matches!(record.outcome, Outcome::Ok) {
+            for (histogram, value) in [
+                (&mut self.fetch, latency.fetch_us),
+                (&mut self.infer, latency.infer_us),
+                (&mut self.end_to_end, latency.end_to_end_us),
+            ] {
+                if let Some(us) = value {
+                    histogram.saturating_record(us.max(1));
+                }
+            }
+        }
     }
 }
 
-/// Everything a shard counts, owned by that shard.
+/// Counters and latencies of one class on one shard.
 #[derive(Debug, Clone, Default)]
-pub struct ShardStats {
+pub struct ClassStats {
     pub counters: Counters,
     pub latency: StageHistograms,
 }
 
+/// Everything a shard counts, owned by that shard.
+#[derive(Debug, Clone)]
+pub struct ShardStats {
+    /// Whole-run counters (gauges filled in when a copy is sent).
+    pub counters: Counters,
+    /// Whole-run latencies.
+    pub latency: StageHistograms,
+    /// The same, per class (by class index).
+    pub per_class: Vec<ClassStats>,
+    /// Latencies since the last progress report; swapped out once a second.
+    pub interval: StageHistograms,
+    /// When the current interval started.
+    pub interval_start: Instant,
+}
+
 impl ShardStats {
-    /// Records a finished (or skipped) job.
-    pub fn record(&mut self, record: &JobRecord) {
-        match record.outcome {
-            Outcome::Ok => self.counters.ok += 1,
-            Outcome::Failed(_) => self.counters.failed += 1,
-            Outcome::Skipped(_) => {
-                // A skipped tick has no stages; its lag is not a job's latency.
-                self.counters.skipped += 1;
-                return;
-            }
-        }
-        let latency = &record.latency;
-        self.latency
-            .schedule_lag
-            .saturating_record(latency.schedule_lag_us.max(1));
-        // Only successful stages are timed; a failed call's time says little about the node.
-        if matches!(record.outcome, Outcome::Ok) {
-            if let Some(us) = latency.fetch_us {
-                self.latency.fetch.saturating_record(us.max(1));
-            }
-            if let Some(us) = latency.infer_us {
-                self.latency.infer.saturating_record(us.max(1));
-            }
-            if let Some(us) = latency.end_to_end_us {
-                self.latency.end_to_end.saturating_record(us.max(1));
-            }
+    pub fn new(classes: usize) -> ShardStats {
+        ShardStats {
+            counters: Counters::default(),
+            latency: StageHistograms::default(),
+            per_class: (0..classes).map(|_| ClassStats::default()).collect(),
+            interval: StageHistograms::default(),
+            interval_start: Instant::now(),
         }
     }
+
+    /// Records a finished (or skipped) job.
+    pub fn record(&mut self, record: &JobRecord) {
+        self.counters.count(&record.outcome);
+        self.latency.record(record);
+        self.interval.record(record);
+        if let Some(class) = self.per_class.get_mut(record.class as usize) {
+            class.counters.count(&record.outcome);
+            class.latency.record(record);
+        }
+    }
+
+    /// Hands out the current interval and starts the next one.
+    pub fn take_interval(&mut self) -> Interval {
+        let now = Instant::now();
+        Interval {
+            start: std::mem::replace(&mut self.interval_start, now),
+            end: now,
+            latency: std::mem::take(&mut self.interval),
+        }
+    }
+}
+
+/// Latencies recorded between two instants.
+#[derive(Debug, Clone)]
+pub struct Interval {
+    pub start: Instant,
+    pub end: Instant,
+    pub latency: StageHistograms,
 }
 
 /// What a shard tells the coordinator.
 #[derive(Debug)]
 pub enum ShardReport {
-    /// Once a second: counters so far.
-    Progress { shard: u16, counters: Counters },
+    /// Once a second: counters so far and the last interval's latencies.
+    Progress {
+        shard: u16,
+        counters: Counters,
+        interval: Box<Interval>,
+    },
     /// Once, when the shard has run its last job and sent its last result.
     Finished {
         shard: u16,
         stats: Box<ShardStats>,
+        /// Latencies since the last progress report.
+        interval: Box<Interval>,
         /// End of the window whose ticks this shard dispatched (Unix ms, exclusive).
         end_ms: i64,
         /// Set when the shard stopped early, e.g. because the sink went away.
@@ -144,11 +225,11 @@ mod tests {
     use crate::error::{ErrorKind, JobError, Stage};
     use crate::record::{SkipReason, StageLatency};
 
-    fn record(outcome: Outcome, end_to_end_us: u64) -> JobRecord {
+    fn record(class: u16, outcome: Outcome, end_to_end_us: u64) -> JobRecord {
         JobRecord {
             device: 0,
             tick_ms: 0,
-            class: 0,
+            class,
             shard: 0,
             outcome,
             output: bytes::Bytes::new(),
@@ -158,29 +239,63 @@ mod tests {
                 infer_us: Some(20),
                 end_to_end_us: Some(end_to_end_us),
             },
+            ready_at: Instant::now(),
         }
     }
 
     #[test]
     fn outcomes_are_counted_and_only_successes_timed() {
-        let mut stats = ShardStats::default();
+        let mut stats = ShardStats::new(2);
         for us in 1..=100 {
-            stats.record(&record(Outcome::Ok, us * 10));
+            stats.record(&record(0, Outcome::Ok, us * 10));
         }
         let failure = JobError::new(Stage::Infer, ErrorKind::DeadlineExceeded);
-        stats.record(&record(Outcome::Failed(failure), 1_000_000));
-        stats.record(&record(Outcome::Skipped(SkipReason::PreviousJobRunning), 0));
+        stats.record(&record(1, Outcome::Failed(failure), 1_000_000));
+        stats.record(&record(
+            1,
+            Outcome::Skipped(SkipReason::PreviousJobRunning),
+            0,
+        ));
+        let counters = stats.counters;
         assert_eq!(
-            (
-                stats.counters.ok,
-                stats.counters.failed,
-                stats.counters.skipped
-            ),
+            (counters.ok, counters.failed, counters.skipped),
             (100, 1, 1)
         );
         assert_eq!(stats.latency.end_to_end.len(), 100);
         assert_eq!(stats.latency.end_to_end.value_at_quantile(0.5), 500);
         assert_eq!(stats.latency.end_to_end.max(), 1000);
         assert_eq!(stats.latency.schedule_lag.len(), 101);
+        assert_eq!(stats.per_class[0].counters.ok, 100);
+        assert_eq!(
+            (
+                stats.per_class[1].counters.failed,
+                stats.per_class[1].counters.skipped
+            ),
+            (1, 1)
+        );
+        assert_eq!(stats.per_class[1].latency.end_to_end.len(), 0);
+    }
+
+    #[test]
+    fn intervals_hold_only_what_came_since_the_last_one() {
+        let mut stats = ShardStats::new(1);
+        stats.record(&record(0, Outcome::Ok, 100));
+        let first = stats.take_interval();
+        stats.record(&record(0, Outcome::Ok, 200));
+        stats.record(&record(0, Outcome::Ok, 300));
+        let second = stats.take_interval();
+        assert_eq!(first.latency.end_to_end.len(), 1);
+        assert_eq!(second.latency.end_to_end.len(), 2);
+        assert_eq!(second.latency.end_to_end.min(), 200);
+        assert!(second.start >= first.end);
+        assert_eq!(stats.latency.end_to_end.len(), 3);
+    }
+
+    #[test]
+    fn values_past_the_range_are_clamped_not_lost() {
+        let mut histograms = StageHistograms::default();
+        histograms.end_to_end.saturating_record(MAX_TRACKED_US * 10);
+        assert_eq!(histograms.end_to_end.len(), 1);
+        assert!(histograms.end_to_end.max() >= MAX_TRACKED_US);
     }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use crate::stats::{Counters, StageHistograms};
+use crate::report::{Interval, Recording};
+use crate::stats::{ClassStats, Counters, StageHistograms, STAGES};
 
 /// The merged result of one run.
 #[derive(Debug, Clone)]
@@ -28,11 +29,42 @@ pub struct RunSummary {
     pub rows_written: u64,
     /// Where the rows are (e.g. the SQLite file).
     pub sink_location: String,
-    /// Counters of every shard, by shard index.
-    pub per_shard: Vec<Counters>,
     /// All shards together.
     pub counters: Counters,
+    /// Latencies of all shards together (sink lag from the writer).
     pub latency: StageHistograms,
+    /// Every shard's counters and latencies, by shard index.
+    pub per_shard: Vec<ShardSummary>,
+    /// Every class's counters and latencies, by class index.
+    pub per_class: Vec<ClassSummary>,
+    /// Latencies by second of the run (index 0 = the first second after the first
+    /// tick), all shards together.
+    pub per_second: Vec<StageHistograms>,
+    /// What was run: load, fleet, classes, tuning — for reports.
+    pub config: Value,
+}
+
+/// One shard's share of a run.
+#[derive(Debug, Clone)]
+pub struct ShardSummary {
+    pub counters: Counters,
+    pub latency: StageHistograms,
+}
+
+/// One class's share of a run.
+#[derive(Debug, Clone)]
+pub struct ClassSummary {
+    pub class: String,
+    pub model: String,
+    pub stats: ClassStats,
+}
+
+fn latency_json(latency: &StageHistograms) -> Value {
+    let mut stages = serde_json::Map::new();
+    for (stage, histogram) in latency.stages() {
+        stages.insert(stage.to_string(), percentiles(histogram));
+    }
+    Value::Object(stages)
 }
 
 fn percentiles(histogram: &Histogram<u64>) -> Value {
@@ -67,10 +99,6 @@ impl RunSummary {
     pub fn to_json(&self) -> Value {
         let jobs = self.counters.jobs().max(1) as f64;
         let per_job = |cpu: Duration| cpu.as_secs_f64() * 1e6 / jobs;
-        let mut latency = serde_json::Map::new();
-        for (stage, histogram) in self.latency.stages() {
-            latency.insert(stage.to_string(), percentiles(histogram));
-        }
         json!({
             "jobs": self.counters.jobs(),
             "ok": self.counters.ok,
@@ -89,10 +117,19 @@ impl RunSummary {
             "shards": self.shards,
             "window_unix_ms": [self.window_ms.0, self.window_ms.1],
             "sink": self.sink_location,
-            "per_shard": self.per_shard.iter().enumerate().map(|(shard, c)| json!({
-                "shard": shard, "ok": c.ok, "failed": c.failed, "skipped": c.skipped,
+            "latency_us": latency_json(&self.latency),
+            "per_shard": self.per_shard.iter().enumerate().map(|(shard, s)| json!({
+                "shard": shard, "ok": s.counters.ok, "failed": s.counters.failed,
+                "skipped": s.counters.skipped, "bytes_sent": s.counters.bytes_sent,
+                "bytes_received": s.counters.bytes_received,
+                "latency_us": latency_json(&s.latency),
             })).collect::<Vec<_>>(),
-            "latency_us": latency,
+            "per_class": self.per_class.iter().map(|c| json!({
+                "class": c.class, "model": c.model, "ok": c.stats.counters.ok,
+                "failed": c.stats.counters.failed, "skipped": c.stats.counters.skipped,
+                "latency_us": latency_json(&c.stats.latency),
+            })).collect::<Vec<_>>(),
+            "config": self.config,
         })
     }
 
@@ -118,6 +155,26 @@ impl RunSummary {
             );
         }
         table
+    }
+
+    /// The run as the report layer stores it: the summary object and one interval
+    /// histogram per stage per second.
+    pub fn recording(&self) -> Recording {
+        let mut intervals = Vec::with_capacity(self.per_second.len() * STAGES.len());
+        for (second, latency) in self.per_second.iter().enumerate() {
+            for (stage, histogram) in latency.stages() {
+                intervals.push(Interval {
+                    start: Duration::from_secs(second as u64),
+                    length: Duration::from_secs(1),
+                    stage: stage.to_string(),
+                    histogram: histogram.clone(),
+                });
+            }
+        }
+        Recording {
+            summary: self.to_json(),
+            intervals,
+        }
     }
 
     /// One line with the totals.
@@ -155,14 +212,33 @@ mod tests {
             writer_cpu: Duration::from_millis(15),
             rows_written: 5_000,
             sink_location: "x.db".into(),
-            per_shard: vec![],
             counters: Counters {
                 ok: 4_000,
                 failed: 900,
                 skipped: 100,
-                in_flight: 0,
+                ..Counters::default()
             },
-            latency,
+            latency: latency.clone(),
+            per_shard: vec![ShardSummary {
+                counters: Counters {
+                    ok: 4_000,
+                    ..Counters::default()
+                },
+                latency: latency.clone(),
+            }],
+            per_class: vec![ClassSummary {
+                class: "camera".into(),
+                model: "resnet50".into(),
+                stats: ClassStats {
+                    counters: Counters {
+                        failed: 900,
+                        ..Counters::default()
+                    },
+                    latency,
+                },
+            }],
+            per_second: vec![],
+            config: json!({"load": {"mode": "ticks"}}),
         };
         let json = summary.to_json();
         assert_eq!(json["jobs"], 5_000);
@@ -173,6 +249,11 @@ mod tests {
         assert_eq!(json["latency_us"]["end_to_end"]["p50"], 500);
         assert_eq!(json["latency_us"]["end_to_end"]["max"], 1000);
         assert!(json["latency_us"]["fetch"]["p999"].is_u64());
+        assert_eq!(json["per_shard"][0]["ok"], 4_000);
+        assert_eq!(json["per_shard"][0]["latency_us"]["end_to_end"]["p50"], 500);
+        assert_eq!(json["per_class"][0]["class"], "camera");
+        assert_eq!(json["per_class"][0]["failed"], 900);
+        assert_eq!(json["config"]["load"]["mode"], "ticks");
         assert!(summary
             .latency_table()
             .lines()

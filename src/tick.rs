@@ -71,6 +71,15 @@ impl Clock {
         self.base_unix_ms + self.base.elapsed().as_millis() as i64
     }
 
+    /// The Unix millisecond an instant falls in.
+    pub fn unix_ms_of(&self, instant: Instant) -> i64 {
+        if instant >= self.base {
+            self.base_unix_ms + (instant - self.base).as_millis() as i64
+        } else {
+            self.base_unix_ms - (self.base - instant).as_millis() as i64 - 1
+        }
+    }
+
     /// The monotonic instant of a Unix millisecond.
     pub fn instant_of(&self, unix_ms: i64) -> Instant {
         let offset = unix_ms - self.base_unix_ms;
@@ -249,5 +258,10 @@ mod tests {
         let now = clock.now_ms();
         let later = clock.instant_of(now + 250);
         assert_eq!(later - clock.instant_of(now), Duration::from_millis(250));
+        assert_eq!(clock.unix_ms_of(later), now + 250);
+        assert_eq!(
+            clock.unix_ms_of(later + Duration::from_micros(999)),
+            now + 250
+        );
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use http::Uri;
 
 use crate::error::ErrorKind;
-use crate::grpc::client::{ClientSettings, Connection};
+use crate::grpc::client::{ClientSettings, Connection, Traffic};
 use crate::runtime;
 
 /// Request path of the data source's Fetch.
@@ -63,6 +63,8 @@ pub struct NodePool {
     waiters: RefCell<Vec<Waker>>,
     /// HTTP/2 and connect settings for new connections.
     settings: Rc<ClientSettings>,
+    /// Bytes sent and received over all of this pool's connections, past and present.
+    traffic: Rc<Traffic>,
 }
 
 impl NodePool {
@@ -86,6 +88,7 @@ impl NodePool {
             generation: Cell::new(0),
             waiters: RefCell::new(Vec::new()),
             settings,
+            traffic: Rc::new(Traffic::default()),
         })
     }
 
@@ -108,6 +111,11 @@ impl NodePool {
             .iter()
             .filter(|c| !c.is_closed())
             .count()
+    }
+
+    /// gRPC message bytes (sent, received) over this pool's connections so far.
+    pub fn traffic(&self) -> (u64, u64) {
+        (self.traffic.sent.get(), self.traffic.received.get())
     }
 
     /// Whether calls to this node currently fail fast because it refused a connect.
@@ -175,7 +183,7 @@ impl NodePool {
         *self.state.borrow_mut() = ConnectState::Connecting;
         let pool = self.clone();
         runtime::spawn(async move {
-            let result = Connection::open(pool.node, &pool.settings).await;
+            let result = Connection::open(pool.node, &pool.settings, pool.traffic.clone()).await;
             let next_state = match result {
                 Ok(connection) => {
                     pool.connections.borrow_mut().push(Rc::new(connection));

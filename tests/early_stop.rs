@@ -44,6 +44,7 @@ fn a_stop_request_ends_every_shard_at_one_tick_time_and_loses_nothing() {
         load: Load::Ticks,
         print_status: false,
         stop: Some(stop_rx),
+        ..RunOptions::default()
     };
     let summary = dispatcher::run(&config, &options).expect("the run succeeds");
     stopper.join().expect("the stopper thread");

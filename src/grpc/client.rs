@@ -45,6 +45,13 @@ impl Default for ClientSettings {
     }
 }
 
+/// gRPC message bytes moved over a node's connections, for the metrics.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    pub sent: Cell<u64>,
+    pub received: Cell<u64>,
+}
+
 /// One HTTP/2 connection to one node, owned by one shard.
 pub struct Connection {
     /// h2's handle for opening streams; cloned per call, as `ready()` consumes it.
@@ -56,12 +63,18 @@ pub struct Connection {
     in_flight: Cell<usize>,
     /// Set by the connection's driver task when the connection ends.
     closed: Rc<Cell<bool>>,
+    /// Byte counters of the node's pool, outliving this connection.
+    traffic: Rc<Traffic>,
 }
 
 impl Connection {
     /// Connects and performs the HTTP/2 handshake; the connection is then driven by
     /// a task on the current executor until it closes.
-    pub async fn open(node: SocketAddr, settings: &ClientSettings) -> std::io::Result<Connection> {
+    pub async fn open(
+        node: SocketAddr,
+        settings: &ClientSettings,
+        traffic: Rc<Traffic>,
+    ) -> std::io::Result<Connection> {
         let deadline = Instant::now() + settings.connect_timeout;
         let timed_out = || std::io::Error::from(std::io::ErrorKind::TimedOut);
         let stream =
@@ -101,6 +114,7 @@ impl Connection {
             node,
             in_flight: Cell::new(0),
             closed,
+            traffic,
         })
     }
 
@@ -145,6 +159,8 @@ impl Connection {
         max_message_len: usize,
     ) -> Result<Bytes, ErrorKind> {
         let lost = |error: h2::Error| self.lost(error);
+        let traffic = &self.traffic;
+        traffic.sent.set(traffic.sent.get() + body.len() as u64);
         let mut send = self.send.clone().ready().await.map_err(lost)?;
         let (response, mut stream) = send
             .send_request(grpc_request(uri, deadline), false)
@@ -171,6 +187,9 @@ impl Connection {
             let chunk = chunk.map_err(lost)?;
             // Give the window back at once so the peer never stalls on us.
             let _ = body.flow_control().release_capacity(chunk.len());
+            traffic
+                .received
+                .set(traffic.received.get() + chunk.len() as u64);
             decoder.push(chunk).map_err(frame_error)?;
         }
         let trailers = body.trailers().await.map_err(lost)?;

@@ -14,9 +14,13 @@ use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
 
 use crate::devices::Fleet;
 use crate::record::JobRecord;
+use crate::stats::new_histogram;
 
 /// Name of the writer thread. CPU accounting finds the dispatcher's threads by
 /// name, so this must not change without updating it.
@@ -126,7 +130,7 @@ impl std::fmt::Display for SinkError {
 impl std::error::Error for SinkError {}
 
 /// What the writer thread did, returned when it ends cleanly.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct WriterReport {
     /// Rows persisted (a rewritten (device, tick) counts each time).
     pub rows: u64,
@@ -134,9 +138,63 @@ pub struct WriterReport {
     pub transactions: u64,
     /// The sink's location, to print at the end of a run.
     pub location: String,
+    /// How long rows waited between being ready on a shard and being committed.
+    pub sink_lag: SinkLag,
     /// CPU time the writer thread used, measured by itself as it ends: it counts
     /// in the dispatcher's CPU per job, and the thread is gone when that is summed.
     pub cpu: std::time::Duration,
+}
+
+/// Sink lag (result ready on the shard → row committed), in µs, recorded by the
+/// writer after each commit: in total, per second of the run, per shard, per class.
+#[derive(Debug, Clone)]
+pub struct SinkLag {
+    /// The run's start, which per-second intervals count from.
+    pub run_start: Instant,
+    pub total: Histogram<u64>,
+    /// Index = whole seconds since `run_start` at commit time.
+    pub per_second: Vec<Histogram<u64>>,
+    /// Index = shard.
+    pub per_shard: Vec<Histogram<u64>>,
+    /// Index = class.
+    pub per_class: Vec<Histogram<u64>>,
+}
+
+impl SinkLag {
+    pub fn new(run_start: Instant) -> SinkLag {
+        SinkLag {
+            run_start,
+            total: new_histogram(),
+            per_second: Vec::new(),
+            per_shard: Vec::new(),
+            per_class: Vec::new(),
+        }
+    }
+
+    /// Records the rows of one commit made at `committed`.
+    fn record(&mut self, rows: &[JobRecord], committed: Instant) {
+        let second = committed
+            .saturating_duration_since(self.run_start)
+            .as_secs() as usize;
+        let slot = |histograms: &mut Vec<Histogram<u64>>, index: usize| {
+            if histograms.len() <= index {
+                histograms.resize_with(index + 1, new_histogram);
+            }
+        };
+        slot(&mut self.per_second, second);
+        for row in rows {
+            let lag_us = committed
+                .saturating_duration_since(row.ready_at)
+                .as_micros() as u64;
+            let lag_us = lag_us.max(1);
+            self.total.saturating_record(lag_us);
+            self.per_second[second].saturating_record(lag_us);
+            slot(&mut self.per_shard, row.shard as usize);
+            self.per_shard[row.shard as usize].saturating_record(lag_us);
+            slot(&mut self.per_class, row.class as usize);
+            self.per_class[row.class as usize].saturating_record(lag_us);
+        }
+    }
 }
 
 /// Spawns the writer thread (std::thread, named "pc-sink" — the name matters:
@@ -155,10 +213,11 @@ pub fn spawn_writer(
     sink: Box<dyn Sink>,
     batches: flume::Receiver<Vec<JobRecord>>,
     recycle: flume::Sender<Vec<JobRecord>>,
+    run_start: Instant,
 ) -> std::io::Result<JoinHandle<Result<WriterReport, SinkError>>> {
     std::thread::Builder::new()
         .name(WRITER_THREAD_NAME.to_owned())
-        .spawn(move || run_writer(sink, &batches, &recycle))
+        .spawn(move || run_writer(sink, &batches, &recycle, run_start))
 }
 
 /// The writer thread's body: one transaction per group of queued batches.
@@ -166,11 +225,13 @@ fn run_writer(
     mut sink: Box<dyn Sink>,
     batches: &flume::Receiver<Vec<JobRecord>>,
     recycle: &flume::Sender<Vec<JobRecord>>,
+    run_start: Instant,
 ) -> Result<WriterReport, SinkError> {
     let mut report = WriterReport {
         rows: 0,
         transactions: 0,
         location: sink.location(),
+        sink_lag: SinkLag::new(run_start),
         cpu: std::time::Duration::ZERO,
     };
     // Rows of the next transaction; sized once so grouping never reallocates.
@@ -190,6 +251,7 @@ fn run_writer(
         }
         sink.write_batch(&group)
             .map_err(|error| error.after_rows(report.rows))?;
+        report.sink_lag.record(&group, Instant::now());
         report.rows += group.len() as u64;
         report.transactions += 1;
         group.clear();
@@ -229,6 +291,7 @@ mod tests {
                 infer_us: Some(200),
                 end_to_end_us: Some(320),
             },
+            ready_at: std::time::Instant::now(),
         }
     }
 
@@ -254,7 +317,7 @@ mod tests {
         let sink = open(&target, names(DEVICES)).unwrap();
         let (batch_tx, batch_rx) = flume::bounded(4);
         let (recycle_tx, recycle_rx) = flume::bounded(1024);
-        let writer = spawn_writer(sink, batch_rx, recycle_tx).unwrap();
+        let writer = spawn_writer(sink, batch_rx, recycle_tx, Instant::now()).unwrap();
         assert_eq!(writer.thread().name(), Some(WRITER_THREAD_NAME));
 
         let senders: Vec<_> = (0..SENDERS)
@@ -281,6 +344,20 @@ mod tests {
         let report = writer.join().unwrap().unwrap();
 
         assert_eq!(report.rows, 10_000);
+        assert_eq!(
+            report.sink_lag.total.len(),
+            10_000,
+            "every committed row has a sink lag"
+        );
+        assert_eq!(
+            report
+                .sink_lag
+                .per_shard
+                .iter()
+                .map(|h| h.len())
+                .sum::<u64>(),
+            10_000
+        );
         assert!(report.transactions >= 2, "{report:?}");
         assert_eq!(report.location, path.display().to_string());
         let db = rusqlite::Connection::open(&path).unwrap();
@@ -325,7 +402,7 @@ mod tests {
         });
         let (batch_tx, batch_rx) = flume::bounded(4);
         let (recycle_tx, _recycle_rx) = flume::bounded(4);
-        let writer = spawn_writer(sink, batch_rx, recycle_tx).unwrap();
+        let writer = spawn_writer(sink, batch_rx, recycle_tx, Instant::now()).unwrap();
         batch_tx
             .send((0..5).map(|d| record(d, 1)).collect())
             .unwrap();

@@ -253,6 +253,7 @@ mod tests {
                 infer_us: Some(5_600),
                 end_to_end_us: Some(6_100),
             },
+            ready_at: std::time::Instant::now(),
         }
     }
 
@@ -276,6 +277,7 @@ mod tests {
                 infer_us: None,
                 end_to_end_us: Some(9_000),
             },
+            ready_at: std::time::Instant::now(),
         }
     }
 
@@ -291,6 +293,7 @@ mod tests {
                 schedule_lag_us: 7,
                 ..StageLatency::default()
             },
+            ready_at: std::time::Instant::now(),
         }
     }
 

@@ -98,8 +98,7 @@ pub fn run_options(duration: Duration) -> RunOptions {
     RunOptions {
         duration: Some(duration),
         load: Load::Ticks,
-        print_status: false,
-        stop: None,
+        ..RunOptions::default()
     }
 }
 
@@ -241,7 +240,12 @@ pub fn assert_counts(summary: &RunSummary, rows: &[Row]) {
     for row in rows {
         by_shard.entry(row.shard).or_default().push(row);
     }
-    for (shard, counters) in summary.per_shard.iter().enumerate() {
+    for (shard, counters) in summary
+        .per_shard
+        .iter()
+        .map(|shard| &shard.counters)
+        .enumerate()
+    {
         let shard_rows = by_shard.remove(&(shard as i64)).unwrap_or_default();
         assert_eq!(
             outcome_counts(shard_rows),

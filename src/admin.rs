@@ -1,0 +1,286 @@
+//! The admin endpoint: Prometheus metrics and `/healthz` over HTTP.
+//!
+//! Served by one plain thread (not a shard) from the latest [`MetricsSnapshot`]
+//! the coordinator published over a channel; a scrape never touches a shard. It
+//! listens on 127.0.0.1 unless told otherwise. Deliberately minimal HTTP/1.1: one
+//! request per connection, `GET` only.
+
+use std::fmt::Write as _;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::stats::{Counters, StageHistograms};
+
+/// Upper bounds of the Prometheus latency buckets, in seconds.
+const BUCKETS_S: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// What the coordinator publishes, about once a second and once at the end.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsSnapshot {
+    /// Counters and gauges by shard index.
+    pub per_shard: Vec<Counters>,
+    /// Latencies of the whole run so far, all shards merged.
+    pub latency: StageHistograms,
+}
+
+/// A running admin server.
+pub struct AdminServer {
+    /// Where it listens (the real port when asked for port 0).
+    addr: SocketAddr,
+    /// Where the coordinator sends snapshots; bounded, the server keeps the newest.
+    publisher: flume::Sender<MetricsSnapshot>,
+    /// Tells the thread to exit (it checks after each connection).
+    stop: flume::Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// Binds `addr` and serves from a new thread named `pc-admin`.
+    pub fn start(addr: SocketAddr) -> io::Result<AdminServer> {
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        let (publisher, snapshots) = flume::bounded(4);
+        let (stop, stopped) = flume::bounded(1);
+        let thread = std::thread::Builder::new()
+            .name("pc-admin".into())
+            .spawn(move || serve(listener, snapshots, stopped))?;
+        Ok(AdminServer {
+            addr,
+            publisher,
+            stop,
+            thread,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A sender for the coordinator's snapshots.
+    pub fn publisher(&self) -> flume::Sender<MetricsSnapshot> {
+        self.publisher.clone()
+    }
+
+    /// Stops serving and waits for the thread.
+    pub fn stop(self) {
+        let _ = self.stop.send(());
+        // Wake the blocking accept.
+        let _ = TcpStream::connect(self.addr);
+        let _ = self.thread.join();
+    }
+}
+
+fn serve(
+    listener: TcpListener,
+    snapshots: flume::Receiver<MetricsSnapshot>,
+    stopped: flume::Receiver<()>,
+) {
+    let mut latest = MetricsSnapshot::default();
+    for stream in listener.incoming() {
+        if stopped.try_recv().is_ok() {
+            return;
+        }
+        while let Ok(snapshot) = snapshots.try_recv() {
+            latest = snapshot;
+        }
+        if let Ok(stream) = stream {
+            // A client that misbehaves only loses its own answer.
+            let _ = answer(stream, &latest);
+        }
+    }
+}
+
+fn answer(mut stream: TcpStream, snapshot: &MetricsSnapshot) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    // Read (and ignore) the headers, so the client sees a clean close.
+    let mut header = String::new();
+    while reader.read_line(&mut header)? > 2 {
+        header.clear();
+    }
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, content_type, body) = match (method, path) {
+        ("GET", "/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4",
+            prometheus_text(snapshot),
+        ),
+        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
+        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_string(),
+        ),
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    stream.flush()
+}
+
+/// Renders a snapshot in the Prometheus text exposition format.
+pub fn prometheus_text(snapshot: &MetricsSnapshot) -> String {
+    let mut out = String::new();
+    let shards = snapshot.per_shard.iter().enumerate();
+    let _ = writeln!(
+        out,
+        "# HELP percore_jobs_total Jobs by outcome (ok, failed, skipped), per shard."
+    );
+    let _ = writeln!(out, "# TYPE percore_jobs_total counter");
+    for (shard, counters) in shards.clone() {
+        for (outcome, value) in [
+            ("ok", counters.ok),
+            ("failed", counters.failed),
+            ("skipped", counters.skipped),
+        ] {
+            let _ = writeln!(
+                out,
+                "percore_jobs_total{{shard=\"{shard}\",outcome=\"{outcome}\"}} {value}"
+            );
+        }
+    }
+    let counter_families: [(&str, &str, fn(&Counters) -> u64); 2] = [
+        (
+            "percore_bytes_sent_total",
+            "gRPC message bytes sent, per shard.",
+            |c| c.bytes_sent,
+        ),
+        (
+            "percore_bytes_received_total",
+            "gRPC message bytes received, per shard.",
+            |c| c.bytes_received,
+        ),
+    ];
+    for (name, help, value) in counter_families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (shard, counters) in shards.clone() {
+            let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", value(counters));
+        }
+    }
+    let gauge_families: [(&str, &str, fn(&Counters) -> u64); 2] = [
+        (
+            "percore_in_flight",
+            "Jobs started and not finished, per shard.",
+            |c| c.in_flight,
+        ),
+        (
+            "percore_connections",
+            "Open HTTP/2 connections to nodes, per shard.",
+            |c| c.connections,
+        ),
+    ];
+    for (name, help, value) in gauge_families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (shard, counters) in shards.clone() {
+            let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", value(counters));
+        }
+    }
+    let name = "percore_stage_latency_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Latency of each job stage (all shards).\n# TYPE {name} histogram"
+    );
+    for (stage, histogram) in snapshot.latency.stages() {
+        for bound in BUCKETS_S {
+            let bound_us = (bound * 1e6) as u64;
+            let count = histogram.count_between(0, bound_us);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{stage=\"{stage}\",le=\"{bound}\"}} {count}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{stage=\"{stage}\",le=\"+Inf\"}} {}",
+            histogram.len()
+        );
+        let sum_s = histogram.mean() * histogram.len() as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{stage=\"{stage}\"}} {sum_s}");
+        let _ = writeln!(out, "{name}_count{{stage=\"{stage}\"}} {}", histogram.len());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_lists_every_shard_outcome_and_cumulative_buckets() {
+        let mut snapshot = MetricsSnapshot {
+            per_shard: vec![
+                Counters {
+                    ok: 5,
+                    failed: 1,
+                    skipped: 2,
+                    in_flight: 3,
+                    connections: 2,
+                    bytes_sent: 100,
+                    bytes_received: 200,
+                },
+                Counters {
+                    ok: 7,
+                    ..Counters::default()
+                },
+            ],
+            latency: StageHistograms::default(),
+        };
+        for us in [50, 700, 700, 20_000] {
+            snapshot.latency.fetch.record(us).unwrap();
+        }
+        let text = prometheus_text(&snapshot);
+        assert!(
+            text.contains("percore_jobs_total{shard=\"0\",outcome=\"failed\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("percore_jobs_total{shard=\"1\",outcome=\"ok\"} 7\n"));
+        assert!(text.contains("percore_in_flight{shard=\"0\"} 3\n"));
+        assert!(text.contains("percore_bytes_received_total{shard=\"0\"} 200\n"));
+        assert!(text
+            .contains("percore_stage_latency_seconds_bucket{stage=\"fetch\",le=\"0.0001\"} 1\n"));
+        assert!(
+            text.contains("percore_stage_latency_seconds_bucket{stage=\"fetch\",le=\"0.001\"} 3\n")
+        );
+        assert!(
+            text.contains("percore_stage_latency_seconds_bucket{stage=\"fetch\",le=\"+Inf\"} 4\n")
+        );
+        assert!(text.contains("percore_stage_latency_seconds_count{stage=\"fetch\"} 4\n"));
+    }
+
+    #[test]
+    fn serves_metrics_healthz_and_404() {
+        let server = AdminServer::start("127.0.0.1:0".parse().unwrap()).unwrap();
+        let snapshot = MetricsSnapshot {
+            per_shard: vec![Counters {
+                ok: 42,
+                ..Counters::default()
+            }],
+            latency: StageHistograms::default(),
+        };
+        server.publisher().send(snapshot).unwrap();
+        let get = |path: &str| {
+            let mut stream = TcpStream::connect(server.addr()).unwrap();
+            write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut response = String::new();
+            std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+            response
+        };
+        let metrics = get("/metrics");
+        assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
+        assert!(metrics.contains("percore_jobs_total{shard=\"0\",outcome=\"ok\"} 42"));
+        assert!(get("/healthz").ends_with("\r\n\r\nok\n"));
+        assert!(get("/nope").starts_with("HTTP/1.1 404"));
+        server.stop();
+    }
+}

@@ -1,0 +1,492 @@
+//! Run reports: the files `--report DIR` writes and `percore report DIR [DIR_B]` reads.
+//!
+//! The report layer sees a run as a [`Recording`]: the `--summary-json` object
+//! (plus per-class, per-shard and config rows) and one HDR histogram per stage per
+//! second. From it [`write_dir`] makes:
+//!
+//! | file | what | module |
+//! | --- | --- | --- |
+//! | `summary.json` | the summary object, pretty-printed | here |
+//! | `<stage>.hgrm` | the stage's whole-run percentile distribution, Java's `outputPercentileDistribution` text | [`hgrm`] |
+//! | `histograms.hlog` | every interval histogram, HdrHistogram interval log V2 (deflate, base64), tagged by stage | [`hlog`] |
+//! | `report.html` | one self-contained page: spectra, throughput and p99 over time, tables, config | [`html`] |
+//!
+//! [`load_dir`] reads `summary.json` and `histograms.hlog` back (the `.hgrm` files
+//! and the page are derived), so a saved run can be re-rendered or compared with
+//! another. Everything here runs on the coordinator after a run, never on a shard.
+
+use std::fmt::{self, Write};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde_json::Value;
+
+pub mod hgrm;
+pub mod hlog;
+pub mod html;
+
+pub use html::{render_comparison_html, render_html};
+
+/// Stage names in report order: a job's life from its planned tick to its row.
+pub const STAGES: [&str; 5] = ["schedule_lag", "fetch", "infer", "sink_lag", "end_to_end"];
+
+/// Version of the files this module writes. [`load_dir`] reads only this version,
+/// and says so when it meets another: bump it when a file's meaning changes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Highest latency the histograms track, as in `stats`: one hour in µs.
+pub const MAX_TRACKED_US: u64 = 3_600_000_000;
+
+/// Significant decimal digits of every histogram, as in `stats`.
+pub const SIGNIFICANT_DIGITS: u8 = 3;
+
+/// File names inside a report directory.
+pub const SUMMARY_FILE: &str = "summary.json";
+pub const LOG_FILE: &str = "histograms.hlog";
+pub const HTML_FILE: &str = "report.html";
+
+/// A histogram with the bounds every stage histogram uses (1 µs .. 1 h, 3 digits).
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_TRACKED_US, SIGNIFICANT_DIGITS)
+        .expect("constant histogram bounds are valid")
+}
+
+/// One run as the report layer sees it.
+#[derive(Debug, Clone)]
+pub struct Recording {
+    /// The run's summary object: what `--summary-json` writes, plus `per_class`,
+    /// `per_shard` (with `latency_us`) and `config`. Read defensively: a field may
+    /// be missing in an older or partial run.
+    pub summary: Value,
+    /// Per-second interval histograms, one per stage per second (µs).
+    pub intervals: Vec<Interval>,
+}
+
+/// One stage's histogram over one interval of the run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Interval {
+    /// Start, relative to the run's start.
+    pub start: Duration,
+    /// Length of the interval (one second, shorter at the end of a run).
+    pub length: Duration,
+    /// One of [`STAGES`].
+    pub stage: String,
+    /// Samples that finished the stage in this interval, in µs.
+    pub histogram: Histogram<u64>,
+}
+
+/// What went wrong, and in which file (and line) it did.
+#[derive(Debug)]
+pub struct ReportError {
+    /// The directory or file the problem is in.
+    pub path: PathBuf,
+    /// 1-based line in `path`, when the problem is on one line.
+    pub line: Option<usize>,
+    pub kind: ReportErrorKind,
+}
+
+/// The kinds of report errors; `Display` of [`ReportError`] words each one.
+#[derive(Debug)]
+pub enum ReportErrorKind {
+    /// The report directory does not exist.
+    NoSuchDirectory,
+    /// The path exists but is a file.
+    NotADirectory,
+    /// A file the report needs is absent.
+    MissingFile,
+    /// Reading or writing failed; `action` is "read", "write" or "create".
+    Io {
+        action: &'static str,
+        source: io::Error,
+    },
+    /// The file ends in the middle of `line`, or before its end marker.
+    Truncated { mid_line: bool },
+    /// A line (or the JSON) does not parse; the text says what was expected.
+    Malformed(String),
+    /// The log was written by another version of this module, or by another writer.
+    OtherFormat { found: Option<String> },
+}
+
+impl ReportError {
+    pub(crate) fn new(path: impl Into<PathBuf>, kind: ReportErrorKind) -> Self {
+        ReportError {
+            path: path.into(),
+            line: None,
+            kind,
+        }
+    }
+
+    pub(crate) fn at_line(path: impl Into<PathBuf>, line: usize, kind: ReportErrorKind) -> Self {
+        ReportError {
+            path: path.into(),
+            line: Some(line),
+            kind,
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str, source: io::Error) -> Self {
+        Self::new(path, ReportErrorKind::Io { action, source })
+    }
+}
+
+impl fmt::Display for ReportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "percore report: {}", self.path.display())?;
+        if let Some(line) = self.line {
+            write!(f, " line {line}")?;
+        }
+        match &self.kind {
+            ReportErrorKind::NoSuchDirectory => write!(f, ": no such directory"),
+            ReportErrorKind::NotADirectory => write!(f, ": not a directory"),
+            ReportErrorKind::MissingFile => {
+                write!(f, ": missing (not a percore report directory?)")
+            }
+            ReportErrorKind::Io { action, source } => write!(f, ": cannot {action}: {source}"),
+            ReportErrorKind::Truncated { mid_line: true } => {
+                write!(f, ": truncated: the file ends in the middle of this line")
+            }
+            ReportErrorKind::Truncated { mid_line: false } => {
+                write!(f, ": truncated: the file ends before its end marker")
+            }
+            ReportErrorKind::Malformed(what) => write!(f, ": {what}"),
+            ReportErrorKind::OtherFormat { found: Some(found) } => {
+                write!(
+                    f,
+                    ": written by {found}, this is percore report format {FORMAT_VERSION}"
+                )
+            }
+            ReportErrorKind::OtherFormat { found: None } => write!(
+                f,
+                ": not written by percore report (no \"{}\" line before the first histogram)",
+                hlog::format_marker(FORMAT_VERSION)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ReportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            ReportErrorKind::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Creates `dir` (and its parents) and writes `summary.json`, one `<stage>.hgrm`
+/// per stage, `histograms.hlog` and `report.html` into it.
+pub fn write_dir(dir: &Path, recording: &Recording) -> Result<(), ReportError> {
+    std::fs::create_dir_all(dir).map_err(|e| ReportError::io(dir, "create", e))?;
+    let write = |name: &str, contents: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, contents).map_err(|e| ReportError::io(path, "write", e))
+    };
+    let mut summary = serde_json::to_string_pretty(&recording.summary)
+        .expect("a serde_json::Value always serializes");
+    summary.push('\n');
+    write(SUMMARY_FILE, summary.as_bytes())?;
+    for (stage, histogram) in stage_totals(recording) {
+        write(
+            &format!("{stage}.hgrm"),
+            hgrm::percentile_distribution(&histogram, 1.0).as_bytes(),
+        )?;
+    }
+    write(LOG_FILE, &hlog::write_log(recording))?;
+    write(HTML_FILE, render_html(recording).as_bytes())?;
+    Ok(())
+}
+
+/// Reads a directory [`write_dir`] wrote: `summary.json` and `histograms.hlog`.
+pub fn load_dir(dir: &Path) -> Result<Recording, ReportError> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => return Err(ReportError::new(dir, ReportErrorKind::NotADirectory)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(ReportError::new(dir, ReportErrorKind::NoSuchDirectory))
+        }
+        Err(e) => return Err(ReportError::io(dir, "read", e)),
+    }
+    let summary_path = dir.join(SUMMARY_FILE);
+    let summary_text = read_file(&summary_path)?;
+    let summary: Value = serde_json::from_slice(&summary_text).map_err(|e| {
+        ReportError::at_line(
+            &summary_path,
+            e.line(),
+            ReportErrorKind::Malformed(format!("invalid JSON: {e}")),
+        )
+    })?;
+    let log_path = dir.join(LOG_FILE);
+    let log_text = read_file(&log_path)?;
+    let intervals = hlog::read_log(&log_text, &log_path)?;
+    Ok(Recording { summary, intervals })
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, ReportError> {
+    std::fs::read(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => ReportError::new(path, ReportErrorKind::MissingFile),
+        _ => ReportError::io(path, "read", e),
+    })
+}
+
+/// Every stage's intervals added up, in [`STAGES`] order (empty histograms for
+/// stages without intervals).
+pub fn stage_totals(recording: &Recording) -> Vec<(String, Histogram<u64>)> {
+    STAGES
+        .iter()
+        .map(|&stage| {
+            // Auto-resizing, so an interval recorded with wider bounds loses nothing.
+            let mut total = new_histogram();
+            total.auto(true);
+            for interval in recording.intervals.iter().filter(|i| i.stage == stage) {
+                total
+                    .add(&interval.histogram)
+                    .expect("an auto-resizing histogram accepts any other");
+            }
+            (stage.to_string(), total)
+        })
+        .collect()
+}
+
+/// The percentiles every table shows, with their column titles.
+pub(crate) const TABLE_PERCENTILES: [(&str, f64); 4] = [
+    ("p50", 0.50),
+    ("p90", 0.90),
+    ("p99", 0.99),
+    ("p99.9", 0.999),
+];
+
+/// Per-stage percentile table (µs), like the one printed at the end of a run.
+pub fn text_table(recording: &Recording) -> String {
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "{:<13} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "stage (µs)", "count", "p50", "p90", "p99", "p99.9", "max"
+    );
+    for (stage, histogram) in stage_totals(recording) {
+        let _ = write!(table, "{:<13} {:>10}", stage, histogram.len());
+        for (_, q) in TABLE_PERCENTILES {
+            let _ = write!(
+                table,
+                " {:>10}",
+                cell(&histogram, histogram.value_at_quantile(q))
+            );
+        }
+        let _ = writeln!(table, " {:>10}", cell(&histogram, histogram.max()));
+    }
+    table
+}
+
+/// A latency cell: the value, or "-" when the stage has no samples.
+fn cell(histogram: &Histogram<u64>, value: u64) -> String {
+    if histogram.is_empty() {
+        "-".into()
+    } else {
+        value.to_string()
+    }
+}
+
+/// A number from the summary object, if it is there and numeric.
+pub(crate) fn summary_number(summary: &Value, key: &str) -> Option<f64> {
+    summary.get(key).and_then(Value::as_f64)
+}
+
+/// The rows a comparison shows: (label, value in A, value in B, lower is better).
+pub(crate) fn comparison_rows(
+    a: &Recording,
+    b: &Recording,
+) -> Vec<(String, Option<f64>, Option<f64>, bool)> {
+    let mut rows = vec![
+        (
+            "jobs/s".to_string(),
+            summary_number(&a.summary, "jobs_per_s"),
+            summary_number(&b.summary, "jobs_per_s"),
+            false,
+        ),
+        (
+            "cpu µs/job".to_string(),
+            summary_number(&a.summary, "cpu_us_per_job"),
+            summary_number(&b.summary, "cpu_us_per_job"),
+            true,
+        ),
+    ];
+    let totals_a = stage_totals(a);
+    let totals_b = stage_totals(b);
+    for ((stage, ha), (_, hb)) in totals_a.iter().zip(&totals_b) {
+        let value = |h: &Histogram<u64>, q: Option<f64>| {
+            (!h.is_empty()).then(|| match q {
+                Some(q) => h.value_at_quantile(q) as f64,
+                None => h.max() as f64,
+            })
+        };
+        for (name, q) in TABLE_PERCENTILES
+            .iter()
+            .map(|&(n, q)| (n, Some(q)))
+            .chain([("max", None)])
+        {
+            rows.push((
+                format!("{stage} {name} (µs)"),
+                value(ha, q),
+                value(hb, q),
+                true,
+            ));
+        }
+    }
+    rows
+}
+
+/// B / A, when both are there and A is not zero.
+pub(crate) fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if a != 0.0 => Some(b / a),
+        _ => None,
+    }
+}
+
+/// Two runs side by side: jobs/s, CPU per job, and every stage's percentiles, with
+/// B/A ratios (below 1 means B is lower).
+pub fn comparison_table(a: &Recording, a_name: &str, b: &Recording, b_name: &str) -> String {
+    let width = a_name
+        .chars()
+        .count()
+        .max(b_name.chars().count())
+        .clamp(12, 40);
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "{:<26} {:>width$} {:>width$} {:>8}",
+        "", a_name, b_name, "B/A"
+    );
+    let number = |v: Option<f64>| match v {
+        None => "-".to_string(),
+        Some(v) if v.fract() == 0.0 && v.abs() < 1e15 => format!("{v:.0}"),
+        Some(v) => format!("{v:.1}"),
+    };
+    for (label, va, vb, _) in comparison_rows(a, b) {
+        let r = ratio(va, vb).map_or_else(|| "-".to_string(), |r| format!("{r:.2}"));
+        let _ = writeln!(
+            table,
+            "{:<26} {:>width$} {:>width$} {:>8}",
+            label,
+            number(va),
+            number(vb),
+            r
+        );
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    pub(crate) fn interval(
+        second: u64,
+        stage: &str,
+        values: impl IntoIterator<Item = u64>,
+    ) -> Interval {
+        let mut histogram = new_histogram();
+        for v in values {
+            histogram.record(v).unwrap();
+        }
+        Interval {
+            start: Duration::from_secs(second),
+            length: Duration::from_secs(1),
+            stage: stage.to_string(),
+            histogram,
+        }
+    }
+
+    #[test]
+    fn totals_add_every_interval_of_a_stage_in_stage_order() {
+        let recording = Recording {
+            summary: json!({}),
+            intervals: vec![
+                interval(0, "fetch", 1..=5_000),
+                interval(1, "fetch", 5_001..=10_000),
+                interval(0, "infer", [7]),
+            ],
+        };
+        let totals = stage_totals(&recording);
+        let names: Vec<&str> = totals.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(names, STAGES);
+        let fetch = &totals[1].1;
+        assert_eq!(fetch.len(), 10_000);
+        assert_eq!(fetch.value_at_quantile(0.5), 5_003);
+        assert_eq!(fetch.value_at_quantile(0.9), 9_007);
+        // 3 significant digits: 9,990 shares a bucket of 8 with 9,984..=9,991.
+        assert_eq!(fetch.value_at_quantile(0.999), 9_991);
+        assert_eq!(fetch.max(), 10_007);
+        assert_eq!(totals[2].1.max(), 7);
+        assert!(totals[0].1.is_empty());
+    }
+
+    #[test]
+    fn text_table_has_a_row_per_stage_with_percentiles() {
+        let recording = Recording {
+            summary: json!({}),
+            intervals: vec![interval(0, "end_to_end", 1..=1_000)],
+        };
+        let table = text_table(&recording);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 1 + STAGES.len());
+        assert!(lines[0].contains("p99.9"));
+        let e2e: Vec<&str> = lines[5].split_whitespace().collect();
+        assert_eq!(
+            e2e,
+            ["end_to_end", "1000", "500", "900", "990", "999", "1000"]
+        );
+        let fetch: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(fetch, ["fetch", "0", "-", "-", "-", "-", "-"]);
+    }
+
+    #[test]
+    fn comparison_table_shows_both_runs_and_ratios() {
+        let a = Recording {
+            summary: json!({"jobs_per_s": 1000.0, "cpu_us_per_job": 20.0}),
+            intervals: vec![interval(0, "end_to_end", 1..=1_000)],
+        };
+        let b = Recording {
+            summary: json!({"jobs_per_s": 2500.0, "cpu_us_per_job": 5.0}),
+            intervals: vec![interval(0, "end_to_end", (1..=1_000).map(|v| v * 2))],
+        };
+        let table = comparison_table(&a, "python", &b, "percore");
+        let row = |label: &str| -> Vec<String> {
+            let line = table.lines().find(|l| l.starts_with(label)).unwrap();
+            line[26..].split_whitespace().map(str::to_string).collect()
+        };
+        assert!(table.lines().next().unwrap().contains("python"));
+        assert_eq!(row("jobs/s"), ["1000", "2500", "2.50"]);
+        assert_eq!(row("cpu µs/job"), ["20", "5", "0.25"]);
+        assert_eq!(row("end_to_end p50 (µs)"), ["500", "1000", "2.00"]);
+        assert_eq!(row("fetch p99 (µs)"), ["-", "-", "-"]);
+    }
+
+    #[test]
+    fn errors_name_the_place_and_the_problem() {
+        let e = ReportError::new("/x/y", ReportErrorKind::NoSuchDirectory);
+        assert_eq!(e.to_string(), "percore report: /x/y: no such directory");
+        let e = ReportError::at_line(
+            "/x/y/histograms.hlog",
+            17,
+            ReportErrorKind::Truncated { mid_line: true },
+        );
+        assert_eq!(
+            e.to_string(),
+            "percore report: /x/y/histograms.hlog line 17: truncated: the file ends in the middle of this line"
+        );
+        let e = ReportError::new(
+            "/x/histograms.hlog",
+            ReportErrorKind::OtherFormat {
+                found: Some("percore report format 3".into()),
+            },
+        );
+        assert_eq!(
+            e.to_string(),
+            "percore report: /x/histograms.hlog: written by percore report format 3, this is percore report format 1"
+        );
+    }
+}
