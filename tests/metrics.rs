@@ -1,0 +1,152 @@
+//! The admin endpoint during a real run: Prometheus metrics scraped while jobs run
+//! and after, with counters that add up to the run's totals.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::ClassSpec;
+use percore::admin::AdminServer;
+use percore::config::GrpcConfig;
+use percore::dispatcher::{self, RunOptions};
+use percore::mock::{MockKind, MockOptions};
+
+const METER: ClassSpec = ClassSpec {
+    name: "meter",
+    model: "forecast-lstm",
+    period_ms: 200,
+    deadline_ms: 200,
+};
+
+fn get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).expect("the admin server accepts");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request sent");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response read");
+    response
+}
+
+/// Samples of one metric family, keyed by their label text.
+fn samples(exposition: &str, name: &str) -> BTreeMap<String, f64> {
+    exposition
+        .lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series[name.len()..].to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn total(exposition: &str, name: &str, label: &str) -> f64 {
+    samples(exposition, name)
+        .iter()
+        .filter(|(labels, _)| labels.contains(label))
+        .map(|(_, value)| value)
+        .sum()
+}
+
+#[test]
+fn scraped_counters_add_up_to_the_run_totals() {
+    let options = MockOptions {
+        payload_bytes: 64,
+        error_rate: 0.05,
+        ..MockOptions::default()
+    };
+    let source = common::start_mock(MockKind::Source, options.clone());
+    let compute = common::start_mock(MockKind::Compute, options);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let config = common::config(
+        vec![common::class(METER, source.addr, compute.addr)],
+        1_000,
+        dir.path().join("jobs.db"),
+        GrpcConfig::default(),
+    );
+    let admin =
+        AdminServer::start("127.0.0.1:0".parse().expect("an address")).expect("admin starts");
+    let addr = admin.addr();
+    let publisher = admin.publisher();
+    let run = std::thread::spawn(move || {
+        let options = RunOptions {
+            duration: Some(Duration::from_secs(3)),
+            metrics: Some(publisher),
+            ..RunOptions::default()
+        };
+        dispatcher::run(&config, &options)
+    });
+
+    // Snapshots are published once a second: poll until one shows jobs, within
+    // the 3 s run.
+    let polling_until = std::time::Instant::now() + Duration::from_millis(2_800);
+    let mut during = get(addr, "/metrics");
+    while total(&during, "percore_jobs_total", "outcome=") == 0.0
+        && std::time::Instant::now() < polling_until
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        during = get(addr, "/metrics");
+    }
+    let summary = run
+        .join()
+        .expect("the run thread")
+        .expect("the run succeeds");
+    source.stop();
+    compute.stop();
+    let after = get(addr, "/metrics");
+    let health = get(addr, "/healthz");
+    admin.stop();
+
+    assert!(during.starts_with("HTTP/1.1 200 OK"), "{during}");
+    assert!(during.contains("Content-Type: text/plain; version=0.0.4"));
+    let jobs_during = total(&during, "percore_jobs_total", "outcome=");
+    assert!(jobs_during > 0.0, "no jobs counted mid-run:\n{during}");
+    assert!(jobs_during < summary.counters.jobs() as f64);
+
+    let counters = &summary.counters;
+    assert_eq!(
+        total(&after, "percore_jobs_total", "outcome=\"ok\""),
+        counters.ok as f64
+    );
+    assert_eq!(
+        total(&after, "percore_jobs_total", "outcome=\"failed\""),
+        counters.failed as f64
+    );
+    assert_eq!(
+        total(&after, "percore_jobs_total", "outcome=\"skipped\""),
+        counters.skipped as f64
+    );
+    assert!(counters.failed > 0, "the 5% error rate produced no failure");
+    for (shard, shard_summary) in summary.per_shard.iter().enumerate() {
+        let label = format!("shard=\"{shard}\",outcome=\"ok\"");
+        assert_eq!(
+            total(&after, "percore_jobs_total", &label),
+            shard_summary.counters.ok as f64
+        );
+    }
+    assert_eq!(
+        total(&after, "percore_bytes_received_total", "shard="),
+        summary
+            .per_shard
+            .iter()
+            .map(|s| s.counters.bytes_received)
+            .sum::<u64>() as f64
+    );
+    assert!(total(&after, "percore_bytes_sent_total", "shard=") > 0.0);
+    assert_eq!(total(&after, "percore_in_flight", "shard="), 0.0);
+    for (stage, histogram) in summary.latency.stages() {
+        let count = total(
+            &after,
+            "percore_stage_latency_seconds_count",
+            &format!("stage=\"{stage}\""),
+        );
+        assert_eq!(count, histogram.len() as f64, "stage {stage}");
+        let inf = format!("stage=\"{stage}\",le=\"+Inf\"");
+        assert_eq!(
+            total(&after, "percore_stage_latency_seconds_bucket", &inf),
+            count
+        );
+    }
+    assert!(health.ends_with("\r\n\r\nok\n"), "{health}");
+}
