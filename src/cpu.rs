@@ -54,11 +54,15 @@ pub fn threads_named(prefix: &str) -> std::io::Result<Duration> {
 mod tests {
     use super::*;
 
-    fn burn(duration: Duration) {
-        let start = std::time::Instant::now();
+    /// Spins until this thread has used `cpu` of CPU time (not wall time: on a
+    /// busy machine the thread may wait for a core).
+    fn burn(cpu: Duration) {
+        let start = current_thread();
         let mut x = 0u64;
-        while start.elapsed() < duration {
-            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        while current_thread() - start < cpu {
+            for _ in 0..1000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
         }
     }
 

@@ -14,6 +14,14 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
+# tests/report_html.rs opens report.html in headless Chromium: Debian's package.
+if [ ! -x /usr/bin/chromium ]; then
+  echo "installing chromium for tests/report_html.rs" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+
 # Two test processes at a time: each starts shard and mock executors pinned to the
 # two cores, and the locked-memory budget is per process.
 cargo nextest run --release --no-fail-fast --test-threads 2 "$@"

@@ -340,7 +340,7 @@ mod tests {
     ///   one row at exactly 100%, without the 1/(1-p) column.
     /// - 1/(1-p) at "%.2f": 1/0.45 = 2.22…, 1/0.0875 = 11.428… → "11.43".
     /// - mean 5.5, population standard deviation √8.25 = 2.8723 → "2.872"; max 10;
-    ///   22 buckets of 2048 sub-buckets cover 1..3.6e9 at 3 significant digits.
+    ///   17 buckets of 2048 sub-buckets cover 1..1e8 (100 s in µs) at 3 significant digits.
     const GOLDEN_1_TO_10: &str = "       Value     Percentile TotalCount 1/(1-Percentile)
 
        1.000 0.000000000000          1           1.00
@@ -365,7 +365,7 @@ mod tests {
       10.000 1.000000000000         10
 #[Mean    =        5.500, StdDeviation   =        2.872]
 #[Max     =       10.000, Total count    =           10]
-#[Buckets =           22, SubBuckets     =         2048]
+#[Buckets =           17, SubBuckets     =         2048]
 ";
 
     #[test]
@@ -382,7 +382,7 @@ mod tests {
             "       Value     Percentile TotalCount 1/(1-Percentile)\n\n\
              #[Mean    =        0.000, StdDeviation   =        0.000]\n\
              #[Max     =        0.000, Total count    =            0]\n\
-             #[Buckets =           22, SubBuckets     =         2048]\n"
+             #[Buckets =           17, SubBuckets     =         2048]\n"
         );
     }
 

@@ -163,6 +163,15 @@ fn check_format(text: &[u8], path: &Path) -> Result<(), ReportError> {
             ));
         }
     }
+    // A file cut inside its first lines has lost its format line too: say so.
+    if !text.is_empty() && !text.ends_with(b"\n") {
+        let line = text.iter().filter(|&&b| b == b'\n').count() + 1;
+        return Err(ReportError::at_line(
+            path,
+            line,
+            ReportErrorKind::Truncated { mid_line: true },
+        ));
+    }
     Err(ReportError::new(
         path,
         ReportErrorKind::OtherFormat { found: None },
@@ -357,6 +366,13 @@ mod tests {
             e.to_string(),
             "percore report: h.hlog: written by percore report format 3, this is percore report format 1"
         );
+        // Cut inside the format line itself: a truncation, not another writer.
+        let e = read_log(&text.as_bytes()[..12], Path::new("h.hlog")).unwrap_err();
+        assert!(
+            matches!(e.kind, ReportErrorKind::Truncated { mid_line: true }),
+            "{e}"
+        );
+        assert_eq!(e.line, Some(1));
         let java = text.replace("#[percore report format 1]\n", "");
         let e = read_log(java.as_bytes(), Path::new("h.hlog")).unwrap_err();
         assert!(

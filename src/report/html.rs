@@ -16,7 +16,7 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 use super::hgrm::{percentile_steps, PercentileStep};
-use super::{comparison_rows, new_histogram, ratio, stage_totals, summary_number, Recording, FORMAT_VERSION};
+use super::{new_histogram, ratio, stage_totals, summary_number, Recording, FORMAT_VERSION};
 
 /// Percentile steps per half distance in the plotted spectra: twice the `.hgrm`
 /// density, for smoother curves.
@@ -43,7 +43,7 @@ pub fn render_html(recording: &Recording) -> String {
          <p class=\"note\">Each stage's whole-run distribution: x is the percentile on a \
          \"nines\" scale (log10 of 1/(1−p)), y the latency. The last point is the maximum.</p>",
     );
-    body.push_str(&spectrum_figures(&totals));
+    body.push_str(&spectrum_figures(&[&totals]));
     body.push_str("</section>");
 
     body.push_str(
@@ -107,7 +107,7 @@ pub fn render_comparison_html(a: &Recording, a_name: &str, b: &Recording, b_name
          <p class=\"note\">Both runs' whole-run distributions on the same axes; x is the \
          percentile on a \"nines\" scale (log10 of 1/(1−p)).</p>",
     );
-    body.push_str(&spectrum_figures(&totals_a));
+    body.push_str(&spectrum_figures(&[&totals_a, &totals_b]));
     body.push_str("</section>");
 
     body.push_str(
@@ -117,14 +117,14 @@ pub fn render_comparison_html(a: &Recording, a_name: &str, b: &Recording, b_name
          </div></section>",
     );
 
-    body.push_str("<section><h2>Side by side</h2>");
-    body.push_str(&comparison_table_html(a, a_name, b, b_name));
-    body.push_str("</section><section><h2>Percentiles (µs)</h2><div class=\"twocol\"><div>");
-    let _ = write!(body, "<h3><span class=\"swatch a\"></span>A {}</h3>", escape(a_name));
-    body.push_str(&percentile_table(&totals_a));
-    let _ = write!(body, "</div><div><h3><span class=\"swatch b\"></span>B {}</h3>", escape(b_name));
-    body.push_str(&percentile_table(&totals_b));
-    body.push_str("</div></div></section>");
+    body.push_str(
+        "<section><h2>Side by side</h2><p class=\"note\">B/A below 1 means B is lower; \
+         green where B is better by more than 2%, red where it is worse.</p>",
+    );
+    body.push_str(&comparison_tables(
+        a, a_name, b, b_name, &totals_a, &totals_b,
+    ));
+    body.push_str("</section>");
 
     body.push_str("<section><h2>Configuration</h2>");
     body.push_str(&config_table(
@@ -173,7 +173,11 @@ fn run_data(recording: &Recording, name: &str, totals: &[(String, Histogram<u64>
         .map(|(stage, h)| {
             let spectrum: Vec<Value> = percentile_steps(h, SPECTRUM_TICKS_PER_HALF_DISTANCE)
                 .iter()
-                .map(|PercentileStep { value, percentile, .. }| json!([percentile, value]))
+                .map(
+                    |PercentileStep {
+                         value, percentile, ..
+                     }| json!([percentile, value]),
+                )
                 .collect();
             json!({
                 "stage": stage,
@@ -188,7 +192,11 @@ fn run_data(recording: &Recording, name: &str, totals: &[(String, Histogram<u64>
 
     // End-to-end intervals by start (ms): throughput and latency per second.
     let mut seconds: BTreeMap<u128, (f64, Histogram<u64>)> = BTreeMap::new();
-    for interval in recording.intervals.iter().filter(|i| i.stage == "end_to_end") {
+    for interval in recording
+        .intervals
+        .iter()
+        .filter(|i| i.stage == "end_to_end")
+    {
         let (length, h) = seconds
             .entry(interval.start.as_millis())
             .or_insert_with(|| (interval.length.as_secs_f64(), new_histogram()));
@@ -202,7 +210,11 @@ fn run_data(recording: &Recording, name: &str, totals: &[(String, Histogram<u64>
     let mut p99 = Vec::new();
     for (start_ms, (length, h)) in &seconds {
         t.push(*start_ms as f64 / 1000.0);
-        jobs_per_s.push(if *length > 0.0 { h.len() as f64 / length } else { 0.0 });
+        jobs_per_s.push(if *length > 0.0 {
+            h.len() as f64 / length
+        } else {
+            0.0
+        });
         // A second without samples has no latency: null, a gap in the line.
         p50.push((!h.is_empty()).then(|| h.value_at_quantile(0.5)));
         p99.push((!h.is_empty()).then(|| h.value_at_quantile(0.99)));
@@ -243,7 +255,10 @@ fn run_facts(summary: &Value) -> String {
 /// The headline numbers of one run.
 fn cards(recording: &Recording, totals: &[(String, Histogram<u64>)]) -> String {
     let s = &recording.summary;
-    let e2e = totals.iter().find(|(stage, _)| stage == "end_to_end").map(|(_, h)| h);
+    let e2e = totals
+        .iter()
+        .find(|(stage, _)| stage == "end_to_end")
+        .map(|(_, h)| h);
     let mut out = String::from("<div class=\"cards\">");
     let mut card = |key: &str, value: String, detail: String| {
         let _ = write!(
@@ -273,7 +288,11 @@ fn cards(recording: &Recording, totals: &[(String, Histogram<u64>)]) -> String {
         e2e.filter(|h| !h.is_empty())
             .map_or("–".into(), |h| micros(h.value_at_quantile(0.99))),
         e2e.filter(|h| !h.is_empty()).map_or(String::new(), |h| {
-            format!("p50 {} · max {}", micros(h.value_at_quantile(0.5)), micros(h.max()))
+            format!(
+                "p50 {} · max {}",
+                micros(h.value_at_quantile(0.5)),
+                micros(h.max())
+            )
         }),
     );
     card(
@@ -284,11 +303,23 @@ fn cards(recording: &Recording, totals: &[(String, Histogram<u64>)]) -> String {
     card(
         "rows written",
         summary_number(s, "rows_written").map_or("–".into(), |v| group(v, 0)),
-        s.get("sink").and_then(Value::as_str).unwrap_or("").to_string(),
+        s.get("sink")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
     );
     out.push_str("</div>");
     out
 }
+
+/// A comparison card: title, A's and B's value, whether lower is better, format.
+type CardRow = (
+    &'static str,
+    Option<f64>,
+    Option<f64>,
+    bool,
+    fn(f64) -> String,
+);
 
 /// Headline numbers of two runs, with B/A.
 fn comparison_cards(
@@ -304,7 +335,7 @@ fn comparison_cards(
             .filter(|(_, h)| !h.is_empty())
             .map(|(_, h)| h.value_at_quantile(q) as f64)
     };
-    let rows: [(&str, Option<f64>, Option<f64>, bool, fn(f64) -> String); 4] = [
+    let rows: [CardRow; 4] = [
         (
             "throughput (jobs/s)",
             summary_number(&a.summary, "jobs_per_s"),
@@ -319,8 +350,20 @@ fn comparison_cards(
             true,
             |v| format!("{v:.1}"),
         ),
-        ("end-to-end p50", e2e(totals_a, 0.5), e2e(totals_b, 0.5), true, |v| micros(v as u64)),
-        ("end-to-end p99", e2e(totals_a, 0.99), e2e(totals_b, 0.99), true, |v| micros(v as u64)),
+        (
+            "end-to-end p50",
+            e2e(totals_a, 0.5),
+            e2e(totals_b, 0.5),
+            true,
+            |v| micros(v as u64),
+        ),
+        (
+            "end-to-end p99",
+            e2e(totals_a, 0.99),
+            e2e(totals_b, 0.99),
+            true,
+            |v| micros(v as u64),
+        ),
     ];
     let mut out = String::from("<div class=\"cards\">");
     for (key, va, vb, lower_is_better, fmt) in rows {
@@ -343,21 +386,44 @@ fn comparison_cards(
 /// CSS class for a B/A ratio: green when B is better by more than 2%, red when worse.
 fn verdict(r: Option<f64>, lower_is_better: bool) -> &'static str {
     match r {
-        Some(r) if r < 0.98 => if lower_is_better { "better" } else { "worse" },
-        Some(r) if r > 1.02 => if lower_is_better { "worse" } else { "better" },
+        Some(r) if r < 0.98 => {
+            if lower_is_better {
+                "better"
+            } else {
+                "worse"
+            }
+        }
+        Some(r) if r > 1.02 => {
+            if lower_is_better {
+                "worse"
+            } else {
+                "better"
+            }
+        }
         _ => "",
     }
 }
 
 /// One `<figure>` per stage; the script puts an `<svg data-stage=…>` in each.
-fn spectrum_figures(totals: &[(String, Histogram<u64>)]) -> String {
+/// `runs` holds one or two runs' totals; the caption counts each run's samples.
+fn spectrum_figures(runs: &[&[(String, Histogram<u64>)]]) -> String {
     let mut out = String::from("<div class=\"plots\">");
-    for (stage, h) in totals {
+    for (index, (stage, _)) in runs[0].iter().enumerate() {
+        let counts: Vec<String> = runs
+            .iter()
+            .zip(["A ", "B "])
+            .map(|(totals, label)| {
+                let n = totals.get(index).map_or(0, |(_, h)| h.len());
+                let label = if runs.len() > 1 { label } else { "" };
+                format!("{label}{}", group(n as f64, 0))
+            })
+            .collect();
         let _ = write!(
             out,
-            "<figure data-plot=\"spectrum\" data-for=\"{0}\"><figcaption>{0} <span class=\"muted\">{1} samples</span></figcaption></figure>",
+            "<figure data-plot=\"spectrum\" data-for=\"{0}\"><figcaption>{0} \
+             <span class=\"muted\">{1} samples</span></figcaption></figure>",
             escape(stage),
-            group(h.len() as f64, 0)
+            counts.join(" · ")
         );
     }
     out.push_str("</div>");
@@ -371,7 +437,12 @@ fn percentile_table(totals: &[(String, Histogram<u64>)]) -> String {
          <th>mean</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th></tr></thead><tbody>",
     );
     for (stage, h) in totals {
-        let _ = write!(out, "<tr data-stage=\"{0}\"><td>{0}</td><td>{1}</td>", escape(stage), group(h.len() as f64, 0));
+        let _ = write!(
+            out,
+            "<tr data-stage=\"{0}\"><td>{0}</td><td>{1}</td>",
+            escape(stage),
+            group(h.len() as f64, 0)
+        );
         if h.is_empty() {
             out.push_str(&"<td>–</td>".repeat(6));
         } else {
@@ -403,7 +474,7 @@ fn rows_table(rows: Option<&Value>, keys: &[(&str, &str)], empty: &str) -> Strin
     ];
     let mut out = String::from("<div class=\"scroll\"><table><thead><tr>");
     for (_, title) in keys {
-        let _ = write!(out, "<th>{}</th>", escape(title));
+        let _ = write!(out, "<th class=\"text\">{}</th>", escape(title));
     }
     out.push_str("<th>ok</th><th>failed</th><th>skipped</th>");
     for (stage, p) in latency_columns {
@@ -415,13 +486,20 @@ fn rows_table(rows: Option<&Value>, keys: &[(&str, &str)], empty: &str) -> Strin
     for row in rows {
         out.push_str("<tr>");
         for (key, _) in keys {
-            let _ = write!(out, "<td>{}</td>", escape(&scalar(row.get(*key))));
+            let _ = write!(
+                out,
+                "<td class=\"text\">{}</td>",
+                escape(&scalar(row.get(*key)))
+            );
         }
         for key in ["ok", "failed", "skipped"] {
             let _ = write!(out, "<td>{}</td>", number_cell(row.get(key)));
         }
         for (stage, p) in latency_columns {
-            let v = row.get("latency_us").and_then(|l| l.get(stage)).and_then(|s| s.get(p));
+            let v = row
+                .get("latency_us")
+                .and_then(|l| l.get(stage))
+                .and_then(|s| s.get(p));
             let _ = write!(out, "<td>{}</td>", number_cell(v));
         }
         out.push_str("</tr>");
@@ -449,13 +527,17 @@ fn config_table(configs: &[Option<&Value>], titles: &[&str]) -> String {
     if keys.is_empty() {
         return "<p class=\"note\">No configuration recorded in the summary.</p>".into();
     }
-    let mut out = String::from("<div class=\"scroll\"><table class=\"config\"><thead><tr><th>setting</th>");
+    let mut out =
+        String::from("<div class=\"scroll\"><table class=\"config\"><thead><tr><th>setting</th>");
     for title in titles {
         let _ = write!(out, "<th>{}</th>", escape(title));
     }
     out.push_str("</tr></thead><tbody>");
     for key in keys {
-        let values: Vec<&str> = flat.iter().map(|m| m.get(key).map_or("–", String::as_str)).collect();
+        let values: Vec<&str> = flat
+            .iter()
+            .map(|m| m.get(key).map_or("–", String::as_str))
+            .collect();
         let differs = values.len() > 1 && values.iter().any(|v| *v != values[0]);
         let _ = write!(
             out,
@@ -476,52 +558,127 @@ fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, String>) {
     match value {
         Value::Object(map) if !map.is_empty() => {
             for (k, v) in map {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&key, v, out);
             }
         }
-        Value::Array(items) if !items.is_empty() && items.iter().any(|i| i.is_object() || i.is_array()) => {
+        Value::Array(items)
+            if !items.is_empty() && items.iter().any(|i| i.is_object() || i.is_array()) =>
+        {
             for (i, v) in items.iter().enumerate() {
                 flatten(&format!("{prefix}[{i}]"), v, out);
             }
         }
         other => {
-            out.insert(if prefix.is_empty() { "config".into() } else { prefix.to_string() }, scalar(Some(other)));
+            out.insert(
+                if prefix.is_empty() {
+                    "config".into()
+                } else {
+                    prefix.to_string()
+                },
+                scalar(Some(other)),
+            );
         }
     }
 }
 
-/// The side-by-side table of two runs with B/A, as in `comparison_table`.
-fn comparison_table_html(a: &Recording, a_name: &str, b: &Recording, b_name: &str) -> String {
+/// Two runs side by side: their totals, then every stage's latency percentiles,
+/// each with B/A.
+fn comparison_tables(
+    a: &Recording,
+    a_name: &str,
+    b: &Recording,
+    b_name: &str,
+    totals_a: &[(String, Histogram<u64>)],
+    totals_b: &[(String, Histogram<u64>)],
+) -> String {
+    let ratio_cell = |va: Option<f64>, vb: Option<f64>, lower_is_better: bool| {
+        let r = ratio(va, vb);
+        format!(
+            "<td class=\"ratio {}\">{}</td>",
+            verdict(r, lower_is_better),
+            r.map_or("–".into(), |r| format!("{r:.2}"))
+        )
+    };
+    let show = |v: Option<f64>| {
+        v.map_or("–".to_string(), |v| {
+            if v.fract() == 0.0 {
+                group(v, 0)
+            } else {
+                group(v, 1)
+            }
+        })
+    };
     let mut out = String::new();
     let _ = write!(
         out,
-        "<div class=\"scroll\"><table class=\"comparison\"><thead><tr><th>metric</th>\
+        "<div class=\"twocol\"><div class=\"scroll\"><table class=\"comparison totals\"><thead><tr><th>run</th>\
          <th><span class=\"swatch a\"></span>A {}</th><th><span class=\"swatch b\"></span>B {}</th>\
          <th>B/A</th></tr></thead><tbody>",
         escape(a_name),
         escape(b_name)
     );
-    for (label, va, vb, lower_is_better) in comparison_rows(a, b) {
-        let stage = label.split(' ').next().unwrap_or("");
-        let stage_attr = if super::STAGES.contains(&stage) {
-            format!(" data-stage=\"{}\"", escape(stage))
-        } else {
-            String::new()
-        };
-        let show = |v: Option<f64>| {
-            v.map_or("–".to_string(), |v| if v.fract() == 0.0 { group(v, 0) } else { group(v, 1) })
-        };
-        let r = ratio(va, vb);
+    let totals_rows = [
+        ("jobs/s", "jobs_per_s", false),
+        ("cpu µs/job", "cpu_us_per_job", true),
+        ("jobs", "jobs", false),
+        ("ok", "ok", false),
+        ("failed", "failed", true),
+        ("skipped", "skipped", true),
+    ];
+    for (label, key, lower_is_better) in totals_rows {
+        let (va, vb) = (
+            summary_number(&a.summary, key),
+            summary_number(&b.summary, key),
+        );
         let _ = write!(
             out,
-            "<tr{stage_attr}><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td></tr>",
-            escape(&label),
+            "<tr><td>{label}</td><td>{}</td><td>{}</td>{}</tr>",
             show(va),
             show(vb),
-            verdict(r, lower_is_better),
-            r.map_or("–".into(), |r| format!("{r:.2}")),
+            ratio_cell(va, vb, lower_is_better)
         );
+    }
+    out.push_str("</tbody></table></div><div></div></div>");
+
+    let columns: [(&str, Option<f64>); 4] = [
+        ("p50", Some(0.5)),
+        ("p99", Some(0.99)),
+        ("p99.9", Some(0.999)),
+        ("max", None),
+    ];
+    out.push_str(
+        "<h3>Latency (µs)</h3><div class=\"scroll\"><table class=\"comparison latency\"><thead>\
+         <tr><th rowspan=\"2\">stage</th>",
+    );
+    for (name, _) in columns {
+        let _ = write!(out, "<th colspan=\"3\" class=\"group\">{name}</th>");
+    }
+    out.push_str("</tr><tr>");
+    for _ in columns {
+        out.push_str("<th class=\"group\"><span class=\"swatch a\"></span>A</th><th><span class=\"swatch b\"></span>B</th><th>B/A</th>");
+    }
+    out.push_str("</tr></thead><tbody>");
+    for ((stage, ha), (_, hb)) in totals_a.iter().zip(totals_b) {
+        let _ = write!(out, "<tr data-stage=\"{0}\"><td>{0}</td>", escape(stage));
+        for (_, q) in columns {
+            let value = |h: &Histogram<u64>| {
+                (!h.is_empty()).then(|| q.map_or(h.max(), |q| h.value_at_quantile(q)) as f64)
+            };
+            let (va, vb) = (value(ha), value(hb));
+            let _ = write!(
+                out,
+                "<td class=\"group\">{}</td><td>{}</td>{}",
+                show(va),
+                show(vb),
+                ratio_cell(va, vb, true)
+            );
+        }
+        out.push_str("</tr>");
     }
     out.push_str("</tbody></table></div>");
     out
@@ -550,7 +707,9 @@ fn number_cell(value: Option<&Value>) -> String {
 /// `1234567.8` → `"1,234,567.8"` with `decimals` decimals.
 fn group(v: f64, decimals: usize) -> String {
     let text = format!("{:.*}", decimals, v.abs());
-    let (int, frac) = text.split_once('.').map_or((text.as_str(), None), |(i, f)| (i, Some(f)));
+    let (int, frac) = text
+        .split_once('.')
+        .map_or((text.as_str(), None), |(i, f)| (i, Some(f)));
     let mut out = String::new();
     if v < 0.0 && text.chars().any(|c| c.is_ascii_digit() && c != '0') {
         out.push('-');
@@ -633,13 +792,13 @@ body { margin: 0; background: var(--bg); color: var(--fg);
 main { max-width: 1240px; margin: 0 auto; padding: 28px 28px 40px; }
 header h1 { font-size: 22px; margin: 0 0 4px; letter-spacing: -0.01em; }
 h2 { font-size: 16px; margin: 0 0 6px; }
-h3 { font-size: 14px; margin: 0 0 8px; }
+h3 { font-size: 14px; margin: 18px 0 8px; }
 .sub { color: var(--muted); margin: 2px 0; }
 .note { color: var(--muted); margin: 0 0 12px; font-size: 13px; }
 .muted { color: var(--muted); font-weight: 400; font-size: 12px; margin-left: 6px; }
 .cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(190px, 1fr)); gap: 12px; margin: 20px 0 4px; }
 .card { background: var(--card); border: 1px solid var(--line); border-radius: 10px; padding: 12px 16px; }
-.card .k { color: var(--muted); font-size: 11px; text-transform: uppercase; letter-spacing: 0.06em; }
+.card .k { color: var(--muted); font-size: 12px; font-weight: 600; }
 .card .v { font-size: 21px; font-weight: 650; font-variant-numeric: tabular-nums; margin-top: 2px; }
 .card .d { color: var(--muted); font-size: 12px; min-height: 1em; }
 .card .v .a { color: var(--a); } .card .v .b { color: var(--b); }
@@ -671,12 +830,18 @@ table { border-collapse: separate; border-spacing: 0; background: var(--card); b
 th, td { padding: 6px 14px; text-align: right; border-bottom: 1px solid var(--line); white-space: nowrap; }
 tbody tr:last-child td { border-bottom: 0; }
 th:first-child, td:first-child { text-align: left; }
-thead th { background: #f0f3f7; color: #445566; font-size: 11px; font-weight: 600; text-transform: uppercase; letter-spacing: 0.05em; }
+thead th { background: #f0f3f7; color: #445566; font-size: 12px; font-weight: 600; }
 tbody tr:nth-child(even) { background: #fafbfc; }
 table.percentiles td:first-child, table.comparison td:first-child { font-weight: 600; }
 table.config td { text-align: left; font-family: ui-monospace, "SFMono-Regular", "DejaVu Sans Mono", Menlo, monospace; font-size: 12.5px; }
 table.config tr.differs td { background: #fff7e6; }
 td.better { color: var(--good); font-weight: 600; } td.worse { color: var(--bad); font-weight: 600; }
+table.comparison .group { border-left: 1px solid var(--line); }
+thead th[colspan] { text-align: center; }
+table.comparison td.ratio { color: var(--muted); }
+table.comparison td.ratio.better { color: var(--good); } table.comparison td.ratio.worse { color: var(--bad); }
+th.text, td.text { text-align: left; }
+table.config th { text-align: left; }
 .card .d.better { color: var(--good); } .card .d.worse { color: var(--bad); }
 .twocol { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr)); gap: 14px; }
 .swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 6px; vertical-align: 0; }
@@ -696,7 +861,8 @@ const SCRIPT: &str = r##"
   var NINES = ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%", "99.9999%", "99.99999%", "99.999999%"];
   var data = JSON.parse(document.getElementById("percore-data").textContent);
   var comparison = data.kind === "comparison";
-  var logScale = false;
+  // "#log" in the address starts the spectra on a log latency axis.
+  var logScale = location.hash === "#log";
 
   function el(tag, attrs, parent, text) {
     var e = document.createElementNS(SVG_NS, tag);
@@ -752,7 +918,7 @@ const SCRIPT: &str = r##"
   // A line chart. o: {attrs, xMin, xMax, xTicks: [[v, label]], xLabel, yLabel, yFormat,
   // log, series: [{name, color, width, dash, points: [[x, y, label], ...]}], legend}
   function chart(target, o) {
-    var W = 600, H = 320, m = { l: 66, r: 16, t: 14, b: 46 };
+    var W = 600, H = 320, m = { l: 66, r: 30, t: 14, b: 46 };
     var pw = W - m.l - m.r, ph = H - m.t - m.b;
     var svg = el("svg", { viewBox: "0 0 " + W + " " + H, "class": "chart", role: "img" });
     for (var k in (o.attrs || {})) svg.setAttribute(k, o.attrs[k]);
@@ -802,9 +968,30 @@ const SCRIPT: &str = r##"
       });
     });
     if (o.legend) {
-      var lg = el("g", { "class": "legend" }, svg), lx = m.l + 10, ly = m.t + 8, widest = 0;
+      var widest = 0;
       o.series.forEach(function (s) { widest = Math.max(widest, s.name.length); });
-      el("rect", { x: lx, y: ly, width: 34 + widest * 6.6, height: 8 + 17 * o.series.length, rx: 4 }, lg);
+      var bw = 34 + widest * 6.6, bh = 8 + 17 * o.series.length;
+      // The first corner the curves stay out of (checked along every segment).
+      var corners = [[m.l + 10, m.t + 8], [m.l + pw - 10 - bw, m.t + 8],
+                     [m.l + pw - 10 - bw, m.t + ph - 8 - bh], [m.l + 10, m.t + ph - 8 - bh]];
+      var clear = function (c) {
+        return o.series.every(function (s) {
+          var prev = null;
+          return s.points.every(function (p) {
+            if (p[1] === null) { prev = null; return true; }
+            var cur = [xs(p[0]), ys(p[1])], ok = true;
+            for (var t = 0; t <= 1 && ok; t += 0.1) {
+              var q = prev ? [prev[0] + (cur[0] - prev[0]) * t, prev[1] + (cur[1] - prev[1]) * t] : cur;
+              ok = !(q[0] > c[0] - 4 && q[0] < c[0] + bw + 4 && q[1] > c[1] - 4 && q[1] < c[1] + bh + 4);
+            }
+            prev = cur;
+            return ok;
+          });
+        });
+      };
+      var corner = corners.filter(clear)[0] || corners[0], lx = corner[0], ly = corner[1];
+      var lg = el("g", { "class": "legend" }, svg);
+      el("rect", { x: lx, y: ly, width: bw, height: bh, rx: 4 }, lg);
       o.series.forEach(function (s, i) {
         var y = ly + 13 + 17 * i;
         el("line", { x1: lx + 8, x2: lx + 24, y1: y, y2: y, stroke: s.color, "stroke-width": 3, "stroke-dasharray": s.dash || "none" }, lg);
@@ -924,6 +1111,9 @@ const SCRIPT: &str = r##"
   try {
     drawSpectra();
     drawTimelines();
+    document.querySelectorAll(".toggle button").forEach(function (b) {
+      b.classList.toggle("on", (b.getAttribute("data-scale") === "log") === logScale);
+    });
     document.querySelectorAll(".toggle button").forEach(function (button) {
       button.addEventListener("click", function () {
         logScale = button.getAttribute("data-scale") === "log";
@@ -982,13 +1172,17 @@ mod tests {
         for external in ["http://", "https://", "src=", "href=", "@import", "url("] {
             // The SVG namespace URI is an identifier, not a fetch.
             let uses = html.matches(external).count()
-                - if external == "http://" { html.matches("http://www.w3.org/2000/svg").count() } else { 0 };
+                - if external == "http://" {
+                    html.matches("http://www.w3.org/2000/svg").count()
+                } else {
+                    0
+                };
             assert_eq!(uses, 0, "{external} in the page");
         }
         // Exactly two scripts: the data and the renderer; the sink name cannot close them.
         assert_eq!(html.matches("</script>").count(), 2);
         assert!(html.contains("&lt;/script&gt;&lt;b&gt;x.db"));
-        assert!(html.contains("<td>cam&lt;1&gt;</td>"));
+        assert!(html.contains("<td class=\"text\">cam&lt;1&gt;</td>"));
         for stage in super::super::STAGES {
             assert!(html.contains(&format!("<tr data-stage=\"{stage}\">")));
             assert!(html.contains(&format!("data-plot=\"spectrum\" data-for=\"{stage}\"")));
@@ -1039,6 +1233,13 @@ mod tests {
         assert_eq!(odd.matches("</script>").count(), 2);
         assert!(odd.contains("\"name\":\"\\u003c/script\\u003ea\""));
         assert!(html.contains("A tonic") && html.contains("B percore"));
-        assert!(html.contains("<td>jobs/s</td><td>200</td><td>400</td><td class=\"better\">2.00</td>"));
+        assert!(html.contains(
+            "<tr><td>jobs/s</td><td>200</td><td>400</td><td class=\"ratio better\">2.00</td></tr>"
+        ));
+        // Same latencies in both: every ratio 1.00, neither better nor worse.
+        assert!(
+            html.contains("<tr data-stage=\"end_to_end\"><td>end_to_end</td><td class=\"group\">")
+        );
+        assert!(html.contains("<td class=\"ratio \">1.00</td>"));
     }
 }

@@ -30,28 +30,18 @@ pub mod html;
 pub use html::{render_comparison_html, render_html};
 
 /// Stage names in report order: a job's life from its planned tick to its row.
-pub const STAGES: [&str; 5] = ["schedule_lag", "fetch", "infer", "sink_lag", "end_to_end"];
+pub use crate::stats::STAGES;
 
 /// Version of the files this module writes. [`load_dir`] reads only this version,
 /// and says so when it meets another: bump it when a file's meaning changes.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// Highest latency the histograms track, as in `stats`: one hour in µs.
-pub const MAX_TRACKED_US: u64 = 3_600_000_000;
-
-/// Significant decimal digits of every histogram, as in `stats`.
-pub const SIGNIFICANT_DIGITS: u8 = 3;
+pub use crate::stats::{new_histogram, MAX_TRACKED_US, SIGNIFICANT_DIGITS};
 
 /// File names inside a report directory.
 pub const SUMMARY_FILE: &str = "summary.json";
 pub const LOG_FILE: &str = "histograms.hlog";
 pub const HTML_FILE: &str = "report.html";
-
-/// A histogram with the bounds every stage histogram uses (1 µs .. 1 h, 3 digits).
-pub fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_TRACKED_US, SIGNIFICANT_DIGITS)
-        .expect("constant histogram bounds are valid")
-}
 
 /// One run as the report layer sees it.
 #[derive(Debug, Clone)]
@@ -178,6 +168,22 @@ impl std::error::Error for ReportError {
 /// Creates `dir` (and its parents) and writes `summary.json`, one `<stage>.hgrm`
 /// per stage, `histograms.hlog` and `report.html` into it.
 pub fn write_dir(dir: &Path, recording: &Recording) -> Result<(), ReportError> {
+    // The log tags each histogram with its stage and `load_dir` accepts only
+    // these: refuse up front what could not be read back.
+    if let Some(odd) = recording
+        .intervals
+        .iter()
+        .find(|i| !STAGES.contains(&i.stage.as_str()))
+    {
+        return Err(ReportError::new(
+            dir.join(LOG_FILE),
+            ReportErrorKind::Malformed(format!(
+                "cannot write an interval of unknown stage \"{}\" (stages: {})",
+                odd.stage,
+                STAGES.join(", ")
+            )),
+        ));
+    }
     std::fs::create_dir_all(dir).map_err(|e| ReportError::io(dir, "create", e))?;
     let write = |name: &str, contents: &[u8]| {
         let path = dir.join(name);
@@ -463,6 +469,28 @@ mod tests {
         assert_eq!(row("cpu µs/job"), ["20", "5", "0.25"]);
         assert_eq!(row("end_to_end p50 (µs)"), ["500", "1000", "2.00"]);
         assert_eq!(row("fetch p99 (µs)"), ["-", "-", "-"]);
+    }
+
+    #[test]
+    fn intervals_of_unknown_stages_are_refused_before_writing() {
+        let dir = std::env::temp_dir().join(format!(
+            "percore-report-unknown-stage-{}",
+            std::process::id()
+        ));
+        let recording = Recording {
+            summary: json!({}),
+            intervals: vec![interval(0, "fetch", [1]), interval(0, "warm up", [1])],
+        };
+        let e = write_dir(&dir, &recording).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "percore report: {}: cannot write an interval of unknown stage \"warm up\" \
+                 (stages: schedule_lag, fetch, infer, sink_lag, end_to_end)",
+                dir.join(LOG_FILE).display()
+            )
+        );
+        assert!(!dir.exists(), "nothing is written");
     }
 
     #[test]

@@ -1,0 +1,330 @@
+//! `report.html` renders in a real browser: headless Chromium (Debian's `chromium`,
+//! installed by `tests/run-all.sh`) loads the page from disk with the network
+//! unused, runs its script, and the DOM it dumps must hold one spectrum `<svg>` per
+//! stage with a real curve, and the percentile table must list every stage. A
+//! screenshot is saved under the test's temp dir (kept and printed when
+//! `PERCORE_KEEP_REPORT=1`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use percore::report::{
+    new_histogram, render_comparison_html, write_dir, Interval, Recording, STAGES,
+};
+use serde_json::json;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// A guard against a wedged browser, not a performance bound.
+const CHROMIUM_DEADLINE: Duration = Duration::from_secs(180);
+
+/// A small deterministic generator, so the page always shows the same run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1_u64 << 53) as f64
+    }
+
+    /// Latency around `median` µs with a long tail.
+    fn latency(&mut self, median: f64) -> u64 {
+        let u = self.next().max(1e-12);
+        let tail = (1.0 / u).powf(0.35);
+        (median * tail * (0.7 + 0.3 * self.next())).max(1.0) as u64
+    }
+}
+
+/// All five stages, `seconds` seconds of intervals, two classes, two shards.
+fn recording(seconds: u64, jobs_per_second: u64, scale: f64) -> Recording {
+    let medians = [
+        ("schedule_lag", 40.0),
+        ("fetch", 300.0),
+        ("infer", 2_100.0),
+        ("sink_lag", 900.0),
+        ("end_to_end", 2_600.0),
+    ];
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut intervals = Vec::new();
+    for second in 0..seconds {
+        // A slow second in the middle, as a real run might have.
+        let slow = if second == seconds / 2 { 3.0 } else { 1.0 };
+        for (stage, median) in medians {
+            let mut histogram = new_histogram();
+            let n = jobs_per_second - second * 7;
+            for _ in 0..n {
+                histogram.saturating_record(rng.latency(median * scale * slow));
+            }
+            intervals.push(Interval {
+                start: Duration::from_secs(second),
+                length: Duration::from_secs(1),
+                stage: stage.to_string(),
+                histogram,
+            });
+        }
+    }
+    let jobs: u64 = (0..seconds).map(|s| jobs_per_second - s * 7).sum();
+    let class_latency = |p50: u64| {
+        json!({"end_to_end": {"p50": p50, "p90": p50 * 2, "p99": p50 * 5, "p999": p50 * 9, "max": p50 * 14, "count": jobs / 2},
+                                         "infer": {"p50": p50 * 4 / 5, "p90": p50, "p99": p50 * 4, "p999": p50 * 8, "max": p50 * 12, "count": jobs / 2}})
+    };
+    Recording {
+        summary: json!({
+            "jobs": jobs, "ok": jobs - 12, "failed": 9, "skipped": 3, "rows_written": jobs,
+            "elapsed_s": seconds as f64, "jobs_per_s": jobs as f64 / seconds as f64,
+            "cpu_us_per_job": 11.4 * scale, "dispatcher_cpu_s": 0.42, "shards": 2,
+            "window_unix_ms": [1_714_564_800_000_i64, 1_714_564_800_000_i64 + seconds as i64 * 1000],
+            "sink": "/tmp/run/jobs.db",
+            "per_class": [
+                {"class": "camera", "model": "resnet50", "ok": jobs / 2 - 7, "failed": 5, "skipped": 2, "latency_us": class_latency(2_400)},
+                {"class": "thermo", "model": "tinyml", "ok": jobs / 2 - 5, "failed": 4, "skipped": 1, "latency_us": class_latency(1_100)},
+            ],
+            "per_shard": [
+                {"shard": 0, "ok": jobs / 2 - 6, "failed": 5, "skipped": 1, "latency_us": class_latency(2_000)},
+                {"shard": 1, "ok": jobs / 2 - 6, "failed": 4, "skipped": 2, "latency_us": class_latency(2_100)},
+            ],
+            "config": {
+                "shards": [0, 1], "load": {"mode": "closed", "concurrency": 64},
+                "classes": [{"name": "camera", "period_ms": 1000, "model": "resnet50"},
+                            {"name": "thermo", "period_ms": 250, "model": "tinyml"}],
+                "mock": {"service_time_us": 2000, "error_rate": 0.001},
+            },
+        }),
+        intervals,
+    }
+}
+
+/// Runs Chromium headless on `page` with the extra `args`; fails the test with
+/// Chromium's own words if it does not exit cleanly.
+fn chromium(page: &Path, profile: &Path, args: &[String]) -> Output {
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: install Debian's chromium (tests/run-all.sh does: \
+         apt-get install -y --no-install-recommends chromium)"
+    );
+    let child = Command::new(CHROMIUM)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            // Let the page's script run to completion before the DOM is taken.
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(format!("file://{}", page.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start chromium");
+    let id = child.id();
+    let started = Instant::now();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(child.wait_with_output());
+    });
+    let output = match receiver.recv_timeout(CHROMIUM_DEADLINE) {
+        Ok(output) => output.expect("wait for chromium"),
+        Err(_) => {
+            // Only the process this test started, by its id.
+            let _ = Command::new("kill").arg("-9").arg(id.to_string()).status();
+            panic!("chromium did not finish within {:?}", started.elapsed());
+        }
+    };
+    assert!(
+        output.status.success(),
+        "chromium failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn dump_dom(page: &Path, scratch: &Path) -> String {
+    let profile = scratch.join("profile-dom");
+    let output = chromium(page, &profile, &["--dump-dom".to_string()]);
+    String::from_utf8(output.stdout).expect("DOM is UTF-8")
+}
+
+/// The opening tag and contents of the `<svg>` whose `data-stage` is `stage`.
+fn stage_svg<'a>(dom: &'a str, stage: &str) -> Option<&'a str> {
+    let mut rest = dom;
+    while let Some(start) = rest.find("<svg") {
+        let svg = &rest[start..];
+        let end = svg.find("</svg>")?;
+        let open_tag = &svg[..svg.find('>')?];
+        if open_tag.contains(&format!("data-stage=\"{stage}\"")) {
+            return Some(&svg[..end]);
+        }
+        rest = &svg[end..];
+    }
+    None
+}
+
+/// The coordinate pairs of every curve (`<path class="curve" d="M x,y L x,y …">`).
+fn curves(svg: &str) -> Vec<Vec<(f64, f64)>> {
+    let mut curves = Vec::new();
+    for path in svg.split("<path").skip(1) {
+        let tag = &path[..path.find('>').unwrap_or(path.len())];
+        if !tag.contains("class=\"curve\"") {
+            continue;
+        }
+        let Some(d) = tag.split("d=\"").nth(1).and_then(|d| d.split('"').next()) else {
+            continue;
+        };
+        let points: Vec<(f64, f64)> = d
+            .split(['M', 'L', ' '])
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| {
+                let (x, y) = p.split_once(',')?;
+                Some((x.parse().ok()?, y.parse().ok()?))
+            })
+            .collect();
+        curves.push(points);
+    }
+    curves
+}
+
+/// A curve that is really drawn: several distinct, finite points that go right.
+fn assert_real_curve(stage: &str, points: &[(f64, f64)]) {
+    assert!(points.len() >= 5, "{stage}: only {} points", points.len());
+    assert!(
+        points.iter().all(|(x, y)| x.is_finite() && y.is_finite()),
+        "{stage}: {points:?}"
+    );
+    let (first, last) = (points[0], points[points.len() - 1]);
+    assert!(
+        last.0 > first.0 + 100.0,
+        "{stage}: the curve does not span the x axis: {points:?}"
+    );
+    // Latency grows with the percentile: the last point is higher (smaller SVG y).
+    assert!(
+        last.1 < first.1,
+        "{stage}: the curve does not rise: {points:?}"
+    );
+}
+
+#[test]
+fn report_page_draws_every_stage_in_headless_chromium() {
+    let dir = tempfile::Builder::new()
+        .prefix("percore-report-html-")
+        .tempdir()
+        .unwrap();
+    let report = dir.path().join("report");
+    write_dir(&report, &recording(8, 400, 1.0)).unwrap();
+    let page = report.join("report.html");
+
+    let dom = dump_dom(&page, dir.path());
+    assert!(
+        dom.contains("data-rendered=\"true\""),
+        "the page's script did not finish:\n{dom}"
+    );
+    for stage in STAGES {
+        let svg = stage_svg(&dom, stage)
+            .unwrap_or_else(|| panic!("no <svg data-stage=\"{stage}\"> in the DOM"));
+        let curves = curves(svg);
+        assert_eq!(curves.len(), 1, "{stage}: one run, one curve");
+        assert_real_curve(stage, &curves[0]);
+        assert!(
+            dom.contains(&format!("<tr data-stage=\"{stage}\"><td>{stage}</td>")),
+            "the percentile table has no row for {stage}"
+        );
+    }
+    // The plots over time and the tables from the summary are there too.
+    for timeline in ["throughput", "latency"] {
+        assert!(
+            dom.contains(&format!("data-timeline=\"{timeline}\"")),
+            "no {timeline} plot"
+        );
+    }
+    for text in ["resnet50", "tinyml", "classes[1].period_ms", "99.99%"] {
+        assert!(dom.contains(text), "{text} missing from the page");
+    }
+
+    let screenshot = dir.path().join("report.png");
+    chromium(
+        &page,
+        &dir.path().join("profile-shot"),
+        &[
+            format!("--screenshot={}", screenshot.display()),
+            "--window-size=1280,2400".to_string(),
+        ],
+    );
+    let png = std::fs::read(&screenshot).expect("chromium wrote the screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "the screenshot is not a PNG"
+    );
+    assert!(
+        png.len() > 10 * 1024,
+        "the screenshot is only {} bytes: a blank page?",
+        png.len()
+    );
+    keep_if_asked(dir, "report");
+}
+
+#[test]
+fn comparison_page_overlays_both_runs() {
+    let dir = tempfile::Builder::new()
+        .prefix("percore-report-compare-")
+        .tempdir()
+        .unwrap();
+    let page = dir.path().join("compare.html");
+    let html = render_comparison_html(
+        &recording(6, 300, 1.6),
+        "tonic",
+        &recording(6, 420, 1.0),
+        "percore",
+    );
+    std::fs::write(&page, html).unwrap();
+
+    let dom = dump_dom(&page, dir.path());
+    assert!(
+        dom.contains("data-rendered=\"true\""),
+        "the page's script did not finish:\n{dom}"
+    );
+    for stage in STAGES {
+        let svg = stage_svg(&dom, stage)
+            .unwrap_or_else(|| panic!("no <svg data-stage=\"{stage}\"> in the DOM"));
+        let curves = curves(svg);
+        assert_eq!(curves.len(), 2, "{stage}: two runs, two curves");
+        for curve in &curves {
+            assert_real_curve(stage, curve);
+        }
+        assert!(
+            svg.contains(">A tonic</text>") && svg.contains(">B percore</text>"),
+            "{stage}: no legend"
+        );
+    }
+    assert!(dom.contains("<td>jobs/s</td>"), "no side-by-side table");
+
+    let screenshot = dir.path().join("compare.png");
+    chromium(
+        &page,
+        &dir.path().join("profile-shot"),
+        &[
+            format!("--screenshot={}", screenshot.display()),
+            "--window-size=1280,2400".to_string(),
+        ],
+    );
+    assert!(std::fs::metadata(&screenshot).unwrap().len() > 10 * 1024);
+    keep_if_asked(dir, "comparison");
+}
+
+/// With `PERCORE_KEEP_REPORT=1` the temp dir outlives the test, to look at.
+fn keep_if_asked(dir: tempfile::TempDir, what: &str) {
+    if std::env::var_os("PERCORE_KEEP_REPORT").is_some() {
+        let path: PathBuf = dir.keep();
+        eprintln!("{what} page and screenshot kept in {}", path.display());
+    }
+}
