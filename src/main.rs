@@ -192,8 +192,20 @@ struct MockArgs {
     io_memory_kib: usize,
 }
 
-fn main() -> Result<()> {
+fn main() {
     let cli = Cli::parse();
+    // Printing into a closed pipe (`percore report … | head`) ends the process
+    // quietly, as for any Unix tool, instead of panicking in println!.
+    // SAFETY: restoring a signal's default disposition before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    if let Err(error) = run(cli) {
+        // The cause chain on one line; no backtrace, whatever RUST_BACKTRACE says.
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     // Before any thread starts, so every thread inherits the blocked mask and the
     // signal thread alone receives SIGINT/SIGTERM.
     let stop = stop_on_signal()?;
