@@ -16,14 +16,15 @@ use crate::record::{JobRecord, Outcome};
 
 /// The `jobs` table: one row per (device, tick). `WITHOUT ROWID` stores rows in the
 /// primary-key B-tree itself, so each upsert touches one tree instead of two.
-const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS jobs (
+pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS jobs (
   device_id TEXT NOT NULL, tick_ms INTEGER NOT NULL, class TEXT NOT NULL, model TEXT NOT NULL,
   outcome TEXT NOT NULL CHECK (outcome IN ('ok','failed','skipped')), reason TEXT,
   output BLOB, schedule_lag_us INTEGER NOT NULL, fetch_us INTEGER, infer_us INTEGER, end_to_end_us INTEGER,
   shard INTEGER NOT NULL, PRIMARY KEY (device_id, tick_ms)) WITHOUT ROWID;";
 
 /// Writes one row; a second write of the same (device, tick) replaces every column.
-const UPSERT: &str = "INSERT INTO jobs (device_id, tick_ms, class, model, outcome, reason, output,
+pub const UPSERT: &str =
+    "INSERT INTO jobs (device_id, tick_ms, class, model, outcome, reason, output,
   schedule_lag_us, fetch_us, infer_us, end_to_end_us, shard)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
 ON CONFLICT(device_id, tick_ms) DO UPDATE SET
