@@ -59,8 +59,9 @@ pub struct Connection {
     /// The node, for error messages.
     node: SocketAddr,
     /// Calls open on this connection, so the pool can pick the least loaded one and
-    /// open another connection when the peer's stream limit is reached.
-    in_flight: Cell<usize>,
+    /// open another connection when the peer's stream limit is reached; shared with
+    /// the write coalescing, which batches only when there are several.
+    in_flight: Rc<Cell<usize>>,
     /// Set by the connection's driver task when the connection ends.
     closed: Rc<Cell<bool>>,
     /// Byte counters of the node's pool, outliving this connection.
@@ -81,11 +82,12 @@ impl Connection {
             runtime::until_deadline(deadline, runtime::connect(node, settings.connect_timeout))
                 .await
                 .ok_or_else(timed_out)??;
+        let in_flight = Rc::new(Cell::new(0));
         let handshake = h2::client::Builder::new()
             .initial_window_size(settings.stream_window)
             .initial_connection_window_size(settings.connection_window)
             .enable_push(false)
-            .handshake::<_, Bytes>(CoalescingStream::new(stream));
+            .handshake::<_, Bytes>(CoalescingStream::new(stream, in_flight.clone()));
         let (send, connection) = runtime::until_deadline(deadline, handshake)
             .await
             .ok_or_else(timed_out)?
@@ -112,7 +114,7 @@ impl Connection {
         Ok(Connection {
             send,
             node,
-            in_flight: Cell::new(0),
+            in_flight,
             closed,
             traffic,
         })

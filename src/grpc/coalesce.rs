@@ -7,10 +7,14 @@
 //! the first flush of a batch by one turn of the executor's run queue: the
 //! connection task re-queues itself, the job tasks already woken queue their
 //! frames too, and the next flush sends them all in one `send`. The delay is one
-//! scheduler round, not a timer.
+//! scheduler round, not a timer — but a round can hold many job tasks, so it is
+//! only taken when another call is in flight on the connection to batch with: a
+//! lone call is sent at once.
 
+use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -28,15 +32,19 @@ pub struct CoalescingStream<S> {
     written: usize,
     /// Whether this flush has already yielded once; the next poll sends.
     yielded: bool,
+    /// Calls in flight on this connection (kept by its owner): batching waits
+    /// only when there is more than one.
+    calls_in_flight: Rc<Cell<usize>>,
 }
 
 impl<S> CoalescingStream<S> {
-    pub fn new(inner: S) -> CoalescingStream<S> {
+    pub fn new(inner: S, calls_in_flight: Rc<Cell<usize>>) -> CoalescingStream<S> {
         CoalescingStream {
             inner,
             pending: Vec::with_capacity(16 * 1024),
             written: 0,
             yielded: false,
+            calls_in_flight,
         }
     }
 }
@@ -90,7 +98,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CoalescingStream<S> {
         if self.pending.is_empty() {
             return Pin::new(&mut self.inner).poll_flush(cx);
         }
-        if !self.yielded {
+        if !self.yielded && self.calls_in_flight.get() > 1 {
             // Let the tasks already woken queue their frames first.
             self.yielded = true;
             cx.waker().wake_by_ref();
@@ -142,7 +150,8 @@ mod tests {
     #[test]
     fn writes_before_the_deferred_flush_go_out_in_one_call() {
         let recorder = Recorder::default();
-        let mut stream = CoalescingStream::new(recorder.clone());
+        let calls = Rc::new(Cell::new(2));
+        let mut stream = CoalescingStream::new(recorder.clone(), calls.clone());
         let waker = futures_lite::future::block_on(std::future::poll_fn(|cx| {
             Poll::Ready(cx.waker().clone())
         }));
@@ -169,5 +178,16 @@ mod tests {
             stream.as_mut().poll_flush(&mut cx),
             Poll::Ready(Ok(()))
         ));
+        // A lone call is not held back.
+        calls.set(1);
+        assert!(matches!(
+            stream.as_mut().poll_write(&mut cx, b"three"),
+            Poll::Ready(Ok(5))
+        ));
+        assert!(matches!(
+            stream.as_mut().poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(recorder.0.lock().unwrap().last().unwrap(), b"three");
     }
 }

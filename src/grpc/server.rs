@@ -4,6 +4,7 @@
 //! executors can serve one port); one task per connection drives `h2`; one task per
 //! call reads the request, asks the [`Service`] for a [`Reply`] and writes it back.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
@@ -84,11 +85,14 @@ async fn serve_connection<S: Service>(
     service: Rc<S>,
     settings: Rc<ServerSettings>,
 ) {
+    // A server's responses are queued as calls complete, when a count of calls
+    // in flight has already dropped: always batch a round's responses.
+    let always_batch = Rc::new(Cell::new(usize::MAX));
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(settings.max_concurrent_streams)
         .initial_window_size(1 << 20)
         .initial_connection_window_size(8 << 20)
-        .handshake::<_, Bytes>(CoalescingStream::new(stream));
+        .handshake::<_, Bytes>(CoalescingStream::new(stream, always_batch));
     let Ok(mut connection) = handshake.await else {
         return;
     };
