@@ -150,7 +150,12 @@ pub fn prometheus_text(snapshot: &MetricsSnapshot) -> String {
             );
         }
     }
-    let counter_families: [(&str, &str, fn(&Counters) -> u64); 2] = [
+    let counter_families: [(&str, &str, fn(&Counters) -> u64); 3] = [
+        (
+            "percore_retries_total",
+            "Calls tried again on another node after a retryable failure, per shard.",
+            |c| c.retries,
+        ),
         (
             "percore_bytes_sent_total",
             "gRPC message bytes sent, per shard.",
@@ -226,6 +231,7 @@ mod tests {
                     skipped: 2,
                     in_flight: 3,
                     connections: 2,
+                    retries: 4,
                     bytes_sent: 100,
                     bytes_received: 200,
                 },
@@ -246,6 +252,7 @@ mod tests {
         );
         assert!(text.contains("percore_jobs_total{shard=\"1\",outcome=\"ok\"} 7\n"));
         assert!(text.contains("percore_in_flight{shard=\"0\"} 3\n"));
+        assert!(text.contains("percore_retries_total{shard=\"0\"} 4\n"));
         assert!(text.contains("percore_bytes_received_total{shard=\"0\"} 200\n"));
         assert!(text
             .contains("percore_stage_latency_seconds_bucket{stage=\"fetch\",le=\"0.0001\"} 1\n"));

@@ -259,12 +259,21 @@ pub struct GrpcConfig {
     pub max_message_bytes: usize,
     /// How long opening a connection to a node may take before trying the next.
     pub connect_timeout_ms: u64,
+    /// Extra attempts of a call that failed in a way another node might not
+    /// (connect refused, connection lost, UNAVAILABLE), each on the class's next
+    /// node, within the job's deadline. Only classes with more than one node for
+    /// that role retry.
+    pub retries: u32,
 }
 
 /// gRPC's own default maximum message size.
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Long enough for a LAN or a loaded host, short enough to fail over within a tick.
 const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1000;
+/// One more node before giving up: enough to ride over one dead replica.
+const DEFAULT_RETRIES: u32 = 1;
+/// More attempts than this cannot fit a job's deadline in any useful way.
+const MAX_RETRIES: u32 = 10;
 /// Below this not even a small tensor with its metadata fits.
 const MIN_MESSAGE_BYTES: usize = 1024;
 /// Name KServe examples (and Triton) use for a model's first input.
@@ -281,6 +290,7 @@ impl Default for GrpcConfig {
         GrpcConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+            retries: DEFAULT_RETRIES,
         }
     }
 }
@@ -371,6 +381,9 @@ struct GrpcFile {
     /// See [`GrpcConfig::connect_timeout_ms`].
     #[serde(default = "default_connect_timeout_ms")]
     connect_timeout_ms: Spanned<u64>,
+    /// See [`GrpcConfig::retries`].
+    #[serde(default = "default_retries")]
+    retries: Spanned<u32>,
 }
 
 impl GrpcFile {
@@ -378,6 +391,7 @@ impl GrpcFile {
         GrpcFile {
             max_message_bytes: default_max_message_bytes(),
             connect_timeout_ms: default_connect_timeout_ms(),
+            retries: default_retries(),
         }
     }
 }
@@ -389,6 +403,10 @@ fn default_max_message_bytes() -> Spanned<usize> {
 
 fn default_connect_timeout_ms() -> Spanned<u64> {
     Spanned::new(0..0, DEFAULT_CONNECT_TIMEOUT_MS)
+}
+
+fn default_retries() -> Spanned<u32> {
+    Spanned::new(0..0, DEFAULT_RETRIES)
 }
 
 fn default_input_name() -> Spanned<String> {
@@ -668,9 +686,18 @@ impl GrpcFile {
                 "must be greater than 0",
             ));
         }
+        let retries = *self.retries.get_ref();
+        if retries > MAX_RETRIES {
+            return Err(source.error(
+                self.retries.span(),
+                "grpc.retries",
+                format!("must be at most {MAX_RETRIES}"),
+            ));
+        }
         Ok(GrpcConfig {
             max_message_bytes,
             connect_timeout_ms,
+            retries,
         })
     }
 }
@@ -874,14 +901,17 @@ input_name = "series"
 
     #[test]
     fn grpc_table_overrides_defaults() {
-        let text = format!("[grpc]\nmax_message_bytes = 1024\nconnect_timeout_ms = 5\n{VALID}");
+        let text = format!(
+            "[grpc]\nmax_message_bytes = 1024\nconnect_timeout_ms = 5\nretries = 2\n{VALID}"
+        );
         let config = parse(&text).map_err(|e| e.to_string());
         let grpc = config.map(|config| config.grpc);
         assert_eq!(
             grpc,
             Ok(GrpcConfig {
                 max_message_bytes: 1024,
-                connect_timeout_ms: 5
+                connect_timeout_ms: 5,
+                retries: 2,
             })
         );
     }
@@ -1050,6 +1080,11 @@ input_name = "series"
         assert_eq!(
             error_of(&text),
             "conf/fleet.toml:2: grpc.max_message_bytes: must be at least 1024"
+        );
+        let text = format!("[grpc]\nretries = 11\n{VALID}");
+        assert_eq!(
+            parse(&text).map_err(|e| e.to_string()).err().as_deref(),
+            Some("conf/fleet.toml:2: grpc.retries: must be at most 10")
         );
         let text = format!("[grpc]\nconnect_timeout_ms = 0\n{VALID}");
         assert_eq!(

@@ -138,6 +138,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
         connections_per_node: config.tuning.connections_per_node,
         max_message_len: config.grpc.max_message_bytes,
         connect_timeout: Duration::from_millis(config.grpc.connect_timeout_ms),
+        retries: config.grpc.retries,
     };
     let classes: Arc<[crate::config::Class]> = config.classes.clone().into();
 

@@ -10,7 +10,6 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::Uri;
 use prost::Message;
 
 use crate::config::OutputSpec;
@@ -41,12 +40,23 @@ pub struct ClassRoute {
     pub computes: Balancer,
     /// Largest response message accepted.
     pub max_message_len: usize,
+    /// Extra attempts of a retryable call on the class's next node.
+    pub retries: u32,
 }
 
 /// The result of a job that ran: its output or why it failed, and its timings.
 pub struct Finished {
     pub result: Result<Bytes, JobError>,
     pub latency: StageLatency,
+    /// Calls made again on another node after a retryable failure.
+    pub retries: u32,
+}
+
+/// Which method of a node a call goes to.
+#[derive(Debug, Clone, Copy)]
+enum Method {
+    Fetch,
+    Infer,
 }
 
 fn micros(duration: Duration) -> u64 {
@@ -61,9 +71,22 @@ pub async fn run(route: &ClassRoute, device_id: &str, tick_ms: i64, planned: Ins
         schedule_lag_us: micros(started.saturating_duration_since(planned)),
         ..StageLatency::default()
     };
-    let result = fetch_and_infer(route, device_id, tick_ms, deadline, &mut latency).await;
+    let mut retries = 0;
+    let result = fetch_and_infer(
+        route,
+        device_id,
+        tick_ms,
+        deadline,
+        &mut latency,
+        &mut retries,
+    )
+    .await;
     latency.end_to_end_us = Some(micros(planned.elapsed()));
-    Finished { result, latency }
+    Finished {
+        result,
+        latency,
+        retries,
+    }
 }
 
 async fn fetch_and_infer(
@@ -72,29 +95,20 @@ async fn fetch_and_infer(
     tick_ms: i64,
     deadline: Instant,
     latency: &mut StageLatency,
+    retries: &mut u32,
 ) -> Result<Bytes, JobError> {
     let fetch_started = Instant::now();
-    let source = route.sources.pick();
     let request = FetchRequest {
         device_id: device_id.to_owned(),
         class: route.name.clone(),
         tick_unix_ms: tick_ms,
     };
-    let fetched: FetchResponse = call(
-        source,
-        source.fetch_uri(),
-        &request,
-        deadline,
-        route,
-        Stage::Fetch,
-    )
-    .await?;
+    let fetched: FetchResponse = call(Method::Fetch, &request, deadline, route, retries).await?;
     latency.fetch_us = Some(micros(fetch_started.elapsed()));
     tensor::check_raw(&fetched.datatype, &fetched.shape, &fetched.raw)
         .map_err(|detail| JobError::new(Stage::Fetch, ErrorKind::BadResponse(detail.into())))?;
 
     let infer_started = Instant::now();
-    let compute = route.computes.pick();
     let request = ModelInferRequest {
         model_name: route.model.clone(),
         model_version: route.model_version.clone(),
@@ -108,15 +122,8 @@ async fn fetch_and_infer(
         raw_input_contents: vec![fetched.raw],
         ..Default::default()
     };
-    let response: ModelInferResponse = call(
-        compute,
-        compute.infer_uri(),
-        &request,
-        deadline,
-        route,
-        Stage::Infer,
-    )
-    .await?;
+    let response: ModelInferResponse =
+        call(Method::Infer, &request, deadline, route, retries).await?;
     latency.infer_us = Some(micros(infer_started.elapsed()));
 
     let bad = |detail: String| JobError::new(Stage::Infer, ErrorKind::BadResponse(detail.into()));
@@ -128,23 +135,64 @@ async fn fetch_and_infer(
     Ok(output.bytes)
 }
 
-/// One unary call with the job's deadline around connecting and calling.
+/// One unary call on the class's next node, with the job's deadline around
+/// connecting and calling. A failure another node might not have (connect refused,
+/// connection lost, UNAVAILABLE) is tried again on the next node, up to
+/// `route.retries` times, while the deadline allows and the class has another node.
 async fn call<Req: Message, Resp: Message + Default>(
-    pool: &Rc<NodePool>,
-    uri: &Uri,
+    method: Method,
     request: &Req,
     deadline: Instant,
     route: &ClassRoute,
-    stage: Stage,
+    retries: &mut u32,
 ) -> Result<Resp, JobError> {
-    let attempt = async {
+    let (balancer, stage) = match method {
+        Method::Fetch => (&route.sources, Stage::Fetch),
+        Method::Infer => (&route.computes, Stage::Infer),
+    };
+    let can_fail_over = balancer.pools().len() > 1;
+    let mut attempts_left = route.retries;
+    loop {
+        let pool = balancer.pick();
+        let result = attempt(pool, method, request, deadline, route.max_message_len).await;
+        match result {
+            Err(kind) => {
+                let error = JobError::new(stage, kind);
+                if error.is_retryable()
+                    && can_fail_over
+                    && attempts_left > 0
+                    && Instant::now() < deadline
+                {
+                    attempts_left -= 1;
+                    *retries += 1;
+                    continue;
+                }
+                return Err(error);
+            }
+            Ok(response) => return Ok(response),
+        }
+    }
+}
+
+/// One attempt on one node.
+async fn attempt<Req: Message, Resp: Message + Default>(
+    pool: &Rc<NodePool>,
+    method: Method,
+    request: &Req,
+    deadline: Instant,
+    max_message_len: usize,
+) -> Result<Resp, ErrorKind> {
+    let uri = match method {
+        Method::Fetch => pool.fetch_uri(),
+        Method::Infer => pool.infer_uri(),
+    };
+    let call = async {
         let connection = pool.connection().await?;
         connection
-            .unary(uri, request, deadline, route.max_message_len)
+            .unary(uri, request, deadline, max_message_len)
             .await
     };
-    match runtime::until_deadline(deadline, attempt).await {
-        Some(result) => result.map_err(|kind| JobError::new(stage, kind)),
-        None => Err(JobError::new(stage, ErrorKind::DeadlineExceeded)),
-    }
+    runtime::until_deadline(deadline, call)
+        .await
+        .unwrap_or(Err(ErrorKind::DeadlineExceeded))
 }

@@ -33,12 +33,17 @@
 //! - [`sink`]: the `Sink` trait, the SQLite implementation and the writer thread
 //!   that turns batches into transactions.
 //! - [`stats`]: per-shard counters and HDR histograms (totals, per class, per
-//!   second), merged off the shards. [`admin`]: Prometheus `/metrics` and
-//!   `/healthz` from a thread of its own.
-//!   [`summary`]: the end-of-run table and `--summary-json`. [`cpu`]: per-thread
-//!   CPU accounting.
+//!   second), merged off the shards. [`summary`]: the end-of-run table,
+//!   `--summary-json` and the run as a report [`report::Recording`]. [`cpu`]:
+//!   per-thread CPU accounting.
+//! - [`report`]: report files (`.hgrm`, the HdrHistogram interval log,
+//!   `summary.json`, a self-contained `report.html`), reading them back, and
+//!   comparing two runs. [`admin`]: Prometheus `/metrics` and `/healthz` from a
+//!   thread of its own.
 //! - [`mock`]: built-in data-source and compute nodes with service times, error
 //!   and hang rates and injectable faults. [`demo`]: the self-contained demo run.
+//!   [`bench`]: closed- and open-loop load levels, sweeps and the search for the
+//!   highest rate under a latency bound.
 //! - [`runtime`]: the only module that names glommio (executors, tasks, timers,
 //!   TCP), so the runtime could be swapped. [`error`]: the job error taxonomy.
 //! - [`proto`]: prost messages generated from `proto/` at build time.
@@ -46,8 +51,9 @@
 //! # Threads
 //!
 //! One coordinator (the caller of [`dispatcher::run`]), one executor thread per
-//! shard CPU, one sink writer thread, and, in demos and benchmarks, mock-node
-//! executors. Between them only bounded flume channels, created at start-up.
+//! shard CPU, one sink writer thread, the admin thread when metrics are served,
+//! and, in demos and benchmarks, mock-node executors. Between them only bounded
+//! flume channels, created at start-up.
 
 pub mod admin;
 pub mod bench;

@@ -93,6 +93,8 @@ pub struct ShardLimits {
     pub max_message_len: usize,
     /// Connect plus handshake timeout.
     pub connect_timeout: Duration,
+    /// Extra attempts of a retryable call on the class's next node.
+    pub retries: u32,
 }
 
 /// Everything a shard starts from; built by the coordinator and moved to the
@@ -131,6 +133,8 @@ struct Shard {
     last_tick_ms: Vec<Cell<i64>>,
     /// Jobs started and not finished.
     in_flight: Cell<usize>,
+    /// Calls retried on another node, for the metrics.
+    retries: Cell<u64>,
     /// From the limits: skip ticks beyond this many jobs in flight.
     max_in_flight: usize,
     /// Results waiting for the flusher; skips start when it holds this many.
@@ -171,6 +175,7 @@ pub async fn run(plan: ShardPlan) {
         routes,
         pools,
         in_flight: Cell::new(0),
+        retries: Cell::new(0),
         max_in_flight: limits.max_in_flight.max(1),
         backlog_limit: (limits.max_in_flight * 4).max(65_536),
         results: RefCell::new(Vec::with_capacity(1024)),
@@ -298,6 +303,7 @@ fn build_routes(classes: &[Class], limits: &ShardLimits) -> (Vec<ClassRoute>, Ve
             sources: balancer(&class.data_sources),
             computes: balancer(&class.compute_nodes),
             max_message_len: limits.max_message_len,
+            retries: limits.retries,
         })
         .collect();
     (routes, pools.into_values().collect())
@@ -470,6 +476,9 @@ async fn run_job(shard: &Shard, local: u32, tick_ms: i64, planned: Instant) {
     let class = shard.fleet.class(device);
     let route = &shard.routes[class as usize];
     let finished = job::run(route, shard.fleet.id(device), tick_ms, planned).await;
+    shard
+        .retries
+        .set(shard.retries.get() + finished.retries as u64);
     let (outcome, output) = match finished.result {
         Ok(output) => (Outcome::Ok, output),
         Err(error) => (Outcome::Failed(error), Bytes::new()),
@@ -603,6 +612,7 @@ impl Shard {
     fn counters(&self) -> Counters {
         let mut counters = self.stats.borrow().counters;
         counters.in_flight = self.in_flight.get() as u64;
+        counters.retries = self.retries.get();
         for pool in &self.pools {
             counters.connections += pool.open_connections() as u64;
             let (sent, received) = pool.traffic();

@@ -32,6 +32,8 @@ pub struct Counters {
     pub in_flight: u64,
     /// Open HTTP/2 connections, at the time of the copy.
     pub connections: u64,
+    /// Calls retried on another node after a retryable failure.
+    pub retries: u64,
     /// gRPC message bytes sent and received (framing included, HTTP/2 headers not).
     pub bytes_sent: u64,
     pub bytes_received: u64,
@@ -48,6 +50,7 @@ impl Counters {
         self.skipped += other.skipped;
         self.in_flight += other.in_flight;
         self.connections += other.connections;
+        self.retries += other.retries;
         self.bytes_sent += other.bytes_sent;
         self.bytes_received += other.bytes_received;
     }

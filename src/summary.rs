@@ -104,6 +104,7 @@ impl RunSummary {
             "ok": self.counters.ok,
             "failed": self.counters.failed,
             "skipped": self.counters.skipped,
+            "retries": self.counters.retries,
             "rows_written": self.rows_written,
             "elapsed_s": self.elapsed.as_secs_f64(),
             "jobs_per_s": self.jobs_per_s(),
@@ -120,7 +121,8 @@ impl RunSummary {
             "latency_us": latency_json(&self.latency),
             "per_shard": self.per_shard.iter().enumerate().map(|(shard, s)| json!({
                 "shard": shard, "ok": s.counters.ok, "failed": s.counters.failed,
-                "skipped": s.counters.skipped, "bytes_sent": s.counters.bytes_sent,
+                "skipped": s.counters.skipped, "retries": s.counters.retries,
+                "bytes_sent": s.counters.bytes_sent,
                 "bytes_received": s.counters.bytes_received,
                 "latency_us": latency_json(&s.latency),
             })).collect::<Vec<_>>(),
