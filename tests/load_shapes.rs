@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use percore::bench::{Bench, BenchOptions, Level};
 
-fn bench(shards: usize, poisson: bool) -> Bench {
+/// A bench on built-in mocks; the returned directory holds its SQLite files and
+/// is removed when dropped.
+fn bench(shards: usize, poisson: bool) -> (Bench, tempfile::TempDir) {
     let shards = shards.min(percore::tuning::allowed_cpus().len());
-    Bench::start(BenchOptions {
+    let scratch = tempfile::tempdir().expect("a temporary directory");
+    let bench = Bench::start(BenchOptions {
         shards,
         poisson,
         duration: Duration::from_secs(2),
@@ -16,14 +19,15 @@ fn bench(shards: usize, poisson: bool) -> Bench {
         payload_bytes: 64,
         devices: 10_000,
         external: None,
-        scratch_dir: tempfile::tempdir().expect("a temporary directory").keep(),
+        scratch_dir: scratch.path().to_path_buf(),
     })
-    .expect("the bench starts")
+    .expect("the bench starts");
+    (bench, scratch)
 }
 
 #[test]
 fn constant_open_loop_starts_exactly_the_planned_arrivals() {
-    let bench = bench(2, false);
+    let (bench, _scratch) = bench(2, false);
     let summary = bench.run(Level::Rate(1_000.0)).expect("the level runs");
     bench.stop();
     // 1,000/s over 2 s, split evenly: every shard plans arrivals at t0 + k * gap
@@ -40,7 +44,7 @@ fn constant_open_loop_starts_exactly_the_planned_arrivals() {
 
 #[test]
 fn poisson_open_loop_arrives_at_the_asked_rate_on_average() {
-    let bench = bench(1, true);
+    let (bench, _scratch) = bench(1, true);
     let summary = bench.run(Level::Rate(2_000.0)).expect("the level runs");
     bench.stop();
     // 4,000 expected; a Poisson count's standard deviation is ~63: allow 5 sigma.
@@ -54,7 +58,7 @@ fn poisson_open_loop_arrives_at_the_asked_rate_on_average() {
 
 #[test]
 fn closed_loop_counts_every_job_it_runs() {
-    let bench = bench(1, false);
+    let (bench, _scratch) = bench(1, false);
     let summary = bench.run(Level::Concurrency(8)).expect("the level runs");
     bench.stop();
     // With 8 in flight and 0.5 ms per call, thousands of jobs fit in 2 s.
