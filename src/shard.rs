@@ -59,6 +59,21 @@ pub enum Workload {
     },
 }
 
+impl Workload {
+    /// The Unix-ms window `[start, end)` the workload runs in.
+    fn window(&self) -> (i64, i64) {
+        match *self {
+            Workload::Ticks { start_ms, end_ms }
+            | Workload::ClosedLoop {
+                start_ms, end_ms, ..
+            }
+            | Workload::OpenLoop {
+                start_ms, end_ms, ..
+            } => (start_ms, end_ms),
+        }
+    }
+}
+
 /// Messages from the coordinator to a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
@@ -145,6 +160,10 @@ struct Shard {
     stats: RefCell<ShardStats>,
     /// Set once no new jobs will start; the flusher then drains and stops.
     no_more_jobs: Cell<bool>,
+    /// Stop and release from the coordinator.
+    control: flume::Receiver<Control>,
+    /// Progress and the final report to the coordinator.
+    reports: flume::Sender<ShardReport>,
     /// Set when the coordinator asks to stop early: the Unix ms to stop at.
     stop_at_ms: Cell<Option<i64>>,
     /// Next device in turn for closed-loop workers.
@@ -184,6 +203,8 @@ pub async fn run(plan: ShardPlan) {
         stop_at_ms: Cell::new(None),
         closed_loop_cursor: Cell::new(0),
         clock,
+        control: channels.control,
+        reports: channels.reports,
     });
 
     let flusher = runtime::spawn(flush_results(
@@ -191,58 +212,22 @@ pub async fn run(plan: ShardPlan) {
         channels.results,
         channels.recycled,
     ));
-    let end_ms = match workload {
-        Workload::Ticks { start_ms, end_ms } => {
-            tick_loop(
-                &shard,
-                &classes,
-                start_ms,
-                end_ms,
-                &channels.control,
-                &channels.reports,
-            )
-            .await;
-            end_ms
-        }
-        Workload::ClosedLoop {
-            concurrency,
-            start_ms,
-            end_ms,
-        } => {
-            closed_loop(
-                &shard,
-                concurrency,
-                start_ms,
-                end_ms,
-                &channels.control,
-                &channels.reports,
-            )
-            .await;
-            end_ms
+    let (start_ms, end_ms) = workload.window();
+    match workload {
+        Workload::Ticks { .. } => tick_loop(&shard, &classes, start_ms, end_ms).await,
+        Workload::ClosedLoop { concurrency, .. } => {
+            closed_loop(&shard, concurrency, start_ms, end_ms).await
         }
         Workload::OpenLoop {
             rate_per_s,
             poisson,
-            start_ms,
-            end_ms,
+            ..
         } => {
             let arrivals = Arrivals::new(rate_per_s, poisson, index);
-            open_loop(
-                &shard,
-                arrivals,
-                start_ms,
-                end_ms,
-                &channels.control,
-                &channels.reports,
-            )
-            .await;
-            end_ms
+            open_loop(&shard, arrivals, start_ms, end_ms).await
         }
-    };
-    let end_ms = shard
-        .stop_at_ms
-        .get()
-        .map_or(end_ms, |stop_ms| stop_ms.min(end_ms));
+    }
+    let end_ms = shard.end_ms(end_ms);
     while shard.in_flight.get() > 0 {
         runtime::sleep(Duration::from_millis(1)).await;
     }
@@ -251,7 +236,7 @@ pub async fn run(plan: ShardPlan) {
     let interval = Box::new(shard.stats.borrow_mut().take_interval());
     let mut stats = Box::new(shard.stats.borrow().clone());
     stats.counters = shard.counters();
-    let _ = channels
+    let _ = shard
         .reports
         .send_async(ShardReport::Finished {
             shard: index,
@@ -262,7 +247,7 @@ pub async fn run(plan: ShardPlan) {
         })
         .await;
     // Stay alive until the coordinator has read this thread's CPU time.
-    while let Ok(message) = channels.control.recv_async().await {
+    while let Ok(message) = shard.control.recv_async().await {
         if message == Control::Release {
             break;
         }
@@ -309,14 +294,7 @@ fn build_routes(classes: &[Class], limits: &ShardLimits) -> (Vec<ClassRoute>, Ve
     (routes, pools.into_values().collect())
 }
 
-async fn tick_loop(
-    shard: &Rc<Shard>,
-    classes: &[Class],
-    start_ms: i64,
-    end_ms: i64,
-    control: &flume::Receiver<Control>,
-    reports: &flume::Sender<ShardReport>,
-) {
+async fn tick_loop(shard: &Rc<Shard>, classes: &[Class], start_ms: i64, end_ms: i64) {
     let periods: Vec<u64> = classes.iter().map(|class| class.period_ms).collect();
     let entries = shard.devices.iter().enumerate().map(|(local, &device)| {
         let class = shard.fleet.class(device) as usize;
@@ -327,7 +305,7 @@ async fn tick_loop(
     let mut end_ms = end_ms;
     let mut next_progress = Instant::now() + PROGRESS_INTERVAL;
     loop {
-        if let Some(stop_ms) = shard.poll_control(control) {
+        if let Some(stop_ms) = shard.poll_control() {
             end_ms = end_ms.min(stop_ms);
         }
         let now_ms = shard.clock.now_ms();
@@ -335,7 +313,7 @@ async fn tick_loop(
             shard.dispatch(local, tick_ms, shard.clock.instant_of(tick_ms))
         });
         if Instant::now() >= next_progress {
-            shard.send_progress(reports);
+            shard.send_progress();
             next_progress += PROGRESS_INTERVAL;
         }
         let next_due = match schedule.next_due_ms() {
@@ -350,14 +328,7 @@ async fn tick_loop(
     }
 }
 
-async fn closed_loop(
-    shard: &Rc<Shard>,
-    concurrency: usize,
-    start_ms: i64,
-    end_ms: i64,
-    control: &flume::Receiver<Control>,
-    reports: &flume::Sender<ShardReport>,
-) {
+async fn closed_loop(shard: &Rc<Shard>, concurrency: usize, start_ms: i64, end_ms: i64) {
     if shard.devices.is_empty() {
         return;
     }
@@ -368,9 +339,9 @@ async fn closed_loop(
     let mut next_progress = Instant::now() + PROGRESS_INTERVAL;
     while shard.clock.now_ms() < shard.end_ms(end_ms) {
         runtime::sleep(CONTROL_POLL).await;
-        shard.poll_control(control);
+        shard.poll_control();
         if Instant::now() >= next_progress {
-            shard.send_progress(reports);
+            shard.send_progress();
             next_progress += PROGRESS_INTERVAL;
         }
     }
@@ -432,21 +403,14 @@ impl Arrivals {
 /// together (their planned times, and so their latencies, are unchanged).
 const OPEN_LOOP_GRANULARITY: Duration = Duration::from_micros(200);
 
-async fn open_loop(
-    shard: &Rc<Shard>,
-    mut arrivals: Arrivals,
-    start_ms: i64,
-    end_ms: i64,
-    control: &flume::Receiver<Control>,
-    reports: &flume::Sender<ShardReport>,
-) {
+async fn open_loop(shard: &Rc<Shard>, mut arrivals: Arrivals, start_ms: i64, end_ms: i64) {
     if shard.devices.is_empty() {
         return;
     }
     let mut planned = shard.clock.instant_of(start_ms);
     let mut next_progress = Instant::now() + PROGRESS_INTERVAL;
     loop {
-        shard.poll_control(control);
+        shard.poll_control();
         let end = shard.clock.instant_of(shard.end_ms(end_ms));
         let now = Instant::now();
         while planned <= now && planned < end {
@@ -458,7 +422,7 @@ async fn open_loop(
             planned += arrivals.next_gap();
         }
         if now >= next_progress {
-            shard.send_progress(reports);
+            shard.send_progress();
             next_progress += PROGRESS_INTERVAL;
         }
         if planned >= end {
@@ -592,8 +556,8 @@ impl Shard {
 
     /// Applies pending control messages; returns the stop time if one was asked
     /// for. A stop time already past becomes now: ticks already fired stay fired.
-    fn poll_control(&self, control: &flume::Receiver<Control>) -> Option<i64> {
-        while let Ok(message) = control.try_recv() {
+    fn poll_control(&self) -> Option<i64> {
+        while let Ok(message) = self.control.try_recv() {
             if let Control::StopAt(stop_ms) = message {
                 self.stop_at_ms.set(Some(stop_ms.max(self.clock.now_ms())));
             }
@@ -622,12 +586,12 @@ impl Shard {
         counters
     }
 
-    fn send_progress(&self, reports: &flume::Sender<ShardReport>) {
+    fn send_progress(&self) {
         let counters = self.counters();
         let interval = Box::new(self.stats.borrow_mut().take_interval());
         // Progress is advisory: if the coordinator is behind, drop this one. Its
         // interval's latencies stay in the whole-run histograms.
-        let _ = reports.try_send(ShardReport::Progress {
+        let _ = self.reports.try_send(ShardReport::Progress {
             shard: self.index,
             counters,
             interval,
