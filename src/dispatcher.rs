@@ -342,8 +342,6 @@ struct Supervisor<'a> {
     so_far: StageHistograms,
     /// Jobs counted at the previous status line.
     jobs_at_last_status: u64,
-    /// The second of the run whose p99 the status line shows.
-    last_status_second: usize,
 }
 
 impl<'a> Supervisor<'a> {
@@ -361,7 +359,6 @@ impl<'a> Supervisor<'a> {
             per_second: Vec::new(),
             so_far: StageHistograms::default(),
             jobs_at_last_status: 0,
-            last_status_second: 0,
         }
     }
 
@@ -458,7 +455,6 @@ impl<'a> Supervisor<'a> {
             .saturating_duration_since(self.run_start)
             .as_secs()
             .saturating_sub(1) as usize;
-        self.last_status_second = second;
         let p99 = self
             .per_second
             .get(second)
@@ -471,11 +467,12 @@ impl<'a> Supervisor<'a> {
             return;
         }
         let line = format!(
-            "[{:>4}s] jobs/s {:>8} | p99 e2e {:>9} | in flight {:>6} | failed {:>8} | skipped {:>8}",
+            "[{:>4}s] jobs/s {:>7} | p99 e2e {:>9} | in flight {:>5} | ok {:>9} | failed {:>7} | skipped {:>7}",
             started.elapsed().as_secs(),
             jobs_per_s,
             p99,
             total.in_flight,
+            total.ok,
             total.failed,
             total.skipped,
         );
