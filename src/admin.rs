@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use crate::stats::{Counters, StageHistograms};
 
+/// A per-shard metric family: name, help text, and how to read it from counters.
+type Family = (&'static str, &'static str, fn(&Counters) -> u64);
+
 /// Upper bounds of the Prometheus latency buckets, in seconds.
 const BUCKETS_S: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -150,7 +153,7 @@ pub fn prometheus_text(snapshot: &MetricsSnapshot) -> String {
             );
         }
     }
-    let counter_families: [(&str, &str, fn(&Counters) -> u64); 3] = [
+    let counter_families: [Family; 3] = [
         (
             "percore_retries_total",
             "Calls tried again on another node after a retryable failure, per shard.",
@@ -173,7 +176,7 @@ pub fn prometheus_text(snapshot: &MetricsSnapshot) -> String {
             let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", value(counters));
         }
     }
-    let gauge_families: [(&str, &str, fn(&Counters) -> u64); 2] = [
+    let gauge_families: [Family; 2] = [
         (
             "percore_in_flight",
             "Jobs started and not finished, per shard.",

@@ -38,9 +38,10 @@ const RESULT_CHANNEL_BATCHES: usize = 256;
 const STOP_LEAD_MS: i64 = 200;
 
 /// How a run generates jobs.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Load {
     /// Devices fire on their tick grid (the production mode).
+    #[default]
     Ticks,
     /// Benchmarks: this many jobs always in flight, split over the shards.
     ClosedLoop { concurrency: usize },
@@ -62,12 +63,6 @@ pub struct RunOptions {
     pub stop: Option<flume::Receiver<()>>,
     /// Where to publish metrics snapshots (the admin server), if anywhere.
     pub metrics: Option<flume::Sender<MetricsSnapshot>>,
-}
-
-impl Default for Load {
-    fn default() -> Load {
-        Load::Ticks
-    }
 }
 
 /// Why a run could not start or did not complete.
@@ -459,7 +454,7 @@ impl<'a> Supervisor<'a> {
             .per_second
             .get(second)
             .map(|latency| &latency.end_to_end)
-            .filter(|histogram| histogram.len() > 0)
+            .filter(|histogram| !histogram.is_empty())
             .map_or("-".to_string(), |histogram| {
                 format_us(histogram.value_at_quantile(0.99))
             });

@@ -102,12 +102,11 @@ pub fn mock_model_output(input: &[u8]) -> [f32; 2] {
 /// The tensor a mock source returns for a device: `payload_bytes` bytes whose first
 /// eight are the device id's stable hash (little-endian), the rest a fixed pattern.
 pub fn mock_payload(device_id: &str, payload_bytes: usize) -> Bytes {
-    let mut payload = BytesMut::with_capacity(payload_bytes);
+    let mut payload: Vec<u8> = (0..payload_bytes).map(|i| (i % 251) as u8).collect();
     let hash = stable_hash(device_id).to_le_bytes();
-    for i in 0..payload_bytes {
-        payload.put_u8(if i < 8 { hash[i] } else { (i % 251) as u8 });
-    }
-    payload.freeze()
+    let head = payload_bytes.min(hash.len());
+    payload[..head].copy_from_slice(&hash[..head]);
+    Bytes::from(payload)
 }
 
 /// What one mock executor serves.

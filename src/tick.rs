@@ -225,7 +225,7 @@ mod tests {
             schedule.fire_due(now.min(end - 1), |lane, local, tick| {
                 fired.push((lane, local, tick))
             });
-            now += 1 + (now % 7) as i64; // uneven steps
+            now += 1 + now % 7; // uneven steps
         }
         schedule.fire_due(end - 1, |lane, local, tick| fired.push((lane, local, tick)));
         let mut expected: Vec<(usize, u32, i64)> = devices
