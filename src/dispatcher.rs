@@ -180,6 +180,12 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
 
     let mut supervisor = Supervisor::new(shard_count, run_start, options, &clock);
     let finished = supervisor.supervise(&reports_rx, &controls);
+    if finished.is_err() {
+        // Let the other shards drain and report, so the writer and they can end.
+        for control in &controls {
+            let _ = control.send(Control::StopAt(i64::MIN));
+        }
+    }
 
     let writer_result = writer
         .join()
@@ -408,6 +414,11 @@ impl<'a> Supervisor<'a> {
                         error,
                     });
                 }
+                Ok(ShardReport::Exited { shard }) => {
+                    return Err(RunError(format!(
+                        "shard {shard} stopped unexpectedly (see its panic above)"
+                    )));
+                }
                 Err(flume::RecvTimeoutError::Timeout) => {}
                 Err(flume::RecvTimeoutError::Disconnected) => {
                     return Err(RunError(
@@ -569,6 +580,20 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_shard_that_exits_without_reporting_stops_the_run() {
+        let options = RunOptions::default();
+        let clock = Clock::now_from_system();
+        let (reports_tx, reports_rx) = flume::bounded(4);
+        reports_tx.send(ShardReport::Exited { shard: 1 }).unwrap();
+        let mut supervisor = Supervisor::new(2, Instant::now(), &options, &clock);
+        let error = supervisor.supervise(&reports_rx, &[]).err().map(|e| e.0);
+        assert_eq!(
+            error.as_deref(),
+            Some("shard 1 stopped unexpectedly (see its panic above)")
+        );
     }
 
     #[test]

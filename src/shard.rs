@@ -184,6 +184,11 @@ pub async fn run(plan: ShardPlan) {
         limits,
         channels,
     } = plan;
+    let mut exit_notice = ExitNotice {
+        shard: index,
+        reports: channels.reports.clone(),
+        finished: false,
+    };
     let (routes, pools) = build_routes(&classes, &limits);
     let shard = Rc::new(Shard {
         index,
@@ -246,10 +251,31 @@ pub async fn run(plan: ShardPlan) {
             error,
         })
         .await;
+    exit_notice.finished = true;
     // Stay alive until the coordinator has read this thread's CPU time.
     while let Ok(message) = shard.control.recv_async().await {
         if message == Control::Release {
             break;
+        }
+    }
+}
+
+/// Tells the coordinator if the shard's main future ends without its final report
+/// (dropped while a panic unwinds the executor), so the run stops instead of
+/// waiting for a report that will never come.
+struct ExitNotice {
+    shard: u16,
+    reports: flume::Sender<ShardReport>,
+    /// Set once `Finished` has been sent.
+    finished: bool,
+}
+
+impl Drop for ExitNotice {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self
+                .reports
+                .try_send(ShardReport::Exited { shard: self.shard });
         }
     }
 }
@@ -596,5 +622,57 @@ impl Shard {
             counters,
             interval,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_dropped_before_its_report_says_so() {
+        let (reports_tx, reports_rx) = flume::bounded(4);
+        let notice = ExitNotice {
+            shard: 3,
+            reports: reports_tx.clone(),
+            finished: false,
+        };
+        // As when a panic unwinds the executor and drops the shard's main future.
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _notice = notice;
+            panic!("a bug on the shard");
+        }));
+        assert!(unwound.is_err());
+        assert!(matches!(
+            reports_rx.try_recv(),
+            Ok(ShardReport::Exited { shard: 3 })
+        ));
+
+        let finished = ExitNotice {
+            shard: 4,
+            reports: reports_tx,
+            finished: true,
+        };
+        drop(finished);
+        assert!(
+            reports_rx.try_recv().is_err(),
+            "a finished shard sends nothing more"
+        );
+    }
+
+    #[test]
+    fn workload_windows_are_read_alike() {
+        let ticks = Workload::Ticks {
+            start_ms: 5,
+            end_ms: 9,
+        };
+        let open = Workload::OpenLoop {
+            rate_per_s: 1.0,
+            poisson: false,
+            start_ms: 5,
+            end_ms: 9,
+        };
+        assert_eq!(ticks.window(), (5, 9));
+        assert_eq!(open.window(), (5, 9));
     }
 }

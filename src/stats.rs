@@ -209,6 +209,9 @@ pub enum ShardReport {
         counters: Counters,
         interval: Box<Interval>,
     },
+    /// Sent instead of `Finished` when a shard's main future is dropped without
+    /// finishing (a panic on the shard): the coordinator stops the run.
+    Exited { shard: u16 },
     /// Once, when the shard has run its last job and sent its last result.
     Finished {
         shard: u16,
