@@ -39,6 +39,7 @@ pub struct AdminServer {
     publisher: flume::Sender<MetricsSnapshot>,
     /// Tells the thread to exit (it checks after each connection).
     stop: flume::Sender<()>,
+    /// The serving thread, joined by `stop`.
     thread: JoinHandle<()>,
 }
 

@@ -49,6 +49,7 @@ pub struct BenchOptions {
     pub shards: usize,
     /// Open-loop arrivals as a Poisson process instead of evenly spaced.
     pub poisson: bool,
+    /// How long each level runs.
     pub duration: Duration,
     /// Mock nodes' service time (ignored with external nodes).
     pub service_time: Duration,
@@ -64,11 +65,13 @@ pub struct BenchOptions {
 
 /// Runs levels one after another against one set of nodes.
 pub struct Bench {
+    /// What every level runs with.
     options: BenchOptions,
     /// The nodes' addresses.
     nodes: (SocketAddr, SocketAddr),
     /// Mock nodes started by us, stopped when the bench is dropped.
     mocks: Option<MockPair>,
+    /// Shard and mock CPUs, chosen once for all levels.
     tuning: Tuning,
 }
 

@@ -22,7 +22,9 @@ pub const DEMO_CLASSES: [(&str, &str, u64); 4] = [
 
 /// A data source and a compute node running as mocks in this process.
 pub struct MockPair {
+    /// Serves `DataSource/Fetch`.
     pub source: MockNode,
+    /// Serves KServe v2 `ModelInfer`.
     pub compute: MockNode,
 }
 

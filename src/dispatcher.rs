@@ -55,6 +55,7 @@ pub enum Load {
 pub struct RunOptions {
     /// How long to dispatch; `None` runs until `stop` fires.
     pub duration: Option<Duration>,
+    /// What generates jobs: the tick grid, or a benchmark's closed or open loop.
     pub load: Load,
     /// Print a status line every second (to stderr), and a progress bar when
     /// stderr is a terminal and the run has a duration.
@@ -79,6 +80,7 @@ impl std::error::Error for RunError {}
 
 /// A shard's last word, kept by the coordinator.
 struct FinalReport {
+    /// The shard's whole-run counters and histograms.
     stats: ShardStats,
     /// End of the window this shard dispatched (Unix ms, exclusive).
     end_ms: i64,
@@ -331,7 +333,9 @@ fn config_description(config: &Config, options: &RunOptions) -> serde_json::Valu
 
 /// The coordinator's view of the run while it lasts.
 struct Supervisor<'a> {
+    /// Status printing, stop signal and metrics publisher of this run.
     options: &'a RunOptions,
+    /// The run's clock, to place an early stop in Unix ms.
     clock: &'a Clock,
     /// When the first tick was due; per-second intervals count from here.
     run_start: Instant,

@@ -22,12 +22,14 @@ use crate::runtime;
 use crate::tensor;
 use crate::upstream::{Balancer, NodePool};
 
-/// Everything a job needs to know about its device's class, on one shard.
+/// Everything a job needs to know about its device's class, on one shard (built
+/// and owned by that shard).
 pub struct ClassRoute {
     /// Class name, sent to the data source.
     pub name: String,
-    /// Model name and version for ModelInfer.
+    /// Model name for ModelInfer.
     pub model: String,
+    /// Model version for ModelInfer; empty lets the server choose.
     pub model_version: String,
     /// Name of the model's input tensor.
     pub input_name: String,
@@ -35,8 +37,9 @@ pub struct ClassRoute {
     pub deadline: Duration,
     /// What the output must look like, if the config says.
     pub output: Option<OutputSpec>,
-    /// This shard's pools for the class's data sources and compute nodes.
+    /// This shard's pools for the class's data sources, taken in turn.
     pub sources: Balancer,
+    /// This shard's pools for the class's compute nodes, taken in turn.
     pub computes: Balancer,
     /// Largest response message accepted.
     pub max_message_len: usize,
@@ -46,7 +49,9 @@ pub struct ClassRoute {
 
 /// The result of a job that ran: its output or why it failed, and its timings.
 pub struct Finished {
+    /// The output tensor's bytes, or why the job failed.
     pub result: Result<Bytes, JobError>,
+    /// Per-stage timings of this job.
     pub latency: StageLatency,
     /// Calls made again on another node after a retryable failure.
     pub retries: u32,

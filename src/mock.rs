@@ -48,6 +48,7 @@ pub enum Fault {
 /// How a mock node behaves.
 #[derive(Debug, Clone)]
 pub struct MockOptions {
+    /// Time before each answer (not taken by hung calls).
     pub service_time: ServiceTime,
     /// Data source: bytes of UINT8 tensor per fetch.
     pub payload_bytes: usize,
@@ -56,10 +57,12 @@ pub struct MockOptions {
     /// Fraction of calls not answered until `hang_for` has passed (or the client
     /// gives up).
     pub hang_rate: f64,
+    /// How long a hung call stays unanswered.
     pub hang_for: Duration,
     /// Compute node: the model it serves; other names get NOT_FOUND, as from a
     /// real server. `None` accepts any.
     pub model: Option<String>,
+    /// A deliberate fault on every answer, for tests.
     pub fault: Option<Fault>,
     /// Streams per connection the mock allows.
     pub max_concurrent_streams: u32,
@@ -111,7 +114,9 @@ pub fn mock_payload(device_id: &str, payload_bytes: usize) -> Bytes {
 
 /// What one mock executor serves.
 struct Mock {
+    /// Which service this executor answers.
     kind: MockKind,
+    /// Behaviour: timing, failures, faults.
     options: MockOptions,
     /// xorshift state for this executor's random choices.
     rng: Cell<u64>,
@@ -254,6 +259,7 @@ pub struct MockNode {
     pub addr: SocketAddr,
     /// One stop signal per executor.
     stops: Vec<flume::Sender<()>>,
+    /// The serving executors, joined by `stop`.
     executors: Vec<Executor<()>>,
 }
 

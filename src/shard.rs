@@ -125,8 +125,11 @@ pub struct ShardPlan {
     pub classes: Arc<[Class]>,
     /// Shared Unix-to-monotonic mapping, so all shards agree on tick times.
     pub clock: Clock,
+    /// What drives jobs, and the run's window.
     pub workload: Workload,
+    /// Limits shared by every shard.
     pub limits: ShardLimits,
+    /// This shard's ends of the start-up channels.
     pub channels: ShardChannels,
 }
 
@@ -168,6 +171,7 @@ struct Shard {
     stop_at_ms: Cell<Option<i64>>,
     /// Next device in turn for closed-loop workers.
     closed_loop_cursor: Cell<usize>,
+    /// The run's shared Unix-to-monotonic mapping.
     clock: Clock,
 }
 
@@ -264,6 +268,7 @@ pub async fn run(plan: ShardPlan) {
 /// (dropped while a panic unwinds the executor), so the run stops instead of
 /// waiting for a report that will never come.
 struct ExitNotice {
+    /// The shard it speaks for.
     shard: u16,
     reports: flume::Sender<ShardReport>,
     /// Set once `Finished` has been sent.
@@ -399,6 +404,7 @@ async fn closed_loop_worker(shard: Rc<Shard>, end_ms: i64) {
 struct Arrivals {
     /// Mean time between arrivals.
     mean_gap: Duration,
+    /// Exponential gaps instead of `mean_gap` every time.
     poisson: bool,
     /// xorshift state for exponential gaps, seeded per shard.
     rng: u64,

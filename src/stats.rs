@@ -25,6 +25,7 @@ pub const STAGES: [&str; 5] = ["schedule_lag", "fetch", "infer", "sink_lag", "en
 /// Counts by outcome, plus gauges and traffic.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
+    /// Jobs that succeeded, failed, and ticks skipped.
     pub ok: u64,
     pub failed: u64,
     pub skipped: u64,
@@ -73,11 +74,15 @@ pub fn new_histogram() -> Histogram<u64> {
 /// One histogram per stage, in microseconds.
 #[derive(Debug, Clone)]
 pub struct StageHistograms {
+    /// Planned tick → job start.
     pub schedule_lag: Histogram<u64>,
+    /// The data-source call (successful jobs).
     pub fetch: Histogram<u64>,
+    /// The compute call (successful jobs).
     pub infer: Histogram<u64>,
     /// Result ready on the shard → row committed; recorded by the sink writer.
     pub sink_lag: Histogram<u64>,
+    /// Planned tick → result ready (successful jobs).
     pub end_to_end: Histogram<u64>,
 }
 
@@ -195,6 +200,7 @@ impl ShardStats {
 /// Latencies recorded between two instants.
 #[derive(Debug, Clone)]
 pub struct Interval {
+    /// When the interval began and ended (monotonic).
     pub start: Instant,
     pub end: Instant,
     pub latency: StageHistograms,

@@ -54,8 +54,10 @@ pub struct ShardSummary {
 /// One class's share of a run.
 #[derive(Debug, Clone)]
 pub struct ClassSummary {
+    /// Class and model names, as in the rows.
     pub class: String,
     pub model: String,
+    /// This class's counters and latencies, all shards together.
     pub stats: ClassStats,
 }
 

@@ -47,6 +47,7 @@ pub fn check_raw(datatype: &str, shape: &[i64], raw: &[u8]) -> Result<(), String
 /// The first output of a ModelInfer response, as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Output {
+    /// Name, KServe datatype and shape, as the server labelled them.
     pub name: String,
     pub datatype: String,
     pub shape: Vec<i64>,

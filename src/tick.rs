@@ -95,6 +95,7 @@ impl Clock {
 
 /// One class's devices on one shard, as a ring sorted by phase.
 struct Lane {
+    /// The class's period: the ring's length in ms.
     period_ms: u64,
     /// (phase, shard-local device index), sorted by phase.
     ring: Vec<(u32, u32)>,
@@ -114,6 +115,7 @@ impl Lane {
 
 /// A shard's schedule: which of its devices are due when.
 pub struct Schedule {
+    /// One ring per class, by class index.
     lanes: Vec<Lane>,
 }
 

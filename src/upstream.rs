@@ -46,8 +46,9 @@ enum ConnectState {
 pub struct NodePool {
     /// The node's address.
     node: SocketAddr,
-    /// Prebuilt request URIs (authority = node), so a call only clones them.
+    /// Prebuilt URI of `DataSource/Fetch` on this node, so a call only clones it.
     fetch_uri: Uri,
+    /// Prebuilt URI of `ModelInfer` on this node.
     infer_uri: Uri,
     /// Open connections; closed ones are pruned when a call looks for one.
     connections: RefCell<Vec<Rc<Connection>>>,

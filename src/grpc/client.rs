@@ -48,7 +48,9 @@ impl Default for ClientSettings {
 /// gRPC message bytes moved over a node's connections, for the metrics.
 #[derive(Debug, Default)]
 pub struct Traffic {
+    /// Bytes of framed request messages written.
     pub sent: Cell<u64>,
+    /// Bytes of response DATA received.
     pub received: Cell<u64>,
 }
 

@@ -55,7 +55,9 @@ impl std::fmt::Display for Code {
 /// A status read from a response: its code and the (percent-decoded) message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
+    /// The `grpc-status` value.
     pub code: Code,
+    /// `grpc-message`, empty when absent.
     pub message: String,
 }
 

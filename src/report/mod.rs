@@ -74,6 +74,7 @@ pub struct ReportError {
     pub path: PathBuf,
     /// 1-based line in `path`, when the problem is on one line.
     pub line: Option<usize>,
+    /// What went wrong there.
     pub kind: ReportErrorKind,
 }
 

@@ -151,6 +151,7 @@ pub struct WriterReport {
 pub struct SinkLag {
     /// The run's start, which per-second intervals count from.
     pub run_start: Instant,
+    /// Every committed row.
     pub total: Histogram<u64>,
     /// Index = whole seconds since `run_start` at commit time.
     pub per_second: Vec<Histogram<u64>>,
