@@ -254,6 +254,39 @@ mod tests {
         assert_eq!(schedule.next_due_ms().map(|t| t > 1_002_000), Some(true));
     }
 
+    /// A million devices on one shard: one period fires each exactly once, and the
+    /// next period starts over. (Correctness at scale; speed is in the benchmark.)
+    #[test]
+    fn a_million_devices_fire_once_per_period() {
+        const DEVICES: u32 = 1_000_000;
+        let period = 60_000u64;
+        let devices = (0..DEVICES).map(|i| {
+            let hash = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            (0usize, phase_ms(hash, period), i)
+        });
+        let start = 1_700_000_000_000i64;
+        let mut schedule = Schedule::new(&[period], devices, start);
+        let mut seen = vec![0u8; DEVICES as usize];
+        let mut now = start;
+        while now < start + period as i64 {
+            schedule.fire_due(now, |_, local, tick| {
+                assert!(tick <= now && tick >= start);
+                seen[local as usize] += 1;
+            });
+            now += 7;
+        }
+        schedule.fire_due(start + period as i64 - 1, |_, local, _| {
+            seen[local as usize] += 1
+        });
+        assert!(
+            seen.iter().all(|&n| n == 1),
+            "some device fired {} times",
+            seen.iter().max().unwrap()
+        );
+        let next = schedule.next_due_ms().unwrap();
+        assert!((start + period as i64..start + 2 * period as i64).contains(&next));
+    }
+
     #[test]
     fn clock_maps_unix_ms_to_instants_consistently() {
         let clock = Clock::now_from_system();
