@@ -40,12 +40,12 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS jobs (
   device_id TEXT NOT NULL, tick_ms INTEGER NOT NULL, class TEXT NOT NULL, model TEXT NOT NULL,
   outcome TEXT NOT NULL CHECK (outcome IN ('ok','failed','skipped')), reason TEXT,
   output BLOB, schedule_lag_us INTEGER NOT NULL, fetch_us INTEGER, infer_us INTEGER, end_to_end_us INTEGER,
-  shard INTEGER NOT NULL, PRIMARY KEY (device_id, tick_ms)) WITHOUT ROWID;"""
+  shard INTEGER NOT NULL, PRIMARY KEY (tick_ms, device_id)) WITHOUT ROWID;"""
 
 UPSERT = """INSERT INTO jobs (device_id, tick_ms, class, model, outcome, reason, output,
   schedule_lag_us, fetch_us, infer_us, end_to_end_us, shard)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-ON CONFLICT(device_id, tick_ms) DO UPDATE SET
+ON CONFLICT(tick_ms, device_id) DO UPDATE SET
   class = excluded.class, model = excluded.model, outcome = excluded.outcome,
   reason = excluded.reason, output = excluded.output,
   schedule_lag_us = excluded.schedule_lag_us, fetch_us = excluded.fetch_us,
