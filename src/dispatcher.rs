@@ -18,7 +18,7 @@ use crate::cpu;
 use crate::devices::shard_of;
 use crate::record::DeviceIndex;
 use crate::runtime::{self, ExecutorSpec};
-use crate::shard::{self, Control, ShardChannels, ShardLimits, ShardPlan, Workload};
+use crate::shard::{self, Control, ExitNotice, ShardChannels, ShardLimits, ShardPlan, Workload};
 use crate::sink::{self, ClassNames, RowNames, SinkTarget};
 use crate::stats::{ClassStats, Counters, Interval, ShardReport, ShardStats, StageHistograms};
 use crate::summary::{ClassSummary, RunSummary, ShardSummary};
@@ -157,6 +157,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
                 reports: reports_tx.clone(),
                 control: control_rx,
             },
+            exit_notice: ExitNotice::new(index as u16, reports_tx.clone()),
         };
         let spec = ExecutorSpec {
             name: "pc-shard".into(),
@@ -420,7 +421,7 @@ impl<'a> Supervisor<'a> {
                 }
                 Ok(ShardReport::Exited { shard }) => {
                     return Err(RunError(format!(
-                        "shard {shard} stopped unexpectedly (see its panic above)"
+                        "shard {shard} stopped unexpectedly (its executor failed to start or panicked)"
                     )));
                 }
                 Err(flume::RecvTimeoutError::Timeout) => {}
@@ -596,7 +597,7 @@ mod tests {
         let error = supervisor.supervise(&reports_rx, &[]).err().map(|e| e.0);
         assert_eq!(
             error.as_deref(),
-            Some("shard 1 stopped unexpectedly (see its panic above)")
+            Some("shard 1 stopped unexpectedly (its executor failed to start or panicked)")
         );
     }
 

@@ -131,6 +131,9 @@ pub struct ShardPlan {
     pub limits: ShardLimits,
     /// This shard's ends of the start-up channels.
     pub channels: ShardChannels,
+    /// Reports the shard's end if the plan is dropped without finishing: before its
+    /// executor starts (glommio failed to create it) or while a panic unwinds it.
+    pub exit_notice: ExitNotice,
 }
 
 /// A shard's state while it runs. Lives on the shard's thread only.
@@ -187,12 +190,8 @@ pub async fn run(plan: ShardPlan) {
         workload,
         limits,
         channels,
+        mut exit_notice,
     } = plan;
-    let mut exit_notice = ExitNotice {
-        shard: index,
-        reports: channels.reports.clone(),
-        finished: false,
-    };
     let (routes, pools) = build_routes(&classes, &limits);
     let shard = Rc::new(Shard {
         index,
@@ -264,15 +263,25 @@ pub async fn run(plan: ShardPlan) {
     }
 }
 
-/// Tells the coordinator if the shard's main future ends without its final report
-/// (dropped while a panic unwinds the executor), so the run stops instead of
+/// Tells the coordinator if a shard ends without its final report — its executor
+/// could not be created, or a panic unwound it — so the run stops instead of
 /// waiting for a report that will never come.
-struct ExitNotice {
+pub struct ExitNotice {
     /// The shard it speaks for.
     shard: u16,
     reports: flume::Sender<ShardReport>,
     /// Set once `Finished` has been sent.
     finished: bool,
+}
+
+impl ExitNotice {
+    pub fn new(shard: u16, reports: flume::Sender<ShardReport>) -> ExitNotice {
+        ExitNotice {
+            shard,
+            reports,
+            finished: false,
+        }
+    }
 }
 
 impl Drop for ExitNotice {
