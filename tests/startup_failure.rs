@@ -23,7 +23,7 @@ fn an_executor_that_cannot_start_fails_the_run_instead_of_hanging_it() {
     let source = common::start_mock(MockKind::Source, MockOptions::default());
     let compute = common::start_mock(MockKind::Compute, MockOptions::default());
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut config = common::config(
+    let config = common::config(
         vec![common::class(SENSOR, source.addr, compute.addr)],
         100,
         dir.path().join("jobs.db"),
