@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{Class, Config, GrpcConfig, OutputSpec, SinkConfig};
+use crate::config::{Config, GrpcConfig, SinkConfig};
 use crate::demo::{self, MockPair};
 use crate::devices::Fleet;
 use crate::dispatcher::{self, Load, RunError, RunOptions};
@@ -125,21 +125,14 @@ impl Bench {
         let (source, compute) = self.nodes;
         Config {
             path: PathBuf::from("<bench>"),
-            classes: vec![Class {
-                name: "bench".into(),
-                model: "mock".into(),
-                model_version: String::new(),
+            classes: vec![demo::mock_class(
+                "bench",
+                "mock",
                 period_ms,
-                deadline_ms: period_ms.min(2_000),
-                data_sources: vec![source],
-                compute_nodes: vec![compute],
-                input_name: "INPUT0".into(),
-                output: Some(OutputSpec {
-                    name: None,
-                    datatype: "FP32".into(),
-                    shape: vec![1, 2],
-                }),
-            }],
+                period_ms.min(2_000),
+                source,
+                compute,
+            )],
             fleet: Fleet::generate(self.options.devices, &[(0, 1)]),
             sink: SinkConfig::Sqlite { path: db },
             grpc: GrpcConfig::default(),

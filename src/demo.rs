@@ -74,6 +74,33 @@ pub fn start_mocks(
     Ok(MockPair { source, compute })
 }
 
+/// A class served by one data source and one compute node running the mock model,
+/// whose output must be its FP32 [1, 2] tensor named OUTPUT0.
+pub fn mock_class(
+    name: &str,
+    model: &str,
+    period_ms: u64,
+    deadline_ms: u64,
+    source: SocketAddr,
+    compute: SocketAddr,
+) -> Class {
+    Class {
+        name: name.to_string(),
+        model: model.to_string(),
+        model_version: String::new(),
+        period_ms,
+        deadline_ms,
+        data_sources: vec![source],
+        compute_nodes: vec![compute],
+        input_name: "INPUT0".to_string(),
+        output: Some(OutputSpec {
+            name: Some("OUTPUT0".to_string()),
+            datatype: "FP32".to_string(),
+            shape: vec![1, 2],
+        }),
+    }
+}
+
 /// A config for the demo classes, served by one source and one compute node.
 pub fn demo_config(
     devices: usize,
@@ -84,21 +111,7 @@ pub fn demo_config(
 ) -> Config {
     let classes: Vec<Class> = DEMO_CLASSES
         .iter()
-        .map(|&(name, model, period_ms)| Class {
-            name: name.to_string(),
-            model: model.to_string(),
-            model_version: String::new(),
-            period_ms,
-            deadline_ms: 1_000,
-            data_sources: vec![source],
-            compute_nodes: vec![compute],
-            input_name: "INPUT0".to_string(),
-            output: Some(OutputSpec {
-                name: Some("OUTPUT0".to_string()),
-                datatype: "FP32".to_string(),
-                shape: vec![1, 2],
-            }),
-        })
+        .map(|&(name, model, period_ms)| mock_class(name, model, period_ms, 1_000, source, compute))
         .collect();
     let mix: Vec<(u16, u32)> = (0..classes.len() as u16).map(|class| (class, 1)).collect();
     Config {

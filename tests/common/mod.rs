@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use percore::config::{Class, Config, GrpcConfig, OutputSpec, SinkConfig};
+use percore::config::{Class, Config, GrpcConfig, SinkConfig};
 use percore::devices::{shard_of, stable_hash, Fleet};
 use percore::dispatcher::{self, Load, RunOptions};
 use percore::mock::{mock_model_output, mock_payload, MockKind, MockNode, MockOptions};
@@ -62,21 +62,14 @@ pub fn start_mock_at(kind: MockKind, addr: SocketAddr, options: MockOptions) -> 
 /// A class served by one data source and one compute node, whose output must be the
 /// mock model's FP32 [1, 2] tensor named OUTPUT0.
 pub fn class(spec: ClassSpec, source: SocketAddr, compute: SocketAddr) -> Class {
-    Class {
-        name: spec.name.to_string(),
-        model: spec.model.to_string(),
-        model_version: String::new(),
-        period_ms: spec.period_ms,
-        deadline_ms: spec.deadline_ms,
-        data_sources: vec![source],
-        compute_nodes: vec![compute],
-        input_name: "INPUT0".to_string(),
-        output: Some(OutputSpec {
-            name: Some("OUTPUT0".to_string()),
-            datatype: "FP32".to_string(),
-            shape: vec![1, 2],
-        }),
-    }
+    percore::demo::mock_class(
+        spec.name,
+        spec.model,
+        spec.period_ms,
+        spec.deadline_ms,
+        source,
+        compute,
+    )
 }
 
 /// A config for `devices` generated devices spread evenly over `classes`, writing to
