@@ -1,13 +1,14 @@
 //! The admin endpoint: Prometheus metrics and `/healthz` over HTTP.
 //!
 //! Served by one plain thread (not a shard) from the latest [`MetricsSnapshot`]
-//! the coordinator published over a channel; a scrape never touches a shard. It
-//! listens on 127.0.0.1 unless told otherwise. Deliberately minimal HTTP/1.1: one
-//! request per connection, `GET` only.
+//! the coordinator published into a [`MetricsPublisher`]; a scrape never touches a
+//! shard and always sees the newest snapshot. It listens on 127.0.0.1 unless told
+//! otherwise. Deliberately minimal HTTP/1.1: one request per connection, `GET` only.
 
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -22,21 +23,66 @@ const BUCKETS_S: [f64; 16] = [
     5.0, 10.0,
 ];
 
-/// What the coordinator publishes, about once a second and once at the end.
+/// What the coordinator publishes, about once a second, at once when the run's
+/// health changes, and once at the end.
 #[derive(Debug, Clone, Default)]
 pub struct MetricsSnapshot {
-    /// Counters and gauges by shard index.
+    /// Counters and gauges by shard index: results *computed* by the shards.
     pub per_shard: Vec<Counters>,
+    /// Rows the sink has *committed* so far (all shards).
+    pub rows_committed: u64,
     /// Latencies of the whole run so far, all shards merged.
     pub latency: StageHistograms,
+    /// Whether the run is working: `/healthz` answers 503 with the cause otherwise.
+    pub health: Health,
+}
+
+/// The run's health as `/healthz` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Health {
+    /// Everything works (or nothing has been published yet).
+    #[default]
+    Ok,
+    /// Something fails now (the sink cannot write, a shard died); the text says what.
+    Failing(String),
+}
+
+/// The one slot the coordinator writes its newest snapshot into and the admin
+/// thread reads at each request. A lock, not a channel: a scrape must see the
+/// newest state, not whatever was queued since the last scrape; it is taken once a
+/// second by the coordinator and once per scrape, never on a shard.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsPublisher {
+    /// The newest snapshot; replaced whole, so a reader only clones the `Arc`.
+    latest: Arc<Mutex<Arc<MetricsSnapshot>>>,
+}
+
+impl MetricsPublisher {
+    /// Makes `snapshot` what the next scrape sees.
+    pub fn publish(&self, snapshot: MetricsSnapshot) {
+        let snapshot = Arc::new(snapshot);
+        // A poisoned lock only means a panic elsewhere; the slot is still valid.
+        match self.latest.lock() {
+            Ok(mut latest) => *latest = snapshot,
+            Err(poisoned) => *poisoned.into_inner() = snapshot,
+        }
+    }
+
+    /// The newest snapshot.
+    pub fn latest(&self) -> Arc<MetricsSnapshot> {
+        match self.latest.lock() {
+            Ok(latest) => latest.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
 }
 
 /// A running admin server.
 pub struct AdminServer {
     /// Where it listens (the real port when asked for port 0).
     addr: SocketAddr,
-    /// Where the coordinator sends snapshots; bounded, the server keeps the newest.
-    publisher: flume::Sender<MetricsSnapshot>,
+    /// Where the coordinator puts snapshots; the server reads the newest.
+    publisher: MetricsPublisher,
     /// Tells the thread to exit (it checks after each connection).
     stop: flume::Sender<()>,
     /// The serving thread, joined by `stop`.
@@ -48,8 +94,9 @@ impl AdminServer {
     pub fn start(addr: SocketAddr) -> io::Result<AdminServer> {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
-        let (publisher, snapshots) = flume::bounded(4);
+        let publisher = MetricsPublisher::default();
         let (stop, stopped) = flume::bounded(1);
+        let snapshots = publisher.clone();
         let thread = std::thread::Builder::new()
             .name("pc-admin".into())
             .spawn(move || serve(listener, snapshots, stopped))?;
@@ -65,8 +112,8 @@ impl AdminServer {
         self.addr
     }
 
-    /// A sender for the coordinator's snapshots.
-    pub fn publisher(&self) -> flume::Sender<MetricsSnapshot> {
+    /// Where the coordinator publishes its snapshots.
+    pub fn publisher(&self) -> MetricsPublisher {
         self.publisher.clone()
     }
 
@@ -79,22 +126,14 @@ impl AdminServer {
     }
 }
 
-fn serve(
-    listener: TcpListener,
-    snapshots: flume::Receiver<MetricsSnapshot>,
-    stopped: flume::Receiver<()>,
-) {
-    let mut latest = MetricsSnapshot::default();
+fn serve(listener: TcpListener, snapshots: MetricsPublisher, stopped: flume::Receiver<()>) {
     for stream in listener.incoming() {
         if stopped.try_recv().is_ok() {
             return;
         }
-        while let Ok(snapshot) = snapshots.try_recv() {
-            latest = snapshot;
-        }
         if let Ok(stream) = stream {
             // A client that misbehaves only loses its own answer.
-            let _ = answer(stream, &latest);
+            let _ = answer(stream, &snapshots.latest());
         }
     }
 }
@@ -117,7 +156,14 @@ fn answer(mut stream: TcpStream, snapshot: &MetricsSnapshot) -> io::Result<()> {
             "text/plain; version=0.0.4",
             prometheus_text(snapshot),
         ),
-        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
+        ("GET", "/healthz") => match &snapshot.health {
+            Health::Ok => ("200 OK", "text/plain", "ok\n".to_string()),
+            Health::Failing(cause) => (
+                "503 Service Unavailable",
+                "text/plain",
+                format!("failing: {cause}\n"),
+            ),
+        },
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
         _ => (
             "405 Method Not Allowed",
@@ -177,6 +223,20 @@ pub fn prometheus_text(snapshot: &MetricsSnapshot) -> String {
             let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", value(counters));
         }
     }
+    let name = "percore_rows_committed_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Rows the sink has committed (percore_jobs_total counts results computed).\n\
+         # TYPE {name} counter\n{name} {}",
+        snapshot.rows_committed
+    );
+    let name = "percore_healthy";
+    let _ = writeln!(
+        out,
+        "# HELP {name} 1 while the run works, 0 while /healthz answers 503.\n\
+         # TYPE {name} gauge\n{name} {}",
+        u8::from(snapshot.health == Health::Ok)
+    );
     let gauge_families: [Family; 2] = [
         (
             "percore_in_flight",
@@ -245,6 +305,8 @@ mod tests {
                 },
             ],
             latency: StageHistograms::default(),
+            rows_committed: 11,
+            health: Health::Ok,
         };
         for us in [50, 700, 700, 20_000] {
             snapshot.latency.fetch.record(us).unwrap();
@@ -267,19 +329,24 @@ mod tests {
             text.contains("percore_stage_latency_seconds_bucket{stage=\"fetch\",le=\"+Inf\"} 4\n")
         );
         assert!(text.contains("percore_stage_latency_seconds_count{stage=\"fetch\"} 4\n"));
+        assert!(text.contains("\npercore_rows_committed_total 11\n"), "{text}");
+        assert!(text.contains("\npercore_healthy 1\n"), "{text}");
     }
 
     #[test]
     fn serves_metrics_healthz_and_404() {
         let server = AdminServer::start("127.0.0.1:0".parse().unwrap()).unwrap();
-        let snapshot = MetricsSnapshot {
+        let snapshot = |ok: u64, health: Health| MetricsSnapshot {
             per_shard: vec![Counters {
-                ok: 42,
+                ok,
                 ..Counters::default()
             }],
-            latency: StageHistograms::default(),
+            health,
+            ..MetricsSnapshot::default()
         };
-        server.publisher().send(snapshot).unwrap();
+        server.publisher().publish(snapshot(41, Health::Ok));
+        // Only the newest snapshot counts, however many came since the last scrape.
+        server.publisher().publish(snapshot(42, Health::Ok));
         let get = |path: &str| {
             let mut stream = TcpStream::connect(server.addr()).unwrap();
             write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
@@ -292,6 +359,14 @@ mod tests {
         assert!(metrics.contains("percore_jobs_total{shard=\"0\",outcome=\"ok\"} 42"));
         assert!(get("/healthz").ends_with("\r\n\r\nok\n"));
         assert!(get("/nope").starts_with("HTTP/1.1 404"));
+        let cause = "sink x.db: committing 5 rows failed: database or disk is full";
+        server
+            .publisher()
+            .publish(snapshot(43, Health::Failing(cause.into())));
+        let health = get("/healthz");
+        assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+        assert!(health.ends_with(&format!("failing: {cause}\n")), "{health}");
+        assert!(get("/metrics").contains("\npercore_healthy 0\n"));
         server.stop();
     }
 }

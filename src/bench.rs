@@ -73,6 +73,8 @@ pub struct Bench {
     mocks: Option<MockPair>,
     /// Shard and mock CPUs, chosen once for all levels.
     tuning: Tuning,
+    /// Levels run so far, to give each level's interval log its own file.
+    levels_run: std::cell::Cell<usize>,
 }
 
 impl Bench {
@@ -116,6 +118,7 @@ impl Bench {
             nodes,
             mocks,
             tuning,
+            levels_run: std::cell::Cell::new(0),
         })
     }
 
@@ -134,10 +137,20 @@ impl Bench {
                 compute,
             )],
             fleet: Fleet::generate(self.options.devices, &[(0, 1)]),
-            sink: SinkConfig::Sqlite { path: db },
+            sink: SinkConfig::sqlite(db),
             grpc: GrpcConfig::default(),
             tuning: self.tuning.clone(),
         }
+    }
+
+    /// A fresh interval-log file in the scratch folder for the next level; it
+    /// stays there until the caller has written the level's report.
+    fn next_interval_log(&self) -> PathBuf {
+        let level = self.levels_run.get();
+        self.levels_run.set(level + 1);
+        self.options
+            .scratch_dir
+            .join(format!("level-{level}.hlog"))
     }
 
     /// Runs one level and returns its summary.
@@ -156,6 +169,7 @@ impl Bench {
                 },
                 Level::TickRate(_) => Load::Ticks,
             },
+            interval_log: Some(self.next_interval_log()),
             ..RunOptions::default()
         };
         let period_ms = match level {

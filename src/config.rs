@@ -249,7 +249,20 @@ pub enum SinkConfig {
     Sqlite {
         /// The database file, already resolved against the config file's folder.
         path: PathBuf,
+        /// How long one write waits for a lock held by another connection before
+        /// the writer backs off and tries it again (`busy_timeout_ms`).
+        busy_timeout: std::time::Duration,
     },
+}
+
+impl SinkConfig {
+    /// A SQLite file with the default busy timeout.
+    pub fn sqlite(path: impl Into<PathBuf>) -> SinkConfig {
+        SinkConfig::Sqlite {
+            path: path.into(),
+            busy_timeout: crate::sink::sqlite::DEFAULT_BUSY_TIMEOUT,
+        }
+    }
 }
 
 /// Limits applied to every gRPC call.
@@ -368,6 +381,9 @@ enum SinkFile {
     Sqlite {
         /// Database file, relative to the config file.
         path: String,
+        /// See [`SinkConfig::Sqlite::busy_timeout`]; default 5000.
+        #[serde(default)]
+        busy_timeout_ms: Option<u64>,
     },
 }
 
@@ -657,12 +673,24 @@ fn validate_sink(
     source: &Source,
 ) -> Result<SinkConfig, ConfigError> {
     match sink.get_ref() {
-        SinkFile::Sqlite { path } => {
+        SinkFile::Sqlite {
+            path,
+            busy_timeout_ms,
+        } => {
             if path.trim().is_empty() {
                 return Err(source.error(sink.span(), "sink.path", "must not be empty"));
             }
+            let busy_timeout = match busy_timeout_ms {
+                None => crate::sink::sqlite::DEFAULT_BUSY_TIMEOUT,
+                Some(0) => {
+                    let field = "sink.busy_timeout_ms";
+                    return Err(source.error(sink.span(), field, "must be greater than 0"));
+                }
+                Some(ms) => std::time::Duration::from_millis(*ms),
+            };
             Ok(SinkConfig::Sqlite {
                 path: base.join(path),
+                busy_timeout,
             })
         }
     }
@@ -884,9 +912,9 @@ input_name = "series"
         assert_eq!(thermostat.output, None);
         assert_eq!(
             config.sink,
-            SinkConfig::Sqlite {
-                path: PathBuf::from("conf/out/percore.db")
-            }
+            SinkConfig::sqlite(
+                PathBuf::from("conf/out/percore.db")
+            )
         );
         assert_eq!(config.grpc, GrpcConfig::default());
         assert_eq!(config.grpc.max_message_bytes, 4 * 1024 * 1024);
@@ -1189,9 +1217,9 @@ input_name = "series"
         assert_eq!(config.tuning.connections_per_node, 2);
         assert_eq!(
             config.sink,
-            SinkConfig::Sqlite {
-                path: dir.join("out/percore.db")
-            }
+            SinkConfig::sqlite(
+                dir.join("out/percore.db")
+            )
         );
     }
 

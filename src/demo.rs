@@ -118,7 +118,7 @@ pub fn demo_config(
         path: PathBuf::from("<demo>"),
         classes,
         fleet: Fleet::generate(devices, &mix),
-        sink: SinkConfig::Sqlite { path: db },
+        sink: SinkConfig::sqlite(db),
         grpc: GrpcConfig::default(),
         tuning,
     }

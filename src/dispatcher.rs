@@ -8,18 +8,25 @@
 //! result reached the sink, and measures the dispatcher's CPU time. It never
 //! touches a shard's state: everything arrives as messages.
 
-use std::io::{IsTerminal, Write};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::admin::MetricsSnapshot;
+use hdrhistogram::Histogram;
+
+use crate::admin::{Health, MetricsPublisher, MetricsSnapshot};
 use crate::config::{Config, SinkConfig};
 use crate::cpu;
 use crate::devices::shard_of;
 use crate::record::DeviceIndex;
+use crate::report::hlog::LogWriter;
 use crate::runtime::{self, ExecutorSpec};
 use crate::shard::{self, Control, ExitNotice, ShardChannels, ShardLimits, ShardPlan, Workload};
-use crate::sink::{self, ClassNames, RowNames, SinkTarget};
+use crate::sink::writer::WriterChannels;
+use crate::sink::{self, ClassNames, RowNames, SinkEvent, SinkProgress, SinkTarget};
 use crate::stats::{ClassStats, Counters, Interval, ShardReport, ShardStats, StageHistograms};
 use crate::summary::{ClassSummary, RunSummary, ShardSummary};
 use crate::tick::Clock;
@@ -31,6 +38,15 @@ const START_LEAD: Duration = Duration::from_millis(300);
 /// Batches in flight between the shards and the sink writer. Bounded: a slow sink
 /// pushes back on the shards, which then skip ticks with a recorded reason.
 const RESULT_CHANNEL_BATCHES: usize = 256;
+
+/// Events from the sink writer not yet read by the coordinator: a few a second
+/// (one per-second lag histogram, retries), read every loop.
+const SINK_EVENT_CAPACITY: usize = 256;
+
+/// How many seconds a second of the run stays open for late intervals (the
+/// shards report at each second's end, the sink its lag at the next commit)
+/// before it is written to the interval log and dropped.
+const SECONDS_KEPT_OPEN: u64 = 3;
 
 /// How far ahead of "now" an early stop is set, so every shard hears of it
 /// before its clock reaches it (shards poll control at least every 50 ms) and all
@@ -63,7 +79,11 @@ pub struct RunOptions {
     /// Stops the run early when a message arrives or the sender is dropped.
     pub stop: Option<flume::Receiver<()>>,
     /// Where to publish metrics snapshots (the admin server), if anywhere.
-    pub metrics: Option<flume::Sender<MetricsSnapshot>>,
+    pub metrics: Option<MetricsPublisher>,
+    /// Where to stream the per-second interval histograms (an HdrHistogram
+    /// interval log, the report's `histograms.hlog`) as each second closes; `None`
+    /// keeps no per-second history. Either way the run holds only a few seconds.
+    pub interval_log: Option<PathBuf>,
 }
 
 /// Why a run could not start or did not complete.
@@ -89,6 +109,11 @@ struct FinalReport {
 }
 
 /// Runs the dispatcher described by `config` until the duration ends or `stop` fires.
+///
+/// A run whose sink failed for good still returns its summary, with
+/// [`RunSummary::sink_error`] set and only committed rows counted as written: the
+/// caller reports it and exits non-zero. `Err` is for runs that could not start,
+/// or whose shards broke.
 pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError> {
     let coordinator_cpu_at_start = cpu::current_thread();
     let shard_cpus = config.tuning.resolved_shard_cpus();
@@ -114,7 +139,10 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
             .collect(),
     });
     let target = match &config.sink {
-        SinkConfig::Sqlite { path } => SinkTarget::Sqlite { path: path.clone() },
+        SinkConfig::Sqlite { path, busy_timeout } => SinkTarget::Sqlite {
+            path: path.clone(),
+            busy_timeout: *busy_timeout,
+        },
     };
     let sink = sink::open(&target, names).map_err(|error| RunError(error.to_string()))?;
 
@@ -124,10 +152,19 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
     let end_ms = options
         .duration
         .map_or(i64::MAX, |duration| start_ms + duration.as_millis() as i64);
+    let per_second = PerSecond::open(options.interval_log.clone(), start_ms)?;
 
     let (results_tx, results_rx) = flume::bounded(RESULT_CHANNEL_BATCHES);
     let (recycle_tx, recycle_rx) = flume::bounded(RESULT_CHANNEL_BATCHES);
-    let writer = sink::spawn_writer(sink, results_rx, recycle_tx, run_start)
+    let (sink_events_tx, sink_events) = flume::bounded(SINK_EVENT_CAPACITY);
+    let progress = Arc::new(SinkProgress::default());
+    let writer_channels = WriterChannels {
+        batches: results_rx,
+        recycle: recycle_tx,
+        events: sink_events_tx,
+        progress: progress.clone(),
+    };
+    let writer = sink::spawn_writer(sink, writer_channels, run_start)
         .map_err(|error| RunError(format!("cannot start the sink writer thread: {error}")))?;
     let (reports_tx, reports_rx) = flume::bounded(shard_count * 64);
     let limits = ShardLimits {
@@ -171,7 +208,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
             }
             Err(error) => {
                 for control in &controls {
-                    let _ = control.send(Control::StopAt(i64::MIN));
+                    let _ = control.send(Control::Abort);
                     let _ = control.send(Control::Release);
                 }
                 return Err(RunError(error.to_string()));
@@ -181,18 +218,33 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
     // Only shards hold these now: the writer ends when the last shard lets go.
     drop((results_tx, recycle_rx, reports_tx));
 
-    let mut supervisor = Supervisor::new(shard_count, run_start, options, &clock);
-    let finished = supervisor.supervise(&reports_rx, &controls);
+    let mut supervisor = Supervisor::new(
+        shard_count,
+        run_start,
+        options,
+        &clock,
+        per_second,
+        progress.clone(),
+    );
+    let inbox = Inbox {
+        reports: &reports_rx,
+        sink_events: &sink_events,
+    };
+    let finished = supervisor.supervise(&inbox, &controls);
     if finished.is_err() {
         // Let the other shards drain and report, so the writer and they can end.
         for control in &controls {
-            let _ = control.send(Control::StopAt(i64::MIN));
+            let _ = control.send(Control::Abort);
         }
     }
 
-    let writer_result = writer
+    let writer_report = writer
         .join()
         .map_err(|_| RunError("the sink writer thread panicked".into()))?;
+    // What the writer said after the shards were done: its last seconds of lag.
+    for event in sink_events.try_iter() {
+        supervisor.on_sink_event(event, &controls);
+    }
     // Shards (and glommio's helper threads) are parked waiting for Release: their
     // CPU time is still readable.
     let shard_cpu = cpu::threads_named(cpu::DISPATCHER_THREAD_PREFIX)
@@ -206,9 +258,13 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
             .map_err(|error| RunError(error.to_string()))?;
     }
     let finished = finished?;
-    let writer_report = writer_result.map_err(|error| RunError(error.to_string()))?;
-    if let Some(error) = finished.iter().find_map(|report| report.error.clone()) {
-        return Err(RunError(error));
+    let sink_error = writer_report.failure.as_ref().map(ToString::to_string);
+    // With the sink gone, shards fail to hand over their last results: that is the
+    // sink's failure, reported once, not the shards'.
+    if sink_error.is_none() {
+        if let Some(error) = finished.iter().find_map(|report| report.error.clone()) {
+            return Err(RunError(error));
+        }
     }
     // All shards were given the same stop time; one that heard late stopped later.
     let stopped_ms = finished
@@ -217,6 +273,12 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
         .max()
         .unwrap_or(start_ms)
         .clamp(start_ms, end_ms);
+
+    let sink_lag = &writer_report.sink_lag;
+    if let Some((second, lag)) = &sink_lag.current_second {
+        supervisor.per_second.add_sink_lag(*second, lag);
+    }
+    let interval_log = supervisor.per_second.finish();
 
     let coordinator_cpu = cpu::current_thread().saturating_sub(coordinator_cpu_at_start);
     let mut summary = RunSummary {
@@ -228,6 +290,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
         writer_cpu: writer_report.cpu,
         rows_written: writer_report.rows,
         sink_location: writer_report.location.clone(),
+        sink_error,
         counters: Counters::default(),
         latency: StageHistograms::default(),
         per_shard: Vec::with_capacity(shard_count),
@@ -240,10 +303,9 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
                 stats: ClassStats::default(),
             })
             .collect(),
-        per_second: std::mem::take(&mut supervisor.per_second),
+        interval_log,
         config: config_description(config, options),
     };
-    let sink_lag = &writer_report.sink_lag;
     for (index, report) in finished.iter().enumerate() {
         let mut latency = report.stats.latency.clone();
         if let Some(lag) = sink_lag.per_shard.get(index) {
@@ -263,17 +325,9 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
     for (class, lag) in summary.per_class.iter_mut().zip(&sink_lag.per_class) {
         let _ = class.stats.latency.sink_lag.add(lag);
     }
-    for (second, lag) in sink_lag.per_second.iter().enumerate() {
-        if summary.per_second.len() <= second {
-            summary
-                .per_second
-                .resize_with(second + 1, StageHistograms::default);
-        }
-        let _ = summary.per_second[second].sink_lag.add(lag);
-    }
     summary.counters.in_flight = 0;
     supervisor.publish_final(&summary);
-    if summary.counters.jobs() != summary.rows_written {
+    if summary.sink_error.is_none() && summary.counters.jobs() != summary.rows_written {
         return Err(RunError(format!(
             "shards counted {} jobs but the sink wrote {} rows",
             summary.counters.jobs(),
@@ -332,6 +386,124 @@ fn config_description(config: &Config, options: &RunOptions) -> serde_json::Valu
     })
 }
 
+/// What the coordinator listens to.
+struct Inbox<'a> {
+    /// Progress and final reports from the shards.
+    reports: &'a flume::Receiver<ShardReport>,
+    /// Retries, failures and lag from the sink writer.
+    sink_events: &'a flume::Receiver<SinkEvent>,
+}
+
+/// One message the coordinator got, from either side.
+enum Message {
+    Shard(Result<ShardReport, flume::RecvError>),
+    Sink(Result<SinkEvent, flume::RecvError>),
+}
+
+/// The run's per-second latencies while they can still change. A second stays
+/// open for [`SECONDS_KEPT_OPEN`] seconds, until every shard's interval and the
+/// sink's lag for it have come in; then it is appended to the interval log (if
+/// the run keeps one) and dropped, so a run of any length holds a few seconds.
+struct PerSecond {
+    /// Seconds of the run (0 = the first second after the first tick) still open.
+    open: BTreeMap<u64, StageHistograms>,
+    /// Where closed seconds go, if anywhere; `None` also after a write error.
+    log: Option<LogWriter<BufWriter<File>>>,
+    /// The log's path, handed to the summary once the log is complete.
+    path: Option<PathBuf>,
+    /// Seconds before this one were closed: an interval arriving for one of them
+    /// is filed under this one instead (it cannot be appended to the log any more).
+    first_open: u64,
+}
+
+impl PerSecond {
+    /// Starts the interval log at `path` for a run starting at `start_ms`.
+    fn open(path: Option<PathBuf>, start_ms: i64) -> Result<PerSecond, RunError> {
+        let log = match &path {
+            None => None,
+            Some(path) => {
+                let cannot = |error: std::io::Error| {
+                    RunError(format!(
+                        "cannot write the interval log {}: {error}",
+                        path.display()
+                    ))
+                };
+                if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(cannot)?;
+                }
+                let file = BufWriter::new(File::create(path).map_err(cannot)?);
+                Some(LogWriter::begin(file, start_ms).map_err(cannot)?)
+            }
+        };
+        Ok(PerSecond {
+            open: BTreeMap::new(),
+            log,
+            path,
+            first_open: 0,
+        })
+    }
+
+    fn slot(&mut self, second: u64) -> &mut StageHistograms {
+        self.open.entry(second.max(self.first_open)).or_default()
+    }
+
+    fn add_shard(&mut self, second: u64, latency: &StageHistograms) {
+        self.slot(second).add(latency);
+    }
+
+    fn add_sink_lag(&mut self, second: u64, lag: &Histogram<u64>) {
+        let _ = self.slot(second).sink_lag.add(lag);
+    }
+
+    fn get(&self, second: u64) -> Option<&StageHistograms> {
+        self.open.get(&second)
+    }
+
+    /// Writes every open second before `second` to the log and drops it.
+    fn close_before(&mut self, second: u64) {
+        while let Some(entry) = self.open.first_entry() {
+            if *entry.key() >= second {
+                break;
+            }
+            let (closed, latency) = entry.remove_entry();
+            self.write(closed, &latency);
+        }
+        self.first_open = self.first_open.max(second);
+    }
+
+    fn write(&mut self, second: u64, latency: &StageHistograms) {
+        let Some(log) = &mut self.log else { return };
+        for (stage, histogram) in latency.stages() {
+            let interval = crate::report::Interval {
+                start: Duration::from_secs(second),
+                length: Duration::from_secs(1),
+                stage: stage.to_string(),
+                histogram: histogram.clone(),
+            };
+            if let Err(error) = log.append(&interval) {
+                // The run goes on: its rows matter more than its plots.
+                crate::console::err(format_args!("warning: interval log stopped: {error}"));
+                self.log = None;
+                self.path = None;
+                return;
+            }
+        }
+    }
+
+    /// Closes every second and the log; returns the log's path if it is whole.
+    fn finish(&mut self) -> Option<PathBuf> {
+        self.close_before(u64::MAX);
+        let log = self.log.take()?;
+        match log.finish() {
+            Ok(_) => self.path.take(),
+            Err(error) => {
+                crate::console::err(format_args!("warning: cannot finish the interval log: {error}"));
+                None
+            }
+        }
+    }
+}
+
 /// The coordinator's view of the run while it lasts.
 struct Supervisor<'a> {
     /// Status printing, stop signal and metrics publisher of this run.
@@ -342,10 +514,16 @@ struct Supervisor<'a> {
     run_start: Instant,
     /// Each shard's latest counters.
     latest: Vec<Counters>,
-    /// Latencies merged by second of the run (all shards).
-    per_second: Vec<StageHistograms>,
+    /// Latencies of the last few seconds of the run, and the interval log.
+    per_second: PerSecond,
     /// Latencies of the whole run so far, for the metrics.
     so_far: StageHistograms,
+    /// Rows the sink has committed, read when printing and publishing.
+    progress: Arc<SinkProgress>,
+    /// What is failing right now, if anything (the sink retrying, or gone).
+    health: Health,
+    /// Set once the sink failed for good: the run is being stopped.
+    sink_failed: bool,
     /// Jobs counted at the previous status line.
     jobs_at_last_status: u64,
 }
@@ -356,60 +534,105 @@ impl<'a> Supervisor<'a> {
         run_start: Instant,
         options: &'a RunOptions,
         clock: &'a Clock,
+        per_second: PerSecond,
+        progress: Arc<SinkProgress>,
     ) -> Supervisor<'a> {
         Supervisor {
             options,
             clock,
             run_start,
             latest: vec![Counters::default(); shards],
-            per_second: Vec::new(),
+            per_second,
             so_far: StageHistograms::default(),
+            progress,
+            health: Health::Ok,
+            sink_failed: false,
             jobs_at_last_status: 0,
         }
     }
 
-    /// Files a shard's interval under the second of the run it ended in.
+    /// Files a shard's interval under the second of the run it covers. Shards
+    /// close intervals on the run's second boundaries, so an interval's middle
+    /// falls in the second it belongs to, whatever the jitter of its ends.
     fn add_interval(&mut self, interval: &Interval) {
-        let second = interval
-            .end
-            .saturating_duration_since(self.run_start)
-            .as_secs() as usize;
-        if self.per_second.len() <= second {
-            self.per_second
-                .resize_with(second + 1, StageHistograms::default);
-        }
-        self.per_second[second].add(&interval.latency);
+        let middle = interval.start + interval.end.saturating_duration_since(interval.start) / 2;
+        let second = middle.saturating_duration_since(self.run_start).as_secs();
+        self.per_second.add_shard(second, &interval.latency);
         self.so_far.add(&interval.latency);
     }
 
+    /// Acts on what the sink writer says: health, the stop on a failure, lag.
+    fn on_sink_event(&mut self, event: SinkEvent, controls: &[flume::Sender<Control>]) {
+        match event {
+            SinkEvent::Retrying { error } => {
+                crate::console::err(format_args!("warning: {error}; retrying"));
+                self.health = Health::Failing(error);
+                self.publish();
+            }
+            SinkEvent::Recovered => {
+                crate::console::err(format_args!("sink: writes succeed again"));
+                if !self.sink_failed {
+                    self.health = Health::Ok;
+                }
+                self.publish();
+            }
+            SinkEvent::Failed { error } => {
+                crate::console::err(format_args!("error: {error}; stopping the run"));
+                self.health = Health::Failing(error);
+                self.sink_failed = true;
+                // Nothing more can be written: stop now, without waiting for the
+                // jobs in flight, whose results could not be stored.
+                for control in controls {
+                    let _ = control.send(Control::Abort);
+                }
+                self.publish();
+            }
+            SinkEvent::LagSecond { second, histogram } => {
+                self.per_second.add_sink_lag(second, &histogram);
+                let _ = self.so_far.sink_lag.add(&*histogram);
+            }
+        }
+    }
+
+    /// Waits for the next message until `deadline`; `None` when it passed.
+    fn next_message(&self, inbox: &Inbox<'_>, sink_open: bool, deadline: Instant) -> Option<Message> {
+        let mut selector = flume::Selector::new().recv(inbox.reports, Message::Shard);
+        if sink_open {
+            selector = selector.recv(inbox.sink_events, Message::Sink);
+        }
+        selector.wait_deadline(deadline).ok()
+    }
+
     /// Collects reports until every shard has finished, printing status each
-    /// second and forwarding a stop request. Returns each shard's final report.
+    /// second, forwarding a stop request and acting on the sink's events. Returns
+    /// each shard's final report.
     fn supervise(
         &mut self,
-        reports: &flume::Receiver<ShardReport>,
+        inbox: &Inbox<'_>,
         controls: &[flume::Sender<Control>],
     ) -> Result<Vec<FinalReport>, RunError> {
         let mut finished: Vec<Option<FinalReport>> = self.latest.iter().map(|_| None).collect();
         let started = Instant::now();
         let mut next_status = started + Duration::from_secs(1);
         let mut stop_sent = false;
+        let mut sink_open = true;
         while finished.iter().any(Option::is_none) {
-            match reports.recv_deadline(next_status) {
-                Ok(ShardReport::Progress {
+            match self.next_message(inbox, sink_open, next_status) {
+                Some(Message::Shard(Ok(ShardReport::Progress {
                     shard,
                     counters,
                     interval,
-                }) => {
+                }))) => {
                     self.latest[shard as usize] = counters;
                     self.add_interval(&interval);
                 }
-                Ok(ShardReport::Finished {
+                Some(Message::Shard(Ok(ShardReport::Finished {
                     shard,
                     stats,
                     interval,
                     end_ms,
                     error,
-                }) => {
+                }))) => {
                     self.add_interval(&interval);
                     self.latest[shard as usize] = stats.counters;
                     self.latest[shard as usize].in_flight = 0;
@@ -419,17 +642,20 @@ impl<'a> Supervisor<'a> {
                         error,
                     });
                 }
-                Ok(ShardReport::Exited { shard }) => {
+                Some(Message::Shard(Ok(ShardReport::Exited { shard }))) => {
                     return Err(RunError(format!(
                         "shard {shard} stopped unexpectedly (its executor failed to start or panicked)"
                     )));
                 }
-                Err(flume::RecvTimeoutError::Timeout) => {}
-                Err(flume::RecvTimeoutError::Disconnected) => {
+                Some(Message::Shard(Err(flume::RecvError::Disconnected))) => {
                     return Err(RunError(
                         "a shard exited without reporting (see its panic above)".into(),
                     ));
                 }
+                Some(Message::Sink(Ok(event))) => self.on_sink_event(event, controls),
+                // The writer ended (done, or failed and said so): nothing more to hear.
+                Some(Message::Sink(Err(flume::RecvError::Disconnected))) => sink_open = false,
+                None => {}
             }
             if !stop_sent {
                 if let Some(stop) = &self.options.stop {
@@ -443,8 +669,12 @@ impl<'a> Supervisor<'a> {
                 }
             }
             if Instant::now() >= next_status {
-                self.status(started);
+                let second = self.run_second();
+                self.per_second
+                    .close_before(second.saturating_sub(SECONDS_KEPT_OPEN));
+                // Publish first: a scrape right after the line shows its counts.
                 self.publish();
+                self.status(started);
                 next_status += Duration::from_secs(1);
             }
         }
@@ -455,17 +685,27 @@ impl<'a> Supervisor<'a> {
         Ok(finished.into_iter().flatten().collect())
     }
 
-    /// Prints the status line (and, on a terminal, redraws the progress bar).
-    fn status(&mut self, started: Instant) {
+    /// Whole seconds since the first tick was due.
+    fn run_second(&self) -> u64 {
+        Instant::now()
+            .saturating_duration_since(self.run_start)
+            .as_secs()
+    }
+
+    /// All shards' latest counters added up.
+    fn total(&self) -> Counters {
         let mut total = Counters::default();
         self.latest.iter().for_each(|counters| total.add(counters));
+        total
+    }
+
+    /// Prints the status line (and, on a terminal, redraws the progress bar).
+    fn status(&mut self, started: Instant) {
+        let total = self.total();
         let jobs_per_s = total.jobs() - self.jobs_at_last_status;
         self.jobs_at_last_status = total.jobs();
         // The last complete second of the run.
-        let second = Instant::now()
-            .saturating_duration_since(self.run_start)
-            .as_secs()
-            .saturating_sub(1) as usize;
+        let second = self.run_second().saturating_sub(1);
         let p99 = self
             .per_second
             .get(second)
@@ -477,8 +717,8 @@ impl<'a> Supervisor<'a> {
         if !self.options.print_status {
             return;
         }
-        let line = format!(
-            "[{:>4}s] jobs/s {:>7} | p99 e2e {:>9} | in flight {:>5} | ok {:>9} | failed {:>7} | skipped {:>7}",
+        let mut line = format!(
+            "[{:>4}s] jobs/s {:>7} | p99 e2e {:>9} | in flight {:>5} | ok {:>9} | failed {:>7} | skipped {:>7} | committed {:>9}",
             started.elapsed().as_secs(),
             jobs_per_s,
             p99,
@@ -486,7 +726,12 @@ impl<'a> Supervisor<'a> {
             total.ok,
             total.failed,
             total.skipped,
+            self.progress.committed(),
         );
+        if let Health::Failing(cause) = &self.health {
+            line.push_str(" | FAILING: ");
+            line.push_str(cause);
+        }
         let mut stderr = std::io::stderr();
         match (stderr.is_terminal(), self.options.duration) {
             (true, Some(duration)) => {
@@ -506,10 +751,11 @@ impl<'a> Supervisor<'a> {
 
     fn publish(&self) {
         if let Some(metrics) = &self.options.metrics {
-            // The newest snapshot matters; if the admin thread is behind, skip one.
-            let _ = metrics.try_send(MetricsSnapshot {
+            metrics.publish(MetricsSnapshot {
                 per_shard: self.latest.clone(),
+                rows_committed: self.progress.committed(),
                 latency: self.so_far.clone(),
+                health: self.health.clone(),
             });
         }
     }
@@ -517,16 +763,16 @@ impl<'a> Supervisor<'a> {
     /// The end-of-run snapshot: exactly the run's totals.
     fn publish_final(&self, summary: &RunSummary) {
         if let Some(metrics) = &self.options.metrics {
-            let snapshot = MetricsSnapshot {
+            metrics.publish(MetricsSnapshot {
                 per_shard: summary
                     .per_shard
                     .iter()
                     .map(|shard| shard.counters)
                     .collect(),
+                rows_committed: summary.rows_written,
                 latency: summary.latency.clone(),
-            };
-            // Blocking is fine here: the run is over, and this one must arrive.
-            let _ = metrics.send_timeout(snapshot, Duration::from_secs(1));
+                health: self.health.clone(),
+            });
         }
     }
 }
@@ -592,9 +838,17 @@ mod tests {
         let options = RunOptions::default();
         let clock = Clock::now_from_system();
         let (reports_tx, reports_rx) = flume::bounded(4);
+        let (_sink_tx, sink_events) = flume::bounded(4);
         reports_tx.send(ShardReport::Exited { shard: 1 }).unwrap();
-        let mut supervisor = Supervisor::new(2, Instant::now(), &options, &clock);
-        let error = supervisor.supervise(&reports_rx, &[]).err().map(|e| e.0);
+        let per_second = PerSecond::open(None, 0).unwrap();
+        let progress = Arc::new(SinkProgress::default());
+        let mut supervisor =
+            Supervisor::new(2, Instant::now(), &options, &clock, per_second, progress);
+        let inbox = Inbox {
+            reports: &reports_rx,
+            sink_events: &sink_events,
+        };
+        let error = supervisor.supervise(&inbox, &[]).err().map(|e| e.0);
         assert_eq!(
             error.as_deref(),
             Some("shard 1 stopped unexpectedly (its executor failed to start or panicked)")

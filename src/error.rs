@@ -48,6 +48,10 @@ pub enum ErrorKind {
     },
     /// An open connection broke, or the peer reset the stream, mid-call.
     ConnectionLost { node: SocketAddr, detail: Box<str> },
+    /// The node did not take the call: its connection was closing (GOAWAY) or
+    /// broke before the request went out, or it refused the stream. Nothing was
+    /// processed, so the call may be sent again, to this node too.
+    Refused { node: SocketAddr, detail: Box<str> },
     /// The job's deadline passed before the call answered.
     DeadlineExceeded,
     /// The server answered with a non-OK gRPC status.
@@ -69,10 +73,18 @@ impl JobError {
         JobError { stage, kind }
     }
 
+    /// Whether the call is known not to have been processed, so sending it again
+    /// to the same node is as safe as to another.
+    pub fn was_not_sent(&self) -> bool {
+        matches!(self.kind, ErrorKind::Refused { .. })
+    }
+
     /// Whether trying the same call again, possibly on another node, could succeed.
     pub fn is_retryable(&self) -> bool {
         match &self.kind {
-            ErrorKind::Connect { .. } | ErrorKind::ConnectionLost { .. } => true,
+            ErrorKind::Connect { .. }
+            | ErrorKind::ConnectionLost { .. }
+            | ErrorKind::Refused { .. } => true,
             ErrorKind::Status { code, .. } => *code == Code::UNAVAILABLE,
             _ => false,
         }
@@ -86,6 +98,9 @@ impl std::fmt::Display for JobError {
             ErrorKind::Connect { node, cause } => write!(f, "connect error to {node}: {cause}"),
             ErrorKind::ConnectionLost { node, detail } => {
                 write!(f, "connection to {node} lost: {detail}")
+            }
+            ErrorKind::Refused { node, detail } => {
+                write!(f, "{node} did not take the call: {detail}")
             }
             ErrorKind::DeadlineExceeded => f.write_str("deadline exceeded"),
             ErrorKind::Status { code, message } if message.is_empty() => {

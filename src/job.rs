@@ -143,7 +143,9 @@ async fn fetch_and_infer(
 /// One unary call on the class's next node, with the job's deadline around
 /// connecting and calling. A failure another node might not have (connect refused,
 /// connection lost, UNAVAILABLE) is tried again on the next node, up to
-/// `route.retries` times, while the deadline allows and the class has another node.
+/// `route.retries` times, while the deadline allows and the class has another node;
+/// a call the node never took (its connection was going away) may go to the same
+/// node again, on a fresh connection.
 async fn call<Req: Message, Resp: Message + Default>(
     method: Method,
     request: &Req,
@@ -164,7 +166,7 @@ async fn call<Req: Message, Resp: Message + Default>(
             Err(kind) => {
                 let error = JobError::new(stage, kind);
                 if error.is_retryable()
-                    && can_fail_over
+                    && (can_fail_over || error.was_not_sent())
                     && attempts_left > 0
                     && Instant::now() < deadline
                 {

@@ -58,6 +58,7 @@
 pub mod admin;
 pub mod bench;
 pub mod config;
+pub mod console;
 pub mod cpu;
 pub mod demo;
 pub mod devices;

@@ -10,12 +10,23 @@ use clap::{Args, Parser, Subcommand};
 use percore::admin::AdminServer;
 use percore::bench::{self, Bench, BenchOptions, Level};
 use percore::config::Config;
+use percore::console;
 use percore::demo;
 use percore::dispatcher::{self, Load, RunOptions};
 use percore::mock::{MockKind, MockNode, MockOptions, ServiceTime};
 use percore::report;
 use percore::summary::RunSummary;
 use percore::tuning::{parse_cpu_list, Tuning};
+
+/// Prints to stdout through [`console::out`]: a closed stdout is not an error.
+macro_rules! say {
+    ($($arg:tt)*) => { console::out(format_args!($($arg)*)) };
+}
+
+/// Prints a line to stderr through [`console::err`].
+macro_rules! note {
+    ($($arg:tt)*) => { console::err(format_args!($($arg)*)) };
+}
 
 /// Thread-per-core dispatcher of AI inference jobs for IoT fleets.
 ///
@@ -69,6 +80,13 @@ struct DemoArgs {
     tuning: Option<PathBuf>,
     #[command(flatten)]
     output: OutputArgs,
+}
+
+impl OutputArgs {
+    /// Where the run streams its per-second latencies: the report's own log.
+    fn interval_log(&self) -> Option<PathBuf> {
+        self.report.as_ref().map(|dir| dir.join(report::LOG_FILE))
+    }
 }
 
 /// Where a run's results go besides the terminal.
@@ -190,36 +208,51 @@ struct MockArgs {
     /// Locked io_uring memory per executor, in KiB.
     #[arg(long, default_value_t = 512)]
     io_memory_kib: usize,
+    /// Fault: drop each connection's socket without a word after this many calls.
+    #[arg(long)]
+    drop_after_calls: Option<u64>,
+    /// Fault: send GOAWAY on each connection after this many calls.
+    #[arg(long)]
+    goaway_after_calls: Option<u64>,
 }
+
+/// Exit status of a run that stopped because its sink failed for good (the
+/// summary is still written, counting the rows that were committed).
+const EXIT_SINK_FAILED: i32 = 3;
 
 fn main() {
     let cli = Cli::parse();
-    // Printing into a closed pipe (`percore report … | head`) ends the process
-    // quietly, as for any Unix tool, instead of panicking in println!.
-    // SAFETY: restoring a signal's default disposition before any thread starts.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    if let Err(error) = run(cli) {
-        // The cause chain on one line; no backtrace, whatever RUST_BACKTRACE says.
-        eprintln!("error: {error:#}");
-        std::process::exit(1);
+    // SIGPIPE stays ignored, as Rust's runtime leaves it: a peer that closes its
+    // socket makes a send fail with EPIPE, which the connection reports (and the
+    // job records), instead of killing the process with everything in flight. A
+    // closed stdout is handled the same way, by `say` below.
+    match run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(error) => {
+            // The cause chain on one line; no backtrace, whatever RUST_BACKTRACE says.
+            note!("error: {error:#}");
+            std::process::exit(1);
+        }
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// Runs the command; `Ok` carries the exit status (0, or [`EXIT_SINK_FAILED`]).
+fn run(cli: Cli) -> Result<i32> {
     // Before any thread starts, so every thread inherits the blocked mask and the
     // signal thread alone receives SIGINT/SIGTERM.
     let stop = stop_on_signal()?;
+    let done = |result: Result<()>| result.map(|()| 0);
     match cli.command {
         Command::Demo(args) => demo_command(args, stop),
         Command::Run(args) => run_command(args, stop),
-        Command::Bench(args) => bench_command(args),
-        Command::Report(args) => report_command(args),
-        Command::MockSource(args) => mock_command(MockKind::Source, args, stop),
-        Command::MockCompute(args) => mock_command(MockKind::Compute, args, stop),
+        Command::Bench(args) => done(bench_command(args)),
+        Command::Report(args) => done(report_command(args)),
+        Command::MockSource(args) => done(mock_command(MockKind::Source, args, stop)),
+        Command::MockCompute(args) => done(mock_command(MockKind::Compute, args, stop)),
     }
 }
 
-fn demo_command(args: DemoArgs, stop: flume::Receiver<()>) -> Result<()> {
+fn demo_command(args: DemoArgs, stop: flume::Receiver<()>) -> Result<i32> {
     if args.devices == 0 {
         bail!("--devices must be at least 1");
     }
@@ -234,9 +267,12 @@ fn demo_command(args: DemoArgs, stop: flume::Receiver<()>) -> Result<()> {
     };
     let mocks =
         demo::start_mocks(&tuning, mock.clone(), mock).context("starting the mock nodes")?;
-    eprintln!(
+    note!(
         "mock data source on {}, mock compute node on {}; {} devices, {} s",
-        mocks.source.addr, mocks.compute.addr, args.devices, args.duration
+        mocks.source.addr,
+        mocks.compute.addr,
+        args.devices,
+        args.duration
     );
     let config = demo::demo_config(
         args.devices,
@@ -252,6 +288,7 @@ fn demo_command(args: DemoArgs, stop: flume::Receiver<()>) -> Result<()> {
         print_status: true,
         stop: Some(stop),
         metrics: admin.as_ref().map(AdminServer::publisher),
+        interval_log: args.output.interval_log(),
     };
     let result = dispatcher::run(&config, &options);
     mocks.stop();
@@ -264,7 +301,7 @@ fn demo_command(args: DemoArgs, stop: flume::Receiver<()>) -> Result<()> {
     finished
 }
 
-fn run_command(args: RunArgs, stop: flume::Receiver<()>) -> Result<()> {
+fn run_command(args: RunArgs, stop: flume::Receiver<()>) -> Result<i32> {
     let config = Config::load(&args.config)?;
     let admin = start_admin(&args.output.admin);
     let options = RunOptions {
@@ -273,6 +310,7 @@ fn run_command(args: RunArgs, stop: flume::Receiver<()>) -> Result<()> {
         print_status: true,
         stop: Some(stop),
         metrics: admin.as_ref().map(AdminServer::publisher),
+        interval_log: args.output.interval_log(),
     };
     let finished = dispatcher::run(&config, &options)
         .map_err(anyhow::Error::from)
@@ -290,32 +328,47 @@ fn start_admin(addr: &str) -> Option<AdminServer> {
         return None;
     }
     let Ok(parsed) = addr.parse::<SocketAddr>() else {
-        eprintln!(
+        note!(
             "warning: --admin {addr:?} is not an address like 127.0.0.1:9464; no metrics endpoint"
         );
         return None;
     };
     match AdminServer::start(parsed) {
         Ok(server) => {
-            eprintln!("metrics on http://{}/metrics", server.addr());
+            note!("metrics on http://{}/metrics", server.addr());
             Some(server)
         }
         Err(error) => {
-            eprintln!("warning: cannot serve metrics on {parsed}: {error}; continuing without");
+            note!("warning: cannot serve metrics on {parsed}: {error}; continuing without");
             None
         }
     }
 }
 
-fn finish(summary: &RunSummary, output: &OutputArgs) -> Result<()> {
-    println!("{}", summary.totals_line());
-    print!("{}", summary.latency_table());
-    println!("results: {}", summary.sink_location);
-    write_outputs(
+/// Writes the run's files, then prints its totals; returns the exit status.
+fn finish(summary: &RunSummary, output: &OutputArgs) -> Result<i32> {
+    // Files first: they must not depend on the terminal still being there.
+    let written = write_outputs(
         summary,
         output.summary_json.as_deref(),
         output.report.as_deref(),
-    )
+    );
+    say!("{}\n", summary.totals_line());
+    say!("{}", summary.latency_table());
+    say!("results: {}\n", summary.sink_location);
+    written?;
+    match &summary.sink_error {
+        None => Ok(0),
+        Some(error) => {
+            note!(
+                "error: the run stopped because the sink failed: {error}\n\
+                 {} rows were committed; {} results computed after the failure were not written",
+                summary.rows_written,
+                summary.counters.jobs().saturating_sub(summary.rows_written),
+            );
+            Ok(EXIT_SINK_FAILED)
+        }
+    }
 }
 
 fn write_outputs(
@@ -328,8 +381,8 @@ fn write_outputs(
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(dir) = report_dir {
-        report::write_dir(dir, &summary.recording())?;
-        println!("report: {}", dir.join("report.html").display());
+        report::write_dir(dir, &summary.recording()?)?;
+        say!("report: {}\n", dir.join("report.html").display());
     }
     Ok(())
 }
@@ -374,7 +427,7 @@ fn run_bench(bench: &Bench, args: &BenchArgs, levels: &[Level]) -> Result<()> {
             })
             .fold(0.0, f64::max);
         let best = bench.max_rate_under(bound_us, 100.0, high, |level, summary| {
-            eprintln!(
+            note!(
                 "{level}: p99 {} µs, failed {}, skipped {} -> {}",
                 summary.latency.end_to_end.value_at_quantile(0.99),
                 summary.counters.failed,
@@ -387,22 +440,22 @@ fn run_bench(bench: &Bench, args: &BenchArgs, levels: &[Level]) -> Result<()> {
             );
             rows.push((level, summary.clone()));
         })?;
-        print!("{}", bench::table(&rows));
+        say!("{}", bench::table(&rows));
         match &best {
             Some((rate, _)) => {
-                println!("highest rate with p99 end-to-end <= {bound_us} µs: {rate:.0} jobs/s")
+                say!("highest rate with p99 end-to-end <= {bound_us} µs: {rate:.0} jobs/s\n")
             }
-            None => println!(
-                "no rate from 100 to {high:.0} jobs/s kept p99 end-to-end <= {bound_us} µs"
-            ),
+            None => {
+                say!("no rate from 100 to {high:.0} jobs/s kept p99 end-to-end <= {bound_us} µs\n")
+            }
         }
     } else {
         for &level in levels {
             let summary = bench.run(level)?;
-            eprintln!("{level}: {}", summary.totals_line());
+            note!("{level}: {}", summary.totals_line());
             rows.push((level, summary));
         }
-        print!("{}", bench::table(&rows));
+        say!("{}", bench::table(&rows));
     }
     if let [(_, summary)] = rows.as_slice() {
         return write_outputs(
@@ -423,9 +476,9 @@ fn run_bench(bench: &Bench, args: &BenchArgs, levels: &[Level]) -> Result<()> {
     }
     if let Some(dir) = &args.report {
         for (index, (_, summary)) in rows.iter().enumerate() {
-            report::write_dir(&dir.join(format!("level-{index}")), &summary.recording())?;
+            report::write_dir(&dir.join(format!("level-{index}")), &summary.recording()?)?;
         }
-        println!("reports: {}/level-*/report.html", dir.display());
+        say!("reports: {}/level-*/report.html\n", dir.display());
     }
     Ok(())
 }
@@ -434,22 +487,22 @@ fn report_command(args: ReportArgs) -> Result<()> {
     let first = report::load_dir(&args.dir)?;
     match &args.other {
         None => {
-            print!("{}", report::text_table(&first));
+            say!("{}", report::text_table(&first));
             let page = args.dir.join("report.html");
             std::fs::write(&page, report::render_html(&first))
                 .with_context(|| format!("writing {}", page.display()))?;
-            println!("report: {}", page.display());
+            say!("report: {}\n", page.display());
         }
         Some(other) => {
             let second = report::load_dir(other)?;
             let (a, b) = (args.dir.display().to_string(), other.display().to_string());
-            print!("{}", report::comparison_table(&first, &a, &second, &b));
+            say!("{}", report::comparison_table(&first, &a, &second, &b));
             std::fs::write(
                 &args.output,
                 report::render_comparison_html(&first, &a, &second, &b),
             )
             .with_context(|| format!("writing {}", args.output.display()))?;
-            println!("comparison: {}", args.output.display());
+            say!("comparison: {}\n", args.output.display());
         }
     }
     Ok(())
@@ -485,10 +538,12 @@ fn mock_command(kind: MockKind, args: MockArgs, stop: flume::Receiver<()>) -> Re
         hang_for: Duration::from_millis(args.hang_ms),
         model: args.model,
         max_concurrent_streams: args.max_concurrent_streams,
+        drop_after_calls: args.drop_after_calls,
+        goaway_after_calls: args.goaway_after_calls,
         ..MockOptions::default()
     };
     let node = MockNode::start(kind, args.listen, &cpus, args.io_memory_kib * 1024, options)?;
-    println!("listening on {}", node.addr);
+    say!("listening on {}\n", node.addr);
     let _ = stop.recv();
     node.stop();
     Ok(())
@@ -515,7 +570,7 @@ fn stop_on_signal() -> Result<flume::Receiver<()>> {
             let mut signal = 0;
             // SAFETY: sigwait reads the set we own and writes the signal number.
             if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
-                eprintln!("stopping: finishing the jobs in flight (signal again to abort)");
+                note!("stopping: finishing the jobs in flight (signal again to abort)");
                 let _ = tx.send(());
                 // A second signal aborts at once.
                 unsafe { libc::sigwait(&set, &mut signal) };

@@ -66,6 +66,10 @@ pub struct MockOptions {
     pub fault: Option<Fault>,
     /// Streams per connection the mock allows.
     pub max_concurrent_streams: u32,
+    /// Fault: drop each connection's socket after this many calls on it.
+    pub drop_after_calls: Option<u64>,
+    /// Fault: send GOAWAY on each connection after this many calls on it.
+    pub goaway_after_calls: Option<u64>,
     /// Seed of the mock's random choices, so a failing test can be replayed.
     pub seed: u64,
 }
@@ -81,6 +85,8 @@ impl Default for MockOptions {
             model: None,
             fault: None,
             max_concurrent_streams: 1024,
+            drop_after_calls: None,
+            goaway_after_calls: None,
             seed: 0x5eed,
         }
     }
@@ -304,6 +310,9 @@ impl MockNode {
                     };
                 let settings = ServerSettings {
                     max_concurrent_streams: options.max_concurrent_streams,
+                    name,
+                    drop_after_calls: options.drop_after_calls,
+                    goaway_after_calls: options.goaway_after_calls,
                     ..ServerSettings::default()
                 };
                 let mock = Rc::new(Mock {

@@ -154,9 +154,11 @@ impl Listener {
         self.0.local_addr().map_err(io::Error::from)
     }
 
-    pub async fn accept(&self) -> io::Result<Stream> {
+    /// The next connection, with the peer's address (for logs).
+    pub async fn accept(&self) -> io::Result<(Stream, SocketAddr)> {
         let stream = self.0.accept().await.map_err(io::Error::from)?;
         stream.set_nodelay(true).map_err(io::Error::from)?;
-        Ok(stream.compat())
+        let peer = stream.peer_addr().map_err(io::Error::from)?;
+        Ok((stream.compat(), peer))
     }
 }

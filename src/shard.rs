@@ -33,7 +33,9 @@ const FLUSH_INTERVAL: Duration = Duration::from_millis(5);
 /// How often the shard looks at its control channel while no tick is due.
 const CONTROL_POLL: Duration = Duration::from_millis(50);
 
-/// How often progress counters go to the coordinator.
+/// How often progress counters go to the coordinator: at every whole second of
+/// the run, so each interval covers one second of the run and per-second plots
+/// line up with the rows' times.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What drives jobs on a shard.
@@ -81,6 +83,9 @@ pub enum Control {
     /// finish the jobs in flight and report. The coordinator picks one time for
     /// all shards so the run's window is the same everywhere.
     StopAt(i64),
+    /// Stop now and do not wait for the jobs in flight: their results cannot be
+    /// written (the sink failed for good) or the run has already failed.
+    Abort,
     /// The coordinator has read this thread's CPU time: the shard may exit.
     Release,
 }
@@ -172,6 +177,13 @@ struct Shard {
     reports: flume::Sender<ShardReport>,
     /// Set when the coordinator asks to stop early: the Unix ms to stop at.
     stop_at_ms: Cell<Option<i64>>,
+    /// Set by [`Control::Abort`]: stop without waiting for the jobs in flight.
+    aborted: Cell<bool>,
+    /// When the next progress report is due: a whole second of the run.
+    next_progress: Cell<Instant>,
+    /// When the run's first tick is due; progress reports fall on whole seconds
+    /// from it.
+    run_start: Instant,
     /// Next device in turn for closed-loop workers.
     closed_loop_cursor: Cell<usize>,
     /// The run's shared Unix-to-monotonic mapping.
@@ -193,6 +205,8 @@ pub async fn run(plan: ShardPlan) {
         mut exit_notice,
     } = plan;
     let (routes, pools) = build_routes(&classes, &limits);
+    let (start_ms, end_ms) = workload.window();
+    let run_start = clock.instant_of(start_ms);
     let shard = Rc::new(Shard {
         index,
         busy: devices.iter().map(|_| Cell::new(false)).collect(),
@@ -209,6 +223,9 @@ pub async fn run(plan: ShardPlan) {
         stats: RefCell::new(ShardStats::new(classes.len())),
         no_more_jobs: Cell::new(false),
         stop_at_ms: Cell::new(None),
+        aborted: Cell::new(false),
+        next_progress: Cell::new(run_start + PROGRESS_INTERVAL),
+        run_start,
         closed_loop_cursor: Cell::new(0),
         clock,
         control: channels.control,
@@ -220,7 +237,6 @@ pub async fn run(plan: ShardPlan) {
         channels.results,
         channels.recycled,
     ));
-    let (start_ms, end_ms) = workload.window();
     match workload {
         Workload::Ticks { .. } => tick_loop(&shard, &classes, start_ms, end_ms).await,
         Workload::ClosedLoop { concurrency, .. } => {
@@ -236,8 +252,9 @@ pub async fn run(plan: ShardPlan) {
         }
     }
     let end_ms = shard.end_ms(end_ms);
-    while shard.in_flight.get() > 0 {
+    while shard.in_flight.get() > 0 && !shard.aborted.get() {
         runtime::sleep(Duration::from_millis(1)).await;
+        shard.poll_control();
     }
     shard.no_more_jobs.set(true);
     let error = flusher.await.err();
@@ -343,7 +360,6 @@ async fn tick_loop(shard: &Rc<Shard>, classes: &[Class], start_ms: i64, end_ms: 
     });
     let mut schedule = Schedule::new(&periods, entries, start_ms);
     let mut end_ms = end_ms;
-    let mut next_progress = Instant::now() + PROGRESS_INTERVAL;
     loop {
         if let Some(stop_ms) = shard.poll_control() {
             end_ms = end_ms.min(stop_ms);
@@ -352,18 +368,12 @@ async fn tick_loop(shard: &Rc<Shard>, classes: &[Class], start_ms: i64, end_ms: 
         schedule.fire_due(now_ms.min(end_ms - 1), |_, local, tick_ms| {
             shard.dispatch(local, tick_ms, shard.clock.instant_of(tick_ms))
         });
-        if Instant::now() >= next_progress {
-            shard.send_progress();
-            next_progress += PROGRESS_INTERVAL;
-        }
+        shard.progress_if_due();
         let next_due = match schedule.next_due_ms() {
             Some(next) if next < end_ms => next,
             _ => break,
         };
-        let wake = shard
-            .clock
-            .instant_of(next_due)
-            .min(Instant::now() + CONTROL_POLL);
+        let wake = shard.clock.instant_of(next_due).min(shard.next_wake());
         runtime::sleep_until(wake).await;
     }
 }
@@ -376,14 +386,10 @@ async fn closed_loop(shard: &Rc<Shard>, concurrency: usize, start_ms: i64, end_m
     let workers: Vec<_> = (0..concurrency.max(1))
         .map(|_| runtime::spawn(closed_loop_worker(shard.clone(), end_ms)))
         .collect();
-    let mut next_progress = Instant::now() + PROGRESS_INTERVAL;
     while shard.clock.now_ms() < shard.end_ms(end_ms) {
-        runtime::sleep(CONTROL_POLL).await;
+        runtime::sleep_until(shard.next_wake()).await;
         shard.poll_control();
-        if Instant::now() >= next_progress {
-            shard.send_progress();
-            next_progress += PROGRESS_INTERVAL;
-        }
+        shard.progress_if_due();
     }
     for worker in workers {
         worker.await;
@@ -449,7 +455,6 @@ async fn open_loop(shard: &Rc<Shard>, mut arrivals: Arrivals, start_ms: i64, end
         return;
     }
     let mut planned = shard.clock.instant_of(start_ms);
-    let mut next_progress = Instant::now() + PROGRESS_INTERVAL;
     loop {
         shard.poll_control();
         let end = shard.clock.instant_of(shard.end_ms(end_ms));
@@ -462,16 +467,13 @@ async fn open_loop(shard: &Rc<Shard>, mut arrivals: Arrivals, start_ms: i64, end
             shard.dispatch(local, tick_ms, planned);
             planned += arrivals.next_gap();
         }
-        if now >= next_progress {
-            shard.send_progress();
-            next_progress += PROGRESS_INTERVAL;
-        }
+        shard.progress_if_due();
         if planned >= end {
             return;
         }
         let wake = planned
             .max(now + OPEN_LOOP_GRANULARITY)
-            .min(now + CONTROL_POLL);
+            .min(shard.next_wake());
         runtime::sleep_until(wake).await;
     }
 }
@@ -599,11 +601,39 @@ impl Shard {
     /// for. A stop time already past becomes now: ticks already fired stay fired.
     fn poll_control(&self) -> Option<i64> {
         while let Ok(message) = self.control.try_recv() {
-            if let Control::StopAt(stop_ms) = message {
-                self.stop_at_ms.set(Some(stop_ms.max(self.clock.now_ms())));
+            match message {
+                Control::StopAt(stop_ms) => {
+                    let stop_ms = stop_ms.max(self.clock.now_ms());
+                    let earliest = self.stop_at_ms.get().map_or(stop_ms, |s| s.min(stop_ms));
+                    self.stop_at_ms.set(Some(earliest));
+                }
+                Control::Abort => {
+                    self.aborted.set(true);
+                    self.stop_at_ms.set(Some(self.clock.now_ms()));
+                }
+                Control::Release => {}
             }
         }
         self.stop_at_ms.get()
+    }
+
+    /// When the loop must look up again even if nothing is due: for control
+    /// messages, and for the next progress report.
+    fn next_wake(&self) -> Instant {
+        (Instant::now() + CONTROL_POLL).min(self.next_progress.get())
+    }
+
+    /// Sends progress if a whole second of the run has passed since the last.
+    fn progress_if_due(&self) {
+        let now = Instant::now();
+        if now < self.next_progress.get() {
+            return;
+        }
+        self.send_progress();
+        // The next whole second of the run after now (a late wake skips none).
+        let seconds = now.saturating_duration_since(self.run_start).as_secs() + 1;
+        self.next_progress
+            .set(self.run_start + PROGRESS_INTERVAL * seconds as u32);
     }
 
     /// The run's end: the planned one, or an earlier stop.

@@ -2,13 +2,14 @@
 //! percentile table.
 
 use std::fmt::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use crate::report::{Interval, Recording};
-use crate::stats::{ClassStats, Counters, StageHistograms, STAGES};
+use crate::report::{hlog, Recording, ReportError};
+use crate::stats::{ClassStats, Counters, StageHistograms};
 
 /// The merged result of one run.
 #[derive(Debug, Clone)]
@@ -25,10 +26,14 @@ pub struct RunSummary {
     pub shard_cpu: Duration,
     /// The part used by the sink writer thread.
     pub writer_cpu: Duration,
-    /// Rows the sink wrote in this run; equals `counters.jobs()`.
+    /// Rows the sink committed in this run; equals `counters.jobs()` unless the
+    /// sink failed, when it is what was committed before the failure.
     pub rows_written: u64,
     /// Where the rows are (e.g. the SQLite file).
     pub sink_location: String,
+    /// The error that stopped the sink for good, if one did: the run was stopped
+    /// and results computed after it were not written.
+    pub sink_error: Option<String>,
     /// All shards together.
     pub counters: Counters,
     /// Latencies of all shards together (sink lag from the writer).
@@ -37,9 +42,9 @@ pub struct RunSummary {
     pub per_shard: Vec<ShardSummary>,
     /// Every class's counters and latencies, by class index.
     pub per_class: Vec<ClassSummary>,
-    /// Latencies by second of the run (index 0 = the first second after the first
-    /// tick), all shards together.
-    pub per_second: Vec<StageHistograms>,
+    /// The interval log the run streamed its per-second latencies to (all shards
+    /// together, second 0 = the first second after the first tick), when it kept one.
+    pub interval_log: Option<PathBuf>,
     /// What was run: load, fleet, classes, tuning — for reports.
     pub config: Value,
 }
@@ -108,6 +113,8 @@ impl RunSummary {
             "skipped": self.counters.skipped,
             "retries": self.counters.retries,
             "rows_written": self.rows_written,
+            "results_not_written": self.counters.jobs().saturating_sub(self.rows_written),
+            "sink_error": self.sink_error,
             "elapsed_s": self.elapsed.as_secs_f64(),
             "jobs_per_s": self.jobs_per_s(),
             "cpu_us_per_job": self.cpu_us_per_job(),
@@ -162,23 +169,21 @@ impl RunSummary {
     }
 
     /// The run as the report layer stores it: the summary object and one interval
-    /// histogram per stage per second.
-    pub fn recording(&self) -> Recording {
-        let mut intervals = Vec::with_capacity(self.per_second.len() * STAGES.len());
-        for (second, latency) in self.per_second.iter().enumerate() {
-            for (stage, histogram) in latency.stages() {
-                intervals.push(Interval {
-                    start: Duration::from_secs(second as u64),
-                    length: Duration::from_secs(1),
-                    stage: stage.to_string(),
-                    histogram: histogram.clone(),
-                });
+    /// histogram per stage per second, read back from the run's interval log
+    /// (none when the run kept no log).
+    pub fn recording(&self) -> Result<Recording, ReportError> {
+        let intervals = match &self.interval_log {
+            None => Vec::new(),
+            Some(path) => {
+                let text =
+                    std::fs::read(path).map_err(|error| ReportError::io(path, "read", error))?;
+                hlog::read_log(&text, path)?
             }
-        }
-        Recording {
+        };
+        Ok(Recording {
             summary: self.to_json(),
             intervals,
-        }
+        })
     }
 
     /// One line with the totals.
@@ -216,6 +221,7 @@ mod tests {
             writer_cpu: Duration::from_millis(15),
             rows_written: 5_000,
             sink_location: "x.db".into(),
+            sink_error: None,
             counters: Counters {
                 ok: 4_000,
                 failed: 900,
@@ -241,7 +247,7 @@ mod tests {
                     latency,
                 },
             }],
-            per_second: vec![],
+            interval_log: None,
             config: json!({"load": {"mode": "ticks"}}),
         };
         let json = summary.to_json();

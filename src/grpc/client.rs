@@ -64,7 +64,9 @@ pub struct Connection {
     /// open another connection when the peer's stream limit is reached; shared with
     /// the write coalescing, which batches only when there are several.
     in_flight: Rc<Cell<usize>>,
-    /// Set by the connection's driver task when the connection ends.
+    /// Set by the connection's driver task when the connection ends, and by a
+    /// call that found it unable to take new streams (the peer sent GOAWAY, the
+    /// socket broke): the pool then opens a fresh one instead of reusing it.
     closed: Rc<Cell<bool>>,
     /// Byte counters of the node's pool, outliving this connection.
     traffic: Rc<Traffic>,
@@ -163,12 +165,13 @@ impl Connection {
         max_message_len: usize,
     ) -> Result<Bytes, ErrorKind> {
         let lost = |error: h2::Error| self.lost(error);
+        let not_sent = |error: h2::Error| self.not_sent(error);
         let traffic = &self.traffic;
         traffic.sent.set(traffic.sent.get() + body.len() as u64);
-        let mut send = self.send.clone().ready().await.map_err(lost)?;
+        let mut send = self.send.clone().ready().await.map_err(not_sent)?;
         let (response, mut stream) = send
             .send_request(grpc_request(uri, deadline), false)
-            .map_err(lost)?;
+            .map_err(not_sent)?;
         send_body(&mut stream, body).await.map_err(lost)?;
 
         let response = response.await.map_err(lost)?;
@@ -212,8 +215,33 @@ impl Connection {
         decoder.finish().map_err(frame_error)
     }
 
+    /// A call failed on its stream. A stream the peer refused (REFUSED_STREAM,
+    /// or cut off by its GOAWAY) was not processed and may be sent again, even to
+    /// this node; any other break is a lost connection. Either way a connection
+    /// that broke or is going away takes no new calls.
     fn lost(&self, error: h2::Error) -> ErrorKind {
+        if error.is_io() || error.is_go_away() {
+            self.closed.set(true);
+        }
+        let refused = error.reason() == Some(h2::Reason::REFUSED_STREAM)
+            || (error.is_go_away() && error.is_remote());
+        if refused {
+            return ErrorKind::Refused {
+                node: self.node,
+                detail: error.to_string().into(),
+            };
+        }
         ErrorKind::ConnectionLost {
+            node: self.node,
+            detail: error.to_string().into(),
+        }
+    }
+
+    /// The connection could not open a stream for the call (it is closing, or
+    /// broke): nothing was sent, and the connection takes no new calls.
+    fn not_sent(&self, error: h2::Error) -> ErrorKind {
+        self.closed.set(true);
+        ErrorKind::Refused {
             node: self.node,
             detail: error.to_string().into(),
         }

@@ -38,7 +38,8 @@ pub trait Service: 'static {
     fn call(self: Rc<Self>, path: &str, message: Bytes) -> impl Future<Output = Reply>;
 }
 
-/// HTTP/2 settings a server connection announces.
+/// HTTP/2 settings a server connection announces, and the connection faults a
+/// mock node can inject.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     /// Streams a client may have open on one connection; clients open more
@@ -46,6 +47,14 @@ pub struct ServerSettings {
     pub max_concurrent_streams: u32,
     /// Largest request message accepted.
     pub max_message_len: usize,
+    /// Name in log lines ("mock-compute"), so an operator knows who closed what.
+    pub name: &'static str,
+    /// Fault: drop the socket without a word after this many calls on a
+    /// connection (calls in flight are cut off, the client's next send fails).
+    pub drop_after_calls: Option<u64>,
+    /// Fault: send GOAWAY after this many calls on a connection and finish the
+    /// calls already taken, as a server that is shutting down or rotating does.
+    pub goaway_after_calls: Option<u64>,
 }
 
 impl Default for ServerSettings {
@@ -53,6 +62,9 @@ impl Default for ServerSettings {
         ServerSettings {
             max_concurrent_streams: 1024,
             max_message_len: 64 << 20,
+            name: "grpc server",
+            drop_after_calls: None,
+            goaway_after_calls: None,
         }
     }
 }
@@ -68,9 +80,14 @@ pub async fn serve<S: Service>(
     let accept_loop = async {
         loop {
             match listener.accept().await {
-                Ok(stream) => {
-                    runtime::spawn(serve_connection(stream, service.clone(), settings.clone()))
-                        .detach();
+                Ok((stream, peer)) => {
+                    runtime::spawn(serve_connection(
+                        stream,
+                        peer,
+                        service.clone(),
+                        settings.clone(),
+                    ))
+                    .detach();
                 }
                 // Out of descriptors or the like: wait a little rather than spin.
                 Err(_) => runtime::sleep(Duration::from_millis(10)).await,
@@ -82,6 +99,7 @@ pub async fn serve<S: Service>(
 
 async fn serve_connection<S: Service>(
     stream: Stream,
+    peer: std::net::SocketAddr,
     service: Rc<S>,
     settings: Rc<ServerSettings>,
 ) {
@@ -92,18 +110,53 @@ async fn serve_connection<S: Service>(
         .max_concurrent_streams(settings.max_concurrent_streams)
         .initial_window_size(1 << 20)
         .initial_connection_window_size(8 << 20)
+        // A load generator cancels every call that passes its deadline. h2 counts
+        // streams reset before this server accepted them and, past 20 by default,
+        // ends the connection ("too_many_resets", its rapid-reset protection): a
+        // node under overload would then drop its busiest clients. Allow as many
+        // as the streams it admits.
+        .max_pending_accept_reset_streams(settings.max_concurrent_streams as usize)
         .handshake::<_, Bytes>(CoalescingStream::new(stream, always_batch));
-    let Ok(mut connection) = handshake.await else {
-        return;
+    let mut connection = match handshake.await {
+        Ok(connection) => connection,
+        Err(error) => {
+            let name = settings.name;
+            crate::console::err(format_args!(
+                "{name}: HTTP/2 handshake with {peer} failed: {error}"
+            ));
+            return;
+        }
     };
-    while let Some(Ok((request, respond))) = connection.accept().await {
-        runtime::spawn(serve_call(
-            request,
-            respond,
-            service.clone(),
-            settings.max_message_len,
-        ))
-        .detach();
+    let mut calls: u64 = 0;
+    loop {
+        match connection.accept().await {
+            Some(Ok((request, respond))) => {
+                calls += 1;
+                runtime::spawn(serve_call(
+                    request,
+                    respond,
+                    service.clone(),
+                    settings.max_message_len,
+                ))
+                .detach();
+                if settings.drop_after_calls == Some(calls) {
+                    // Dropping the connection closes the socket under the calls.
+                    return;
+                }
+                if settings.goaway_after_calls == Some(calls) {
+                    connection.graceful_shutdown();
+                }
+            }
+            Some(Err(error)) => {
+                // Why a connection ends is the first thing an operator asks.
+                let name = settings.name;
+                crate::console::err(format_args!(
+                    "{name}: closing the connection from {peer}: {error}"
+                ));
+                return;
+            }
+            None => return,
+        }
     }
 }
 

@@ -52,47 +52,81 @@ pub fn write_log(recording: &Recording) -> Vec<u8> {
         .summary
         .get("window_unix_ms")
         .and_then(|w| w.get(0))
-        .and_then(serde_json::Value::as_u64)
+        .and_then(serde_json::Value::as_i64)
         .unwrap_or(0);
-    let run_start = UNIX_EPOCH + Duration::from_millis(start_ms);
     let mut intervals: Vec<&Interval> = recording.intervals.iter().collect();
-    let stage_rank = |i: &Interval| {
-        STAGES
-            .iter()
-            .position(|s| *s == i.stage)
-            .unwrap_or(STAGES.len())
-    };
-    intervals.sort_by_key(|i| (i.start, stage_rank(i)));
-
-    let mut out = Vec::new();
-    let mut serializer = V2DeflateSerializer::new();
+    intervals.sort_by_key(|i| (i.start, stage_rank(&i.stage)));
     // Writing to a Vec cannot fail; serializing a u64 histogram cannot either.
-    {
-        let mut builder = IntervalLogWriterBuilder::new();
-        builder
-            .add_comment(&format_marker(FORMAT_VERSION)[1..])
-            .add_comment("[Histogram log format version 1.3]")
-            .with_start_time(run_start)
-            .with_base_time(run_start);
-        builder
-            .begin_log_with(&mut out, &mut serializer)
-            .expect("writing to a Vec");
+    let mut log = LogWriter::begin(Vec::new(), start_ms).expect("writing to a Vec");
+    for interval in intervals {
+        log.append(interval).expect("writing to a Vec");
     }
-    out.extend_from_slice(LEGEND.as_bytes());
-    {
-        let mut writer = IntervalLogWriterBuilder::new()
-            .begin_log_with(&mut out, &mut serializer)
-            .expect("writing to a Vec");
-        for interval in &intervals {
-            // A stage name with a space or comma could not be a tag; ours never have one.
-            let tag = Tag::new(&interval.stage);
-            writer
-                .write_histogram(&interval.histogram, interval.start, interval.length, tag)
-                .expect("serializing into a Vec");
+    log.finish().expect("writing to a Vec")
+}
+
+/// Position of a stage in [`STAGES`] (unknown stages last), the log's order
+/// within one interval.
+fn stage_rank(stage: &str) -> usize {
+    STAGES
+        .iter()
+        .position(|s| *s == stage)
+        .unwrap_or(STAGES.len())
+}
+
+/// Writes a log one interval at a time, as a run closes them, so a run of any
+/// length keeps none of its past intervals in memory. The caller appends in
+/// time order (then stage order); [`LogWriter::finish`] writes the end marker.
+pub struct LogWriter<W: std::io::Write> {
+    /// Where the lines go (a buffered file during a run).
+    out: W,
+    /// Reused between intervals: V2 encoding and deflate buffers.
+    serializer: V2DeflateSerializer,
+    /// Histograms written, for the end marker.
+    written: usize,
+}
+
+impl<W: std::io::Write> LogWriter<W> {
+    /// Writes the header for a run that started at `start_unix_ms`.
+    pub fn begin(mut out: W, start_unix_ms: i64) -> std::io::Result<LogWriter<W>> {
+        let run_start = UNIX_EPOCH + Duration::from_millis(start_unix_ms.max(0) as u64);
+        let mut serializer = V2DeflateSerializer::new();
+        {
+            let mut builder = IntervalLogWriterBuilder::new();
+            builder
+                .add_comment(&format_marker(FORMAT_VERSION)[1..])
+                .add_comment("[Histogram log format version 1.3]")
+                .with_start_time(run_start)
+                .with_base_time(run_start);
+            builder.begin_log_with(&mut out, &mut serializer)?;
         }
+        out.write_all(LEGEND.as_bytes())?;
+        Ok(LogWriter {
+            out,
+            serializer,
+            written: 0,
+        })
     }
-    out.extend_from_slice(format!("{END_PREFIX}{} histograms]\n", intervals.len()).as_bytes());
-    out
+
+    /// Appends one interval histogram.
+    pub fn append(&mut self, interval: &Interval) -> std::io::Result<()> {
+        let mut writer =
+            IntervalLogWriterBuilder::new().begin_log_with(&mut self.out, &mut self.serializer)?;
+        // A stage name with a space or comma could not be a tag; ours never have one.
+        let tag = Tag::new(&interval.stage);
+        writer
+            .write_histogram(&interval.histogram, interval.start, interval.length, tag)
+            .map_err(|error| std::io::Error::other(format!("{error:?}")))?;
+        self.written += 1;
+        Ok(())
+    }
+
+    /// Writes the end marker and hands back the output, flushed.
+    pub fn finish(mut self) -> std::io::Result<W> {
+        let end = format!("{END_PREFIX}{} histograms]\n", self.written);
+        self.out.write_all(end.as_bytes())?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
 }
 
 /// Parses a log [`write_log`] wrote. `path` is only for error messages; every

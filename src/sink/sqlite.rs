@@ -40,8 +40,9 @@ ON CONFLICT(tick_ms, device_id) DO UPDATE SET
   shard = excluded.shard";
 
 /// How long a write waits for a lock held by another connection (an operator's
-/// `sqlite3` shell, a checkpoint) before the batch fails.
-const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// `sqlite3` shell, a checkpoint) before the try fails as transient and the
+/// writer tries again later; `[sink] busy_timeout_ms` overrides it.
+pub const DEFAULT_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Page cache of the writer's connection, in KiB (SQLite's negative `cache_size`).
 /// The hot set is the last leaf page of every device's key range plus the interior
@@ -70,12 +71,18 @@ pub struct SqliteSink {
 
 impl SqliteSink {
     /// Opens (or creates) the database at `path`, switches it to WAL with
-    /// `synchronous=NORMAL` and creates the `jobs` table if missing.
-    pub fn open(path: &Path, names: Arc<RowNames>) -> Result<SqliteSink, SinkError> {
+    /// `synchronous=NORMAL`, creates the `jobs` table if missing, and checks that
+    /// the file can be written: a read-only file (or file system) is refused here,
+    /// at start-up, not found out by the first batch.
+    pub fn open(
+        path: &Path,
+        busy_timeout: std::time::Duration,
+        names: Arc<RowNames>,
+    ) -> Result<SqliteSink, SinkError> {
         let location = path.display().to_string();
         let at = location.as_str();
         let conn = Connection::open(path).map_err(failed("opening the database", at))?;
-        conn.busy_timeout(BUSY_TIMEOUT)
+        conn.busy_timeout(busy_timeout)
             .map_err(failed("setting busy_timeout", at))?;
         // WAL lets readers query the table during a run, and with synchronous=NORMAL
         // a commit is an append without fsync: a power cut may lose the last
@@ -99,6 +106,7 @@ impl SqliteSink {
         // on the first batch, if an existing `jobs` table has a different shape.
         conn.prepare_cached(UPSERT)
             .map_err(failed("preparing the upsert into jobs", at))?;
+        check_writable(&conn, at)?;
         Ok(SqliteSink {
             conn,
             location,
@@ -155,13 +163,16 @@ impl Sink for SqliteSink {
                     .map_err(|error| {
                         let operation =
                             format!("writing row (device {device_id}, tick {})", row.tick_ms);
-                        SinkError::new(operation, at, error)
+                        let transient = is_transient(&error);
+                        SinkError::new(operation, at, error).transient(transient)
                     })?;
             }
         }
         // An early return above drops `tx`, which rolls the whole batch back.
-        tx.commit()
-            .map_err(|error| SinkError::new(format!("committing {} rows", rows.len()), at, error))
+        tx.commit().map_err(|error| {
+            let transient = is_transient(&error);
+            SinkError::new(format!("committing {} rows", rows.len()), at, error).transient(transient)
+        })
     }
 
     fn location(&self) -> String {
@@ -169,12 +180,44 @@ impl Sink for SqliteSink {
     }
 }
 
+/// Refuses a database this connection cannot write: SQLite opens a read-only
+/// file (or one on a read-only file system) read-only without a word, and a
+/// leftover `-wal` file even lets the schema statements pass.
+fn check_writable(conn: &Connection, at: &str) -> Result<(), SinkError> {
+    let operation = "checking that the database is writable";
+    if conn
+        .is_readonly(rusqlite::DatabaseName::Main)
+        .map_err(failed(operation, at))?
+    {
+        let cause = "the file (or its folder, or its file system) is read-only";
+        return Err(SinkError::new(operation, at, cause));
+    }
+    // A real write, rolled back: takes the write lock and touches the WAL.
+    conn.execute_batch(
+        "BEGIN IMMEDIATE; DELETE FROM jobs WHERE tick_ms = -1 AND device_id = ''; ROLLBACK;",
+    )
+    .map_err(failed(operation, at))
+}
+
+/// Whether a SQLite error may pass if the same write is tried again: another
+/// connection holds a lock. Everything else (full disk, read-only, I/O error,
+/// corruption, a schema mismatch) needs someone to act.
+fn is_transient(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 /// Maps a driver error to a [`SinkError`] naming `operation` and `location`.
 fn failed<'a>(
     operation: &'static str,
     location: &'a str,
 ) -> impl FnOnce(rusqlite::Error) -> SinkError + 'a {
-    move |error| SinkError::new(operation, location, error)
+    move |error| {
+        let transient = is_transient(&error);
+        SinkError::new(operation, location, error).transient(transient)
+    }
 }
 
 /// The device id and class names of a record. An index out of range is a bug
@@ -361,7 +404,7 @@ mod tests {
     fn rows_round_trip_with_every_column() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jobs.db");
-        let mut sink = SqliteSink::open(&path, names()).unwrap();
+        let mut sink = SqliteSink::open(&path, DEFAULT_BUSY_TIMEOUT, names()).unwrap();
         let rows = [ok_row(), failed_row(), skipped_row()];
         sink.write_batch(&rows).unwrap();
 
@@ -436,7 +479,7 @@ mod tests {
     fn same_tick_written_twice_keeps_one_row_with_the_last_values() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jobs.db");
-        let mut sink = SqliteSink::open(&path, names()).unwrap();
+        let mut sink = SqliteSink::open(&path, DEFAULT_BUSY_TIMEOUT, names()).unwrap();
         let first = failed_row();
         let second = JobRecord {
             outcome: Outcome::Ok,
@@ -480,11 +523,11 @@ mod tests {
     fn reopening_keeps_existing_rows() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jobs.db");
-        SqliteSink::open(&path, names())
+        SqliteSink::open(&path, DEFAULT_BUSY_TIMEOUT, names())
             .unwrap()
             .write_batch(&[ok_row()])
             .unwrap();
-        let mut sink = SqliteSink::open(&path, names()).unwrap();
+        let mut sink = SqliteSink::open(&path, DEFAULT_BUSY_TIMEOUT, names()).unwrap();
         sink.write_batch(&[skipped_row()]).unwrap();
         assert_eq!(count(&path), 2);
     }
@@ -495,7 +538,7 @@ mod tests {
         let missing_dir = dir.path().join("no-such-dir").join("jobs.db");
         let a_directory = dir.path().to_path_buf();
         for path in [missing_dir, a_directory] {
-            let target = super::super::SinkTarget::Sqlite { path: path.clone() };
+            let target = super::super::SinkTarget::sqlite(&path);
             let error = match super::super::open(&target, names()) {
                 Ok(_) => panic!("opening {} should fail", path.display()),
                 Err(error) => error,
@@ -507,10 +550,26 @@ mod tests {
     }
 
     #[test]
+    fn a_lock_held_elsewhere_is_transient_and_a_later_write_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.db");
+        let busy_timeout = std::time::Duration::from_millis(50);
+        let mut sink = SqliteSink::open(&path, busy_timeout, names()).unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let error = sink.write_batch(&[ok_row()]).unwrap_err();
+        assert!(error.transient, "{error}");
+        assert!(error.to_string().contains("locked"), "{error}");
+        other.execute_batch("ROLLBACK").unwrap();
+        sink.write_batch(&[ok_row()]).unwrap();
+        assert_eq!(count(&path), 1);
+    }
+
+    #[test]
     fn out_of_range_indexes_fail_the_batch_and_write_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jobs.db");
-        let mut sink = SqliteSink::open(&path, names()).unwrap();
+        let mut sink = SqliteSink::open(&path, DEFAULT_BUSY_TIMEOUT, names()).unwrap();
         let bad_device = JobRecord {
             device: 9,
             ..skipped_row()

@@ -80,7 +80,7 @@ pub fn config(classes: Vec<Class>, devices: usize, db: PathBuf, grpc: GrpcConfig
         path: PathBuf::from("<integration test>"),
         classes,
         fleet: Fleet::generate(devices, &mix),
-        sink: SinkConfig::Sqlite { path: db },
+        sink: SinkConfig::sqlite(db),
         grpc,
         tuning: tuning(),
     }
