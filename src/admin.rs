@@ -329,7 +329,10 @@ mod tests {
             text.contains("percore_stage_latency_seconds_bucket{stage=\"fetch\",le=\"+Inf\"} 4\n")
         );
         assert!(text.contains("percore_stage_latency_seconds_count{stage=\"fetch\"} 4\n"));
-        assert!(text.contains("\npercore_rows_committed_total 11\n"), "{text}");
+        assert!(
+            text.contains("\npercore_rows_committed_total 11\n"),
+            "{text}"
+        );
         assert!(text.contains("\npercore_healthy 1\n"), "{text}");
     }
 

@@ -148,9 +148,7 @@ impl Bench {
     fn next_interval_log(&self) -> PathBuf {
         let level = self.levels_run.get();
         self.levels_run.set(level + 1);
-        self.options
-            .scratch_dir
-            .join(format!("level-{level}.hlog"))
+        self.options.scratch_dir.join(format!("level-{level}.hlog"))
     }
 
     /// Runs one level and returns its summary.

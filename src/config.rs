@@ -912,9 +912,7 @@ input_name = "series"
         assert_eq!(thermostat.output, None);
         assert_eq!(
             config.sink,
-            SinkConfig::sqlite(
-                PathBuf::from("conf/out/percore.db")
-            )
+            SinkConfig::sqlite(PathBuf::from("conf/out/percore.db"))
         );
         assert_eq!(config.grpc, GrpcConfig::default());
         assert_eq!(config.grpc.max_message_bytes, 4 * 1024 * 1024);
@@ -1215,12 +1213,7 @@ input_name = "series"
         assert_eq!(config.fleet.class(1), 1);
         assert_eq!(config.tuning.shard_cpus, vec![cpu]);
         assert_eq!(config.tuning.connections_per_node, 2);
-        assert_eq!(
-            config.sink,
-            SinkConfig::sqlite(
-                dir.join("out/percore.db")
-            )
-        );
+        assert_eq!(config.sink, SinkConfig::sqlite(dir.join("out/percore.db")));
     }
 
     #[test]

@@ -497,7 +497,9 @@ impl PerSecond {
         match log.finish() {
             Ok(_) => self.path.take(),
             Err(error) => {
-                crate::console::err(format_args!("warning: cannot finish the interval log: {error}"));
+                crate::console::err(format_args!(
+                    "warning: cannot finish the interval log: {error}"
+                ));
                 None
             }
         }
@@ -595,7 +597,12 @@ impl<'a> Supervisor<'a> {
     }
 
     /// Waits for the next message until `deadline`; `None` when it passed.
-    fn next_message(&self, inbox: &Inbox<'_>, sink_open: bool, deadline: Instant) -> Option<Message> {
+    fn next_message(
+        &self,
+        inbox: &Inbox<'_>,
+        sink_open: bool,
+        deadline: Instant,
+    ) -> Option<Message> {
         let mut selector = flume::Selector::new().recv(inbox.reports, Message::Shard);
         if sink_open {
             selector = selector.recv(inbox.sink_events, Message::Sink);

@@ -150,3 +150,111 @@ fn scraped_counters_add_up_to_the_run_totals() {
     }
     assert!(health.ends_with("\r\n\r\nok\n"), "{health}");
 }
+
+/// The ok, failed and skipped counts of a status line.
+fn status_counts(line: &str) -> Option<(u64, u64, u64)> {
+    let field = |name: &str| -> Option<u64> {
+        let rest = line.split(&format!("| {name} ")).nth(1)?;
+        rest.split_whitespace().next()?.parse().ok()
+    };
+    Some((field("ok")?, field("failed")?, field("skipped")?))
+}
+
+#[test]
+fn a_scrape_right_after_a_status_line_shows_that_lines_counts() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    let source = common::start_mock(MockKind::Source, MockOptions::default());
+    let compute = common::start_mock(
+        MockKind::Compute,
+        MockOptions {
+            error_rate: 0.1,
+            ..MockOptions::default()
+        },
+    );
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let db = dir.path().join("jobs.db");
+    let config = common::write_config_file(
+        dir.path(),
+        source.addr,
+        compute.addr,
+        2_000,
+        500,
+        400,
+        &db,
+        "",
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_percore"))
+        .args([
+            "run",
+            "--admin",
+            "127.0.0.1:0",
+            "--duration",
+            "6",
+            "--config",
+        ])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("percore starts");
+    // Every stderr line, with when it arrived.
+    let (lines_tx, lines) = mpsc::channel::<(Instant, String)>();
+    let stderr = child.stderr.take().expect("a stderr pipe");
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send((Instant::now(), line));
+        }
+    });
+    let mut admin: Option<SocketAddr> = None;
+    let mut matched = 0;
+    let mut pending: Vec<(Instant, String)> = Vec::new();
+    loop {
+        let (_, line) = match pending.pop() {
+            Some(entry) => entry,
+            None => match lines.recv_timeout(Duration::from_secs(20)) {
+                Ok(entry) => entry,
+                Err(_) => break,
+            },
+        };
+        if let Some(address) = line
+            .strip_prefix("metrics on http://")
+            .and_then(|rest| rest.strip_suffix("/metrics"))
+        {
+            admin = Some(address.parse().expect("the admin address"));
+            continue;
+        }
+        let (Some(addr), Some(counts)) = (admin, status_counts(&line)) else {
+            continue;
+        };
+        let metrics = get(addr, "/metrics");
+        // A newer status line may have come during the scrape: then the scrape
+        // may show newer counts, and this sample says nothing.
+        if let Ok(next) = lines.try_recv() {
+            pending.push(next);
+            continue;
+        }
+        let scraped = (
+            total(&metrics, "percore_jobs_total", "outcome=\"ok\"") as u64,
+            total(&metrics, "percore_jobs_total", "outcome=\"failed\"") as u64,
+            total(&metrics, "percore_jobs_total", "outcome=\"skipped\"") as u64,
+        );
+        assert_eq!(scraped, counts, "scrape after the line {line:?}");
+        matched += 1;
+    }
+    let status = child.wait().expect("percore ends");
+    let _ = reader.join();
+    source.stop();
+    compute.stop();
+    assert!(status.success(), "percore ended with {status}");
+    assert!(
+        matched >= 3,
+        "only {matched} status lines could be checked against a scrape"
+    );
+}

@@ -13,7 +13,9 @@
 pub mod sqlite;
 pub mod writer;
 
-pub use writer::{spawn_writer, SinkEvent, SinkLag, SinkProgress, WriterReport, WRITER_THREAD_NAME};
+pub use writer::{
+    spawn_writer, SinkEvent, SinkLag, SinkProgress, WriterReport, WRITER_THREAD_NAME,
+};
 
 use std::borrow::Cow;
 use std::path::PathBuf;
@@ -149,4 +151,3 @@ impl std::fmt::Display for SinkError {
 }
 
 impl std::error::Error for SinkError {}
-

@@ -81,6 +81,7 @@ impl SqliteSink {
     ) -> Result<SqliteSink, SinkError> {
         let location = path.display().to_string();
         let at = location.as_str();
+        check_path_writable(path, at)?;
         let conn = Connection::open(path).map_err(failed("opening the database", at))?;
         conn.busy_timeout(busy_timeout)
             .map_err(failed("setting busy_timeout", at))?;
@@ -171,13 +172,43 @@ impl Sink for SqliteSink {
         // An early return above drops `tx`, which rolls the whole batch back.
         tx.commit().map_err(|error| {
             let transient = is_transient(&error);
-            SinkError::new(format!("committing {} rows", rows.len()), at, error).transient(transient)
+            SinkError::new(format!("committing {} rows", rows.len()), at, error)
+                .transient(transient)
         })
     }
 
     fn location(&self) -> String {
         self.location.clone()
     }
+}
+
+/// Refuses a database file, or a folder for its `-wal` and `-shm` files, that
+/// this process cannot write, with the operating system's reason ("Read-only
+/// file system", "Permission denied"): SQLite's own word for it is only
+/// "unable to open database file", or nothing at all until the first write.
+fn check_path_writable(path: &Path, at: &str) -> Result<(), SinkError> {
+    let operation = "checking that the database is writable";
+    if path.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|error| SinkError::new(operation, at, format!("the file: {error}")))?;
+    }
+    let folder = match path.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => folder,
+        _ => Path::new("."),
+    };
+    if folder.is_dir() {
+        let name = std::ffi::CString::new(folder.as_os_str().as_encoded_bytes())
+            .map_err(|error| SinkError::new(operation, at, error))?;
+        // SAFETY: access only reads the NUL-terminated path we own.
+        if unsafe { libc::access(name.as_ptr(), libc::W_OK) } != 0 {
+            let error = std::io::Error::last_os_error();
+            let cause = format!("its folder {}: {error}", folder.display());
+            return Err(SinkError::new(operation, at, cause));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a database this connection cannot write: SQLite opens a read-only

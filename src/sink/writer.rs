@@ -146,11 +146,7 @@ impl SinkLag {
 
     /// Records the rows of one commit made at `committed`; returns the previous
     /// second's histogram when this commit is the first of a later second.
-    fn record(
-        &mut self,
-        rows: &[JobRecord],
-        committed: Instant,
-    ) -> Option<(u64, Histogram<u64>)> {
+    fn record(&mut self, rows: &[JobRecord], committed: Instant) -> Option<(u64, Histogram<u64>)> {
         let second = committed
             .saturating_duration_since(self.run_start)
             .as_secs();
@@ -538,13 +534,20 @@ mod tests {
         let start = Instant::now();
         let mut lag = SinkLag::new(start);
         let rows = [record(1, 1), record(2, 1)];
-        assert!(lag.record(&rows, start + Duration::from_millis(100)).is_none());
-        assert!(lag.record(&rows, start + Duration::from_millis(900)).is_none());
+        assert!(lag
+            .record(&rows, start + Duration::from_millis(100))
+            .is_none());
+        assert!(lag
+            .record(&rows, start + Duration::from_millis(900))
+            .is_none());
         let (second, histogram) = lag
             .record(&rows[..1], start + Duration::from_millis(2_100))
             .expect("second 0 closes");
         assert_eq!((second, histogram.len()), (0, 4));
-        assert_eq!(lag.current_second.as_ref().map(|(s, h)| (*s, h.len())), Some((2, 1)));
+        assert_eq!(
+            lag.current_second.as_ref().map(|(s, h)| (*s, h.len())),
+            Some((2, 1))
+        );
         assert_eq!(lag.total.len(), 5);
     }
 }

@@ -329,3 +329,76 @@ pub fn reasons(rows: &[Row], outcome: &str) -> BTreeMap<String, u64> {
 /// The reason of a skipped tick whose device's previous job is still running: the
 /// one skip a healthy shard can produce when a machine stalls.
 pub const SKIP_PREVIOUS_RUNNING: &str = "previous job of this device still running";
+
+/// Writes a config file for `percore run` into `dir`: one class `meter` (period
+/// `period_ms`, deadline `deadline_ms`) served by `source` and `compute`,
+/// `devices` generated devices, SQLite at `db`, shards on the test CPUs, and
+/// `sink_extra` added to the `[sink]` table (e.g. `busy_timeout_ms = 200`).
+#[allow(clippy::too_many_arguments)]
+pub fn write_config_file(
+    dir: &Path,
+    source: SocketAddr,
+    compute: SocketAddr,
+    devices: usize,
+    period_ms: u64,
+    deadline_ms: u64,
+    db: &Path,
+    sink_extra: &str,
+) -> PathBuf {
+    let cpus: Vec<String> = shard_cpus().iter().map(|cpu| cpu.to_string()).collect();
+    let tuning = dir.join("tuning.toml");
+    std::fs::write(&tuning, format!("shard_cpus = [{}]\n", cpus.join(", ")))
+        .unwrap_or_else(|error| panic!("cannot write {}: {error}", tuning.display()));
+    let text = format!(
+        r#"tuning = "{tuning}"
+
+[devices]
+generate = {{ count = {devices}, mix = {{ meter = 1 }} }}
+
+[sink]
+kind = "sqlite"
+path = "{db}"
+{sink_extra}
+
+[[classes]]
+name = "meter"
+model = "mock"
+period_ms = {period_ms}
+deadline_ms = {deadline_ms}
+data_sources = ["{source}"]
+compute_nodes = ["{compute}"]
+"#,
+        tuning = tuning.display(),
+        db = db.display(),
+    );
+    let path = dir.join("percore.toml");
+    std::fs::write(&path, text)
+        .unwrap_or_else(|error| panic!("cannot write {}: {error}", path.display()));
+    path
+}
+
+/// Reads a `--summary-json` file.
+pub fn read_summary_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|error| panic!("no summary at {}: {error}", path.display()));
+    serde_json::from_str(&text)
+        .unwrap_or_else(|error| panic!("{} is not JSON ({error}): {text}", path.display()))
+}
+
+/// Rows in the `jobs` table of `db`.
+pub fn count_rows(db: &Path) -> u64 {
+    let conn = rusqlite::Connection::open(db)
+        .unwrap_or_else(|error| panic!("cannot open {}: {error}", db.display()));
+    conn.query_row("SELECT count(*) FROM jobs", [], |row| row.get::<_, i64>(0))
+        .unwrap_or_else(|error| panic!("cannot count rows of {}: {error}", db.display())) as u64
+}
+
+/// Resident memory of this process, from `/proc/self/status`, in KiB.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("a VmRSS line")
+}
