@@ -19,6 +19,10 @@ use crate::record::{ClassIndex, DeviceIndex};
 /// Most devices a fleet may hold: every device needs a [`DeviceIndex`].
 const MAX_DEVICES: usize = DeviceIndex::MAX as usize;
 
+/// The UTF-8 byte order mark some editors (Excel's "CSV UTF-8", Notepad) write at the
+/// start of a file. It is no part of the first id, so it is dropped before parsing.
+const BOM: char = '\u{feff}';
+
 /// Every device of the run, indexed by [`DeviceIndex`].
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Fleet {
@@ -53,7 +57,8 @@ impl Fleet {
     }
 
     /// Read a device list: lines `id,class`, an optional `id,class` header first,
-    /// blank lines and `#` comments skipped, whitespace around fields trimmed.
+    /// blank lines and `#` comments skipped, whitespace around fields trimmed, and a
+    /// UTF-8 byte order mark at the very start ignored.
     /// `file` names the list in errors; `class_names` are the config's classes, in
     /// [`ClassIndex`] order.
     pub fn from_csv_str(
@@ -159,6 +164,7 @@ fn parse_csv(
     class_names: &[&str],
     max_devices: usize,
 ) -> Result<Fleet, ConfigError> {
+    let text = text.strip_prefix(BOM).unwrap_or(text);
     // About one device per 12 bytes of text: an id, a short class name, a newline.
     let estimate = text.len() / 12;
     let mut fleet = Fleet::with_capacity(estimate, text.len());
@@ -270,6 +276,16 @@ mod tests {
         assert_eq!(entries(&fleet), [("mic-1", 0), ("cam-1", 1), ("cam 2", 1)]);
         assert_eq!(fleet.len(), 3);
         assert!(!fleet.is_empty());
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_ignored() {
+        // Without a header the mark would start the first id; with one, it would
+        // hide the header and be reported as an unknown class "class".
+        let fleet = parse("\u{feff}cam-1,camera\nmic-1,audio\n").unwrap();
+        assert_eq!(entries(&fleet), [("cam-1", 1), ("mic-1", 0)]);
+        let fleet = parse("\u{feff}id,class\r\ncam-1,camera\r\n").unwrap();
+        assert_eq!(entries(&fleet), [("cam-1", 1)]);
     }
 
     #[test]

@@ -86,6 +86,26 @@ fn the_unbroken_files_load() {
     assert_eq!(config.classes[0].period_ms, 1000);
 }
 
+/// Editors that save "CSV UTF-8" (Excel, Notepad) start the file with a byte order
+/// mark; it must not end up in the first id or hide the header.
+#[test]
+fn a_device_list_starting_with_a_byte_order_mark_loads_as_written() {
+    for devices in [
+        format!("\u{feff}{DEVICES}"),
+        "\u{feff}cam-1,camera\nthermo-1,thermostat\n".to_string(),
+    ] {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (config_path, _) = write_files(dir.path(), CONFIG, &devices);
+        let config = match Config::load(&config_path) {
+            Ok(config) => config,
+            Err(error) => panic!("{error}"),
+        };
+        assert_eq!(config.fleet.len(), 2, "{devices:?}");
+        assert_eq!(config.fleet.id(0), "cam-1", "{devices:?}");
+        assert_eq!(config.fleet.class(0), 0, "{devices:?}");
+    }
+}
+
 #[test]
 fn malformed_toml_names_the_file_and_line() {
     let broken = CONFIG.replace("model = \"resnet50\"", "model = \"resnet50");
