@@ -84,12 +84,15 @@ impl std::error::Error for ConfigError {}
 pub(crate) struct Source<'a> {
     /// The file, as the caller named it.
     pub(crate) file: &'a Path,
-    /// Its whole text, which every span points into.
+    /// Its whole text after any byte order mark, which every span points into.
     pub(crate) text: &'a str,
 }
 
 impl<'a> Source<'a> {
+    /// A leading UTF-8 byte order mark is dropped: toml skips it too, but left in the
+    /// text it would become part of the first line's key in [`Source::key_before`].
     pub(crate) fn new(file: &'a Path, text: &'a str) -> Source<'a> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         Source { file, text }
     }
 
@@ -913,6 +916,18 @@ input_name = "series"
                 connect_timeout_ms: 5,
                 retries: 2,
             })
+        );
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_ignored() {
+        let text = format!("\u{feff}{VALID}");
+        assert_eq!(parse(&text).map(|config| config.classes.len()), Ok(2));
+        // The first line's key is still found, so the error names it.
+        let text = format!("\u{feff}tuning = 5\n{VALID}");
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:1: tuning: invalid type: integer `5`, expected a string"
         );
     }
 

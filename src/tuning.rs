@@ -368,6 +368,18 @@ mod tests {
     }
 
     #[test]
+    fn a_leading_byte_order_mark_is_ignored() {
+        assert_eq!(
+            parse("\u{feff}connections_per_node = 2\n").map(|t| t.connections_per_node),
+            Ok(2)
+        );
+        assert_eq!(
+            parse("\u{feff}io_memory_kib = -1\n"),
+            Err("tuning.toml:1: io_memory_kib: invalid value: integer `-1`, expected usize".into())
+        );
+    }
+
+    #[test]
     fn from_str_checks_against_this_machine() {
         let allowed = allowed_cpus();
         let path = Path::new("tuning.toml");
