@@ -622,8 +622,8 @@ fn non_empty(value: &Spanned<String>, field: &str, source: &Source) -> Result<()
     Ok(())
 }
 
-/// Resolve each `host:port` once, at load, so a typo stops the start instead of
-/// failing every job. A name that resolves to several addresses takes the first,
+/// Resolve each `host:port` once, at load, so a typo (or port 0) stops the start
+/// instead of failing every job. A name that resolves to several addresses takes the first,
 /// as a plain `connect` would; write an IP literal to be explicit.
 fn resolve_nodes(
     nodes: &Spanned<Vec<Spanned<String>>>,
@@ -638,11 +638,16 @@ fn resolve_nodes(
         let text = node.get_ref().as_str();
         let error =
             |message: String| source.error(node.span(), format!("{field}[{index}]"), message);
-        let has_port = text
+        let port = text
             .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !has_port {
+            .filter(|(host, _)| !host.is_empty())
+            .and_then(|(_, port)| port.parse::<u16>().ok());
+        let Some(port) = port else {
             return Err(error(format!("expected \"host:port\", found {text:?}")));
+        };
+        // Connecting to port 0 always fails, so every job would.
+        if port == 0 {
+            return Err(error(format!("port 0 is not a usable port in {text:?}")));
         }
         let address = text
             .to_socket_addrs()
@@ -1036,6 +1041,21 @@ input_name = "series"
             error_of(&text),
             "conf/fleet.toml:16: classes[0].compute_nodes[1]: \
              expected \"host:port\", found \"127.0.0.1\""
+        );
+        let text = VALID.replace(
+            "\"127.0.0.1:9001\", \"[::1]:9002\"",
+            "\"127.0.0.1:9001\",\n  \"127.0.0.1:0\"",
+        );
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:16: classes[0].compute_nodes[1]: \
+             port 0 is not a usable port in \"127.0.0.1:0\""
+        );
+        let text = VALID.replace("127.0.0.1:9010", "[::1]:00");
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:26: classes[1].data_sources[0]: \
+             port 0 is not a usable port in \"[::1]:00\""
         );
         let text = VALID.replace("127.0.0.1:9010", "127.0.0.1:99999");
         assert_eq!(

@@ -131,6 +131,36 @@ fn an_unknown_field_is_named_with_its_line() {
     );
 }
 
+/// Nothing listens on port 0 (connecting to it always fails), so a node written with
+/// it would fail every job of its class: the load refuses it instead.
+#[test]
+fn port_0_in_a_node_address_is_refused() {
+    let broken = CONFIG.replace(
+        "compute_nodes = [\"127.0.0.1:9001\"]\n\n[[classes]]",
+        "compute_nodes = [\"127.0.0.1:9001\", \"127.0.0.1:0\"]\n\n[[classes]]",
+    );
+    let (error, config_path, _) = load_error(&broken, DEVICES);
+    assert_eq!(
+        error,
+        format!(
+            "{}:14: classes[0].compute_nodes[1]: port 0 is not a usable port in \"127.0.0.1:0\"",
+            config_path.display()
+        )
+    );
+    let broken = CONFIG.replace(
+        "deadline_ms = 5000\ndata_sources = [\"127.0.0.1:9000\"]",
+        "deadline_ms = 5000\ndata_sources = [\"localhost:0\"]",
+    );
+    let (error, config_path, _) = load_error(&broken, DEVICES);
+    assert_eq!(
+        error,
+        format!(
+            "{}:21: classes[1].data_sources[0]: port 0 is not a usable port in \"localhost:0\"",
+            config_path.display()
+        )
+    );
+}
+
 #[test]
 fn an_unknown_class_in_the_device_list_is_named_with_its_line() {
     let devices = "id,class\ncam-1,camera\nfridge-1,fridge\n";
