@@ -464,12 +464,14 @@ impl ConfigFile {
             None => Tuning::default(),
             Some(tuning_path) => {
                 let path = base.join(tuning_path.get_ref());
-                let text = read_referenced(&path, tuning_path, "tuning", source)?;
+                let text = read_referenced(&path, tuning_path, "tuning", source, |path| {
+                    std::fs::read_to_string(path)
+                })?;
                 Tuning::from_str(&text, &path)?
             }
         };
         let fleet = match fleet_source {
-            FleetSource::Csv { path, text } => Fleet::from_csv_str(&text, &path, &class_names)?,
+            FleetSource::Csv { path, bytes } => Fleet::from_csv_bytes(&bytes, &path, &class_names)?,
             FleetSource::Generate { count, mix } => Fleet::generate(count, &mix),
         };
         Ok(Config {
@@ -483,14 +485,16 @@ impl ConfigFile {
     }
 }
 
-/// Read a file this config points at; an error names the config line that points.
-fn read_referenced(
+/// Read a file this config points at with `read` (as text or as bytes); an error
+/// names the config line that points.
+fn read_referenced<T>(
     path: &Path,
     pointer: &Spanned<String>,
     field: &str,
     source: &Source,
-) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|error| {
+    read: impl FnOnce(&Path) -> std::io::Result<T>,
+) -> Result<T, ConfigError> {
+    read(path).map_err(|error| {
         source.error(
             pointer.span(),
             field,
@@ -712,8 +716,9 @@ impl GrpcFile {
 
 /// Where the fleet will come from, once the cheap checks have passed.
 enum FleetSource {
-    /// A device list already read from disk.
-    Csv { path: PathBuf, text: String },
+    /// A device list already read from disk, as bytes so that text which is not
+    /// UTF-8 is reported at its own line of the list.
+    Csv { path: PathBuf, bytes: Vec<u8> },
     /// A synthetic fleet, weights by class index.
     Generate {
         count: usize,
@@ -732,8 +737,10 @@ impl DevicesFile {
         match (&self.csv, &self.generate) {
             (Some(csv), None) => {
                 let path = base.join(csv.get_ref());
-                let text = read_referenced(&path, csv, "devices.csv", source)?;
-                Ok(FleetSource::Csv { path, text })
+                let bytes = read_referenced(&path, csv, "devices.csv", source, |path| {
+                    std::fs::read(path)
+                })?;
+                Ok(FleetSource::Csv { path, bytes })
             }
             (None, Some(generate)) => generate.get_ref().validate(class_names, source),
             _ => Err(source.error(span, "devices", "set exactly one of csv or generate")),

@@ -174,6 +174,27 @@ fn an_unknown_class_in_the_device_list_is_named_with_its_line() {
     );
 }
 
+/// A device list saved as Latin-1 (or any other non-UTF-8 encoding) names the
+/// first line and column that is not UTF-8, not only the file.
+#[test]
+fn a_device_list_that_is_not_utf8_names_the_line_and_column() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (config_path, devices_path) = write_files(dir.path(), CONFIG, DEVICES);
+    std::fs::write(
+        &devices_path,
+        b"id,class\ncam-1,camera\nthermo-\xe9,thermostat\n",
+    )
+    .expect("writing devices.csv");
+    let error = Config::load(&config_path).map(|config| config.fleet.len());
+    assert_eq!(
+        error.map_err(|error| error.to_string()),
+        Err(format!(
+            "{}:3: not valid UTF-8 (byte 0xe9 at column 8)",
+            devices_path.display()
+        ))
+    );
+}
+
 #[test]
 fn an_empty_device_list_is_refused() {
     let (error, _, devices_path) = load_error(CONFIG, "id,class\n# none yet\n\n");
