@@ -17,6 +17,7 @@ use percore::proto::inference::model_infer_response::InferOutputTensor;
 use percore::proto::inference::ModelInferResponse;
 use percore::proto::source::FetchResponse;
 use percore::summary::RunSummary;
+use percore::tuning::{allowed_cpus, memlock_limit_kib};
 use prost::Message;
 
 // ---------------------------------------------------------------------------------
@@ -215,6 +216,51 @@ fn a_duplicate_device_id_names_both_lines() {
             devices_path.display()
         )
     );
+}
+
+/// glommio starts an executor whose io_memory the locked-memory limit cannot hold,
+/// but leaves its buffers unregistered without a word: the load refuses the value,
+/// naming the limit and how to raise it.
+#[test]
+fn io_memory_beyond_the_locked_memory_limit_is_refused() {
+    let limit_kib = match memlock_limit_kib() {
+        Some(limit_kib) => limit_kib,
+        None => {
+            // Unlimited here: lower the soft limit to what tests/run-all.sh sets, which
+            // every test is sized for. (nextest runs each test in a process of its own.)
+            const TEST_LIMIT_KIB: u64 = 8192;
+            let lowered = libc::rlimit {
+                rlim_cur: TEST_LIMIT_KIB * 1024,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            // SAFETY: plain setrlimit on a struct we own.
+            assert_eq!(
+                unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lowered) },
+                0
+            );
+            TEST_LIMIT_KIB
+        }
+    };
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let config = format!("tuning = \"tuning.toml\"\n{CONFIG}");
+    let (config_path, _) = write_files(dir.path(), &config, DEVICES);
+    let tuning_path = dir.path().join("tuning.toml");
+    std::fs::write(&tuning_path, "# this host\nio_memory_kib = 10000000\n")
+        .expect("writing tuning.toml");
+    let error = match Config::load(&config_path) {
+        Ok(config) => panic!("expected the load to fail, got {config:?}"),
+        Err(error) => error.to_string(),
+    };
+    let shards = allowed_cpus().len();
+    let plural = if shards == 1 { "" } else { "s" };
+    let needed = shards as u64 * (10_000_000 + 256);
+    let expected = format!(
+        "{}:2: io_memory_kib: {shards} shard{plural} × (10000000 KiB + 256 KiB for the rings) \
+         = {needed} KiB of locked memory, but RLIMIT_MEMLOCK allows {limit_kib} KiB; raise it \
+         with `ulimit -l` or LimitMEMLOCK= in the systemd unit, ",
+        tuning_path.display()
+    );
+    assert!(error.starts_with(&expected), "{error}");
 }
 
 // ---------------------------------------------------------------------------------
