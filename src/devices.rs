@@ -7,6 +7,15 @@
 //!
 //! A fleet of a million devices is three flat allocations (all ids in one string,
 //! their offsets, their classes), so it loads in one pass and stays small.
+//!
+//! # The device list
+//!
+//! UTF-8 text, one `id,class` line per device; an `id,class` header may come first,
+//! blank lines and lines starting with `#` are skipped, and a byte order mark at the
+//! very start is ignored. Whitespace around each field is trimmed, so both
+//! ` cam-1 , camera ` and `cam-1,camera\r` (a Windows line end) are device `cam-1`
+//! of class `camera`; whitespace inside an id is kept (`cam 2` is an id). Fields are
+//! not quoted, so an id cannot hold a comma.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -57,8 +66,9 @@ impl Fleet {
     }
 
     /// Read a device list: lines `id,class`, an optional `id,class` header first,
-    /// blank lines and `#` comments skipped, whitespace around fields trimmed, and a
-    /// UTF-8 byte order mark at the very start ignored.
+    /// blank lines and `#` comments skipped, whitespace around each field trimmed
+    /// (`" cam-1 , camera "` is `cam-1` of class `camera`), and a UTF-8 byte order
+    /// mark at the very start ignored; see [the format](crate::devices#the-device-list).
     /// `file` names the list in errors; `class_names` are the config's classes, in
     /// [`ClassIndex`] order.
     pub fn from_csv_str(
@@ -308,10 +318,13 @@ mod tests {
 
     #[test]
     fn parses_header_comments_blanks_and_whitespace() {
-        let text = "id,class\n# a comment\n\n  mic-1 , audio \r\ncam-1,camera\n   # indented\ncam 2,camera";
+        let text = "id,class\n# a comment\n\n  mic-1 , audio \r\ncam-1,camera\n   # indented\ncam 2,camera\n\tmic-2\t,\taudio";
         let fleet = parse(text).unwrap();
-        assert_eq!(entries(&fleet), [("mic-1", 0), ("cam-1", 1), ("cam 2", 1)]);
-        assert_eq!(fleet.len(), 3);
+        assert_eq!(
+            entries(&fleet),
+            [("mic-1", 0), ("cam-1", 1), ("cam 2", 1), ("mic-2", 0)]
+        );
+        assert_eq!(fleet.len(), 4);
         assert!(!fleet.is_empty());
     }
 
