@@ -84,12 +84,15 @@ impl std::error::Error for ConfigError {}
 pub(crate) struct Source<'a> {
     /// The file, as the caller named it.
     pub(crate) file: &'a Path,
-    /// Its whole text, which every span points into.
+    /// Its whole text after any byte order mark, which every span points into.
     pub(crate) text: &'a str,
 }
 
 impl<'a> Source<'a> {
+    /// A leading UTF-8 byte order mark is dropped: toml skips it too, but left in the
+    /// text it would become part of the first line's key in [`Source::key_before`].
     pub(crate) fn new(file: &'a Path, text: &'a str) -> Source<'a> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         Source { file, text }
     }
 
@@ -477,12 +480,14 @@ impl ConfigFile {
             None => Tuning::default(),
             Some(tuning_path) => {
                 let path = base.join(tuning_path.get_ref());
-                let text = read_referenced(&path, tuning_path, "tuning", source)?;
+                let text = read_referenced(&path, tuning_path, "tuning", source, |path| {
+                    std::fs::read_to_string(path)
+                })?;
                 Tuning::from_str(&text, &path)?
             }
         };
         let fleet = match fleet_source {
-            FleetSource::Csv { path, text } => Fleet::from_csv_str(&text, &path, &class_names)?,
+            FleetSource::Csv { path, bytes } => Fleet::from_csv_bytes(&bytes, &path, &class_names)?,
             FleetSource::Generate { count, mix } => Fleet::generate(count, &mix),
         };
         Ok(Config {
@@ -496,14 +501,16 @@ impl ConfigFile {
     }
 }
 
-/// Read a file this config points at; an error names the config line that points.
-fn read_referenced(
+/// Read a file this config points at with `read` (as text or as bytes); an error
+/// names the config line that points.
+fn read_referenced<T>(
     path: &Path,
     pointer: &Spanned<String>,
     field: &str,
     source: &Source,
-) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|error| {
+    read: impl FnOnce(&Path) -> std::io::Result<T>,
+) -> Result<T, ConfigError> {
+    read(path).map_err(|error| {
         source.error(
             pointer.span(),
             field,
@@ -635,8 +642,8 @@ fn non_empty(value: &Spanned<String>, field: &str, source: &Source) -> Result<()
     Ok(())
 }
 
-/// Resolve each `host:port` once, at load, so a typo stops the start instead of
-/// failing every job. A name that resolves to several addresses takes the first,
+/// Resolve each `host:port` once, at load, so a typo (or port 0) stops the start
+/// instead of failing every job. A name that resolves to several addresses takes the first,
 /// as a plain `connect` would; write an IP literal to be explicit.
 fn resolve_nodes(
     nodes: &Spanned<Vec<Spanned<String>>>,
@@ -651,11 +658,16 @@ fn resolve_nodes(
         let text = node.get_ref().as_str();
         let error =
             |message: String| source.error(node.span(), format!("{field}[{index}]"), message);
-        let has_port = text
+        let port = text
             .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !has_port {
+            .filter(|(host, _)| !host.is_empty())
+            .and_then(|(_, port)| port.parse::<u16>().ok());
+        let Some(port) = port else {
             return Err(error(format!("expected \"host:port\", found {text:?}")));
+        };
+        // Connecting to port 0 always fails, so every job would.
+        if port == 0 {
+            return Err(error(format!("port 0 is not a usable port in {text:?}")));
         }
         let address = text
             .to_socket_addrs()
@@ -732,8 +744,9 @@ impl GrpcFile {
 
 /// Where the fleet will come from, once the cheap checks have passed.
 enum FleetSource {
-    /// A device list already read from disk.
-    Csv { path: PathBuf, text: String },
+    /// A device list already read from disk, as bytes so that text which is not
+    /// UTF-8 is reported at its own line of the list.
+    Csv { path: PathBuf, bytes: Vec<u8> },
     /// A synthetic fleet, weights by class index.
     Generate {
         count: usize,
@@ -752,8 +765,10 @@ impl DevicesFile {
         match (&self.csv, &self.generate) {
             (Some(csv), None) => {
                 let path = base.join(csv.get_ref());
-                let text = read_referenced(&path, csv, "devices.csv", source)?;
-                Ok(FleetSource::Csv { path, text })
+                let bytes = read_referenced(&path, csv, "devices.csv", source, |path| {
+                    std::fs::read(path)
+                })?;
+                Ok(FleetSource::Csv { path, bytes })
             }
             (None, Some(generate)) => generate.get_ref().validate(class_names, source),
             _ => Err(source.error(span, "devices", "set exactly one of csv or generate")),
@@ -943,6 +958,18 @@ input_name = "series"
     }
 
     #[test]
+    fn a_leading_byte_order_mark_is_ignored() {
+        let text = format!("\u{feff}{VALID}");
+        assert_eq!(parse(&text).map(|config| config.classes.len()), Ok(2));
+        // The first line's key is still found, so the error names it.
+        let text = format!("\u{feff}tuning = 5\n{VALID}");
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:1: tuning: invalid type: integer `5`, expected a string"
+        );
+    }
+
+    #[test]
     fn syntax_errors_keep_tomls_message_and_line() {
         assert_eq!(
             error_of("[devices]\ncsv = \"a\"\n[sink\n"),
@@ -1047,6 +1074,21 @@ input_name = "series"
             error_of(&text),
             "conf/fleet.toml:16: classes[0].compute_nodes[1]: \
              expected \"host:port\", found \"127.0.0.1\""
+        );
+        let text = VALID.replace(
+            "\"127.0.0.1:9001\", \"[::1]:9002\"",
+            "\"127.0.0.1:9001\",\n  \"127.0.0.1:0\"",
+        );
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:16: classes[0].compute_nodes[1]: \
+             port 0 is not a usable port in \"127.0.0.1:0\""
+        );
+        let text = VALID.replace("127.0.0.1:9010", "[::1]:00");
+        assert_eq!(
+            error_of(&text),
+            "conf/fleet.toml:26: classes[1].data_sources[0]: \
+             port 0 is not a usable port in \"[::1]:00\""
         );
         let text = VALID.replace("127.0.0.1:9010", "127.0.0.1:99999");
         assert_eq!(

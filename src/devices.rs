@@ -7,6 +7,15 @@
 //!
 //! A fleet of a million devices is three flat allocations (all ids in one string,
 //! their offsets, their classes), so it loads in one pass and stays small.
+//!
+//! # The device list
+//!
+//! UTF-8 text, one `id,class` line per device; an `id,class` header may come first,
+//! blank lines and lines starting with `#` are skipped, and a byte order mark at the
+//! very start is ignored. Whitespace around each field is trimmed, so both
+//! ` cam-1 , camera ` and `cam-1,camera\r` (a Windows line end) are device `cam-1`
+//! of class `camera`; whitespace inside an id is kept (`cam 2` is an id). Fields are
+//! not quoted, so an id cannot hold a comma.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -18,6 +27,10 @@ use crate::record::{ClassIndex, DeviceIndex};
 
 /// Most devices a fleet may hold: every device needs a [`DeviceIndex`].
 const MAX_DEVICES: usize = DeviceIndex::MAX as usize;
+
+/// The UTF-8 byte order mark some editors (Excel's "CSV UTF-8", Notepad) write at the
+/// start of a file. It is no part of the first id, so it is dropped before parsing.
+const BOM: &str = "\u{feff}";
 
 /// Every device of the run, indexed by [`DeviceIndex`].
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -53,7 +66,9 @@ impl Fleet {
     }
 
     /// Read a device list: lines `id,class`, an optional `id,class` header first,
-    /// blank lines and `#` comments skipped, whitespace around fields trimmed.
+    /// blank lines and `#` comments skipped, whitespace around each field trimmed
+    /// (`" cam-1 , camera "` is `cam-1` of class `camera`), and a UTF-8 byte order
+    /// mark at the very start ignored; see [the format](crate::devices#the-device-list).
     /// `file` names the list in errors; `class_names` are the config's classes, in
     /// [`ClassIndex`] order.
     pub fn from_csv_str(
@@ -64,11 +79,21 @@ impl Fleet {
         parse_csv(text, file, class_names, MAX_DEVICES)
     }
 
+    /// Read a device list from the file's bytes; see [`Fleet::from_csv_str`]. Text
+    /// that is not UTF-8 is refused naming the first line and column that is not.
+    pub fn from_csv_bytes(
+        bytes: &[u8],
+        file: &Path,
+        class_names: &[&str],
+    ) -> Result<Fleet, ConfigError> {
+        Fleet::from_csv_str(utf8_text(bytes, file)?, file, class_names)
+    }
+
     /// Read the device list at `file`; see [`Fleet::from_csv_str`].
     pub fn load_csv(file: &Path, class_names: &[&str]) -> Result<Fleet, ConfigError> {
-        let text = std::fs::read_to_string(file)
+        let bytes = std::fs::read(file)
             .map_err(|error| ConfigError::new(file, format!("cannot read: {error}")))?;
-        Fleet::from_csv_str(&text, file, class_names)
+        Fleet::from_csv_bytes(&bytes, file, class_names)
     }
 
     /// A synthetic fleet of `count` devices with ids `dev-0000001`, `dev-0000002`, …
@@ -152,6 +177,33 @@ impl fmt::Debug for Fleet {
     }
 }
 
+/// The bytes as text, or an error at the first byte that is not UTF-8: its line, and
+/// its column counted in characters (the line is valid UTF-8 up to it) from 1, as
+/// editors show it. A byte order mark is not counted.
+fn utf8_text<'a>(bytes: &'a [u8], file: &Path) -> Result<&'a str, ConfigError> {
+    let bytes = bytes.strip_prefix(BOM.as_bytes()).unwrap_or(bytes);
+    std::str::from_utf8(bytes).map_err(|error| {
+        let offset = error.valid_up_to();
+        let (before, after) = bytes.split_at(offset);
+        let line_start = before
+            .iter()
+            .rposition(|&byte| byte == b'\n')
+            .map_or(0, |newline| newline + 1);
+        let line = before.iter().filter(|&&byte| byte == b'\n').count() + 1;
+        // `before` is valid UTF-8, so this never falls back.
+        let column = std::str::from_utf8(&before[line_start..])
+            .map_or(offset - line_start, |text| text.chars().count())
+            + 1;
+        // `from_utf8` failed, so a byte follows the valid part.
+        let byte = after.first().copied().unwrap_or_default();
+        ConfigError::new(
+            file,
+            format!("not valid UTF-8 (byte {byte:#04x} at column {column})"),
+        )
+        .at_line(line)
+    })
+}
+
 /// [`Fleet::from_csv_str`] with the device limit as a parameter, so tests can reach it.
 fn parse_csv(
     text: &str,
@@ -159,6 +211,7 @@ fn parse_csv(
     class_names: &[&str],
     max_devices: usize,
 ) -> Result<Fleet, ConfigError> {
+    let text = text.strip_prefix(BOM).unwrap_or(text);
     // About one device per 12 bytes of text: an id, a short class name, a newline.
     let estimate = text.len() / 12;
     let mut fleet = Fleet::with_capacity(estimate, text.len());
@@ -265,11 +318,57 @@ mod tests {
 
     #[test]
     fn parses_header_comments_blanks_and_whitespace() {
-        let text = "id,class\n# a comment\n\n  mic-1 , audio \r\ncam-1,camera\n   # indented\ncam 2,camera";
+        let text = "id,class\n# a comment\n\n  mic-1 , audio \r\ncam-1,camera\n   # indented\ncam 2,camera\n\tmic-2\t,\taudio";
         let fleet = parse(text).unwrap();
-        assert_eq!(entries(&fleet), [("mic-1", 0), ("cam-1", 1), ("cam 2", 1)]);
-        assert_eq!(fleet.len(), 3);
+        assert_eq!(
+            entries(&fleet),
+            [("mic-1", 0), ("cam-1", 1), ("cam 2", 1), ("mic-2", 0)]
+        );
+        assert_eq!(fleet.len(), 4);
         assert!(!fleet.is_empty());
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_ignored() {
+        // Without a header the mark would start the first id; with one, it would
+        // hide the header and be reported as an unknown class "class".
+        let fleet = parse("\u{feff}cam-1,camera\nmic-1,audio\n").unwrap();
+        assert_eq!(entries(&fleet), [("cam-1", 1), ("mic-1", 0)]);
+        let fleet = parse("\u{feff}id,class\r\ncam-1,camera\r\n").unwrap();
+        assert_eq!(entries(&fleet), [("cam-1", 1)]);
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_name_their_line_and_column() {
+        let parse_bytes = |bytes: &[u8]| {
+            Fleet::from_csv_bytes(bytes, Path::new("devices.csv"), &CLASSES)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            parse_bytes(b"id,class\ncam-1,camera\ncam-\xff,camera\n"),
+            Err("devices.csv:3: not valid UTF-8 (byte 0xff at column 5)".into())
+        );
+        // Latin-1 "é" after a two-byte UTF-8 "í": the column counts characters.
+        assert_eq!(
+            parse_bytes(b"m\xc3\xadc-1,audio\r\nm\xc3\xadc-\xe9,audio\n"),
+            Err("devices.csv:2: not valid UTF-8 (byte 0xe9 at column 5)".into())
+        );
+        // A UTF-16 file; a sequence cut off at the end of the file.
+        assert_eq!(
+            parse_bytes(b"\xff\xfei\x00d\x00"),
+            Err("devices.csv:1: not valid UTF-8 (byte 0xff at column 1)".into())
+        );
+        assert_eq!(
+            parse_bytes(b"cam-1,camera\ncam-\xc3"),
+            Err("devices.csv:2: not valid UTF-8 (byte 0xc3 at column 5)".into())
+        );
+        // The byte order mark takes no column.
+        assert_eq!(
+            parse_bytes(b"\xef\xbb\xbf\xe9,audio\n"),
+            Err("devices.csv:1: not valid UTF-8 (byte 0xe9 at column 1)".into())
+        );
+        let fleet = parse_bytes(b"\xef\xbb\xbfm\xc3\xadc-1,audio\n").unwrap();
+        assert_eq!(entries(&fleet), [("m\u{ed}c-1", 0)]);
     }
 
     #[test]

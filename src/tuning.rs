@@ -26,6 +26,9 @@ const DEFAULT_MAX_IN_FLIGHT_PER_SHARD: usize = 10_000;
 const DEFAULT_IO_MEMORY_KIB: usize = 512;
 /// Below this glommio's registered buffers are too small to be worth having.
 const MIN_IO_MEMORY_KIB: usize = 64;
+/// Locked memory an executor takes besides its `io_memory_kib`: its three io_uring
+/// rings of depth 128 need well under this, the rest is margin.
+const RING_MEMORY_KIB: u64 = 256;
 
 /// Host-specific settings, validated against the CPUs this process may use.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,12 +68,13 @@ impl Tuning {
     }
 
     /// Parse and validate tuning text; `path` names the file in errors. CPUs are
-    /// checked against [`allowed_cpus`] of this process.
+    /// checked against [`allowed_cpus`] of this process, the shards' locked memory
+    /// against its [`memlock_limit_kib`].
     #[allow(clippy::should_implement_trait)] // needs `path`, so it cannot be `FromStr`
     pub fn from_str(text: &str, path: &Path) -> Result<Tuning, ConfigError> {
         let source = Source::new(path, text);
         let file: TuningFile = source.parse()?;
-        file.validate(&source, &allowed_cpus())
+        file.validate(&source, &allowed_cpus(), memlock_limit_kib())
     }
 
     /// `shard_cpus`, or every allowed CPU when empty.
@@ -113,9 +117,15 @@ fn default_io_memory_kib() -> Spanned<usize> {
 }
 
 impl TuningFile {
-    /// Check every rule; `allowed` is the CPU set to check against (a parameter so
-    /// tests do not depend on the machine).
-    fn validate(self, source: &Source, allowed: &[usize]) -> Result<Tuning, ConfigError> {
+    /// Check every rule; `allowed` is the CPU set to check against and
+    /// `memlock_limit_kib` the locked-memory limit (`None`: unlimited), parameters so
+    /// tests do not depend on the machine.
+    fn validate(
+        self,
+        source: &Source,
+        allowed: &[usize],
+        memlock_limit_kib: Option<u64>,
+    ) -> Result<Tuning, ConfigError> {
         let shard_cpus = check_cpus(&self.shard_cpus, "shard_cpus", true, source, allowed)?;
         let mock_cpus = check_cpus(&self.mock_cpus, "mock_cpus", false, source, allowed)?;
         let at_least = |value: &Spanned<usize>, field: &str, min: usize| {
@@ -124,6 +134,15 @@ impl TuningFile {
             }
             Ok(*value.get_ref())
         };
+        let io_memory_kib = at_least(&self.io_memory_kib, "io_memory_kib", MIN_IO_MEMORY_KIB)?;
+        if let Some(limit_kib) = memlock_limit_kib {
+            let shards = if shard_cpus.is_empty() {
+                allowed.len()
+            } else {
+                shard_cpus.len()
+            };
+            check_locked_memory(&self.io_memory_kib, shards, limit_kib, source)?;
+        }
         Ok(Tuning {
             shard_cpus,
             mock_cpus,
@@ -133,9 +152,69 @@ impl TuningFile {
                 "max_in_flight_per_shard",
                 1,
             )?,
-            io_memory_kib: at_least(&self.io_memory_kib, "io_memory_kib", MIN_IO_MEMORY_KIB)?,
+            io_memory_kib,
         })
     }
+}
+
+/// Every shard's executor locks `io_memory_kib` plus its rings. When the soft
+/// RLIMIT_MEMLOCK cannot hold that for all shards, glommio still starts but silently
+/// leaves its buffers unregistered, so the limit is checked here, at load.
+fn check_locked_memory(
+    io_memory_kib: &Spanned<usize>,
+    shards: usize,
+    limit_kib: u64,
+    source: &Source,
+) -> Result<(), ConfigError> {
+    let per_shard = *io_memory_kib.get_ref();
+    let shards_u64 = u64::try_from(shards).unwrap_or(u64::MAX);
+    let needed = u64::try_from(per_shard)
+        .unwrap_or(u64::MAX)
+        .saturating_add(RING_MEMORY_KIB)
+        .saturating_mul(shards_u64);
+    if needed <= limit_kib {
+        return Ok(());
+    }
+    let plural = if shards == 1 { "" } else { "s" };
+    let fits = (limit_kib / shards_u64.max(1)).saturating_sub(RING_MEMORY_KIB);
+    let smaller = if fits >= MIN_IO_MEMORY_KIB as u64 {
+        format!("or a smaller io_memory_kib (at most {fits} fits)")
+    } else {
+        "or fewer shard_cpus (not even the smallest io_memory_kib fits)".to_string()
+    };
+    let message = format!(
+        "{shards} shard{plural} × ({per_shard} KiB + {RING_MEMORY_KIB} KiB for the rings) = \
+         {needed} KiB of locked memory, but RLIMIT_MEMLOCK allows {limit_kib} KiB; raise it \
+         with `ulimit -l` or LimitMEMLOCK= in the systemd unit, {smaller}"
+    );
+    // A default has no place in the file: name the field, not a line.
+    if io_memory_kib.span() == (0..0) {
+        return Err(ConfigError::new(source.file, message).in_field("io_memory_kib"));
+    }
+    Err(source.error(io_memory_kib.span(), "io_memory_kib", message))
+}
+
+/// The soft RLIMIT_MEMLOCK of this process in KiB, or `None` when it is unlimited
+/// (or cannot be read), in which case nothing is checked against it.
+#[cfg(target_os = "linux")]
+pub fn memlock_limit_kib() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a live, writable rlimit; getrlimit only writes into it.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
+        return None;
+    }
+    if limit.rlim_cur == libc::RLIM_INFINITY {
+        return None;
+    }
+    Some(limit.rlim_cur / 1024)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn memlock_limit_kib() -> Option<u64> {
+    None
 }
 
 /// Every CPU must be one this process may run on; with `unique`, each at most once
@@ -273,12 +352,18 @@ pub fn format_cpu_list(cpus: &[usize]) -> String {
 mod tests {
     use super::*;
 
-    /// Parse and validate against a fixed CPU set, 0-3 and 6.
+    /// Parse and validate against a fixed CPU set, 0-3 and 6, without a
+    /// locked-memory limit.
     fn parse(text: &str) -> Result<Tuning, String> {
+        parse_with_limit(text, None)
+    }
+
+    /// [`parse`] under a locked-memory limit of `memlock_limit_kib`.
+    fn parse_with_limit(text: &str, memlock_limit_kib: Option<u64>) -> Result<Tuning, String> {
         let source = Source::new(Path::new("tuning.toml"), text);
         source
             .parse::<TuningFile>()
-            .and_then(|file| file.validate(&source, &[0, 1, 2, 3, 6]))
+            .and_then(|file| file.validate(&source, &[0, 1, 2, 3, 6], memlock_limit_kib))
             .map_err(|error| error.to_string())
     }
 
@@ -352,6 +437,63 @@ mod tests {
     }
 
     #[test]
+    fn io_memory_must_fit_the_locked_memory_limit() {
+        // 5 shards (every allowed CPU) × (512 + 256) KiB = 3840 KiB.
+        let io_memory = |tuning: Result<Tuning, String>| tuning.map(|t| t.io_memory_kib);
+        assert_eq!(io_memory(parse_with_limit("", Some(3840))), Ok(512));
+        assert_eq!(
+            io_memory(parse_with_limit("io_memory_kib = 10000000\n", None)),
+            Ok(10_000_000)
+        );
+        assert_eq!(
+            parse_with_limit(
+                "shard_cpus = [0, 1]\n\nio_memory_kib = 10000000\n",
+                Some(8192)
+            ),
+            Err(
+                "tuning.toml:3: io_memory_kib: 2 shards × (10000000 KiB + 256 KiB for the \
+                 rings) = 20000512 KiB of locked memory, but RLIMIT_MEMLOCK allows 8192 KiB; \
+                 raise it with `ulimit -l` or LimitMEMLOCK= in the systemd unit, or a smaller \
+                 io_memory_kib (at most 3840 fits)"
+                    .into()
+            )
+        );
+        // The default, for more shards than the limit holds: no line to name.
+        assert_eq!(
+            parse_with_limit("", Some(3839)),
+            Err(
+                "tuning.toml: io_memory_kib: 5 shards × (512 KiB + 256 KiB for the rings) = \
+                 3840 KiB of locked memory, but RLIMIT_MEMLOCK allows 3839 KiB; raise it with \
+                 `ulimit -l` or LimitMEMLOCK= in the systemd unit, or a smaller io_memory_kib \
+                 (at most 511 fits)"
+                    .into()
+            )
+        );
+        assert_eq!(
+            parse_with_limit("shard_cpus = [6]\nio_memory_kib = 64\n", Some(64)),
+            Err(
+                "tuning.toml:2: io_memory_kib: 1 shard × (64 KiB + 256 KiB for the rings) = \
+                 320 KiB of locked memory, but RLIMIT_MEMLOCK allows 64 KiB; raise it with \
+                 `ulimit -l` or LimitMEMLOCK= in the systemd unit, or fewer shard_cpus (not \
+                 even the smallest io_memory_kib fits)"
+                    .into()
+            )
+        );
+        // Values no arithmetic holds are refused, not wrapped around.
+        let text = format!("io_memory_kib = {}\n", i64::MAX);
+        assert!(parse_with_limit(&text, Some(u64::MAX - 1)).is_err());
+    }
+
+    #[test]
+    fn memlock_limit_is_read() {
+        // This machine's limit, whatever it is; RLIM_INFINITY must come back as
+        // `None`, never as a huge number of KiB.
+        if let Some(limit_kib) = memlock_limit_kib() {
+            assert!(limit_kib < u64::MAX / 1024, "{limit_kib}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_and_bad_types_are_rejected() {
         assert_eq!(
             parse("io_memory = 512\n"),
@@ -364,6 +506,18 @@ mod tests {
         assert_eq!(
             parse("\nio_memory_kib = -1\n"),
             Err("tuning.toml:2: io_memory_kib: invalid value: integer `-1`, expected usize".into())
+        );
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_ignored() {
+        assert_eq!(
+            parse("\u{feff}connections_per_node = 2\n").map(|t| t.connections_per_node),
+            Ok(2)
+        );
+        assert_eq!(
+            parse("\u{feff}io_memory_kib = -1\n"),
+            Err("tuning.toml:1: io_memory_kib: invalid value: integer `-1`, expected usize".into())
         );
     }
 

@@ -17,6 +17,7 @@ use percore::proto::inference::model_infer_response::InferOutputTensor;
 use percore::proto::inference::ModelInferResponse;
 use percore::proto::source::FetchResponse;
 use percore::summary::RunSummary;
+use percore::tuning::{allowed_cpus, memlock_limit_kib};
 use prost::Message;
 
 // ---------------------------------------------------------------------------------
@@ -86,6 +87,26 @@ fn the_unbroken_files_load() {
     assert_eq!(config.classes[0].period_ms, 1000);
 }
 
+/// Editors that save "CSV UTF-8" (Excel, Notepad) start the file with a byte order
+/// mark; it must not end up in the first id or hide the header.
+#[test]
+fn a_device_list_starting_with_a_byte_order_mark_loads_as_written() {
+    for devices in [
+        format!("\u{feff}{DEVICES}"),
+        "\u{feff}cam-1,camera\nthermo-1,thermostat\n".to_string(),
+    ] {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (config_path, _) = write_files(dir.path(), CONFIG, &devices);
+        let config = match Config::load(&config_path) {
+            Ok(config) => config,
+            Err(error) => panic!("{error}"),
+        };
+        assert_eq!(config.fleet.len(), 2, "{devices:?}");
+        assert_eq!(config.fleet.id(0), "cam-1", "{devices:?}");
+        assert_eq!(config.fleet.class(0), 0, "{devices:?}");
+    }
+}
+
 #[test]
 fn malformed_toml_names_the_file_and_line() {
     let broken = CONFIG.replace("model = \"resnet50\"", "model = \"resnet50");
@@ -111,6 +132,36 @@ fn an_unknown_field_is_named_with_its_line() {
     );
 }
 
+/// Nothing listens on port 0 (connecting to it always fails), so a node written with
+/// it would fail every job of its class: the load refuses it instead.
+#[test]
+fn port_0_in_a_node_address_is_refused() {
+    let broken = CONFIG.replace(
+        "compute_nodes = [\"127.0.0.1:9001\"]\n\n[[classes]]",
+        "compute_nodes = [\"127.0.0.1:9001\", \"127.0.0.1:0\"]\n\n[[classes]]",
+    );
+    let (error, config_path, _) = load_error(&broken, DEVICES);
+    assert_eq!(
+        error,
+        format!(
+            "{}:14: classes[0].compute_nodes[1]: port 0 is not a usable port in \"127.0.0.1:0\"",
+            config_path.display()
+        )
+    );
+    let broken = CONFIG.replace(
+        "deadline_ms = 5000\ndata_sources = [\"127.0.0.1:9000\"]",
+        "deadline_ms = 5000\ndata_sources = [\"localhost:0\"]",
+    );
+    let (error, config_path, _) = load_error(&broken, DEVICES);
+    assert_eq!(
+        error,
+        format!(
+            "{}:21: classes[1].data_sources[0]: port 0 is not a usable port in \"localhost:0\"",
+            config_path.display()
+        )
+    );
+}
+
 #[test]
 fn an_unknown_class_in_the_device_list_is_named_with_its_line() {
     let devices = "id,class\ncam-1,camera\nfridge-1,fridge\n";
@@ -121,6 +172,27 @@ fn an_unknown_class_in_the_device_list_is_named_with_its_line() {
             "{}:3: unknown class \"fridge\" (known classes: camera, thermostat)",
             devices_path.display()
         )
+    );
+}
+
+/// A device list saved as Latin-1 (or any other non-UTF-8 encoding) names the
+/// first line and column that is not UTF-8, not only the file.
+#[test]
+fn a_device_list_that_is_not_utf8_names_the_line_and_column() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (config_path, devices_path) = write_files(dir.path(), CONFIG, DEVICES);
+    std::fs::write(
+        &devices_path,
+        b"id,class\ncam-1,camera\nthermo-\xe9,thermostat\n",
+    )
+    .expect("writing devices.csv");
+    let error = Config::load(&config_path).map(|config| config.fleet.len());
+    assert_eq!(
+        error.map_err(|error| error.to_string()),
+        Err(format!(
+            "{}:3: not valid UTF-8 (byte 0xe9 at column 8)",
+            devices_path.display()
+        ))
     );
 }
 
@@ -144,6 +216,51 @@ fn a_duplicate_device_id_names_both_lines() {
             devices_path.display()
         )
     );
+}
+
+/// glommio starts an executor whose io_memory the locked-memory limit cannot hold,
+/// but leaves its buffers unregistered without a word: the load refuses the value,
+/// naming the limit and how to raise it.
+#[test]
+fn io_memory_beyond_the_locked_memory_limit_is_refused() {
+    let limit_kib = match memlock_limit_kib() {
+        Some(limit_kib) => limit_kib,
+        None => {
+            // Unlimited here: lower the soft limit to what tests/run-all.sh sets, which
+            // every test is sized for. (nextest runs each test in a process of its own.)
+            const TEST_LIMIT_KIB: u64 = 8192;
+            let lowered = libc::rlimit {
+                rlim_cur: TEST_LIMIT_KIB * 1024,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            // SAFETY: plain setrlimit on a struct we own.
+            assert_eq!(
+                unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lowered) },
+                0
+            );
+            TEST_LIMIT_KIB
+        }
+    };
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let config = format!("tuning = \"tuning.toml\"\n{CONFIG}");
+    let (config_path, _) = write_files(dir.path(), &config, DEVICES);
+    let tuning_path = dir.path().join("tuning.toml");
+    std::fs::write(&tuning_path, "# this host\nio_memory_kib = 10000000\n")
+        .expect("writing tuning.toml");
+    let error = match Config::load(&config_path) {
+        Ok(config) => panic!("expected the load to fail, got {config:?}"),
+        Err(error) => error.to_string(),
+    };
+    let shards = allowed_cpus().len();
+    let plural = if shards == 1 { "" } else { "s" };
+    let needed = shards as u64 * (10_000_000 + 256);
+    let expected = format!(
+        "{}:2: io_memory_kib: {shards} shard{plural} × (10000000 KiB + 256 KiB for the rings) \
+         = {needed} KiB of locked memory, but RLIMIT_MEMLOCK allows {limit_kib} KiB; raise it \
+         with `ulimit -l` or LimitMEMLOCK= in the systemd unit, ",
+        tuning_path.display()
+    );
+    assert!(error.starts_with(&expected), "{error}");
 }
 
 // ---------------------------------------------------------------------------------
