@@ -26,10 +26,17 @@ pub fn check_raw(datatype: &str, shape: &[i64], raw: &[u8]) -> Result<(), String
     if shape.iter().any(|&dim| dim < 0) {
         return Err(format!("tensor shape {shape:?} has a negative dimension"));
     }
-    let elements: i64 = shape.iter().product();
     match element_size(datatype) {
         Some(size) => {
-            let expected = elements as usize * size;
+            // A hostile shape must not wrap around to the length it was sent with.
+            let expected = shape
+                .iter()
+                .try_fold(size, |bytes, &dim| {
+                    bytes.checked_mul(usize::try_from(dim).ok()?)
+                })
+                .ok_or_else(|| {
+                    format!("tensor of {datatype} {shape:?} is larger than any message can be")
+                })?;
             if raw.len() != expected {
                 return Err(format!(
                     "tensor of {datatype} {shape:?} needs {expected} bytes, got {}",
@@ -178,6 +185,17 @@ mod tests {
             &first_output(response).unwrap().bytes[..],
             &[0, 0, 128, 63, 0, 0, 0, 64]
         );
+    }
+
+    #[test]
+    fn a_shape_whose_size_overflows_is_refused_not_wrapped() {
+        // 2^62 × 4 × 4 bytes wraps to 0 in 64 bits: an empty tensor would pass.
+        let error = check_raw("FP32", &[1 << 62, 4], &[]).unwrap_err();
+        assert_eq!(
+            error,
+            "tensor of FP32 [4611686018427387904, 4] is larger than any message can be"
+        );
+        assert!(check_raw("UINT8", &[i64::MAX, i64::MAX], &[]).is_err());
     }
 
     #[test]
