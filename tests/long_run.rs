@@ -61,6 +61,7 @@ fn resident_memory_stays_flat_over_a_minute_at_a_thousand_jobs_a_second() {
         summary.totals_line()
     );
     let growth = at_60_s.saturating_sub(at_15_s);
+    eprintln!("RSS at 15 s {at_15_s} KiB, at 60 s {at_60_s} KiB: growth {growth} KiB");
     assert!(
         growth <= GROWTH_BOUND_KIB,
         "RSS grew {growth} KiB from 15 s ({at_15_s} KiB) to 60 s ({at_60_s} KiB); bound {GROWTH_BOUND_KIB} KiB"
