@@ -310,6 +310,9 @@ impl MockNode {
                     };
                 let settings = ServerSettings {
                     max_concurrent_streams: options.max_concurrent_streams,
+                    // The peer is our own load generator: cancelled calls are
+                    // its normal behaviour under overload, not an attack.
+                    reset_limit: usize::MAX,
                     name,
                     drop_after_calls: options.drop_after_calls,
                     goaway_after_calls: options.goaway_after_calls,

@@ -23,6 +23,10 @@ use super::status::{read_status, Code, StatusError};
 use crate::error::ErrorKind;
 use crate::runtime;
 
+/// Streams cancelled by a call's deadline that a connection remembers, so the
+/// node's frames still in flight for them are dropped quietly.
+const RESET_STREAMS_REMEMBERED: usize = 4096;
+
 /// HTTP/2 settings a client connection asks for.
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
@@ -91,6 +95,14 @@ impl Connection {
             .initial_window_size(settings.stream_window)
             .initial_connection_window_size(settings.connection_window)
             .enable_push(false)
+            // Calls past their deadline are cancelled (RST_STREAM), thousands a
+            // second under overload. h2 remembers only 10 reset streams by
+            // default; the node's late frames for the others then make h2 reset
+            // them again itself, and past 1024 such resets it ends the connection
+            // with "too_many_internal_resets". Remember enough, and do not count
+            // the consequences of our own cancels against the node.
+            .max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
+            .max_local_error_reset_streams(None)
             .handshake::<_, Bytes>(CoalescingStream::new(stream, in_flight.clone()));
         let (send, connection) = runtime::until_deadline(deadline, handshake)
             .await

@@ -47,6 +47,9 @@ pub struct ServerSettings {
     pub max_concurrent_streams: u32,
     /// Largest request message accepted.
     pub max_message_len: usize,
+    /// How many streams reset by the client (before accept), and resets this
+    /// server had to send, it tolerates before ending a connection as abusive.
+    pub reset_limit: usize,
     /// Name in log lines ("mock-compute"), so an operator knows who closed what.
     pub name: &'static str,
     /// Fault: drop the socket without a word after this many calls on a
@@ -62,6 +65,7 @@ impl Default for ServerSettings {
         ServerSettings {
             max_concurrent_streams: 1024,
             max_message_len: 64 << 20,
+            reset_limit: 1024,
             name: "grpc server",
             drop_after_calls: None,
             goaway_after_calls: None,
@@ -111,11 +115,14 @@ async fn serve_connection<S: Service>(
         .initial_window_size(1 << 20)
         .initial_connection_window_size(8 << 20)
         // A load generator cancels every call that passes its deadline. h2 counts
-        // streams reset before this server accepted them and, past 20 by default,
-        // ends the connection ("too_many_resets", its rapid-reset protection): a
-        // node under overload would then drop its busiest clients. Allow as many
-        // as the streams it admits.
-        .max_pending_accept_reset_streams(settings.max_concurrent_streams as usize)
+        // streams reset before this server accepted them (past 20 by default it
+        // ends the connection with "too_many_resets") and the resets it had to send
+        // (past 1024, "excessive load generating behavior"): its rapid-reset
+        // protection. A node serving percore under overload would then drop its
+        // busiest clients; the mock nodes' peer is our own dispatcher, so they
+        // lift both limits.
+        .max_pending_accept_reset_streams(settings.reset_limit)
+        .max_local_error_reset_streams(Some(settings.reset_limit))
         .handshake::<_, Bytes>(CoalescingStream::new(stream, always_batch));
     let mut connection = match handshake.await {
         Ok(connection) => connection,
