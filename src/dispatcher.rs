@@ -39,6 +39,12 @@ const START_LEAD: Duration = Duration::from_millis(300);
 /// pushes back on the shards, which then skip ticks with a recorded reason.
 const RESULT_CHANNEL_BATCHES: usize = 256;
 
+/// Emptied batch vectors kept for reuse, per shard. Each keeps its capacity (a
+/// busy shard's batch can hold thousands of rows), so this bounds the memory the
+/// pool holds; a shard that finds it empty allocates, which costs little once
+/// per flush.
+const RECYCLED_BATCHES_PER_SHARD: usize = 4;
+
 /// Events from the sink writer not yet read by the coordinator: a few a second
 /// (one per-second lag histogram, retries), read every loop.
 const SINK_EVENT_CAPACITY: usize = 256;
@@ -155,7 +161,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
     let per_second = PerSecond::open(options.interval_log.clone(), start_ms)?;
 
     let (results_tx, results_rx) = flume::bounded(RESULT_CHANNEL_BATCHES);
-    let (recycle_tx, recycle_rx) = flume::bounded(RESULT_CHANNEL_BATCHES);
+    let (recycle_tx, recycle_rx) = flume::bounded(RECYCLED_BATCHES_PER_SHARD * shard_count);
     let (sink_events_tx, sink_events) = flume::bounded(SINK_EVENT_CAPACITY);
     let progress = Arc::new(SinkProgress::default());
     let writer_channels = WriterChannels {

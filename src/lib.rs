@@ -18,7 +18,8 @@
 //!   (CSV or generated), the stable hash that places a device on a shard.
 //! - [`dispatcher`]: the coordinator. Splits the fleet over shards, opens the sink,
 //!   makes every channel, starts the shards, prints status, merges statistics,
-//!   measures CPU. Runs on the calling thread, never on a shard.
+//!   streams each closed second to the interval log, stops the run at once when
+//!   the sink fails, measures CPU. Runs on the calling thread, never on a shard.
 //! - [`shard`]: the per-core loop. Owns its devices, schedule, connections,
 //!   counters; fires ticks, starts jobs, batches results to the sink.
 //! - [`tick`]: the tick grid (a pure function of device id and period) and the
@@ -30,16 +31,18 @@
 //!   round-robin balancer over a class's nodes.
 //! - [`grpc`]: gRPC on `h2`: message framing, status trailers, the unary client
 //!   and the server the mock nodes use. [`tensor`]: KServe v2 tensor checks.
-//! - [`sink`]: the `Sink` trait, the SQLite implementation and the writer thread
-//!   that turns batches into transactions.
+//! - [`sink`]: the `Sink` trait and its errors (transient or permanent), the
+//!   SQLite implementation, and [`sink::writer`], the thread that turns batches
+//!   into transactions, retries transient errors and tells the coordinator.
 //! - [`stats`]: per-shard counters and HDR histograms (totals, per class, per
 //!   second), merged off the shards. [`summary`]: the end-of-run table,
 //!   `--summary-json` and the run as a report [`report::Recording`]. [`cpu`]:
 //!   per-thread CPU accounting.
 //! - [`report`]: report files (`.hgrm`, the HdrHistogram interval log,
 //!   `summary.json`, a self-contained `report.html`), reading them back, and
-//!   comparing two runs. [`admin`]: Prometheus `/metrics` and `/healthz` from a
-//!   thread of its own.
+//!   comparing two runs. [`admin`]: Prometheus `/metrics` and `/healthz` (503
+//!   while the sink fails) from a thread of its own, reading the newest snapshot.
+//!   [`console`]: stdout and stderr written without ever failing the process.
 //! - [`mock`]: built-in data-source and compute nodes with service times, error
 //!   and hang rates and injectable faults. [`demo`]: the self-contained demo run.
 //!   [`bench`]: closed- and open-loop load levels, sweeps and the search for the
