@@ -81,48 +81,68 @@ fn assert_every_tick_is_a_row(
     assert_eq!(summary["rows_written"].as_u64(), Some(rows.len() as u64));
 }
 
-#[test]
-fn a_node_dropping_connections_under_load_costs_calls_not_the_process() {
+/// A finished run of `percore run` against mock nodes.
+struct Finished {
+    /// The `--summary-json` object.
+    summary: serde_json::Value,
+    /// The run's database.
+    db: std::path::PathBuf,
+    /// Holds the config, the database and the summary until the test ends.
+    _dir: tempfile::TempDir,
+}
+
+/// Runs `percore run` for `seconds` with `devices` devices ticking every second
+/// against a plain mock source and a compute mock with `compute` options, stdout
+/// read or closed at once. Checks that percore exited 0 and that the rows are
+/// exactly the ticks due, one each, as many as the summary's jobs.
+fn run_against(compute: MockOptions, devices: usize, seconds: u64, close_stdout: bool) -> Finished {
     let source = common::start_mock(MockKind::Source, MockOptions::default());
-    // Every connection is cut under its calls after 150 of them: at 4,000 jobs/s
-    // that is dozens of broken connections a second, with streams in flight.
-    let compute = common::start_mock(
-        MockKind::Compute,
-        MockOptions {
-            service_time: percore::mock::ServiceTime::Fixed(Duration::from_millis(2)),
-            drop_after_calls: Some(150),
-            ..MockOptions::default()
-        },
-    );
+    let compute = common::start_mock(MockKind::Compute, compute);
     let dir = tempfile::tempdir().expect("a temporary directory");
     let db = dir.path().join("jobs.db");
     let config = common::write_config_file(
         dir.path(),
         source.addr,
         compute.addr,
-        4_000,
+        devices,
         1_000,
         500,
         &db,
         "",
     );
     let summary_path = dir.path().join("summary.json");
-    let (status, stderr) = run_percore(&config, &summary_path, 4, false);
+    let (status, stderr) = run_percore(&config, &summary_path, seconds, close_stdout);
     source.stop();
     compute.stop();
     assert!(
         status.success(),
         "percore ended with {status}; stderr:\n{stderr}"
     );
-
     let summary = common::read_summary_json(&summary_path);
     assert_every_tick_is_a_row(&config, &summary, &db);
-    let rows = common::read_rows(&db);
+    Finished {
+        summary,
+        db,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn a_node_dropping_connections_under_load_costs_calls_not_the_process() {
+    // Every connection is cut under its calls after 150 of them: at 4,000 jobs/s
+    // that is dozens of broken connections a second, with streams in flight.
+    let compute = MockOptions {
+        service_time: percore::mock::ServiceTime::Fixed(Duration::from_millis(2)),
+        drop_after_calls: Some(150),
+        ..MockOptions::default()
+    };
+    let run = run_against(compute, 4_000, 4, false);
+    let rows = common::read_rows(&run.db);
     let (ok, failed, _) = common::outcome_counts(&rows);
     assert!(ok > 1_000, "{ok} ok rows of {}", rows.len());
     // Calls cut off by a dropped socket are failed rows that say so, or were
     // retried on a fresh connection (and counted).
-    let retried = summary["retries"].as_u64().unwrap_or(0);
+    let retried = run.summary["retries"].as_u64().unwrap_or(0);
     assert!(
         failed + retried > 0,
         "no call was cut off: the fault did not fire"
@@ -138,29 +158,6 @@ fn a_node_dropping_connections_under_load_costs_calls_not_the_process() {
 
 #[test]
 fn a_closed_stdout_does_not_lose_the_summary() {
-    let source = common::start_mock(MockKind::Source, MockOptions::default());
-    let compute = common::start_mock(MockKind::Compute, MockOptions::default());
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let db = dir.path().join("jobs.db");
-    let config = common::write_config_file(
-        dir.path(),
-        source.addr,
-        compute.addr,
-        500,
-        500,
-        400,
-        &db,
-        "",
-    );
-    let summary_path = dir.path().join("summary.json");
-    let (status, stderr) = run_percore(&config, &summary_path, 2, true);
-    source.stop();
-    compute.stop();
-    assert!(
-        status.success(),
-        "percore ended with {status}; stderr:\n{stderr}"
-    );
-    let summary = common::read_summary_json(&summary_path);
-    assert_every_tick_is_a_row(&config, &summary, &db);
-    assert_eq!(summary["failed"].as_u64(), Some(0), "{summary}");
+    let run = run_against(MockOptions::default(), 500, 2, true);
+    assert_eq!(run.summary["failed"].as_u64(), Some(0), "{}", run.summary);
 }
