@@ -5,7 +5,11 @@
 //! a fetched tensor into a ModelInfer request as a slice of the received buffer.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/grpc_predict_v2.proto", "proto/percore_source.proto"];
+    let protos = [
+        "proto/grpc_predict_v2.proto",
+        "proto/percore_source.proto",
+        "proto/grpc_health_v1.proto",
+    ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");
     }

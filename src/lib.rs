@@ -92,4 +92,8 @@ pub mod proto {
     pub mod source {
         include!(concat!(env!("OUT_DIR"), "/percore.source.v1.rs"));
     }
+    /// The standard gRPC health check (`grpc.health.v1.Health/Check`).
+    pub mod health {
+        include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
+    }
 }

@@ -15,6 +15,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
 use crate::devices::stable_hash;
+use crate::grpc::methods;
 use crate::grpc::server::{self, Reply, ServerSettings, Service};
 use crate::grpc::status::Code;
 use crate::proto::inference::model_infer_response::InferOutputTensor;
@@ -22,7 +23,6 @@ use crate::proto::inference::{ModelInferRequest, ModelInferResponse};
 use crate::proto::source::{FetchRequest, FetchResponse};
 use crate::runtime::{self, Executor, ExecutorSpec, Listener, RuntimeError};
 use crate::tensor;
-use crate::upstream::{FETCH_PATH, INFER_PATH};
 
 /// How long a mock takes to answer.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -225,8 +225,8 @@ fn status(code: Code, message: &str) -> Reply {
 impl Service for Mock {
     async fn call(self: Rc<Self>, path: &str, message: Bytes) -> Reply {
         let expected = match self.kind {
-            MockKind::Source => FETCH_PATH,
-            MockKind::Compute => INFER_PATH,
+            MockKind::Source => methods::FETCH,
+            MockKind::Compute => methods::MODEL_INFER,
         };
         if path != expected {
             return status(Code::UNIMPLEMENTED, &format!("unknown method {path}"));

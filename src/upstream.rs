@@ -18,12 +18,8 @@ use http::Uri;
 
 use crate::error::ErrorKind;
 use crate::grpc::client::{ClientSettings, Connection, Traffic};
+use crate::grpc::methods;
 use crate::runtime;
-
-/// Request path of the data source's Fetch.
-pub const FETCH_PATH: &str = "/percore.source.v1.DataSource/Fetch";
-/// Request path of KServe v2's ModelInfer.
-pub const INFER_PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -80,8 +76,8 @@ impl NodePool {
         };
         Rc::new(NodePool {
             node,
-            fetch_uri: uri(FETCH_PATH),
-            infer_uri: uri(INFER_PATH),
+            fetch_uri: uri(methods::FETCH),
+            infer_uri: uri(methods::MODEL_INFER),
             connections: RefCell::new(Vec::new()),
             max_connections: max_connections.max(1),
             state: RefCell::new(ConnectState::Idle),

@@ -1,0 +1,12 @@
+//! The request paths (`/package.Service/Method`) percore calls and the mocks serve.
+
+/// percore's data source: one device's raw input for one tick.
+pub const FETCH: &str = "/percore.source.v1.DataSource/Fetch";
+/// KServe v2: run the model on one request.
+pub const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+/// KServe v2: whether the server is ready to take inference requests.
+pub const SERVER_READY: &str = "/inference.GRPCInferenceService/ServerReady";
+/// KServe v2: whether one model (and version) is loaded and ready.
+pub const MODEL_READY: &str = "/inference.GRPCInferenceService/ModelReady";
+/// The standard gRPC health check, for nodes that implement it.
+pub const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
