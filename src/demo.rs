@@ -5,7 +5,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
-use crate::config::{Class, Config, GrpcConfig, OutputSpec, SinkConfig};
+use crate::config::{Class, Config, GrpcConfig, OutputSpec, SinkConfig, Upstream};
 use crate::devices::Fleet;
 use crate::mock::{MockKind, MockNode, MockOptions};
 use crate::runtime::RuntimeError;
@@ -98,6 +98,7 @@ pub fn mock_class(
             datatype: "FP32".to_string(),
             shape: vec![1, 2],
         }),
+        upstream: Upstream::default(),
     }
 }
 

@@ -133,6 +133,21 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
         owned[shard_of(fleet.id(device), shard_count)].push(device);
     }
 
+    // A class without nodes could not run one job. The config file cannot say
+    // so, but a Config built in code can: refuse it before anything starts.
+    for class in &config.classes {
+        for (nodes, role) in [
+            (&class.data_sources, "data_sources"),
+            (&class.compute_nodes, "compute_nodes"),
+        ] {
+            if nodes.is_empty() {
+                return Err(RunError(format!(
+                    "class {:?} has no {role}: at least one is needed",
+                    class.name
+                )));
+            }
+        }
+    }
     let names = Arc::new(RowNames {
         fleet: fleet.clone(),
         classes: config
@@ -141,6 +156,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
             .map(|class| ClassNames {
                 class: class.name.clone(),
                 model: class.model.clone(),
+                compute_nodes: class.compute_nodes.iter().map(|n| n.to_string()).collect(),
             })
             .collect(),
     });
@@ -179,6 +195,14 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
         max_message_len: config.grpc.max_message_bytes,
         connect_timeout: Duration::from_millis(config.grpc.connect_timeout_ms),
         retries: config.grpc.retries,
+        retry_budget_percent: config.grpc.retry_budget_percent,
+        retry_budget_min_per_s: config.grpc.retry_budget_min_per_s,
+        keepalive: (config.grpc.keepalive_interval_ms > 0).then(|| {
+            (
+                Duration::from_millis(config.grpc.keepalive_interval_ms),
+                Duration::from_millis(config.grpc.keepalive_timeout_ms),
+            )
+        }),
     };
     let classes: Arc<[crate::config::Class]> = config.classes.clone().into();
 

@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 
+use crate::grpc::client::ConnectError;
 use crate::grpc::status::Code;
 
 /// Which call of a job failed.
@@ -44,7 +45,7 @@ pub enum ErrorKind {
     /// No connection to the node could be opened (refused, unreachable, timed out).
     Connect {
         node: SocketAddr,
-        cause: std::io::ErrorKind,
+        cause: ConnectError,
     },
     /// An open connection broke, or the peer reset the stream, mid-call.
     ConnectionLost { node: SocketAddr, detail: Box<str> },
@@ -54,6 +55,12 @@ pub enum ErrorKind {
     Refused { node: SocketAddr, detail: Box<str> },
     /// The job's deadline passed before the call answered.
     DeadlineExceeded,
+    /// One attempt took longer than the class's `attempt_timeout_ms` and was
+    /// abandoned (its stream reset); another replica may be faster.
+    AttemptTimeout { node: SocketAddr, after_ms: u64 },
+    /// No replica of the class could take the call: every one is ejected, not
+    /// ready or at its outstanding limit on this shard.
+    NoReplica(&'static str),
     /// The server answered with a non-OK gRPC status.
     Status { code: Code, message: Box<str> },
     /// The response message is larger than the configured maximum.
@@ -79,22 +86,77 @@ impl JobError {
         matches!(self.kind, ErrorKind::Refused { .. })
     }
 
-    /// Whether trying the same call again, possibly on another node, could succeed.
-    pub fn is_retryable(&self) -> bool {
-        match &self.kind {
+    /// Whether trying the same call again on another node could succeed: a
+    /// broken or refused connection, an attempt timeout, or a status in
+    /// `retry_on` (the class's list).
+    pub fn is_retryable(&self, retry_on: &[Code]) -> bool {
+        self.kind.is_retryable(retry_on)
+    }
+}
+
+impl ErrorKind {
+    /// See [`JobError::is_retryable`].
+    pub fn is_retryable(&self, retry_on: &[Code]) -> bool {
+        match self {
             ErrorKind::Connect { .. }
             | ErrorKind::ConnectionLost { .. }
-            | ErrorKind::Refused { .. } => true,
-            ErrorKind::Status { code, .. } => *code == Code::UNAVAILABLE,
+            | ErrorKind::Refused { .. }
+            | ErrorKind::AttemptTimeout { .. } => true,
+            ErrorKind::Status { code, .. } => retry_on.contains(code),
             _ => false,
+        }
+    }
+
+    /// Whether the node answered the call (with any status or content), as
+    /// opposed to the call never reaching an answer.
+    pub fn node_answered(&self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Status { .. }
+                | ErrorKind::MessageTooLarge { .. }
+                | ErrorKind::Decode(_)
+                | ErrorKind::BadResponse(_)
+        )
+    }
+
+    /// Whether this outcome counts against the replica's health: the node (or
+    /// the way to it) failed, not the content of a call it served. A status a
+    /// healthy node gives for a bad request (NOT_FOUND, INVALID_ARGUMENT) does
+    /// not eject it.
+    pub fn is_replica_failure(&self) -> bool {
+        match self {
+            ErrorKind::Connect { .. }
+            | ErrorKind::ConnectionLost { .. }
+            | ErrorKind::AttemptTimeout { .. }
+            | ErrorKind::DeadlineExceeded
+            | ErrorKind::Protocol(_)
+            | ErrorKind::MessageTooLarge { .. }
+            | ErrorKind::Decode(_) => true,
+            ErrorKind::Status { code, .. } => matches!(
+                *code,
+                Code::UNAVAILABLE
+                    | Code::RESOURCE_EXHAUSTED
+                    | Code::INTERNAL
+                    | Code::UNKNOWN
+                    | Code::CANCELLED
+                    | Code::DEADLINE_EXCEEDED
+            ),
+            ErrorKind::Refused { .. } | ErrorKind::NoReplica(_) | ErrorKind::BadResponse(_) => {
+                false
+            }
         }
     }
 }
 
 impl std::fmt::Display for JobError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: ", self.stage.as_str())?;
-        match &self.kind {
+        write!(f, "{}: {}", self.stage.as_str(), self.kind)
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
             ErrorKind::Connect { node, cause } => write!(f, "connect error to {node}: {cause}"),
             ErrorKind::ConnectionLost { node, detail } => {
                 write!(f, "connection to {node} lost: {detail}")
@@ -103,6 +165,13 @@ impl std::fmt::Display for JobError {
                 write!(f, "{node} did not take the call: {detail}")
             }
             ErrorKind::DeadlineExceeded => f.write_str("deadline exceeded"),
+            ErrorKind::AttemptTimeout { node, after_ms } => {
+                write!(
+                    f,
+                    "{node} did not answer within the attempt timeout of {after_ms} ms"
+                )
+            }
+            ErrorKind::NoReplica(why) => write!(f, "no replica available: {why}"),
             ErrorKind::Status { code, message } if message.is_empty() => {
                 write!(f, "grpc status {code}")
             }
@@ -136,7 +205,8 @@ mod tests {
             },
         );
         assert_eq!(error.to_string(), "infer: grpc status 13 INTERNAL: boom");
-        assert!(!error.is_retryable());
+        assert!(!error.is_retryable(&[Code::UNAVAILABLE]));
+        assert!(error.is_retryable(&[Code::INTERNAL]));
         let error = JobError::new(Stage::Fetch, ErrorKind::DeadlineExceeded);
         assert_eq!(error.to_string(), "fetch: deadline exceeded");
     }

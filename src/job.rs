@@ -3,10 +3,18 @@
 //!
 //! Runs as a task on the shard that owns the device. Both calls share one
 //! deadline, counted from the job's start; whichever call is in progress when it
-//! passes is abandoned (its stream reset) and named in the failure. Every path ends
-//! in a [`JobRecord`]: a job never panics and is never lost.
+//! passes is abandoned (its stream reset) and named in the failure. Each call is
+//! one or more attempts, each on a replica its [`ReplicaSet`] picks: a failed
+//! attempt that another replica might not have is tried again elsewhere within
+//! the deadline, the class's attempt limit and the retry budget, and a slow
+//! ModelInfer may be hedged on a second replica (the first answer wins, the
+//! other is cancelled). Every path ends in a [`JobRecord`](crate::record::JobRecord):
+//! a job never panics and is never lost.
 
+use std::future::Future;
+use std::pin::pin;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,7 +28,7 @@ use crate::proto::source::{FetchRequest, FetchResponse};
 use crate::record::StageLatency;
 use crate::runtime;
 use crate::tensor;
-use crate::upstream::{Balancer, NodePool};
+use crate::upstream::{NodePool, ReplicaSet};
 
 /// Everything a job needs to know about its device's class, on one shard (built
 /// and owned by that shard).
@@ -37,15 +45,19 @@ pub struct ClassRoute {
     pub deadline: Duration,
     /// What the output must look like, if the config says.
     pub output: Option<OutputSpec>,
-    /// This shard's pools for the class's data sources, taken in turn.
-    pub sources: Balancer,
-    /// This shard's pools for the class's compute nodes, taken in turn.
-    pub computes: Balancer,
+    /// This shard's view of the class's data sources.
+    pub sources: Rc<ReplicaSet>,
+    /// This shard's view of the class's compute nodes (replicas).
+    pub computes: Rc<ReplicaSet>,
     /// Largest response message accepted.
     pub max_message_len: usize,
-    /// Extra attempts of a retryable call on the class's next node.
+    /// Most extra attempts of one call (retries and hedges).
     pub retries: u32,
 }
+
+/// How many attempts one call keeps track of for "not this replica again";
+/// more than `[grpc] retries` allows, so never a limit in practice.
+const MAX_TRIED: usize = 16;
 
 /// The result of a job that ran: its output or why it failed, and its timings.
 pub struct Finished {
@@ -53,12 +65,27 @@ pub struct Finished {
     pub result: Result<Bytes, JobError>,
     /// Per-stage timings of this job.
     pub latency: StageLatency,
-    /// Calls made again on another node after a retryable failure.
+    /// Attempts made again after a retryable failure, and hedges.
     pub retries: u32,
+    /// Attempts sent, fetch and infer together, retries and hedges included (2
+    /// for a job that went through the first time).
+    pub attempts: u16,
+    /// Index in the class's `compute_nodes` of the replica whose answer ended
+    /// the job's ModelInfer (an output or an error status); `None` when no
+    /// compute node answered.
+    pub compute_node: Option<u16>,
+}
+
+/// What a job's calls have done so far, filled in as they go.
+#[derive(Debug, Default)]
+struct Tally {
+    retries: u32,
+    attempts: u16,
+    compute_node: Option<u16>,
 }
 
 /// Which method of a node a call goes to.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Method {
     Fetch,
     Infer,
@@ -76,21 +103,23 @@ pub async fn run(route: &ClassRoute, device_id: &str, tick_ms: i64, planned: Ins
         schedule_lag_us: micros(started.saturating_duration_since(planned)),
         ..StageLatency::default()
     };
-    let mut retries = 0;
+    let mut tally = Tally::default();
     let result = fetch_and_infer(
         route,
         device_id,
         tick_ms,
         deadline,
         &mut latency,
-        &mut retries,
+        &mut tally,
     )
     .await;
     latency.end_to_end_us = Some(micros(planned.elapsed()));
     Finished {
         result,
         latency,
-        retries,
+        retries: tally.retries,
+        attempts: tally.attempts,
+        compute_node: tally.compute_node,
     }
 }
 
@@ -100,7 +129,7 @@ async fn fetch_and_infer(
     tick_ms: i64,
     deadline: Instant,
     latency: &mut StageLatency,
-    retries: &mut u32,
+    tally: &mut Tally,
 ) -> Result<Bytes, JobError> {
     let fetch_started = Instant::now();
     let request = FetchRequest {
@@ -108,7 +137,7 @@ async fn fetch_and_infer(
         class: route.name.clone(),
         tick_unix_ms: tick_ms,
     };
-    let fetched: FetchResponse = call(Method::Fetch, &request, deadline, route, retries).await?;
+    let fetched: FetchResponse = call(Method::Fetch, &request, deadline, route, tally).await?;
     latency.fetch_us = Some(micros(fetch_started.elapsed()));
     tensor::check_raw(&fetched.datatype, &fetched.shape, &fetched.raw)
         .map_err(|detail| JobError::new(Stage::Fetch, ErrorKind::BadResponse(detail.into())))?;
@@ -128,7 +157,7 @@ async fn fetch_and_infer(
         ..Default::default()
     };
     let response: ModelInferResponse =
-        call(Method::Infer, &request, deadline, route, retries).await?;
+        call(Method::Infer, &request, deadline, route, tally).await?;
     latency.infer_us = Some(micros(infer_started.elapsed()));
 
     let bad = |detail: String| JobError::new(Stage::Infer, ErrorKind::BadResponse(detail.into()));
@@ -140,49 +169,177 @@ async fn fetch_and_infer(
     Ok(output.bytes)
 }
 
-/// One unary call on the class's next node, with the job's deadline around
-/// connecting and calling. A failure another node might not have (connect refused,
-/// connection lost, UNAVAILABLE) is tried again on the next node, up to
-/// `route.retries` times, while the deadline allows and the class has another node;
-/// a call the node never took (its connection was going away) may go to the same
-/// node again, on a fresh connection.
+/// One unary call: attempts on replicas the set picks, until one answers, the
+/// failure is not worth another replica, or the deadline, the attempt limit or
+/// the retry budget says stop. A retry never goes to a replica this call already
+/// tried, except after a failure the node is known not to have processed (its
+/// connection was going away), which may go to the same node on a fresh
+/// connection.
 async fn call<Req: Message, Resp: Message + Default>(
     method: Method,
     request: &Req,
     deadline: Instant,
     route: &ClassRoute,
-    retries: &mut u32,
+    tally: &mut Tally,
 ) -> Result<Resp, JobError> {
-    let (balancer, stage) = match method {
-        Method::Fetch => (&route.sources, Stage::Fetch),
-        Method::Infer => (&route.computes, Stage::Infer),
+    let (set, stage) = match method {
+        Method::Fetch => (&*route.sources, Stage::Fetch),
+        Method::Infer => (&*route.computes, Stage::Infer),
     };
-    let can_fail_over = balancer.pools().len() > 1;
+    let failed = |kind| JobError::new(stage, kind);
+    let mut tried = [0usize; MAX_TRIED];
+    let mut tried_count = 0;
     let mut attempts_left = route.retries;
+    let now = Instant::now();
+    set.budget.record_call(now);
+    let mut index = set.pick(now, &[]).map_err(failed)?;
     loop {
-        let pool = balancer.pick();
-        let result = attempt(pool, method, request, deadline, route.max_message_len).await;
-        match result {
-            Err(kind) => {
-                let error = JobError::new(stage, kind);
-                if error.is_retryable()
-                    && (can_fail_over || error.was_not_sent())
-                    && attempts_left > 0
-                    && Instant::now() < deadline
-                {
-                    attempts_left -= 1;
-                    *retries += 1;
-                    continue;
-                }
-                return Err(error);
+        let hedge = match method {
+            Method::Infer => set
+                .hedge_delay(Instant::now())
+                .filter(|_| attempts_left > 0),
+            Method::Fetch => None,
+        };
+        let (result, answered_by, sent) = match hedge {
+            None => {
+                let result = attempt(set, index, method, request, deadline, route).await;
+                (result, index, 1)
             }
-            Ok(response) => return Ok(response),
+            Some(delay) => hedged(set, index, delay, method, request, deadline, route).await,
+        };
+        tally.attempts = tally.attempts.saturating_add(sent);
+        if sent > 1 {
+            attempts_left = attempts_left.saturating_sub(sent as u32 - 1);
+            tally.retries += sent as u32 - 1;
         }
+        let answered = match &result {
+            Ok(_) => true,
+            Err(kind) => kind.node_answered(),
+        };
+        if method == Method::Infer {
+            tally.compute_node = answered.then_some(answered_by as u16);
+        }
+        let kind = match result {
+            Ok(response) => return Ok(response),
+            Err(kind) => kind,
+        };
+        let error = failed(kind);
+        let now = Instant::now();
+        if !error.is_retryable(set.retry_on()) || attempts_left == 0 || now >= deadline {
+            return Err(error);
+        }
+        if !error.was_not_sent() && tried_count < MAX_TRIED {
+            tried[tried_count] = answered_by;
+            tried_count += 1;
+        }
+        // Another replica first, then the budget: a retry that has nowhere to
+        // go spends nothing.
+        let Ok(next) = set.pick(now, &tried[..tried_count]) else {
+            return Err(error);
+        };
+        if !set.budget.try_retry(now) {
+            return Err(error);
+        }
+        attempts_left -= 1;
+        tally.retries += 1;
+        index = next;
     }
 }
 
-/// One attempt on one node.
+/// An attempt on replica `first` and, if it has not answered after `delay`, a
+/// second one on another replica (within the budget). The first success wins and
+/// the other attempt is dropped, which resets its stream (RST_STREAM CANCEL);
+/// if one fails, the other still may succeed. Returns the result, the replica
+/// it came from and the attempts sent.
+async fn hedged<Req: Message, Resp: Message + Default>(
+    set: &ReplicaSet,
+    first: usize,
+    delay: Duration,
+    method: Method,
+    request: &Req,
+    deadline: Instant,
+    route: &ClassRoute,
+) -> (Result<Resp, ErrorKind>, usize, u16) {
+    let mut primary = pin!(attempt(set, first, method, request, deadline, route));
+    let hedge_at = Instant::now() + delay;
+    if let Some(result) = runtime::until_deadline(hedge_at.min(deadline), primary.as_mut()).await {
+        return (result, first, 1);
+    }
+    let now = Instant::now();
+    let second = match set.pick(now, &[first]) {
+        Ok(second) if now < deadline && set.budget.try_retry(now) => second,
+        _ => return (primary.await, first, 1),
+    };
+    let mut secondary = pin!(attempt(set, second, method, request, deadline, route));
+    // Poll both; keep the first failure in case the other succeeds.
+    let mut primary_done: Option<Result<Resp, ErrorKind>> = None;
+    let mut secondary_done: Option<Result<Resp, ErrorKind>> = None;
+    std::future::poll_fn(|cx| {
+        if primary_done.is_none() {
+            if let Poll::Ready(result) = primary.as_mut().poll(cx) {
+                primary_done = Some(result);
+            }
+        }
+        if secondary_done.is_none() {
+            if let Poll::Ready(result) = secondary.as_mut().poll(cx) {
+                secondary_done = Some(result);
+            }
+        }
+        let any_ok = matches!(primary_done, Some(Ok(_))) || matches!(secondary_done, Some(Ok(_)));
+        if any_ok || (primary_done.is_some() && secondary_done.is_some()) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    match (primary_done, secondary_done) {
+        (Some(Ok(response)), _) => (Ok(response), first, 2),
+        (_, Some(Ok(response))) => (Ok(response), second, 2),
+        // Both failed: the hedge's error is the later news.
+        (_, Some(Err(kind))) => (Err(kind), second, 2),
+        (Some(Err(kind)), None) => (Err(kind), first, 2),
+        (None, None) => (Err(ErrorKind::DeadlineExceeded), first, 2),
+    }
+}
+
+/// One attempt on replica `index`, within the attempt timeout; its outcome and
+/// latency go back to the replica's health.
 async fn attempt<Req: Message, Resp: Message + Default>(
+    set: &ReplicaSet,
+    index: usize,
+    method: Method,
+    request: &Req,
+    deadline: Instant,
+    route: &ClassRoute,
+) -> Result<Resp, ErrorKind> {
+    let now = Instant::now();
+    let attempt_deadline = set.attempt_deadline(now, deadline);
+    let attempt = set.start(index, now);
+    let pool = &set.replica(index).pool;
+    let result = send(
+        pool,
+        method,
+        request,
+        attempt_deadline,
+        route.max_message_len,
+    )
+    .await;
+    let result = match result {
+        Err(ErrorKind::DeadlineExceeded) if attempt_deadline < deadline => {
+            Err(ErrorKind::AttemptTimeout {
+                node: pool.node(),
+                after_ms: attempt_deadline.saturating_duration_since(now).as_millis() as u64,
+            })
+        }
+        other => other,
+    };
+    attempt.finish(&result);
+    result
+}
+
+/// One call on one node, abandoned at `deadline`.
+async fn send<Req: Message, Resp: Message + Default>(
     pool: &Rc<NodePool>,
     method: Method,
     request: &Req,

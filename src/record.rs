@@ -35,6 +35,13 @@ pub struct JobRecord {
     pub output: Bytes,
     /// Per-stage latencies, in microseconds.
     pub latency: StageLatency,
+    /// Index in the class's `compute_nodes` of the replica that gave the job's
+    /// final ModelInfer answer (written as its `host:port`); `None` when no
+    /// compute node answered.
+    pub compute_node: Option<u16>,
+    /// Attempts sent for the job, fetch and infer together, retries and hedges
+    /// included; 0 for a skipped tick.
+    pub attempts: u16,
     /// When the result was ready on the shard; the sink writer measures sink lag
     /// (ready → committed) from it.
     pub ready_at: Instant,
@@ -73,6 +80,9 @@ pub enum SkipReason {
     ShardAtCapacity,
     /// Results were piling up faster than the sink could take them.
     SinkBacklog,
+    /// Every compute replica of the class already had its configured maximum
+    /// of calls outstanding from this shard: compute capacity is below the load.
+    ReplicasAtCapacity,
 }
 
 impl Outcome {
@@ -101,6 +111,9 @@ impl std::fmt::Display for SkipReason {
             SkipReason::PreviousJobRunning => "previous job of this device still running",
             SkipReason::ShardAtCapacity => "shard at its in-flight limit",
             SkipReason::SinkBacklog => "sink backlog",
+            SkipReason::ReplicasAtCapacity => {
+                "every compute replica of the class at its outstanding limit"
+            }
         })
     }
 }

@@ -24,7 +24,8 @@ use crate::record::{DeviceIndex, JobRecord, Outcome, SkipReason, StageLatency};
 use crate::runtime;
 use crate::stats::{Counters, ShardReport, ShardStats};
 use crate::tick::{self, Clock, Schedule};
-use crate::upstream::{Balancer, NodePool};
+use crate::upstream::probe::{self, ModelRef};
+use crate::upstream::{NodePool, Replica, ReplicaSet, Role, SetPolicy};
 
 /// How often finished results are handed to the sink. Short enough to keep sink
 /// lag low, long enough that batches amortise the channel and the transaction.
@@ -113,8 +114,14 @@ pub struct ShardLimits {
     pub max_message_len: usize,
     /// Connect plus handshake timeout.
     pub connect_timeout: Duration,
-    /// Extra attempts of a retryable call on the class's next node.
+    /// Most extra attempts of one call (retries and hedges).
     pub retries: u32,
+    /// Retry budget: a share of a class's calls over the last 10 s...
+    pub retry_budget_percent: u32,
+    /// ...plus this many per second.
+    pub retry_budget_min_per_s: u32,
+    /// HTTP/2 keepalive PING interval (`None`: no pings) and its timeout.
+    pub keepalive: Option<(Duration, Duration)>,
 }
 
 /// Everything a shard starts from; built by the coordinator and moved to the
@@ -147,8 +154,8 @@ struct Shard {
     index: u16,
     /// Ids and classes of all devices (read-only, shared).
     fleet: Arc<Fleet>,
-    /// Per class: this shard's balancers and the class settings a job needs.
-    routes: Vec<ClassRoute>,
+    /// Per class: this shard's replica sets and the class settings a job needs.
+    routes: Vec<Rc<ClassRoute>>,
     /// Every node pool of this shard, for connection and traffic gauges.
     pools: Vec<Rc<NodePool>>,
     /// Shard-local device index -> fleet index.
@@ -171,6 +178,8 @@ struct Shard {
     stats: RefCell<ShardStats>,
     /// Set once no new jobs will start; the flusher then drains and stops.
     no_more_jobs: Cell<bool>,
+    /// Set when the shard is done: its health probes stop.
+    probes_stopped: Rc<Cell<bool>>,
     /// Stop and release from the coordinator.
     control: flume::Receiver<Control>,
     /// Progress and the final report to the coordinator.
@@ -204,7 +213,15 @@ pub async fn run(plan: ShardPlan) {
         channels,
         mut exit_notice,
     } = plan;
-    let (routes, pools) = build_routes(&classes, &limits);
+    let (routes, pools) = match build_routes(&classes, &limits, index) {
+        Ok(built) => built,
+        Err(message) => {
+            // The coordinator checks this before starting shards; should it be
+            // missed, the exit notice tells it this shard never ran.
+            crate::console::err(format_args!("percore: shard {index}: {message}"));
+            return;
+        }
+    };
     let (start_ms, end_ms) = workload.window();
     let run_start = clock.instant_of(start_ms);
     let shard = Rc::new(Shard {
@@ -222,6 +239,7 @@ pub async fn run(plan: ShardPlan) {
         results: RefCell::new(Vec::with_capacity(1024)),
         stats: RefCell::new(ShardStats::new(classes.len())),
         no_more_jobs: Cell::new(false),
+        probes_stopped: Rc::new(Cell::new(false)),
         stop_at_ms: Cell::new(None),
         aborted: Cell::new(false),
         next_progress: Cell::new(run_start + PROGRESS_INTERVAL),
@@ -232,6 +250,7 @@ pub async fn run(plan: ShardPlan) {
         reports: channels.reports,
     });
 
+    start_probes(&shard);
     let flusher = runtime::spawn(flush_results(
         shard.clone(),
         channels.results,
@@ -257,6 +276,7 @@ pub async fn run(plan: ShardPlan) {
         shard.poll_control();
     }
     shard.no_more_jobs.set(true);
+    shard.probes_stopped.set(true);
     let error = flusher.await.err();
     let interval = Box::new(shard.stats.borrow_mut().take_interval());
     let mut stats = Box::new(shard.stats.borrow().clone());
@@ -311,44 +331,99 @@ impl Drop for ExitNotice {
     }
 }
 
-/// One pool per node per shard, shared by the classes that use the node.
-fn build_routes(classes: &[Class], limits: &ShardLimits) -> (Vec<ClassRoute>, Vec<Rc<NodePool>>) {
+/// A shard's routes by class, and every node pool they use.
+type Routes = (Vec<Rc<ClassRoute>>, Vec<Rc<NodePool>>);
+
+/// One pool per node per shard, shared by the classes that use the node; one
+/// replica set per class and role.
+fn build_routes(
+    classes: &[Class],
+    limits: &ShardLimits,
+    shard: u16,
+) -> Result<Routes, String> {
     let settings = Rc::new(ClientSettings {
         connect_timeout: limits.connect_timeout,
+        keepalive_interval: limits.keepalive.map(|(interval, _)| interval),
+        keepalive_timeout: limits
+            .keepalive
+            .map_or(Duration::from_secs(5), |(_, timeout)| timeout),
         ..ClientSettings::default()
     });
+    let now = Instant::now();
     let mut pools: HashMap<SocketAddr, Rc<NodePool>> = HashMap::new();
-    let mut balancer = |nodes: &[SocketAddr]| {
-        Balancer::new(
-            nodes
-                .iter()
-                .map(|&node| {
-                    pools
-                        .entry(node)
-                        .or_insert_with(|| {
-                            NodePool::new(node, limits.connections_per_node, settings.clone())
-                        })
-                        .clone()
-                })
-                .collect(),
-        )
+    let mut replica_set = |class: &Class, role: Role| -> Result<Rc<ReplicaSet>, String> {
+        let nodes = match role {
+            Role::DataSource => &class.data_sources,
+            Role::ComputeNode => &class.compute_nodes,
+        };
+        let replicas = nodes
+            .iter()
+            .enumerate()
+            .map(|(index, &node)| {
+                let pool = pools.entry(node).or_insert_with(|| {
+                    NodePool::new(
+                        node,
+                        limits.connections_per_node,
+                        settings.clone(),
+                        u64::from(shard),
+                    )
+                });
+                let weight = match role {
+                    Role::DataSource => 1,
+                    Role::ComputeNode => class.upstream.weight(index),
+                };
+                Replica::new(pool.clone(), weight, now)
+            })
+            .collect();
+        let policy = SetPolicy {
+            class: class.name.clone(),
+            role,
+            upstream: class.upstream.clone(),
+            retry_budget_percent: limits.retry_budget_percent,
+            retry_budget_min_per_s: limits.retry_budget_min_per_s,
+            shard,
+        };
+        ReplicaSet::new(replicas, &policy, now)
+            .map(Rc::new)
+            .map_err(|_| format!("class {:?} has no {}s", class.name, role.as_str()))
     };
-    let routes = classes
-        .iter()
-        .map(|class| ClassRoute {
+    let mut routes = Vec::with_capacity(classes.len());
+    for class in classes {
+        routes.push(Rc::new(ClassRoute {
             name: class.name.clone(),
             model: class.model.clone(),
             model_version: class.model_version.clone(),
             input_name: class.input_name.clone(),
             deadline: Duration::from_millis(class.deadline_ms),
             output: class.output.clone(),
-            sources: balancer(&class.data_sources),
-            computes: balancer(&class.compute_nodes),
+            sources: replica_set(class, Role::DataSource)?,
+            computes: replica_set(class, Role::ComputeNode)?,
             max_message_len: limits.max_message_len,
             retries: limits.retries,
-        })
-        .collect();
-    (routes, pools.into_values().collect())
+        }));
+    }
+    Ok((routes, pools.into_values().collect()))
+}
+
+/// One probe task per replica of every class, until the shard is done.
+fn start_probes(shard: &Rc<Shard>) {
+    for route in &shard.routes {
+        let model = Rc::new(ModelRef {
+            name: route.model.clone(),
+            version: route.model_version.clone(),
+        });
+        for set in [&route.sources, &route.computes] {
+            for index in 0..set.replicas().len() {
+                runtime::spawn(probe::run(
+                    set.clone(),
+                    index,
+                    model.clone(),
+                    shard.probes_stopped.clone(),
+                ))
+                .detach();
+            }
+        }
+    }
 }
 
 async fn tick_loop(shard: &Rc<Shard>, classes: &[Class], start_ms: i64, end_ms: i64) {
@@ -482,7 +557,10 @@ async fn run_job(shard: &Shard, local: u32, tick_ms: i64, planned: Instant) {
     let device = shard.devices[local as usize];
     let class = shard.fleet.class(device);
     let route = &shard.routes[class as usize];
-    let finished = job::run(route, shard.fleet.id(device), tick_ms, planned).await;
+    let finished = {
+        let _slot = route.computes.admit();
+        job::run(route, shard.fleet.id(device), tick_ms, planned).await
+    };
     shard
         .retries
         .set(shard.retries.get() + finished.retries as u64);
@@ -500,6 +578,8 @@ async fn run_job(shard: &Shard, local: u32, tick_ms: i64, planned: Instant) {
         outcome,
         output,
         latency: finished.latency,
+        compute_node: finished.compute_node,
+        attempts: finished.attempts,
         ready_at: Instant::now(),
     });
 }
@@ -543,6 +623,11 @@ impl Shard {
             Some(SkipReason::ShardAtCapacity)
         } else if self.results.borrow().len() >= self.backlog_limit {
             Some(SkipReason::SinkBacklog)
+        } else if !self.routes[self.fleet.class(self.devices[local as usize]) as usize]
+            .computes
+            .has_room(planned.max(Instant::now()))
+        {
+            Some(SkipReason::ReplicasAtCapacity)
         } else {
             None
         };
@@ -559,6 +644,8 @@ impl Shard {
                     schedule_lag_us: planned.elapsed().as_micros() as u64,
                     ..StageLatency::default()
                 },
+                compute_node: None,
+                attempts: 0,
                 ready_at: Instant::now(),
             });
             return;

@@ -251,6 +251,8 @@ mod tests {
                 infer_us: Some(20),
                 end_to_end_us: Some(end_to_end_us),
             },
+            compute_node: None,
+            attempts: 0,
             ready_at: Instant::now(),
         }
     }

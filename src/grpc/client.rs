@@ -37,6 +37,13 @@ pub struct ClientSettings {
     pub stream_window: u32,
     /// Connection-level receive window, shared by all streams on the connection.
     pub connection_window: u32,
+    /// How often an HTTP/2 PING checks that the peer is still there; `None` sends
+    /// none. A dead peer (host gone, partition) otherwise shows only when each
+    /// call's deadline passes.
+    pub keepalive_interval: Option<Duration>,
+    /// How long a PING may go unanswered before the connection is closed and its
+    /// calls fail as lost.
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for ClientSettings {
@@ -45,6 +52,8 @@ impl Default for ClientSettings {
             connect_timeout: Duration::from_secs(1),
             stream_window: 1 << 20,
             connection_window: 8 << 20,
+            keepalive_interval: Some(Duration::from_secs(10)),
+            keepalive_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -56,6 +65,33 @@ pub struct Traffic {
     pub sent: Cell<u64>,
     /// Bytes of response DATA received.
     pub received: Cell<u64>,
+}
+
+/// Why a connection to a node could not be opened. The text goes into the
+/// reasons of the calls that needed it, so it names the step that failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectError {
+    /// TCP connect failed (refused, unreachable, reset).
+    Tcp(std::io::ErrorKind),
+    /// Connect plus handshake took longer than the connect timeout.
+    TimedOut(Duration),
+    /// TCP connected but the HTTP/2 handshake failed: the peer is not an HTTP/2
+    /// server (an HTTP/1.1 port, TLS expected) or it closed the connection.
+    Handshake(String),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Tcp(kind) => write!(f, "{kind}"),
+            ConnectError::TimedOut(after) => {
+                write!(f, "no HTTP/2 connection within {} ms", after.as_millis())
+            }
+            ConnectError::Handshake(detail) => {
+                write!(f, "the peer does not speak HTTP/2 ({detail})")
+            }
+        }
+    }
 }
 
 /// One HTTP/2 connection to one node, owned by one shard.
@@ -74,22 +110,30 @@ pub struct Connection {
     closed: Rc<Cell<bool>>,
     /// Byte counters of the node's pool, outliving this connection.
     traffic: Rc<Traffic>,
+    /// Ends the driver task, and with it the connection, when sent to (or when
+    /// every sender is gone); held here so the driver lives as long as this.
+    _kill: flume::Sender<()>,
 }
 
 impl Connection {
     /// Connects and performs the HTTP/2 handshake; the connection is then driven by
-    /// a task on the current executor until it closes.
+    /// a task on the current executor until it closes, and pinged every
+    /// `keepalive_interval`.
     pub async fn open(
         node: SocketAddr,
         settings: &ClientSettings,
         traffic: Rc<Traffic>,
-    ) -> std::io::Result<Connection> {
+    ) -> Result<Connection, ConnectError> {
         let deadline = Instant::now() + settings.connect_timeout;
-        let timed_out = || std::io::Error::from(std::io::ErrorKind::TimedOut);
+        let timed_out = || ConnectError::TimedOut(settings.connect_timeout);
         let stream =
             runtime::until_deadline(deadline, runtime::connect(node, settings.connect_timeout))
                 .await
-                .ok_or_else(timed_out)??;
+                .ok_or_else(timed_out)?
+                .map_err(|error| match error.kind() {
+                    std::io::ErrorKind::TimedOut => timed_out(),
+                    kind => ConnectError::Tcp(kind),
+                })?;
         let in_flight = Rc::new(Cell::new(0));
         let handshake = h2::client::Builder::new()
             .initial_window_size(settings.stream_window)
@@ -104,28 +148,50 @@ impl Connection {
             .max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
             .max_local_error_reset_streams(None)
             .handshake::<_, Bytes>(CoalescingStream::new(stream, in_flight.clone()));
-        let (send, connection) = runtime::until_deadline(deadline, handshake)
+        let handshake_failed =
+            |step: &str, error: h2::Error| ConnectError::Handshake(format!("{step}: {error}"));
+        let (send, mut connection) = runtime::until_deadline(deadline, handshake)
             .await
             .ok_or_else(timed_out)?
-            .map_err(|error| std::io::Error::other(format!("HTTP/2 handshake: {error}")))?;
-        let mut connection = connection;
+            .map_err(|error| handshake_failed("h2 handshake", error))?;
         let ping_pong = connection.ping_pong();
         let closed = Rc::new(Cell::new(false));
         let closed_by_driver = closed.clone();
+        let (kill, killed) = flume::bounded::<()>(1);
         runtime::spawn(async move {
-            // The error, if any, reaches callers through their streams.
-            let _ = connection.await;
+            // The error, if any, reaches callers through their streams. Dropping
+            // the connection (when killed) fails every open stream.
+            let run = async {
+                let _ = connection.await;
+            };
+            let kill_signal = async {
+                let _ = killed.recv_async().await;
+            };
+            futures_lite::future::or(run, kill_signal).await;
             closed_by_driver.set(true);
         })
         .detach();
         // One PING round trip: the peer's SETTINGS come before its PONG, so after
         // it `max_concurrent_streams` is the peer's real limit, not h2's unbounded
-        // initial guess, and the pool knows when to open another connection.
+        // initial guess, and the pool knows when to open another connection. A
+        // peer that is not an HTTP/2 server fails here, on the first frame it
+        // sends back.
         if let Some(mut ping_pong) = ping_pong {
             runtime::until_deadline(deadline, ping_pong.ping(h2::Ping::opaque()))
                 .await
                 .ok_or_else(timed_out)?
-                .map_err(|error| std::io::Error::other(format!("HTTP/2 ping: {error}")))?;
+                .map_err(|error| handshake_failed("h2 handshake", error))?;
+            if let Some(interval) = settings.keepalive_interval {
+                runtime::spawn(keepalive(
+                    ping_pong,
+                    interval,
+                    settings.keepalive_timeout,
+                    closed.clone(),
+                    kill.clone(),
+                    node,
+                ))
+                .detach();
+            }
         }
         Ok(Connection {
             send,
@@ -133,6 +199,7 @@ impl Connection {
             in_flight,
             closed,
             traffic,
+            _kill: kill,
         })
     }
 
@@ -189,9 +256,7 @@ impl Connection {
         let response = response.await.map_err(lost)?;
         let (head, mut body) = response.into_parts();
         if head.status != StatusCode::OK {
-            return Err(ErrorKind::Protocol(
-                format!("HTTP status {}", head.status).into(),
-            ));
+            return Err(self.broken(format!("HTTP status {}", head.status)));
         }
         // A trailers-only response carries grpc-status in the headers and no body.
         match read_status(&head.headers) {
@@ -209,7 +274,9 @@ impl Connection {
             traffic
                 .received
                 .set(traffic.received.get() + chunk.len() as u64);
-            decoder.push(chunk).map_err(frame_error)?;
+            decoder
+                .push(chunk)
+                .map_err(|error| self.frame_error(error))?;
         }
         let trailers = body.trailers().await.map_err(lost)?;
         match trailers.as_ref().map(read_status) {
@@ -218,13 +285,28 @@ impl Connection {
             Some(Err(StatusError::Malformed)) => return Err(malformed_status()),
             Some(Err(StatusError::Missing)) | None => {
                 // The body may explain why (a cut-off frame); say that first.
-                decoder.finish().map_err(frame_error)?;
-                return Err(ErrorKind::Protocol(
-                    "response ended without grpc-status".into(),
-                ));
+                decoder.finish().map_err(|error| self.frame_error(error))?;
+                return Err(self.broken("response ended without grpc-status".into()));
             }
         }
-        decoder.finish().map_err(frame_error)
+        decoder.finish().map_err(|error| self.frame_error(error))
+    }
+
+    /// The node broke the gRPC framing on a stream. The connection itself may
+    /// still be sound, but a node that does this cannot be trusted with more
+    /// calls on it: it takes no new ones, and the pool opens a fresh connection.
+    fn broken(&self, detail: String) -> ErrorKind {
+        self.closed.set(true);
+        ErrorKind::Protocol(detail.into())
+    }
+
+    /// A framing error: too large a message (the node is fine, the reply is too
+    /// big) or broken framing (see [`Connection::broken`]).
+    fn frame_error(&self, error: FrameError) -> ErrorKind {
+        match error {
+            FrameError::TooLarge { len, max } => ErrorKind::MessageTooLarge { len, max },
+            other => self.broken(other.to_string()),
+        }
     }
 
     /// A call failed on its stream. A stream the peer refused (REFUSED_STREAM,
@@ -256,6 +338,42 @@ impl Connection {
         ErrorKind::Refused {
             node: self.node,
             detail: error.to_string().into(),
+        }
+    }
+}
+
+/// Pings the peer every `interval` while the connection is open; a PING not
+/// answered within `timeout` closes the connection, which fails its calls.
+async fn keepalive(
+    mut ping_pong: h2::PingPong,
+    interval: Duration,
+    timeout: Duration,
+    closed: Rc<Cell<bool>>,
+    kill: flume::Sender<()>,
+    node: SocketAddr,
+) {
+    loop {
+        runtime::sleep(interval).await;
+        if closed.get() {
+            return;
+        }
+        let answered =
+            runtime::until_deadline(Instant::now() + timeout, ping_pong.ping(h2::Ping::opaque()))
+                .await;
+        match answered {
+            Some(Ok(_)) => {}
+            // The connection ended on its own; the driver has seen it.
+            Some(Err(_)) => return,
+            None => {
+                crate::console::err(format_args!(
+                    "percore: {node} did not answer a keepalive PING within {} ms; \
+                     closing the connection",
+                    timeout.as_millis()
+                ));
+                closed.set(true);
+                let _ = kill.try_send(());
+                return;
+            }
         }
     }
 }
@@ -349,13 +467,6 @@ fn status_error(status: super::status::Status) -> ErrorKind {
 
 fn malformed_status() -> ErrorKind {
     ErrorKind::Protocol("malformed grpc-status".into())
-}
-
-fn frame_error(error: FrameError) -> ErrorKind {
-    match error {
-        FrameError::TooLarge { len, max } => ErrorKind::MessageTooLarge { len, max },
-        other => ErrorKind::Protocol(other.to_string().into()),
-    }
 }
 
 #[cfg(test)]

@@ -18,33 +18,42 @@ impl Code {
     pub const INTERNAL: Code = Code(13);
     pub const UNAVAILABLE: Code = Code(14);
 
+    /// The code with this canonical name (`"UNAVAILABLE"`), as configs write it.
+    pub fn from_name(name: &str) -> Option<Code> {
+        (0..NAMES.len() as u32)
+            .map(Code)
+            .find(|code| code.name() == name)
+    }
+
     /// The canonical upper-case name, as gRPC tools print it.
     pub fn name(self) -> &'static str {
-        const NAMES: [&str; 17] = [
-            "OK",
-            "CANCELLED",
-            "UNKNOWN",
-            "INVALID_ARGUMENT",
-            "DEADLINE_EXCEEDED",
-            "NOT_FOUND",
-            "ALREADY_EXISTS",
-            "PERMISSION_DENIED",
-            "RESOURCE_EXHAUSTED",
-            "FAILED_PRECONDITION",
-            "ABORTED",
-            "OUT_OF_RANGE",
-            "UNIMPLEMENTED",
-            "INTERNAL",
-            "UNAVAILABLE",
-            "DATA_LOSS",
-            "UNAUTHENTICATED",
-        ];
         NAMES
             .get(self.0 as usize)
             .copied()
             .unwrap_or("NON_STANDARD")
     }
 }
+
+/// Canonical names of codes 0 to 16, by code.
+const NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
 
 impl std::fmt::Display for Code {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -41,6 +41,9 @@ pub struct ClassNames {
     pub class: String,
     /// The model the class's jobs run, as sent in `ModelInfer`.
     pub model: String,
+    /// The class's compute nodes as `host:port`, by index, for the
+    /// `compute_node` column.
+    pub compute_nodes: Vec<String>,
 }
 
 /// A place rows are persisted. Owned by the writer thread once it is spawned.

@@ -25,19 +25,27 @@ pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS jobs (
   device_id TEXT NOT NULL, tick_ms INTEGER NOT NULL, class TEXT NOT NULL, model TEXT NOT NULL,
   outcome TEXT NOT NULL CHECK (outcome IN ('ok','failed','skipped')), reason TEXT,
   output BLOB, schedule_lag_us INTEGER NOT NULL, fetch_us INTEGER, infer_us INTEGER, end_to_end_us INTEGER,
-  shard INTEGER NOT NULL, PRIMARY KEY (tick_ms, device_id)) WITHOUT ROWID;";
+  shard INTEGER NOT NULL, compute_node TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (tick_ms, device_id)) WITHOUT ROWID;";
+
+/// Columns added after the first release, with their definitions: a database
+/// made before them gets them added at open, so an existing file keeps working.
+const ADDED_COLUMNS: [(&str, &str); 2] = [
+    ("compute_node", "compute_node TEXT"),
+    ("attempts", "attempts INTEGER NOT NULL DEFAULT 0"),
+];
 
 /// Writes one row; a second write of the same (device, tick) replaces every column.
 pub const UPSERT: &str =
     "INSERT INTO jobs (device_id, tick_ms, class, model, outcome, reason, output,
-  schedule_lag_us, fetch_us, infer_us, end_to_end_us, shard)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+  schedule_lag_us, fetch_us, infer_us, end_to_end_us, shard, compute_node, attempts)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
 ON CONFLICT(tick_ms, device_id) DO UPDATE SET
   class = excluded.class, model = excluded.model, outcome = excluded.outcome,
   reason = excluded.reason, output = excluded.output,
   schedule_lag_us = excluded.schedule_lag_us, fetch_us = excluded.fetch_us,
   infer_us = excluded.infer_us, end_to_end_us = excluded.end_to_end_us,
-  shard = excluded.shard";
+  shard = excluded.shard, compute_node = excluded.compute_node, attempts = excluded.attempts";
 
 /// How long a write waits for a lock held by another connection (an operator's
 /// `sqlite3` shell, a checkpoint) before the try fails as transient and the
@@ -106,6 +114,7 @@ impl SqliteSink {
             .map_err(failed("setting wal_autocheckpoint", at))?;
         conn.execute_batch(SCHEMA)
             .map_err(failed("creating table jobs", at))?;
+        add_missing_columns(&conn, at)?;
         // Preparing now puts the statement in the cache and fails at start-up, not
         // on the first batch, if an existing `jobs` table has a different shape.
         conn.prepare_cached(UPSERT)
@@ -118,6 +127,24 @@ impl SqliteSink {
             reason: String::new(),
         })
     }
+}
+
+/// Adds the [`ADDED_COLUMNS`] an older `jobs` table lacks.
+fn add_missing_columns(conn: &Connection, at: &str) -> Result<(), SinkError> {
+    let mut statement = conn
+        .prepare("SELECT name FROM pragma_table_info('jobs')")
+        .map_err(failed("reading the columns of jobs", at))?;
+    let existing: Vec<String> = statement
+        .query_map([], |row| row.get(0))
+        .and_then(|rows| rows.collect())
+        .map_err(failed("reading the columns of jobs", at))?;
+    for (name, definition) in ADDED_COLUMNS {
+        if !existing.iter().any(|column| column == name) {
+            conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {definition}"))
+                .map_err(failed("adding a column to jobs", at))?;
+        }
+    }
+    Ok(())
 }
 
 impl Sink for SqliteSink {
@@ -163,6 +190,9 @@ impl Sink for SqliteSink {
                         row.latency.infer_us.map(micros),
                         row.latency.end_to_end_us.map(micros),
                         row.shard,
+                        row.compute_node
+                            .and_then(|index| class.compute_nodes.get(index as usize)),
+                        row.attempts,
                     ])
                     .map_err(|error| {
                         let operation =
@@ -321,10 +351,12 @@ mod tests {
                 ClassNames {
                     class: "camera".into(),
                     model: "yolo-v8".into(),
+                    compute_nodes: Vec::new(),
                 },
                 ClassNames {
                     class: "thermostat".into(),
                     model: "anomaly".into(),
+                    compute_nodes: Vec::new(),
                 },
             ],
         })
@@ -344,6 +376,8 @@ mod tests {
                 infer_us: Some(5_600),
                 end_to_end_us: Some(6_100),
             },
+            compute_node: None,
+            attempts: 0,
             ready_at: std::time::Instant::now(),
         }
     }
@@ -368,6 +402,8 @@ mod tests {
                 infer_us: None,
                 end_to_end_us: Some(9_000),
             },
+            compute_node: None,
+            attempts: 0,
             ready_at: std::time::Instant::now(),
         }
     }
@@ -384,6 +420,8 @@ mod tests {
                 schedule_lag_us: 7,
                 ..StageLatency::default()
             },
+            compute_node: None,
+            attempts: 0,
             ready_at: std::time::Instant::now(),
         }
     }

@@ -331,6 +331,8 @@ mod tests {
                 infer_us: Some(200),
                 end_to_end_us: Some(320),
             },
+            compute_node: None,
+            attempts: 0,
             ready_at: std::time::Instant::now(),
         }
     }
@@ -342,6 +344,7 @@ mod tests {
             classes: vec![ClassNames {
                 class: "camera".into(),
                 model: "yolo".into(),
+                compute_nodes: Vec::new(),
             }],
         })
     }

@@ -118,6 +118,9 @@ pub struct Row {
     pub infer_us: Option<i64>,
     pub end_to_end_us: Option<i64>,
     pub shard: i64,
+    /// `host:port` of the compute node that answered, if one did.
+    pub compute_node: Option<String>,
+    pub attempts: i64,
 }
 
 /// Every row of the `jobs` table in `db`, by (device, tick).
@@ -127,7 +130,7 @@ pub fn read_rows(db: &Path) -> Vec<Row> {
     let mut statement = conn
         .prepare(
             "SELECT device_id, tick_ms, class, model, outcome, reason, output, schedule_lag_us,
-                    fetch_us, infer_us, end_to_end_us, shard
+                    fetch_us, infer_us, end_to_end_us, shard, compute_node, attempts
              FROM jobs ORDER BY device_id, tick_ms",
         )
         .unwrap_or_else(|error| panic!("cannot query {}: {error}", db.display()));
@@ -146,6 +149,8 @@ pub fn read_rows(db: &Path) -> Vec<Row> {
                 infer_us: row.get(9)?,
                 end_to_end_us: row.get(10)?,
                 shard: row.get(11)?,
+                compute_node: row.get(12)?,
+                attempts: row.get(13)?,
             })
         })
         .and_then(|rows| rows.collect::<Result<Vec<Row>, _>>());

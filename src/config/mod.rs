@@ -20,6 +20,10 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use toml::Spanned;
 
+mod upstream;
+
+pub use upstream::{BalancerKind, Ejection, HealthCheck, Hedge, Upstream};
+
 use crate::devices::Fleet;
 use crate::record::ClassIndex;
 use crate::tuning::Tuning;
@@ -181,7 +185,7 @@ pub struct Config {
 }
 
 /// A kind of device: which model it runs, how often, and which nodes serve it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Class {
     /// Unique name, used in the device list and the sink's rows.
     pub name: String,
@@ -194,14 +198,17 @@ pub struct Class {
     /// Time from a job's start until it counts as failed (`deadline exceeded`); at
     /// most the period, so a device rarely has a tick skipped behind its own job.
     pub deadline_ms: u64,
-    /// Data sources to fetch inputs from, taken in turn by each shard.
+    /// Data sources to fetch inputs from; each shard balances over them.
     pub data_sources: Vec<SocketAddr>,
-    /// Compute nodes serving the model, taken in turn by each shard.
+    /// Compute nodes (replicas) serving the model; each shard balances over them.
     pub compute_nodes: Vec<SocketAddr>,
     /// Name of the model's input tensor in the infer request.
     pub input_name: String,
     /// What every response's output must look like; `None` accepts any output.
     pub output: Option<OutputSpec>,
+    /// Balancing, admission, retries, hedging, health checks and ejection over
+    /// the class's replicas (`[classes.upstream]`).
+    pub upstream: Upstream,
 }
 
 /// The expected output tensor of a class's model, checked on every response.
@@ -275,11 +282,23 @@ pub struct GrpcConfig {
     pub max_message_bytes: usize,
     /// How long opening a connection to a node may take before trying the next.
     pub connect_timeout_ms: u64,
-    /// Extra attempts of a call that failed in a way another node might not
-    /// (connect refused, connection lost, UNAVAILABLE), each on the class's next
-    /// node, within the job's deadline. Only classes with more than one node for
-    /// that role retry.
+    /// Most extra attempts of one call that failed in a way another node might
+    /// not (connect refused, connection lost, attempt timeout, a `retry_on`
+    /// status), each on another replica, within the job's deadline and the retry
+    /// budget. A call the node never took may go to the same node again.
     pub retries: u32,
+    /// Retry budget: retries a shard may send per class, as a percentage of its
+    /// calls over the last 10 s (as linkerd2 and Envoy bound them), so retries
+    /// cannot multiply the load on a fleet that is already failing.
+    pub retry_budget_percent: u32,
+    /// Retries a shard may send per class per second whatever the budget says, so
+    /// a quiet class still rides over a single failure.
+    pub retry_budget_min_per_s: u32,
+    /// An HTTP/2 PING is sent on a connection this often; 0 turns keepalive off.
+    pub keepalive_interval_ms: u64,
+    /// A connection whose PING is not answered within this is closed and its
+    /// calls fail (a dead peer, a silent network partition).
+    pub keepalive_timeout_ms: u64,
 }
 
 /// gRPC's own default maximum message size.
@@ -288,6 +307,13 @@ const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1000;
 /// One more node before giving up: enough to ride over one dead replica.
 const DEFAULT_RETRIES: u32 = 1;
+/// Retries may add a fifth to a class's calls, as linkerd2's default budget does.
+const DEFAULT_RETRY_BUDGET_PERCENT: u32 = 20;
+/// Enough to ride over one failed replica at low rates.
+const DEFAULT_RETRY_BUDGET_MIN_PER_S: u32 = 10;
+/// Finds a dead peer within 15 s even on an idle connection.
+const DEFAULT_KEEPALIVE_INTERVAL_MS: u64 = 10_000;
+const DEFAULT_KEEPALIVE_TIMEOUT_MS: u64 = 5_000;
 /// More attempts than this cannot fit a job's deadline in any useful way.
 const MAX_RETRIES: u32 = 10;
 /// Below this not even a small tensor with its metadata fits.
@@ -307,6 +333,10 @@ impl Default for GrpcConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             retries: DEFAULT_RETRIES,
+            retry_budget_percent: DEFAULT_RETRY_BUDGET_PERCENT,
+            retry_budget_min_per_s: DEFAULT_RETRY_BUDGET_MIN_PER_S,
+            keepalive_interval_ms: DEFAULT_KEEPALIVE_INTERVAL_MS,
+            keepalive_timeout_ms: DEFAULT_KEEPALIVE_TIMEOUT_MS,
         }
     }
 }
@@ -403,6 +433,14 @@ struct GrpcFile {
     /// See [`GrpcConfig::retries`].
     #[serde(default = "default_retries")]
     retries: Spanned<u32>,
+    /// See [`GrpcConfig::retry_budget_percent`].
+    retry_budget_percent: Option<Spanned<u32>>,
+    /// See [`GrpcConfig::retry_budget_min_per_s`].
+    retry_budget_min_per_s: Option<u32>,
+    /// See [`GrpcConfig::keepalive_interval_ms`].
+    keepalive_interval_ms: Option<u64>,
+    /// See [`GrpcConfig::keepalive_timeout_ms`].
+    keepalive_timeout_ms: Option<Spanned<u64>>,
 }
 
 impl GrpcFile {
@@ -411,6 +449,10 @@ impl GrpcFile {
             max_message_bytes: default_max_message_bytes(),
             connect_timeout_ms: default_connect_timeout_ms(),
             retries: default_retries(),
+            retry_budget_percent: None,
+            retry_budget_min_per_s: None,
+            keepalive_interval_ms: None,
+            keepalive_timeout_ms: None,
         }
     }
 }
@@ -447,6 +489,8 @@ struct ClassFile {
     #[serde(default = "default_input_name")]
     input_name: Spanned<String>,
     output: Option<OutputFile>,
+    #[serde(default)]
+    upstream: upstream::UpstreamFile,
 }
 
 /// `[classes.output]`; see [`OutputSpec`].
@@ -588,16 +632,30 @@ impl ClassFile {
             None => None,
             Some(output) => Some(output.validate(&field("output"), source)?),
         };
+        let compute_nodes = resolve_nodes(&self.compute_nodes, &field("compute_nodes"), source)?;
+        let upstream = self.upstream.validate(
+            &field("upstream"),
+            &compute_nodes,
+            std::time::Duration::from_millis(deadline_ms),
+            source,
+        )?;
         Ok(Class {
             name: self.name.get_ref().clone(),
             model: self.model.get_ref().clone(),
             model_version: self.model_version.clone(),
             period_ms,
             deadline_ms,
-            data_sources: resolve_nodes(&self.data_sources, &field("data_sources"), source)?,
-            compute_nodes: resolve_nodes(&self.compute_nodes, &field("compute_nodes"), source)?,
+            data_sources: resolve_nodes(&self.data_sources, &field("data_sources"), source)?
+                .into_iter()
+                .map(|(_, address)| address)
+                .collect(),
+            compute_nodes: compute_nodes
+                .into_iter()
+                .map(|(_, address)| address)
+                .collect(),
             input_name: self.input_name.get_ref().clone(),
             output,
+            upstream,
         })
     }
 }
@@ -644,12 +702,13 @@ fn non_empty(value: &Spanned<String>, field: &str, source: &Source) -> Result<()
 
 /// Resolve each `host:port` once, at load, so a typo (or port 0) stops the start
 /// instead of failing every job. A name that resolves to several addresses takes the first,
-/// as a plain `connect` would; write an IP literal to be explicit.
+/// as a plain `connect` would; write an IP literal to be explicit. Each address
+/// comes with its text as written, for keys that name a node.
 fn resolve_nodes(
     nodes: &Spanned<Vec<Spanned<String>>>,
     field: &str,
     source: &Source,
-) -> Result<Vec<SocketAddr>, ConfigError> {
+) -> Result<Vec<(String, SocketAddr)>, ConfigError> {
     if nodes.get_ref().is_empty() {
         return Err(source.error(nodes.span(), field, "must list at least one address"));
     }
@@ -674,7 +733,10 @@ fn resolve_nodes(
             .map_err(|cause| error(format!("cannot resolve {text:?}: {cause}")))?
             .next()
             .ok_or_else(|| error(format!("{text:?} resolves to no address")))?;
-        addresses.push(address);
+        if addresses.iter().any(|(_, known)| *known == address) {
+            return Err(error(format!("{text:?} is listed twice")));
+        }
+        addresses.push((text.to_string(), address));
     }
     Ok(addresses)
 }
@@ -734,10 +796,41 @@ impl GrpcFile {
                 format!("must be at most {MAX_RETRIES}"),
             ));
         }
+        let defaults = GrpcConfig::default();
+        let retry_budget_percent = match &self.retry_budget_percent {
+            Some(percent) if *percent.get_ref() > 100 => {
+                return Err(source.error(
+                    percent.span(),
+                    "grpc.retry_budget_percent",
+                    "must be at most 100",
+                ))
+            }
+            Some(percent) => *percent.get_ref(),
+            None => defaults.retry_budget_percent,
+        };
+        let keepalive_timeout_ms = match &self.keepalive_timeout_ms {
+            Some(timeout) if *timeout.get_ref() == 0 => {
+                return Err(source.error(
+                    timeout.span(),
+                    "grpc.keepalive_timeout_ms",
+                    "must be greater than 0",
+                ))
+            }
+            Some(timeout) => *timeout.get_ref(),
+            None => defaults.keepalive_timeout_ms,
+        };
         Ok(GrpcConfig {
             max_message_bytes,
             connect_timeout_ms,
             retries,
+            retry_budget_percent,
+            retry_budget_min_per_s: self
+                .retry_budget_min_per_s
+                .unwrap_or(defaults.retry_budget_min_per_s),
+            keepalive_interval_ms: self
+                .keepalive_interval_ms
+                .unwrap_or(defaults.keepalive_interval_ms),
+            keepalive_timeout_ms,
         })
     }
 }
@@ -943,7 +1036,9 @@ input_name = "series"
     #[test]
     fn grpc_table_overrides_defaults() {
         let text = format!(
-            "[grpc]\nmax_message_bytes = 1024\nconnect_timeout_ms = 5\nretries = 2\n{VALID}"
+            "[grpc]\nmax_message_bytes = 1024\nconnect_timeout_ms = 5\nretries = 2\n\
+             retry_budget_percent = 50\nretry_budget_min_per_s = 3\n\
+             keepalive_interval_ms = 0\nkeepalive_timeout_ms = 7\n{VALID}"
         );
         let config = parse(&text).map_err(|e| e.to_string());
         let grpc = config.map(|config| config.grpc);
@@ -953,6 +1048,10 @@ input_name = "series"
                 max_message_bytes: 1024,
                 connect_timeout_ms: 5,
                 retries: 2,
+                retry_budget_percent: 50,
+                retry_budget_min_per_s: 3,
+                keepalive_interval_ms: 0,
+                keepalive_timeout_ms: 7,
             })
         );
     }
@@ -984,7 +1083,7 @@ input_name = "series"
             error_of(&text),
             "conf/fleet.toml:13: unknown field `period`, expected one of `name`, `model`, \
              `model_version`, `period_ms`, `deadline_ms`, `data_sources`, `compute_nodes`, \
-             `input_name`, `output`"
+             `input_name`, `output`, `upstream`"
         );
         let text = format!("{VALID}\n[extra]\n");
         assert_eq!(
@@ -1313,7 +1412,7 @@ input_name = "series"
         // `file!()` is this file's path, relative to the package root or absolute.
         let root = Path::new(file!())
             .ancestors()
-            .nth(2)
+            .nth(3)
             .unwrap_or(Path::new(""));
         let path = root.join("examples/percore.toml");
         let config = match Config::load(&path) {

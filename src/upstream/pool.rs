@@ -1,12 +1,12 @@
-//! A shard's connections to the nodes it calls, and how it picks one per call.
+//! A shard's connections to one node.
 //!
 //! Every shard has its own [`NodePool`] per node (data source or compute node): up
 //! to `connections_per_node` HTTP/2 connections, opened lazily, a new one only when
-//! every open one is at the peer's `max_concurrent_streams`. A node that refuses
-//! connections is backed off (50 ms doubling to 1 s) so a dead node costs a failed
-//! job per call instead of a connect storm, and is retried by the first call after
-//! the backoff. [`Balancer`] spreads a class's calls over its nodes round-robin,
-//! passing over nodes that are backing off while another is usable.
+//! every open one is at the peer's `max_concurrent_streams`. A node that cannot be
+//! connected to is backed off (from 50 ms, doubling to 1 s, with jitter so shards
+//! do not reconnect in step), so a dead node costs a failed call instead of a
+//! connect storm. The replica's probe reconnects when the backoff ends, so a node
+//! that comes back is used again at once.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use http::Uri;
 
 use crate::error::ErrorKind;
-use crate::grpc::client::{ClientSettings, Connection, Traffic};
+use crate::grpc::client::{ClientSettings, ConnectError, Connection, Traffic};
 use crate::grpc::methods;
 use crate::runtime;
 
@@ -34,7 +34,7 @@ enum ConnectState {
     /// The last connect failed; calls fail fast with `cause` until `retry_at`.
     BackingOff {
         retry_at: Instant,
-        cause: std::io::ErrorKind,
+        cause: ConnectError,
     },
 }
 
@@ -62,13 +62,17 @@ pub struct NodePool {
     settings: Rc<ClientSettings>,
     /// Bytes sent and received over all of this pool's connections, past and present.
     traffic: Rc<Traffic>,
+    /// xorshift state for backoff jitter, seeded from the node and shard.
+    jitter: Cell<u64>,
 }
 
 impl NodePool {
+    /// `seed` differs per shard, so shards back off from a node out of step.
     pub fn new(
         node: SocketAddr,
         max_connections: usize,
         settings: Rc<ClientSettings>,
+        seed: u64,
     ) -> Rc<NodePool> {
         let uri = |path: &str| -> Uri {
             // An IP:port authority and a fixed path always form a valid URI.
@@ -86,6 +90,7 @@ impl NodePool {
             waiters: RefCell::new(Vec::new()),
             settings,
             traffic: Rc::new(Traffic::default()),
+            jitter: Cell::new((crate::devices::stable_hash(&node.to_string()) ^ seed) | 1),
         })
     }
 
@@ -99,6 +104,13 @@ impl NodePool {
 
     pub fn infer_uri(&self) -> &Uri {
         &self.infer_uri
+    }
+
+    /// The URI of any method on this node (probes; not on the per-job path).
+    pub fn uri(&self, path: &str) -> Uri {
+        format!("http://{}{path}", self.node)
+            .parse()
+            .unwrap_or_default()
     }
 
     /// Open connections right now (for gauges and tests).
@@ -115,11 +127,41 @@ impl NodePool {
         (self.traffic.sent.get(), self.traffic.received.get())
     }
 
-    /// Whether calls to this node currently fail fast because it refused a connect.
-    pub fn is_backing_off(&self) -> bool {
+    /// Whether calls to this node currently fail fast because a connect failed.
+    pub fn is_backing_off(&self, now: Instant) -> bool {
         match &*self.state.borrow() {
-            ConnectState::BackingOff { retry_at, .. } => Instant::now() < *retry_at,
+            ConnectState::BackingOff { retry_at, .. } => now < *retry_at,
             _ => false,
+        }
+    }
+
+    /// When the current backoff ends, if the last connect failed.
+    pub fn backoff_ends(&self) -> Option<Instant> {
+        match &*self.state.borrow() {
+            ConnectState::BackingOff { retry_at, .. } => Some(*retry_at),
+            _ => None,
+        }
+    }
+
+    /// Whether at least one connection is open and taking calls.
+    pub fn is_connected(&self) -> bool {
+        self.connections.borrow().iter().any(|c| !c.is_closed())
+    }
+
+    /// Opens a connection now if none is open, whatever the backoff says: the
+    /// probe calls this when a backoff ends, so a node that came back is known
+    /// to be up before a job has to find out.
+    pub async fn reconnect(self: &Rc<Self>) -> Result<(), ConnectError> {
+        if self.is_connected() {
+            return Ok(());
+        }
+        if !matches!(*self.state.borrow(), ConnectState::Connecting) {
+            *self.state.borrow_mut() = ConnectState::Idle;
+        }
+        match self.connection().await {
+            Ok(_) => Ok(()),
+            Err(ErrorKind::Connect { cause, .. }) => Err(cause),
+            Err(other) => Err(ConnectError::Handshake(other.to_string())),
         }
     }
 
@@ -187,12 +229,12 @@ impl NodePool {
                     pool.backoff.set(FIRST_BACKOFF);
                     ConnectState::Idle
                 }
-                Err(error) => {
+                Err(cause) => {
                     let backoff = pool.backoff.get();
                     pool.backoff.set((backoff * 2).min(MAX_BACKOFF));
                     ConnectState::BackingOff {
-                        retry_at: Instant::now() + backoff,
-                        cause: error.kind(),
+                        retry_at: Instant::now() + pool.jittered(backoff),
+                        cause,
                     }
                 }
             };
@@ -203,6 +245,17 @@ impl NodePool {
             }
         })
         .detach();
+    }
+
+    /// `backoff` scaled by a random factor in [0.5, 1.5).
+    fn jittered(&self, backoff: Duration) -> Duration {
+        let mut x = self.jitter.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.jitter.set(x);
+        let unit = (x >> 11) as f64 / (1u64 << 53) as f64;
+        backoff.mul_f64(0.5 + unit)
     }
 
     /// Resolves once a connect that was under way at `generation` has ended.
@@ -216,38 +269,5 @@ impl NodePool {
             }
         })
         .await
-    }
-}
-
-/// Round-robin over the nodes that serve one role (sources or compute) of a class.
-pub struct Balancer {
-    /// The class's nodes, as pools of this shard.
-    pools: Vec<Rc<NodePool>>,
-    /// Where the next pick starts.
-    next: Cell<usize>,
-}
-
-impl Balancer {
-    pub fn new(pools: Vec<Rc<NodePool>>) -> Balancer {
-        Balancer {
-            pools,
-            next: Cell::new(0),
-        }
-    }
-
-    /// The next node in turn, skipping nodes that are backing off unless all are.
-    pub fn pick(&self) -> &Rc<NodePool> {
-        let count = self.pools.len();
-        let start = self.next.get();
-        let chosen = (0..count)
-            .map(|offset| (start + offset) % count)
-            .find(|&index| !self.pools[index].is_backing_off())
-            .unwrap_or(start % count);
-        self.next.set(chosen + 1);
-        &self.pools[chosen]
-    }
-
-    pub fn pools(&self) -> &[Rc<NodePool>] {
-        &self.pools
     }
 }
