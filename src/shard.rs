@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::config::Class;
+use crate::config::{Class, HealthCheck, Upstream};
 use crate::devices::{stable_hash, Fleet};
 use crate::grpc::client::ClientSettings;
 use crate::job::{self, ClassRoute};
@@ -336,11 +336,7 @@ type Routes = (Vec<Rc<ClassRoute>>, Vec<Rc<NodePool>>);
 
 /// One pool per node per shard, shared by the classes that use the node; one
 /// replica set per class and role.
-fn build_routes(
-    classes: &[Class],
-    limits: &ShardLimits,
-    shard: u16,
-) -> Result<Routes, String> {
+fn build_routes(classes: &[Class], limits: &ShardLimits, shard: u16) -> Result<Routes, String> {
     let settings = Rc::new(ClientSettings {
         connect_timeout: limits.connect_timeout,
         keepalive_interval: limits.keepalive.map(|(interval, _)| interval),
@@ -375,10 +371,22 @@ fn build_routes(
                 Replica::new(pool.clone(), weight, now)
             })
             .collect();
+        // The class's limits, hedging and weights are about its compute nodes;
+        // its data sources get the balancing, retries and ejection only.
+        let upstream = match role {
+            Role::ComputeNode => class.upstream.clone(),
+            Role::DataSource => Upstream {
+                weights: Vec::new(),
+                max_outstanding_per_replica: Upstream::default().max_outstanding_per_replica,
+                hedge: None,
+                health_check: HealthCheck::None,
+                ..class.upstream.clone()
+            },
+        };
         let policy = SetPolicy {
             class: class.name.clone(),
             role,
-            upstream: class.upstream.clone(),
+            upstream,
             retry_budget_percent: limits.retry_budget_percent,
             retry_budget_min_per_s: limits.retry_budget_min_per_s,
             shard,
@@ -557,10 +565,7 @@ async fn run_job(shard: &Shard, local: u32, tick_ms: i64, planned: Instant) {
     let device = shard.devices[local as usize];
     let class = shard.fleet.class(device);
     let route = &shard.routes[class as usize];
-    let finished = {
-        let _slot = route.computes.admit();
-        job::run(route, shard.fleet.id(device), tick_ms, planned).await
-    };
+    let finished = job::run(route, shard.fleet.id(device), tick_ms, planned).await;
     shard
         .retries
         .set(shard.retries.get() + finished.retries as u64);
@@ -651,8 +656,14 @@ impl Shard {
             return;
         }
         self.begin(local);
+        let class = self.fleet.class(self.devices[local as usize]) as usize;
+        let slot = self.routes[class].computes.admit();
         let shard = self.clone();
-        runtime::spawn(async move { run_job(&shard, local, tick_ms, planned).await }).detach();
+        runtime::spawn(async move {
+            run_job(&shard, local, tick_ms, planned).await;
+            drop(slot);
+        })
+        .detach();
     }
 
     fn begin(&self, local: u32) {

@@ -99,12 +99,30 @@ impl PowerOfTwoChoices {
 }
 
 /// The load P2C compares: latency estimate × (outstanding + 1) / weight. A
-/// replica with no estimate yet counts 1 µs, so its outstanding calls still
-/// weigh.
-pub fn load(replica: &Replica, now: Instant) -> f64 {
-    let latency = replica.health.latency_ns(now).max(1_000.0);
+/// replica with no estimate yet (it has not answered a call) counts as
+/// `unknown_ns`, the set's mean estimate: counted as fast, a new replica would
+/// take every call until its first answer, however slow it is.
+pub fn load(replica: &Replica, now: Instant, unknown_ns: f64) -> f64 {
+    let estimate = replica.health.latency_ns(now);
+    let latency = if estimate > 0.0 { estimate } else { unknown_ns };
     let pending = replica.health.outstanding() as f64 + 1.0;
-    latency * pending / f64::from(replica.weight)
+    latency.max(1_000.0) * pending / f64::from(replica.weight)
+}
+
+/// The mean latency estimate of the replicas that have one (0 when none has).
+fn mean_estimate(replicas: &[Replica], now: Instant) -> f64 {
+    let (sum, known) = replicas
+        .iter()
+        .map(|replica| replica.health.latency_ns(now))
+        .filter(|&estimate| estimate > 0.0)
+        .fold((0.0, 0u32), |(sum, known), estimate| {
+            (sum + estimate, known + 1)
+        });
+    if known == 0 {
+        0.0
+    } else {
+        sum / f64::from(known)
+    }
 }
 
 impl Balance for PowerOfTwoChoices {
@@ -143,7 +161,14 @@ impl Balance for PowerOfTwoChoices {
                 }
             }
         };
-        if load(&replicas[b], now) < load(&replicas[a], now) {
+        let unknown = if replicas[a].health.latency_ns(now) > 0.0
+            && replicas[b].health.latency_ns(now) > 0.0
+        {
+            0.0
+        } else {
+            mean_estimate(replicas, now)
+        };
+        if load(&replicas[b], now, unknown) < load(&replicas[a], now, unknown) {
             Some(b)
         } else {
             Some(a)

@@ -225,10 +225,12 @@ impl ReplicaSet {
         self.jobs.get() < capacity
     }
 
-    /// A job that will call this set has started; it counts until dropped.
-    pub fn admit(&self) -> JobSlot<'_> {
+    /// A job that will call this set is admitted; it counts until the slot is
+    /// dropped. Taken when the tick is dispatched, before the job's task runs,
+    /// so a burst of due ticks cannot all pass [`ReplicaSet::has_room`] at once.
+    pub fn admit(self: &Rc<Self>) -> JobSlot {
         self.jobs.set(self.jobs.get() + 1);
-        JobSlot(&self.jobs)
+        JobSlot(self.clone())
     }
 
     /// The deadline of one attempt starting `now` within the call's `deadline`.
@@ -288,11 +290,12 @@ impl ReplicaSet {
 }
 
 /// Counts a job against its set's capacity while it lives.
-pub struct JobSlot<'a>(&'a Cell<usize>);
+pub struct JobSlot(Rc<ReplicaSet>);
 
-impl Drop for JobSlot<'_> {
+impl Drop for JobSlot {
     fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
+        let jobs = &self.0.jobs;
+        jobs.set(jobs.get().saturating_sub(1));
     }
 }
 
@@ -485,13 +488,13 @@ mod tests {
 
     #[test]
     fn a_full_replica_is_passed_over_and_admission_follows_capacity() {
-        let set = set(
+        let set = Rc::new(set(
             2,
             Upstream {
                 max_outstanding_per_replica: 2,
                 ..Upstream::default()
             },
-        );
+        ));
         let now = Instant::now();
         let slots: Vec<_> = (0..3).map(|_| set.admit()).collect();
         assert!(set.has_room(now));
