@@ -29,11 +29,8 @@ pub fn check_raw(datatype: &str, shape: &[i64], raw: &[u8]) -> Result<(), String
     match element_size(datatype) {
         Some(size) => {
             // A hostile shape must not wrap around to the length it was sent with.
-            let expected = shape
-                .iter()
-                .try_fold(size, |bytes, &dim| {
-                    bytes.checked_mul(usize::try_from(dim).ok()?)
-                })
+            let expected = element_count(shape)
+                .and_then(|count| count.checked_mul(size))
                 .ok_or_else(|| {
                     format!("tensor of {datatype} {shape:?} is larger than any message can be")
                 })?;
@@ -49,6 +46,18 @@ pub fn check_raw(datatype: &str, shape: &[i64], raw: &[u8]) -> Result<(), String
         None if datatype == "BYTES" => Ok(()),
         None => Err(format!("unknown tensor datatype {datatype:?}")),
     }
+}
+
+/// Number of elements in a shape of non-negative dimensions; `None` when it does
+/// not fit in `usize`. A zero dimension empties the tensor whatever the others
+/// are, so it is looked for first: `[2^62, 4, 0]` is as empty as `[0, 2^62, 4]`.
+fn element_count(shape: &[i64]) -> Option<usize> {
+    if shape.contains(&0) {
+        return Some(0);
+    }
+    shape.iter().try_fold(1usize, |count, &dim| {
+        count.checked_mul(usize::try_from(dim).ok()?)
+    })
 }
 
 /// The first output of a ModelInfer response, as stored.
@@ -196,6 +205,19 @@ mod tests {
             "tensor of FP32 [4611686018427387904, 4] is larger than any message can be"
         );
         assert!(check_raw("UINT8", &[i64::MAX, i64::MAX], &[]).is_err());
+    }
+
+    #[test]
+    fn a_zero_dimension_empties_the_tensor_wherever_it_is() {
+        // Found by tests/decode_props.rs: UINT32 [i64::MAX, 0] with no bytes was
+        // refused as too large, while [0, i64::MAX] passed.
+        assert_eq!(check_raw("UINT32", &[i64::MAX, 0], &[]), Ok(()));
+        assert_eq!(check_raw("UINT32", &[0, i64::MAX], &[]), Ok(()));
+        assert_eq!(check_raw("BOOL", &[3, i64::MAX, 0], &[]), Ok(()));
+        assert_eq!(
+            check_raw("FP32", &[i64::MAX, 0], &[0; 4]).unwrap_err(),
+            "tensor of FP32 [9223372036854775807, 0] needs 0 bytes, got 4"
+        );
     }
 
     #[test]
