@@ -100,14 +100,8 @@ fn typed_to_raw(datatype: &str, contents: &InferTensorContents) -> Result<Bytes,
             .bool_contents
             .iter()
             .for_each(|&v| out.put_u8(v as u8)),
-        "INT8" => contents
-            .int_contents
-            .iter()
-            .for_each(|&v| out.put_i8(v as i8)),
-        "INT16" => contents
-            .int_contents
-            .iter()
-            .for_each(|&v| out.put_i16_le(v as i16)),
+        "INT8" => narrowed(&contents.int_contents, datatype, |v| out.put_i8(v))?,
+        "INT16" => narrowed(&contents.int_contents, datatype, |v| out.put_i16_le(v))?,
         "INT32" => contents
             .int_contents
             .iter()
@@ -116,14 +110,8 @@ fn typed_to_raw(datatype: &str, contents: &InferTensorContents) -> Result<Bytes,
             .int64_contents
             .iter()
             .for_each(|&v| out.put_i64_le(v)),
-        "UINT8" => contents
-            .uint_contents
-            .iter()
-            .for_each(|&v| out.put_u8(v as u8)),
-        "UINT16" => contents
-            .uint_contents
-            .iter()
-            .for_each(|&v| out.put_u16_le(v as u16)),
+        "UINT8" => narrowed(&contents.uint_contents, datatype, |v| out.put_u8(v))?,
+        "UINT16" => narrowed(&contents.uint_contents, datatype, |v| out.put_u16_le(v))?,
         "UINT32" => contents
             .uint_contents
             .iter()
@@ -147,6 +135,23 @@ fn typed_to_raw(datatype: &str, contents: &InferTensorContents) -> Result<Bytes,
         other => return Err(format!("cannot read typed contents of datatype {other:?}")),
     }
     Ok(out.freeze())
+}
+
+/// Hands `put` each value of a 32-bit contents list narrowed to a smaller type
+/// (KServe v2 carries INT8/INT16 in `int_contents`, UINT8/UINT16 in
+/// `uint_contents`). A value that does not fit is refused, not wrapped: 300 must
+/// not be stored as the INT8 44.
+fn narrowed<T, N>(values: &[T], datatype: &str, mut put: impl FnMut(N)) -> Result<(), String>
+where
+    T: Copy + std::fmt::Display,
+    N: TryFrom<T>,
+{
+    for &value in values {
+        let narrow = N::try_from(value)
+            .map_err(|_| format!("typed {datatype} output holds {value}, outside its range"))?;
+        put(narrow);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -205,6 +210,39 @@ mod tests {
             "tensor of FP32 [4611686018427387904, 4] is larger than any message can be"
         );
         assert!(check_raw("UINT8", &[i64::MAX, i64::MAX], &[]).is_err());
+    }
+
+    #[test]
+    fn typed_values_outside_a_narrow_datatype_are_refused_not_wrapped() {
+        // Found by tests/decode_props.rs: INT8 [128] was stored as the byte 0x80
+        // (-128), UINT8 [256] as 0.
+        let typed = |datatype: &str, contents: InferTensorContents| ModelInferResponse {
+            outputs: vec![output(datatype, vec![], Some(contents))],
+            ..Default::default()
+        };
+        let ints = |values: Vec<i32>| InferTensorContents {
+            int_contents: values,
+            ..Default::default()
+        };
+        let uints = |values: Vec<u32>| InferTensorContents {
+            uint_contents: values,
+            ..Default::default()
+        };
+        assert_eq!(
+            first_output(typed("INT8", ints(vec![128]))).unwrap_err(),
+            "typed INT8 output holds 128, outside its range"
+        );
+        assert!(first_output(typed("INT16", ints(vec![-32_769]))).is_err());
+        assert_eq!(
+            first_output(typed("UINT8", uints(vec![256]))).unwrap_err(),
+            "typed UINT8 output holds 256, outside its range"
+        );
+        assert!(first_output(typed("UINT16", uints(vec![65_536]))).is_err());
+        // The ends of the ranges still fit.
+        let fits = first_output(typed("INT8", ints(vec![-128]))).unwrap();
+        assert_eq!(&fits.bytes[..], &[0x80]);
+        let fits = first_output(typed("UINT16", uints(vec![65_535]))).unwrap();
+        assert_eq!(&fits.bytes[..], &[0xff, 0xff]);
     }
 
     #[test]
