@@ -21,19 +21,19 @@ pub fn element_size(datatype: &str) -> Option<usize> {
     })
 }
 
-/// Checks that `raw` holds exactly the bytes `datatype` x `shape` calls for.
+/// Checks that `raw` holds exactly the bytes `datatype` x `shape` calls for; for
+/// BYTES, exactly as many length-prefixed elements as the shape has.
 pub fn check_raw(datatype: &str, shape: &[i64], raw: &[u8]) -> Result<(), String> {
     if shape.iter().any(|&dim| dim < 0) {
         return Err(format!("tensor shape {shape:?} has a negative dimension"));
     }
+    // A hostile shape must not wrap around to the length it was sent with.
+    let too_large = || format!("tensor of {datatype} {shape:?} is larger than any message can be");
     match element_size(datatype) {
         Some(size) => {
-            // A hostile shape must not wrap around to the length it was sent with.
             let expected = element_count(shape)
                 .and_then(|count| count.checked_mul(size))
-                .ok_or_else(|| {
-                    format!("tensor of {datatype} {shape:?} is larger than any message can be")
-                })?;
+                .ok_or_else(too_large)?;
             if raw.len() != expected {
                 return Err(format!(
                     "tensor of {datatype} {shape:?} needs {expected} bytes, got {}",
@@ -42,8 +42,21 @@ pub fn check_raw(datatype: &str, shape: &[i64], raw: &[u8]) -> Result<(), String
             }
             Ok(())
         }
-        // BYTES elements are length-prefixed strings: no fixed size to check.
-        None if datatype == "BYTES" => Ok(()),
+        None if datatype == "BYTES" => {
+            let expected = element_count(shape).ok_or_else(too_large)?;
+            let Some(elements) = bytes_elements(raw) else {
+                return Err(format!(
+                    "tensor of BYTES {shape:?}: {} bytes are not whole length-prefixed elements",
+                    raw.len()
+                ));
+            };
+            if elements != expected {
+                return Err(format!(
+                    "tensor of BYTES {shape:?} needs {expected} elements, got {elements}"
+                ));
+            }
+            Ok(())
+        }
         None => Err(format!("unknown tensor datatype {datatype:?}")),
     }
 }
@@ -58,6 +71,18 @@ fn element_count(shape: &[i64]) -> Option<usize> {
     shape.iter().try_fold(1usize, |count, &dim| {
         count.checked_mul(usize::try_from(dim).ok()?)
     })
+}
+
+/// How many BYTES elements `raw` holds, each a 4-byte little-endian length and
+/// that many bytes; `None` unless they fill `raw` exactly.
+fn bytes_elements(mut raw: &[u8]) -> Option<usize> {
+    let mut count = 0;
+    while let Some((prefix, rest)) = raw.split_first_chunk::<4>() {
+        let len = usize::try_from(u32::from_le_bytes(*prefix)).ok()?;
+        raw = rest.get(len..)?;
+        count += 1;
+    }
+    raw.is_empty().then_some(count)
 }
 
 /// The first output of a ModelInfer response, as stored.
@@ -243,6 +268,49 @@ mod tests {
         assert_eq!(&fits.bytes[..], &[0x80]);
         let fits = first_output(typed("UINT16", uints(vec![65_535]))).unwrap();
         assert_eq!(&fits.bytes[..], &[0xff, 0xff]);
+    }
+
+    #[test]
+    fn bytes_tensors_must_hold_one_element_per_shape_entry() {
+        // Found by tests/decode_props.rs: a BYTES output of shape [i64::MAX] with
+        // no elements passed, as did any bytes at all under a BYTES label.
+        let element = |text: &[u8]| [&(text.len() as u32).to_le_bytes()[..], text].concat();
+        let two = [element(b"ab"), element(b"")].concat();
+        assert_eq!(check_raw("BYTES", &[2], &two), Ok(()));
+        assert_eq!(check_raw("BYTES", &[1, 2], &two), Ok(()));
+        assert_eq!(check_raw("BYTES", &[0], &[]), Ok(()));
+        assert_eq!(check_raw("BYTES", &[], &element(b"scalar")), Ok(()));
+        assert_eq!(
+            check_raw("BYTES", &[i64::MAX], &[]).unwrap_err(),
+            "tensor of BYTES [9223372036854775807] needs 9223372036854775807 elements, got 0"
+        );
+        assert_eq!(
+            check_raw("BYTES", &[3], &two).unwrap_err(),
+            "tensor of BYTES [3] needs 3 elements, got 2"
+        );
+        assert_eq!(
+            check_raw("BYTES", &[2], &two[..two.len() - 1]).unwrap_err(),
+            "tensor of BYTES [2]: 9 bytes are not whole length-prefixed elements"
+        );
+        assert!(check_raw("BYTES", &[1], &[7, 0, 0]).is_err());
+        assert!(check_raw("BYTES", &[i64::MAX, 4], &[]).is_err());
+        // Typed BYTES contents are counted the same way.
+        let typed = |shape: Vec<i64>| ModelInferResponse {
+            outputs: vec![output(
+                "BYTES",
+                shape,
+                Some(InferTensorContents {
+                    bytes_contents: vec![Bytes::from_static(b"x")],
+                    ..Default::default()
+                }),
+            )],
+            ..Default::default()
+        };
+        assert_eq!(
+            &first_output(typed(vec![1])).unwrap().bytes[..],
+            &element(b"x")[..]
+        );
+        assert!(first_output(typed(vec![2])).is_err());
     }
 
     #[test]
