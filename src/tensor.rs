@@ -88,9 +88,11 @@ fn bytes_elements(mut raw: &[u8]) -> Option<usize> {
 /// The first output of a ModelInfer response, as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Output {
-    /// Name, KServe datatype and shape, as the server labelled them.
+    /// Name, as the server labelled it; checked against the class's output spec.
     pub name: String,
+    /// KServe v2 datatype, as the server labelled it.
     pub datatype: String,
+    /// Shape, as the server labelled it; `bytes` fills it exactly.
     pub shape: Vec<i64>,
     /// Little-endian, row-major bytes.
     pub bytes: Bytes,
