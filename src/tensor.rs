@@ -21,22 +21,19 @@ pub fn element_size(datatype: &str) -> Option<usize> {
     })
 }
 
-/// Checks that `raw` holds exactly the bytes `datatype` x `shape` calls for.
+/// Checks that `raw` holds exactly the bytes `datatype` x `shape` calls for; for
+/// BYTES, exactly as many length-prefixed elements as the shape has.
 pub fn check_raw(datatype: &str, shape: &[i64], raw: &[u8]) -> Result<(), String> {
     if shape.iter().any(|&dim| dim < 0) {
         return Err(format!("tensor shape {shape:?} has a negative dimension"));
     }
+    // A hostile shape must not wrap around to the length it was sent with.
+    let too_large = || format!("tensor of {datatype} {shape:?} is larger than any message can be");
     match element_size(datatype) {
         Some(size) => {
-            // A hostile shape must not wrap around to the length it was sent with.
-            let expected = shape
-                .iter()
-                .try_fold(size, |bytes, &dim| {
-                    bytes.checked_mul(usize::try_from(dim).ok()?)
-                })
-                .ok_or_else(|| {
-                    format!("tensor of {datatype} {shape:?} is larger than any message can be")
-                })?;
+            let expected = element_count(shape)
+                .and_then(|count| count.checked_mul(size))
+                .ok_or_else(too_large)?;
             if raw.len() != expected {
                 return Err(format!(
                     "tensor of {datatype} {shape:?} needs {expected} bytes, got {}",
@@ -45,18 +42,57 @@ pub fn check_raw(datatype: &str, shape: &[i64], raw: &[u8]) -> Result<(), String
             }
             Ok(())
         }
-        // BYTES elements are length-prefixed strings: no fixed size to check.
-        None if datatype == "BYTES" => Ok(()),
+        None if datatype == "BYTES" => {
+            let expected = element_count(shape).ok_or_else(too_large)?;
+            let Some(elements) = bytes_elements(raw) else {
+                return Err(format!(
+                    "tensor of BYTES {shape:?}: {} bytes are not whole length-prefixed elements",
+                    raw.len()
+                ));
+            };
+            if elements != expected {
+                return Err(format!(
+                    "tensor of BYTES {shape:?} needs {expected} elements, got {elements}"
+                ));
+            }
+            Ok(())
+        }
         None => Err(format!("unknown tensor datatype {datatype:?}")),
     }
+}
+
+/// Number of elements in a shape of non-negative dimensions; `None` when it does
+/// not fit in `usize`. A zero dimension empties the tensor whatever the others
+/// are, so it is looked for first: `[2^62, 4, 0]` is as empty as `[0, 2^62, 4]`.
+fn element_count(shape: &[i64]) -> Option<usize> {
+    if shape.contains(&0) {
+        return Some(0);
+    }
+    shape.iter().try_fold(1usize, |count, &dim| {
+        count.checked_mul(usize::try_from(dim).ok()?)
+    })
+}
+
+/// How many BYTES elements `raw` holds, each a 4-byte little-endian length and
+/// that many bytes; `None` unless they fill `raw` exactly.
+fn bytes_elements(mut raw: &[u8]) -> Option<usize> {
+    let mut count = 0;
+    while let Some((prefix, rest)) = raw.split_first_chunk::<4>() {
+        let len = usize::try_from(u32::from_le_bytes(*prefix)).ok()?;
+        raw = rest.get(len..)?;
+        count += 1;
+    }
+    raw.is_empty().then_some(count)
 }
 
 /// The first output of a ModelInfer response, as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Output {
-    /// Name, KServe datatype and shape, as the server labelled them.
+    /// Name, as the server labelled it; checked against the class's output spec.
     pub name: String,
+    /// KServe v2 datatype, as the server labelled it.
     pub datatype: String,
+    /// Shape, as the server labelled it; `bytes` fills it exactly.
     pub shape: Vec<i64>,
     /// Little-endian, row-major bytes.
     pub bytes: Bytes,
@@ -91,14 +127,8 @@ fn typed_to_raw(datatype: &str, contents: &InferTensorContents) -> Result<Bytes,
             .bool_contents
             .iter()
             .for_each(|&v| out.put_u8(v as u8)),
-        "INT8" => contents
-            .int_contents
-            .iter()
-            .for_each(|&v| out.put_i8(v as i8)),
-        "INT16" => contents
-            .int_contents
-            .iter()
-            .for_each(|&v| out.put_i16_le(v as i16)),
+        "INT8" => narrowed(&contents.int_contents, datatype, |v| out.put_i8(v))?,
+        "INT16" => narrowed(&contents.int_contents, datatype, |v| out.put_i16_le(v))?,
         "INT32" => contents
             .int_contents
             .iter()
@@ -107,14 +137,8 @@ fn typed_to_raw(datatype: &str, contents: &InferTensorContents) -> Result<Bytes,
             .int64_contents
             .iter()
             .for_each(|&v| out.put_i64_le(v)),
-        "UINT8" => contents
-            .uint_contents
-            .iter()
-            .for_each(|&v| out.put_u8(v as u8)),
-        "UINT16" => contents
-            .uint_contents
-            .iter()
-            .for_each(|&v| out.put_u16_le(v as u16)),
+        "UINT8" => narrowed(&contents.uint_contents, datatype, |v| out.put_u8(v))?,
+        "UINT16" => narrowed(&contents.uint_contents, datatype, |v| out.put_u16_le(v))?,
         "UINT32" => contents
             .uint_contents
             .iter()
@@ -138,6 +162,23 @@ fn typed_to_raw(datatype: &str, contents: &InferTensorContents) -> Result<Bytes,
         other => return Err(format!("cannot read typed contents of datatype {other:?}")),
     }
     Ok(out.freeze())
+}
+
+/// Hands `put` each value of a 32-bit contents list narrowed to a smaller type
+/// (KServe v2 carries INT8/INT16 in `int_contents`, UINT8/UINT16 in
+/// `uint_contents`). A value that does not fit is refused, not wrapped: 300 must
+/// not be stored as the INT8 44.
+fn narrowed<T, N>(values: &[T], datatype: &str, mut put: impl FnMut(N)) -> Result<(), String>
+where
+    T: Copy + std::fmt::Display,
+    N: TryFrom<T>,
+{
+    for &value in values {
+        let narrow = N::try_from(value)
+            .map_err(|_| format!("typed {datatype} output holds {value}, outside its range"))?;
+        put(narrow);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -196,6 +237,95 @@ mod tests {
             "tensor of FP32 [4611686018427387904, 4] is larger than any message can be"
         );
         assert!(check_raw("UINT8", &[i64::MAX, i64::MAX], &[]).is_err());
+    }
+
+    #[test]
+    fn typed_values_outside_a_narrow_datatype_are_refused_not_wrapped() {
+        // Found by tests/decode_props.rs: INT8 [128] was stored as the byte 0x80
+        // (-128), UINT8 [256] as 0.
+        let typed = |datatype: &str, contents: InferTensorContents| ModelInferResponse {
+            outputs: vec![output(datatype, vec![], Some(contents))],
+            ..Default::default()
+        };
+        let ints = |values: Vec<i32>| InferTensorContents {
+            int_contents: values,
+            ..Default::default()
+        };
+        let uints = |values: Vec<u32>| InferTensorContents {
+            uint_contents: values,
+            ..Default::default()
+        };
+        assert_eq!(
+            first_output(typed("INT8", ints(vec![128]))).unwrap_err(),
+            "typed INT8 output holds 128, outside its range"
+        );
+        assert!(first_output(typed("INT16", ints(vec![-32_769]))).is_err());
+        assert_eq!(
+            first_output(typed("UINT8", uints(vec![256]))).unwrap_err(),
+            "typed UINT8 output holds 256, outside its range"
+        );
+        assert!(first_output(typed("UINT16", uints(vec![65_536]))).is_err());
+        // The ends of the ranges still fit.
+        let fits = first_output(typed("INT8", ints(vec![-128]))).unwrap();
+        assert_eq!(&fits.bytes[..], &[0x80]);
+        let fits = first_output(typed("UINT16", uints(vec![65_535]))).unwrap();
+        assert_eq!(&fits.bytes[..], &[0xff, 0xff]);
+    }
+
+    #[test]
+    fn bytes_tensors_must_hold_one_element_per_shape_entry() {
+        // Found by tests/decode_props.rs: a BYTES output of shape [i64::MAX] with
+        // no elements passed, as did any bytes at all under a BYTES label.
+        let element = |text: &[u8]| [&(text.len() as u32).to_le_bytes()[..], text].concat();
+        let two = [element(b"ab"), element(b"")].concat();
+        assert_eq!(check_raw("BYTES", &[2], &two), Ok(()));
+        assert_eq!(check_raw("BYTES", &[1, 2], &two), Ok(()));
+        assert_eq!(check_raw("BYTES", &[0], &[]), Ok(()));
+        assert_eq!(check_raw("BYTES", &[], &element(b"scalar")), Ok(()));
+        assert_eq!(
+            check_raw("BYTES", &[i64::MAX], &[]).unwrap_err(),
+            "tensor of BYTES [9223372036854775807] needs 9223372036854775807 elements, got 0"
+        );
+        assert_eq!(
+            check_raw("BYTES", &[3], &two).unwrap_err(),
+            "tensor of BYTES [3] needs 3 elements, got 2"
+        );
+        assert_eq!(
+            check_raw("BYTES", &[2], &two[..two.len() - 1]).unwrap_err(),
+            "tensor of BYTES [2]: 9 bytes are not whole length-prefixed elements"
+        );
+        assert!(check_raw("BYTES", &[1], &[7, 0, 0]).is_err());
+        assert!(check_raw("BYTES", &[i64::MAX, 4], &[]).is_err());
+        // Typed BYTES contents are counted the same way.
+        let typed = |shape: Vec<i64>| ModelInferResponse {
+            outputs: vec![output(
+                "BYTES",
+                shape,
+                Some(InferTensorContents {
+                    bytes_contents: vec![Bytes::from_static(b"x")],
+                    ..Default::default()
+                }),
+            )],
+            ..Default::default()
+        };
+        assert_eq!(
+            &first_output(typed(vec![1])).unwrap().bytes[..],
+            &element(b"x")[..]
+        );
+        assert!(first_output(typed(vec![2])).is_err());
+    }
+
+    #[test]
+    fn a_zero_dimension_empties_the_tensor_wherever_it_is() {
+        // Found by tests/decode_props.rs: UINT32 [i64::MAX, 0] with no bytes was
+        // refused as too large, while [0, i64::MAX] passed.
+        assert_eq!(check_raw("UINT32", &[i64::MAX, 0], &[]), Ok(()));
+        assert_eq!(check_raw("UINT32", &[0, i64::MAX], &[]), Ok(()));
+        assert_eq!(check_raw("BOOL", &[3, i64::MAX, 0], &[]), Ok(()));
+        assert_eq!(
+            check_raw("FP32", &[i64::MAX, 0], &[0; 4]).unwrap_err(),
+            "tensor of FP32 [9223372036854775807, 0] needs 0 bytes, got 4"
+        );
     }
 
     #[test]

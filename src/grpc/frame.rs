@@ -22,7 +22,9 @@ pub enum FrameError {
     Compressed,
     /// The stream ended without any message.
     Empty,
-    /// More bytes followed the one message of a unary call.
+    /// More bytes followed the one message of a unary call. `extra` counts those
+    /// received when the decoder noticed (it reads no further), so it depends on
+    /// how the stream was cut into DATA frames; the error itself does not.
     TrailingData { extra: usize },
 }
 

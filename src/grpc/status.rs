@@ -116,9 +116,8 @@ pub fn percent_decode(raw: &[u8]) -> String {
     let mut i = 0;
     while i < raw.len() {
         if raw[i] == b'%' && i + 2 < raw.len() {
-            let hex = std::str::from_utf8(&raw[i + 1..i + 3]).ok();
-            if let Some(value) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                bytes.push(value);
+            if let (Some(high), Some(low)) = (hex_digit(raw[i + 1]), hex_digit(raw[i + 2])) {
+                bytes.push((high << 4) | low);
                 i += 3;
                 continue;
             }
@@ -127,6 +126,17 @@ pub fn percent_decode(raw: &[u8]) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The value of one ASCII hex digit. Not `u8::from_str_radix`: it also takes a
+/// sign, which would read `%+F` as the byte 0x0F.
+fn hex_digit(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -158,5 +168,14 @@ mod tests {
         assert_eq!(percent_decode(b"100%"), "100%");
         assert_eq!(percent_decode(b"a%zzb"), "a%zzb");
         assert_eq!(percent_decode(b"%41"), "A");
+    }
+
+    #[test]
+    fn an_escape_is_two_hex_digits_and_no_sign() {
+        // Found by tests/decode_props.rs: "%+0" decoded to "\0".
+        assert_eq!(percent_decode(b"%+0"), "%+0");
+        assert_eq!(percent_decode(b"%+F%-1"), "%+F%-1");
+        assert_eq!(percent_decode(b"%e9%C3%A9"), "\u{fffd}\u{e9}");
+        assert_eq!(percent_decode(b"%0a%7E"), "\n~");
     }
 }
