@@ -142,7 +142,10 @@ fn kill_9_of_one_of_three_replicas_moves_its_jobs_to_the_others() {
     // off and retried elsewhere, within the budget. Allow 10× that to fail.
     let failed = common::reasons(&rows, "failed");
     let failed_total: u64 = failed.values().sum();
-    eprintln!("kill -9: shares {shares:?}, failed {failed:?}, retries {}", summary.counters.retries);
+    eprintln!(
+        "kill -9: shares {shares:?}, failed {failed:?}, retries {}",
+        summary.counters.retries
+    );
     assert!(
         failed_total <= 20,
         "failed rows are bounded by what was in flight: {failed:?}"

@@ -421,3 +421,199 @@ fn positive_ms(
         ms => Ok(Duration::from_millis(ms)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    /// One class with two compute nodes; `upstream` is the text of its
+    /// `[classes.upstream]` table, whose first line is line 14.
+    fn config_with(upstream: &str) -> Result<Config, String> {
+        let text = format!(
+            r#"[devices]
+generate = {{ count = 4, mix = {{ camera = 1 }} }}
+[sink]
+kind = "sqlite"
+path = "out.db"
+[[classes]]
+name = "camera"
+model = "resnet50"
+period_ms = 1000
+deadline_ms = 500
+data_sources = ["127.0.0.1:9000"]
+compute_nodes = ["127.0.0.1:9001", "localhost:9002"]
+[classes.upstream]
+{upstream}"#
+        );
+        Config::from_str(&text, Path::new("fleet.toml")).map_err(|error| error.to_string())
+    }
+
+    fn upstream_of(text: &str) -> Upstream {
+        match config_with(text) {
+            Ok(config) => config.classes[0].upstream.clone(),
+            Err(error) => panic!("{error}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_p2c_with_kserve_probes() {
+        let upstream = upstream_of("");
+        assert_eq!(upstream, Upstream::default());
+        assert_eq!(upstream.balancer, BalancerKind::PowerOfTwoChoices);
+        assert_eq!(upstream.health_check, HealthCheck::Kserve);
+        assert_eq!(upstream.weight(1), 1);
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let upstream = upstream_of(
+            r#"balancer = "round_robin"
+weights = { "localhost:9002" = 3 }
+max_outstanding_per_replica = 8
+attempt_timeout_ms = 200
+retry_on = ["UNAVAILABLE", "INTERNAL"]
+hedge_percentile = 95.0
+health_check = "grpc"
+health_service = "inference"
+probe_interval_ms = 250
+[classes.upstream.ejection]
+consecutive_failures = 3
+failure_rate = 0.3
+min_requests = 5
+window_ms = 500
+base_ms = 100
+max_ms = 400
+max_ejected_percent = 34
+"#,
+        );
+        assert_eq!(
+            upstream,
+            Upstream {
+                balancer: BalancerKind::RoundRobin,
+                weights: vec![1, 3],
+                max_outstanding_per_replica: 8,
+                attempt_timeout: Some(Duration::from_millis(200)),
+                retry_on: vec![Code::UNAVAILABLE, Code::INTERNAL],
+                hedge: Some(Hedge::Percentile(95.0)),
+                health_check: HealthCheck::Grpc {
+                    service: "inference".into()
+                },
+                probe_interval: Duration::from_millis(250),
+                ejection: Ejection {
+                    consecutive_failures: 3,
+                    failure_rate: 0.3,
+                    min_requests: 5,
+                    window: Duration::from_millis(500),
+                    base_time: Duration::from_millis(100),
+                    max_time: Duration::from_millis(400),
+                    max_ejected_percent: 34,
+                },
+            }
+        );
+        assert_eq!(
+            upstream_of("hedge_after_ms = 50").hedge,
+            Some(Hedge::After(Duration::from_millis(50)))
+        );
+    }
+
+    #[test]
+    fn mistakes_name_their_line_and_key() {
+        let cases = [
+            (
+                r#"balancer = "random""#,
+                "fleet.toml:14: classes[0].upstream.balancer: unknown balancer \"random\" \
+                 (expected \"p2c\" or \"round_robin\")",
+            ),
+            (
+                r#"weights = { "127.0.0.1:9009" = 2 }"#,
+                "fleet.toml:14: classes[0].upstream.weights.\"127.0.0.1:9009\": \"127.0.0.1:9009\" \
+                 is not one of the class's compute_nodes (127.0.0.1:9001, localhost:9002)",
+            ),
+            (
+                r#"weights = { "127.0.0.1:9001" = 0 }"#,
+                "fleet.toml:14: classes[0].upstream.weights.\"127.0.0.1:9001\": must be at least 1",
+            ),
+            (
+                "max_outstanding_per_replica = 0",
+                "fleet.toml:14: classes[0].upstream.max_outstanding_per_replica: must be at least 1",
+            ),
+            (
+                "attempt_timeout_ms = 501",
+                "fleet.toml:14: classes[0].upstream.attempt_timeout_ms: must be greater than 0 and \
+                 at most the deadline (500 ms)",
+            ),
+            (
+                r#"retry_on = ["UNAVAILABLE", "unavailable"]"#,
+                "fleet.toml:14: classes[0].upstream.retry_on[1]: \"unavailable\" is not a gRPC \
+                 status code name other than OK (e.g. \"UNAVAILABLE\")",
+            ),
+            (
+                "hedge_after_ms = 10\nhedge_percentile = 90.0",
+                "fleet.toml:15: classes[0].upstream.hedge_percentile: set hedge_after_ms or \
+                 hedge_percentile, not both",
+            ),
+            (
+                "hedge_percentile = 100.0",
+                "fleet.toml:14: classes[0].upstream.hedge_percentile: must be between 0 and 100, \
+                 exclusive",
+            ),
+            (
+                r#"health_check = "http""#,
+                "fleet.toml:14: classes[0].upstream.health_check: unknown health check \"http\" \
+                 (expected \"kserve\", \"grpc\" or \"none\")",
+            ),
+            (
+                r#"health_service = "x""#,
+                "fleet.toml:14: classes[0].upstream.health_service: only used with \
+                 health_check = \"grpc\"",
+            ),
+            (
+                "[classes.upstream.ejection]\nmax_ejected_percent = 101",
+                "fleet.toml:15: classes[0].upstream.ejection.max_ejected_percent: must be at most 100",
+            ),
+            (
+                "[classes.upstream.ejection]\nbase_ms = 500\nmax_ms = 100",
+                "fleet.toml:16: classes[0].upstream.ejection.max_ms: must be at least base_ms (500 ms)",
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(
+                config_with(text).err().as_deref(),
+                Some(expected),
+                "for {text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_node_listed_twice_is_refused() {
+        let error = Config::from_str(
+            r#"[devices]
+generate = { count = 4, mix = { camera = 1 } }
+[sink]
+kind = "sqlite"
+path = "out.db"
+[[classes]]
+name = "camera"
+model = "resnet50"
+period_ms = 1000
+deadline_ms = 500
+data_sources = ["127.0.0.1:9000"]
+compute_nodes = ["127.0.0.1:9001", "127.0.0.1:9001"]
+"#,
+            Path::new("fleet.toml"),
+        )
+        .map(|_| ())
+        .map_err(|error| error.to_string());
+        assert_eq!(
+            error,
+            Err(
+                "fleet.toml:12: classes[0].compute_nodes[1]: \"127.0.0.1:9001\" is listed twice"
+                    .into()
+            )
+        );
+    }
+}
