@@ -545,6 +545,62 @@ fn garbage_after_calls_breaks_the_connection_and_the_node_serves_new_ones() {
     );
 }
 
+/// The client side of an HTTP/2 connection, by hand: the preface, an empty
+/// SETTINGS frame, and one ModelInfer request as a HEADERS frame that ends the
+/// stream (HPACK literals, no Huffman, no dynamic table).
+fn raw_http2_request() -> Vec<u8> {
+    let mut block = vec![0x83, 0x86]; // :method POST, :scheme http (static table)
+    let path = methods::MODEL_INFER.as_bytes();
+    block.push(0x04); // literal :path, not indexed
+    block.push(path.len() as u8);
+    block.extend_from_slice(path);
+    block.extend_from_slice(&[0x0f, 0x10, 16]); // literal content-type (index 31)
+    block.extend_from_slice(b"application/grpc");
+    block.extend_from_slice(&[0x00, 2]);
+    block.extend_from_slice(b"te");
+    block.push(8);
+    block.extend_from_slice(b"trailers");
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    bytes.extend_from_slice(&[0, 0, 0, 0x04, 0, 0, 0, 0, 0]); // SETTINGS, empty
+    let len = (block.len() as u32).to_be_bytes();
+    // HEADERS on stream 1, END_STREAM | END_HEADERS.
+    bytes.extend_from_slice(&[len[1], len[2], len[3], 0x01, 0x05, 0, 0, 0, 1]);
+    bytes.extend_from_slice(&block);
+    bytes
+}
+
+#[test]
+fn garbage_is_real_bytes_after_the_servers_http2_frames() {
+    let compute = common::start_mock(
+        MockKind::Compute,
+        MockOptions {
+            garbage_after_calls: Some(0),
+            ..MockOptions::default()
+        },
+    );
+    let mut socket = std::net::TcpStream::connect(compute.addr).expect("connects");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("a read timeout");
+    socket
+        .write_all(&raw_http2_request())
+        .expect("the request is sent");
+    let mut received = Vec::new();
+    let read = socket.read_to_end(&mut received);
+    compute.stop();
+    assert!(read.is_ok(), "the mock closes the socket: {read:?}");
+    assert_eq!(
+        received.get(3),
+        Some(&0x04),
+        "the server's first frame is its SETTINGS: {received:?}"
+    );
+    assert!(
+        received.ends_with(percore::grpc::server::NOT_HTTP2),
+        "the connection ends with the injected bytes: {:?}",
+        String::from_utf8_lossy(&received)
+    );
+}
+
 #[test]
 fn http1_only_answers_the_preface_as_an_http1_server() {
     let compute = common::start_mock(
