@@ -122,8 +122,11 @@ fn expected_output() -> Vec<u8> {
 /// What the readiness probes of a compute node say, asked about model `m`.
 #[derive(Debug, PartialEq)]
 struct Probes {
+    /// ServerReady.
     server_ready: bool,
+    /// ServerLive.
     live: bool,
+    /// ModelReady of "m".
     model_ready: bool,
     /// Health/Check of "" (the server).
     health: ServingStatus,
@@ -688,7 +691,9 @@ fn calls_count_each_replicas_share_over_all_its_executors() {
 
 /// A `percore mock-…` process, killed when dropped (a failed test included).
 struct MockProcess {
+    /// The process, killed and reaped on drop.
     child: Child,
+    /// Where it listens, read from its "listening on" line.
     addr: SocketAddr,
 }
 

@@ -277,7 +277,10 @@ async fn read_some<T: AsyncRead + Unpin>(stream: &mut T, buf: &mut [u8]) -> io::
 /// The socket under an h2 connection, which the connection's task can take
 /// back (to write bytes h2 never would); once taken, h2's reads and writes fail
 /// as on a broken socket.
-struct TakeableStream<T>(Rc<RefCell<Option<T>>>);
+struct TakeableStream<T>(
+    /// The socket, shared with the connection's task; `None` once it took it.
+    Rc<RefCell<Option<T>>>,
+);
 
 impl<T> TakeableStream<T> {
     fn with<R>(&self, io: impl FnOnce(Pin<&mut T>) -> Poll<io::Result<R>>) -> Poll<io::Result<R>>
