@@ -190,15 +190,24 @@ struct MockArgs {
     /// Source: bytes of raw data per fetch.
     #[arg(long, default_value_t = 1_024)]
     payload_bytes: usize,
-    /// Fraction of calls answered with INTERNAL (0..1).
+    /// Fraction of calls answered with --error-code instead of a result (0..1).
     #[arg(long, default_value_t = 0.0)]
     error_rate: f64,
+    /// The status --error-rate answers with: a name (UNAVAILABLE, RESOURCE_EXHAUSTED,
+    /// INTERNAL, DEADLINE_EXCEEDED, …, any case) or a number.
+    #[arg(long, default_value = "INTERNAL", value_parser = percore::mock::parse_code)]
+    error_code: percore::grpc::status::Code,
     /// Fraction of calls left unanswered for --hang-ms (0..1).
     #[arg(long, default_value_t = 0.0)]
     hang_rate: f64,
     /// How long a hung call stays unanswered, in milliseconds.
     #[arg(long, default_value_t = 60_000)]
     hang_ms: u64,
+    /// Fraction of calls whose stream is reset with RST_STREAM(INTERNAL_ERROR) instead
+    /// of answered (0..1). --hang-rate, --reset-rate and --error-rate are slices of one
+    /// draw: their sum is at most 1.
+    #[arg(long, default_value_t = 0.0)]
+    reset_rate: f64,
     /// Compute: the only model served (others get NOT_FOUND); default: any.
     #[arg(long)]
     model: Option<String>,
@@ -214,6 +223,33 @@ struct MockArgs {
     /// Fault: send GOAWAY on each connection after this many calls.
     #[arg(long)]
     goaway_after_calls: Option<u64>,
+    /// Fault: answer this many calls on each connection, then write bytes that are
+    /// not HTTP/2 (an HTTP/1.1 400) onto its socket and close it.
+    #[arg(long)]
+    garbage_after_calls: Option<u64>,
+    /// Fault: answer every connection's HTTP/2 preface as a plain HTTP/1.1 server
+    /// does (400 Bad Request) and close it, like a gRPC client pointed at a web port.
+    #[arg(long)]
+    http1: bool,
+    /// Fault: pad every answer (still a valid message) to this many bytes, to exceed
+    /// the client's maximum message size.
+    #[arg(long)]
+    oversized_reply_bytes: Option<usize>,
+    /// Fault: announce a longer message than is sent in every answer, then end it.
+    #[arg(long, conflicts_with_all = ["output_datatype", "output_shape"])]
+    truncated_frame: bool,
+    /// Compute fault: label every output with this datatype instead of FP32.
+    #[arg(long, conflicts_with = "output_shape")]
+    output_datatype: Option<String>,
+    /// Compute fault: label every output with this shape instead of 1,2; huge
+    /// dimensions (1,4294967296,4294967296) overflow a reader's size arithmetic.
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    output_shape: Option<Vec<i64>>,
+    /// Report not ready (ServerReady, ModelReady, grpc.health.v1 Health/Check) while
+    /// this file exists; it is looked up on every probe, so `touch` and `rm` take a
+    /// node out of service and back.
+    #[arg(long)]
+    not_ready_file: Option<PathBuf>,
 }
 
 /// Exit status of a run that stopped because its sink failed for good (the
@@ -512,11 +548,29 @@ fn mock_command(kind: MockKind, args: MockArgs, stop: flume::Receiver<()>) -> Re
     for (flag, rate) in [
         ("--error-rate", args.error_rate),
         ("--hang-rate", args.hang_rate),
+        ("--reset-rate", args.reset_rate),
     ] {
         if !(0.0..=1.0).contains(&rate) {
             bail!("{flag} must be between 0 and 1, got {rate}");
         }
     }
+    let failing = args.error_rate + args.hang_rate + args.reset_rate;
+    if failing > 1.0 {
+        bail!(
+            "--error-rate, --hang-rate and --reset-rate are slices of one draw: \
+             their sum must be at most 1, got {failing}"
+        );
+    }
+    if args.error_code == percore::grpc::status::Code::OK {
+        bail!("--error-code OK is not an error: name a failing status such as UNAVAILABLE");
+    }
+    let fault = if args.truncated_frame {
+        Some(percore::mock::Fault::TruncatedFrame)
+    } else if let Some(datatype) = args.output_datatype {
+        Some(percore::mock::Fault::OutputDatatype(datatype))
+    } else {
+        args.output_shape.map(percore::mock::Fault::OutputShape)
+    };
     let cpus: Vec<Option<usize>> = match &args.cpus {
         Some(list) => parse_cpu_list(list)
             .map_err(|error| anyhow::anyhow!("--cpus {list:?}: {error}"))?
@@ -534,12 +588,19 @@ fn mock_command(kind: MockKind, args: MockArgs, stop: flume::Receiver<()>) -> Re
         },
         payload_bytes: args.payload_bytes,
         error_rate: args.error_rate,
+        error_code: args.error_code,
         hang_rate: args.hang_rate,
         hang_for: Duration::from_millis(args.hang_ms),
+        reset_rate: args.reset_rate,
         model: args.model,
+        fault,
+        oversized_reply_bytes: args.oversized_reply_bytes,
         max_concurrent_streams: args.max_concurrent_streams,
         drop_after_calls: args.drop_after_calls,
         goaway_after_calls: args.goaway_after_calls,
+        garbage_after_calls: args.garbage_after_calls,
+        http1_only: args.http1,
+        not_ready_file: args.not_ready_file,
         ..MockOptions::default()
     };
     let node = MockNode::start(kind, args.listen, &cpus, args.io_memory_kib * 1024, options)?;

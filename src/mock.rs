@@ -1,14 +1,38 @@
 //! Built-in mock nodes: a data source and a KServe v2 compute node.
 //!
 //! They let the whole system run on one machine with nothing installed, and let
-//! tests inject the failures real nodes produce: a service time (fixed or
-//! exponential), an error rate, a hang rate, and faults a real server would only
-//! produce when broken (a wrong output tensor, a cut-off frame). Each mock serves
-//! from its own executors, away from the dispatcher's shards.
+//! tests inject the failures real nodes produce. Each mock serves from its own
+//! executors, away from the dispatcher's shards. What a mock can be made to do:
+//!
+//! - **Timing**: a service time (fixed or exponential) per call, plus an added
+//!   latency that can be changed while it runs ([`MockControl::set_added_latency`]).
+//! - **Failures at a rate**, drawn per call: a gRPC status of any code
+//!   (`error_rate`, `error_code`), a hang (`hang_rate`, `hang_for`), a stream
+//!   reset with RST_STREAM(INTERNAL_ERROR) (`reset_rate`). The three rates are
+//!   slices of one draw, so their sum is the fraction of calls that fail.
+//! - **Hostile replies** on every call ([`Fault`]): a cut-off frame, a wrong
+//!   output datatype or shape (huge dimensions included), and, on their own,
+//!   answers padded past the client's message limit (`oversized_reply_bytes`).
+//! - **Connection faults** (served by [`crate::grpc::server`]): drop the socket,
+//!   GOAWAY, or bytes that are not HTTP/2 after some calls, or an HTTP/1.1
+//!   answer to the preface.
+//! - **Health and readiness**: the compute mock answers KServe v2 `ServerLive`,
+//!   `ServerReady` and `ModelReady`, both mocks answer `grpc.health.v1.Health/Check`.
+//!   Readiness follows [`MockControl::set_ready`] and `set_model_ready`, and is
+//!   off while `not_ready_file` exists. Probes are answered at once, without
+//!   faults, and are not counted in [`MockControl::calls`].
+//!
+//! [`MockNode::control`] changes rates, latency and readiness of a running node,
+//! and counts the calls each replica took, so tests can check balancing and
+//! ejection from outside. It is one `Arc` shared by the node's executors: mock
+//! nodes are not the dispatcher's hot path.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -18,11 +42,20 @@ use crate::devices::stable_hash;
 use crate::grpc::methods;
 use crate::grpc::server::{self, Reply, ServerSettings, Service};
 use crate::grpc::status::Code;
+use crate::proto::health::health_check_response::ServingStatus;
+use crate::proto::health::{HealthCheckRequest, HealthCheckResponse};
 use crate::proto::inference::model_infer_response::InferOutputTensor;
-use crate::proto::inference::{ModelInferRequest, ModelInferResponse};
+use crate::proto::inference::{
+    ModelInferRequest, ModelInferResponse, ModelReadyRequest, ModelReadyResponse,
+    ServerLiveResponse, ServerReadyResponse,
+};
 use crate::proto::source::{FetchRequest, FetchResponse};
 use crate::runtime::{self, Executor, ExecutorSpec, Listener, RuntimeError};
 use crate::tensor;
+
+/// KServe v2: whether the server process is up. Only the mock serves it
+/// (percore probes readiness, not liveness), so it is not in [`methods`].
+pub const SERVER_LIVE: &str = "/inference.GRPCInferenceService/ServerLive";
 
 /// How long a mock takes to answer.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,42 +67,62 @@ pub enum ServiceTime {
     },
 }
 
-/// A deliberate protocol or content fault, for failure-path tests.
+/// A deliberate protocol or content fault on every answer, for failure-path tests.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fault {
     /// Announce a longer message than is sent, then end the stream.
     TruncatedFrame,
     /// Compute node: label the output with this datatype instead of FP32.
     OutputDatatype(String),
-    /// Compute node: label the output with this shape instead of [1, 2].
+    /// Compute node: label the output with this shape instead of [1, 2]; huge
+    /// dimensions (whose product overflows) are the "huge dimensions" fault.
     OutputShape(Vec<i64>),
 }
 
-/// How a mock node behaves.
+/// How a mock node behaves. Rates, the error code and readiness are where a
+/// node starts; [`MockControl`] changes them while it runs.
 #[derive(Debug, Clone)]
 pub struct MockOptions {
     /// Time before each answer (not taken by hung calls).
     pub service_time: ServiceTime,
     /// Data source: bytes of UINT8 tensor per fetch.
     pub payload_bytes: usize,
-    /// Fraction of calls answered with INTERNAL.
+    /// Fraction of calls answered with `error_code`.
     pub error_rate: f64,
+    /// The status of the calls `error_rate` fails: INTERNAL by default, or
+    /// UNAVAILABLE, RESOURCE_EXHAUSTED… to see how each is retried.
+    pub error_code: Code,
     /// Fraction of calls not answered until `hang_for` has passed (or the client
     /// gives up).
     pub hang_rate: f64,
     /// How long a hung call stays unanswered.
     pub hang_for: Duration,
+    /// Fraction of calls whose stream is reset (RST_STREAM, INTERNAL_ERROR)
+    /// instead of answered, as by a server that failed mid-call.
+    pub reset_rate: f64,
     /// Compute node: the model it serves; other names get NOT_FOUND, as from a
     /// real server. `None` accepts any.
     pub model: Option<String>,
     /// A deliberate fault on every answer, for tests.
     pub fault: Option<Fault>,
+    /// Fault: every answer is a valid message padded (with a field decoders
+    /// skip) to at least this many bytes, to exceed the client's message limit.
+    pub oversized_reply_bytes: Option<usize>,
     /// Streams per connection the mock allows.
     pub max_concurrent_streams: u32,
     /// Fault: drop each connection's socket after this many calls on it.
     pub drop_after_calls: Option<u64>,
     /// Fault: send GOAWAY on each connection after this many calls on it.
     pub goaway_after_calls: Option<u64>,
+    /// Fault: answer this many calls on each connection, then write bytes that
+    /// are not HTTP/2 onto its socket and close it.
+    pub garbage_after_calls: Option<u64>,
+    /// Fault: answer every connection's HTTP/2 preface as a plain HTTP/1.1
+    /// server would, and close it.
+    pub http1_only: bool,
+    /// While this file exists the node reports not ready (looked up on every
+    /// probe), so a script can take a node out of service without restarting it.
+    pub not_ready_file: Option<PathBuf>,
     /// Seed of the mock's random choices, so a failing test can be replayed.
     pub seed: u64,
 }
@@ -80,16 +133,199 @@ impl Default for MockOptions {
             service_time: ServiceTime::Fixed(Duration::ZERO),
             payload_bytes: 1024,
             error_rate: 0.0,
+            error_code: Code::INTERNAL,
             hang_rate: 0.0,
             hang_for: Duration::from_secs(60),
+            reset_rate: 0.0,
             model: None,
             fault: None,
+            oversized_reply_bytes: None,
             max_concurrent_streams: 1024,
             drop_after_calls: None,
             goaway_after_calls: None,
+            garbage_after_calls: None,
+            http1_only: false,
+            not_ready_file: None,
             seed: 0x5eed,
         }
     }
+}
+
+/// Runtime control of a running mock node, shared by all its executors: fault
+/// rates, added latency and readiness can change while it serves, and it counts
+/// the calls the node took. Values are read on each call; every setter takes
+/// `&self`, so a test holds an `Arc` and turns a replica bad and good again.
+#[derive(Debug)]
+pub struct MockControl {
+    /// Time added to every answer's service time, in nanoseconds: slows one
+    /// replica down while it serves, for latency-aware balancing tests.
+    added_latency_ns: AtomicU64,
+    /// The error fault in one word, so a new rate never pairs with the old
+    /// code: the rate as `f32` bits in the low half, the code in the high half.
+    error: AtomicU64,
+    /// Fraction of calls left hanging, as `f64` bits.
+    hang_rate: AtomicU64,
+    /// Fraction of calls whose stream is reset, as `f64` bits.
+    reset_rate: AtomicU64,
+    /// Whether the server says it is ready (ServerReady, Health/Check).
+    ready: AtomicBool,
+    /// Whether the model says it is ready (ModelReady, Health/Check of the model).
+    model_ready: AtomicBool,
+    /// ModelInfer or Fetch calls this node took, whatever their fate (answer,
+    /// error, hang, reset): each replica's share of the traffic.
+    calls: AtomicU64,
+    /// While this file exists the node is not ready, whatever `ready` says.
+    not_ready_file: Option<PathBuf>,
+}
+
+/// A rate as the mocks use it: NaN is 0, anything else is clamped to [0, 1].
+fn clamp_rate(rate: f64) -> f64 {
+    if rate.is_nan() {
+        0.0
+    } else {
+        rate.clamp(0.0, 1.0)
+    }
+}
+
+impl MockControl {
+    /// The control a node starts with: rates and code from `options`, ready.
+    pub fn new(options: &MockOptions) -> MockControl {
+        let control = MockControl {
+            added_latency_ns: AtomicU64::new(0),
+            error: AtomicU64::new(0),
+            hang_rate: AtomicU64::new(0),
+            reset_rate: AtomicU64::new(0),
+            ready: AtomicBool::new(true),
+            model_ready: AtomicBool::new(true),
+            calls: AtomicU64::new(0),
+            not_ready_file: options.not_ready_file.clone(),
+        };
+        control.set_error_rate(options.error_rate, options.error_code);
+        control.set_hang_rate(options.hang_rate);
+        control.set_reset_rate(options.reset_rate);
+        control
+    }
+
+    /// Adds `latency` to the service time of every call from now on (not to
+    /// probes, which are answered at once).
+    pub fn set_added_latency(&self, latency: Duration) {
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        self.added_latency_ns.store(nanos, Relaxed);
+    }
+
+    pub fn added_latency(&self) -> Duration {
+        Duration::from_nanos(self.added_latency_ns.load(Relaxed))
+    }
+
+    /// Answers this fraction of calls (clamped to [0, 1]) with status `code`.
+    pub fn set_error_rate(&self, rate: f64, code: Code) {
+        let rate = clamp_rate(rate) as f32;
+        self.error
+            .store(u64::from(code.0) << 32 | u64::from(rate.to_bits()), Relaxed);
+    }
+
+    /// The fraction of calls failed with a status, and that status.
+    pub fn error_rate(&self) -> (f64, Code) {
+        let word = self.error.load(Relaxed);
+        let rate = f32::from_bits(word as u32);
+        (f64::from(rate), Code((word >> 32) as u32))
+    }
+
+    /// Leaves this fraction of calls (clamped to [0, 1]) unanswered for the
+    /// node's `hang_for`.
+    pub fn set_hang_rate(&self, rate: f64) {
+        self.hang_rate.store(clamp_rate(rate).to_bits(), Relaxed);
+    }
+
+    pub fn hang_rate(&self) -> f64 {
+        f64::from_bits(self.hang_rate.load(Relaxed))
+    }
+
+    /// Resets the stream of this fraction of calls (clamped to [0, 1]).
+    pub fn set_reset_rate(&self, rate: f64) {
+        self.reset_rate.store(clamp_rate(rate).to_bits(), Relaxed);
+    }
+
+    pub fn reset_rate(&self) -> f64 {
+        f64::from_bits(self.reset_rate.load(Relaxed))
+    }
+
+    /// Whether the server reports ready (ServerReady, Health/Check); the
+    /// `not_ready_file` overrides it while it exists.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Relaxed);
+    }
+
+    /// Whether the served model reports ready (ModelReady, Health/Check with
+    /// the model's name).
+    pub fn set_model_ready(&self, ready: bool) {
+        self.model_ready.store(ready, Relaxed);
+    }
+
+    /// Whether the node is ready: set so, and no `not_ready_file` exists. Looks
+    /// the file up each time (probes are rare next to calls).
+    pub fn is_ready(&self) -> bool {
+        let file_says_not = self
+            .not_ready_file
+            .as_ref()
+            .is_some_and(|path| path.exists());
+        self.ready.load(Relaxed) && !file_says_not
+    }
+
+    /// Whether the model is ready: set so, on a node that is ready (a node out
+    /// of service serves no model).
+    pub fn is_model_ready(&self) -> bool {
+        self.model_ready.load(Relaxed) && self.is_ready()
+    }
+
+    /// ModelInfer or Fetch calls taken so far, by every executor of the node,
+    /// whatever their fate; probes and calls cut off by connection faults before
+    /// they reached the service are not counted.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Relaxed)
+    }
+}
+
+/// Reads a gRPC status code as the CLI takes it: a canonical name
+/// (`UNAVAILABLE`, case-insensitive) or its number.
+pub fn parse_code(text: &str) -> Result<Code, String> {
+    let text = text.trim();
+    if let Ok(number) = text.parse::<u32>() {
+        return Ok(Code(number));
+    }
+    (0..=16)
+        .map(Code)
+        .find(|code| code.name().eq_ignore_ascii_case(text))
+        .ok_or_else(|| {
+            format!("{text:?} is not a gRPC status code: use a name like UNAVAILABLE or a number")
+        })
+}
+
+/// Field number of the padding added to oversized replies: unused by every
+/// message the mocks answer, so decoders skip it as an unknown field.
+const PADDING_FIELD: u32 = 4095;
+
+/// Appends to an encoded message one unknown length-delimited field, so that the
+/// whole is at least `target` bytes: exactly, unless the padding's own key and
+/// length prefix make that impossible (then a few bytes more). A message
+/// already that long is left as it is.
+fn pad_message(message: Bytes, target: usize) -> Bytes {
+    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+    if message.len() >= target {
+        return message;
+    }
+    let room = target.saturating_sub(message.len() + key_len(PADDING_FIELD));
+    // The smallest padding whose length prefix plus bytes fill the room.
+    let mut len = room.saturating_sub(encoded_len_varint(room as u64));
+    while len + encoded_len_varint(len as u64) < room {
+        len += 1;
+    }
+    let mut padded = BytesMut::with_capacity(target + 1);
+    padded.put_slice(&message);
+    encode_key(PADDING_FIELD, WireType::LengthDelimited, &mut padded);
+    encode_varint(len as u64, &mut padded);
+    padded.put_bytes(0, len);
+    padded.freeze()
 }
 
 /// Which service a mock node speaks.
@@ -122,8 +358,10 @@ pub fn mock_payload(device_id: &str, payload_bytes: usize) -> Bytes {
 struct Mock {
     /// Which service this executor answers.
     kind: MockKind,
-    /// Behaviour: timing, failures, faults.
+    /// Behaviour: timing, faults; rates and readiness are read from `control`.
     options: MockOptions,
+    /// The node's runtime control, shared with its other executors and the test.
+    control: Arc<MockControl>,
     /// xorshift state for this executor's random choices.
     rng: Cell<u64>,
 }
@@ -139,12 +377,90 @@ impl Mock {
     }
 
     fn service_time(&self) -> Duration {
-        match self.options.service_time {
+        let base = match self.options.service_time {
             ServiceTime::Fixed(duration) => duration,
             ServiceTime::Exponential { mean } => {
                 let u = self.uniform().max(f64::MIN_POSITIVE);
                 mean.mul_f64(-u.ln())
             }
+        };
+        base.saturating_add(self.control.added_latency())
+    }
+
+    /// The one method of real work this mock serves.
+    fn work_path(&self) -> &'static str {
+        match self.kind {
+            MockKind::Source => methods::FETCH,
+            MockKind::Compute => methods::MODEL_INFER,
+        }
+    }
+
+    /// The gRPC service name a health check may ask about, besides "".
+    fn service_name(&self) -> &'static str {
+        match self.kind {
+            MockKind::Source => "percore.source.v1.DataSource",
+            MockKind::Compute => "inference.GRPCInferenceService",
+        }
+    }
+
+    /// Whether `name` is a model this node serves (any, when none is configured).
+    fn serves_model(&self, name: &str) -> bool {
+        self.options
+            .model
+            .as_deref()
+            .is_none_or(|model| model == name)
+    }
+
+    /// Answers a health or readiness probe, at once and without faults.
+    fn probe(&self, path: &str, message: Bytes) -> Reply {
+        match path {
+            methods::HEALTH_CHECK => {
+                let Ok(request) = HealthCheckRequest::decode(message) else {
+                    return status(Code::INVALID_ARGUMENT, "undecodable HealthCheckRequest");
+                };
+                // "" and the service's name ask about the server; on a compute
+                // node a model's name asks about the model. Anything else is
+                // unknown, which the health protocol answers with NOT_FOUND.
+                let serving = if request.service.is_empty()
+                    || request.service == self.service_name()
+                {
+                    self.control.is_ready()
+                } else if self.kind == MockKind::Compute && self.serves_model(&request.service) {
+                    self.control.is_model_ready()
+                } else {
+                    return status(
+                        Code::NOT_FOUND,
+                        &format!("unknown service {:?}", request.service),
+                    );
+                };
+                let status = if serving {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                encoded(&HealthCheckResponse {
+                    status: status as i32,
+                })
+            }
+            methods::SERVER_READY => encoded(&ServerReadyResponse {
+                ready: self.control.is_ready(),
+            }),
+            SERVER_LIVE => encoded(&ServerLiveResponse { live: true }),
+            methods::MODEL_READY => {
+                let Ok(request) = ModelReadyRequest::decode(message) else {
+                    return status(Code::INVALID_ARGUMENT, "undecodable ModelReadyRequest");
+                };
+                if !self.serves_model(&request.name) {
+                    return status(
+                        Code::NOT_FOUND,
+                        &format!("model {:?} not found", request.name),
+                    );
+                }
+                encoded(&ModelReadyResponse {
+                    ready: self.control.is_model_ready(),
+                })
+            }
+            _ => status(Code::UNIMPLEMENTED, &format!("unknown method {path}")),
         }
     }
 
@@ -160,7 +476,7 @@ impl Mock {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64),
         };
-        Reply::Message(response.encode_to_vec().into())
+        encoded(&response)
     }
 
     fn infer(&self, message: Bytes) -> Reply {
@@ -211,8 +527,12 @@ impl Mock {
             raw_output_contents: vec![output.freeze()],
             ..Default::default()
         };
-        Reply::Message(response.encode_to_vec().into())
+        encoded(&response)
     }
+}
+
+fn encoded(message: &impl Message) -> Reply {
+    Reply::Message(message.encode_to_vec().into())
 }
 
 fn status(code: Code, message: &str) -> Reply {
@@ -224,28 +544,40 @@ fn status(code: Code, message: &str) -> Reply {
 
 impl Service for Mock {
     async fn call(self: Rc<Self>, path: &str, message: Bytes) -> Reply {
-        let expected = match self.kind {
-            MockKind::Source => methods::FETCH,
-            MockKind::Compute => methods::MODEL_INFER,
-        };
-        if path != expected {
+        if self.is_probe(path) {
+            return self.probe(path, message);
+        }
+        if path != self.work_path() {
             return status(Code::UNIMPLEMENTED, &format!("unknown method {path}"));
         }
+        self.control.calls.fetch_add(1, Relaxed);
+        // One draw, sliced: [hang | reset | error | answer].
         let draw = self.uniform();
-        if draw < self.options.hang_rate {
+        let hang_below = self.control.hang_rate();
+        if draw < hang_below {
             return Reply::Hang(self.options.hang_for);
         }
         let service_time = self.service_time();
         if !service_time.is_zero() {
             runtime::sleep(service_time).await;
         }
-        if draw < self.options.hang_rate + self.options.error_rate {
-            return status(Code::INTERNAL, "injected failure");
+        let reset_below = hang_below + self.control.reset_rate();
+        if draw < reset_below {
+            return Reply::Reset;
         }
-        let reply = match self.kind {
+        let (error_rate, error_code) = self.control.error_rate();
+        if draw < reset_below + error_rate {
+            return status(error_code, "injected failure");
+        }
+        let mut reply = match self.kind {
             MockKind::Source => self.fetch(message),
             MockKind::Compute => self.infer(message),
         };
+        if let (Some(target), Reply::Message(message)) =
+            (self.options.oversized_reply_bytes, &reply)
+        {
+            reply = Reply::Message(pad_message(message.clone(), target));
+        }
         match (&self.options.fault, reply) {
             (Some(Fault::TruncatedFrame), Reply::Message(message)) => {
                 let mut body = BytesMut::with_capacity(5 + message.len() / 2);
@@ -257,12 +589,24 @@ impl Service for Mock {
             (_, reply) => reply,
         }
     }
+
+    fn is_probe(&self, path: &str) -> bool {
+        match self.kind {
+            MockKind::Source => path == methods::HEALTH_CHECK,
+            MockKind::Compute => matches!(
+                path,
+                methods::HEALTH_CHECK | methods::SERVER_READY | methods::MODEL_READY | SERVER_LIVE
+            ),
+        }
+    }
 }
 
 /// A running mock node: one or more executors serving one address.
 pub struct MockNode {
     /// Where it listens (the real port when asked for port 0).
     pub addr: SocketAddr,
+    /// Rates, latency, readiness and the call count, shared by the executors.
+    control: Arc<MockControl>,
     /// One stop signal per executor.
     stops: Vec<flume::Sender<()>>,
     /// The serving executors, joined by `stop`.
@@ -280,6 +624,7 @@ impl MockNode {
         options: MockOptions,
     ) -> Result<MockNode, RuntimeError> {
         let mut addr = listen;
+        let control = Arc::new(MockControl::new(&options));
         let mut stops = Vec::new();
         let mut executors = Vec::new();
         let name = match kind {
@@ -290,6 +635,7 @@ impl MockNode {
             let (stop_tx, stop_rx) = flume::bounded::<()>(1);
             let (bound_tx, bound_rx) = flume::bounded::<Result<SocketAddr, String>>(1);
             let mut options = options.clone();
+            let control = control.clone();
             options.seed = options.seed.wrapping_add(index as u64 * 0x9E37_79B9);
             let spec = ExecutorSpec {
                 name: name.to_string(),
@@ -316,10 +662,13 @@ impl MockNode {
                     name,
                     drop_after_calls: options.drop_after_calls,
                     goaway_after_calls: options.goaway_after_calls,
+                    garbage_after_calls: options.garbage_after_calls,
+                    http1_only: options.http1_only,
                     ..ServerSettings::default()
                 };
                 let mock = Rc::new(Mock {
                     kind,
+                    control,
                     rng: Cell::new(options.seed | 1),
                     options,
                 });
@@ -338,9 +687,16 @@ impl MockNode {
         }
         Ok(MockNode {
             addr,
+            control,
             stops,
             executors,
         })
+    }
+
+    /// The node's runtime control: change its fault rates, latency and
+    /// readiness while it serves, and read how many calls it took.
+    pub fn control(&self) -> Arc<MockControl> {
+        self.control.clone()
     }
 
     /// Stops serving and waits for the executors to exit.
@@ -351,5 +707,110 @@ impl MockNode {
         for executor in self.executors {
             let _ = executor.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_parse_by_name_or_number() {
+        assert_eq!(parse_code("UNAVAILABLE"), Ok(Code::UNAVAILABLE));
+        assert_eq!(
+            parse_code("resource_exhausted"),
+            Ok(Code::RESOURCE_EXHAUSTED)
+        );
+        assert_eq!(parse_code(" 13 "), Ok(Code::INTERNAL));
+        assert_eq!(parse_code("DATA_LOSS"), Ok(Code(15)));
+        assert_eq!(parse_code("99"), Ok(Code(99)));
+        assert!(parse_code("NOT_A_CODE").is_err());
+        assert!(parse_code("").is_err());
+        assert!(parse_code("-1").is_err());
+    }
+
+    #[test]
+    fn padded_messages_decode_to_the_same_answer_and_reach_the_size() {
+        let response = FetchResponse {
+            datatype: "UINT8".into(),
+            shape: vec![1, 4],
+            raw: Bytes::from_static(&[1, 2, 3, 4]),
+            captured_unix_ms: 7,
+        };
+        let message: Bytes = response.encode_to_vec().into();
+        // Around each length-prefix boundary of the padding, and far past it.
+        for target in [
+            message.len() + 1,
+            100,
+            130,
+            131,
+            132,
+            16_400,
+            16_500,
+            1 << 20,
+        ] {
+            let padded = pad_message(message.clone(), target);
+            assert!(
+                padded.len() >= target && padded.len() <= target + 4,
+                "target {target}: {} bytes",
+                padded.len()
+            );
+            assert_eq!(
+                FetchResponse::decode(padded).as_ref(),
+                Ok(&response),
+                "target {target}"
+            );
+        }
+        // Exact where a prefix allows it, which is almost everywhere.
+        assert_eq!(pad_message(message.clone(), 1 << 20).len(), 1 << 20);
+        assert_eq!(pad_message(message.clone(), 5000).len(), 5000);
+        // Nothing to add to a message already that long.
+        assert_eq!(pad_message(message.clone(), 3), message);
+    }
+
+    #[test]
+    fn control_clamps_rates_and_keeps_rate_and_code_together() {
+        let options = MockOptions {
+            error_rate: 0.25,
+            error_code: Code::UNAVAILABLE,
+            hang_rate: 0.5,
+            ..MockOptions::default()
+        };
+        let control = MockControl::new(&options);
+        assert_eq!(control.error_rate(), (0.25, Code::UNAVAILABLE));
+        assert_eq!(control.hang_rate(), 0.5);
+        assert_eq!(control.reset_rate(), 0.0);
+        control.set_error_rate(1.5, Code::RESOURCE_EXHAUSTED);
+        assert_eq!(control.error_rate(), (1.0, Code::RESOURCE_EXHAUSTED));
+        control.set_error_rate(f64::NAN, Code(99));
+        assert_eq!(control.error_rate(), (0.0, Code(99)));
+        control.set_hang_rate(-1.0);
+        assert_eq!(control.hang_rate(), 0.0);
+        control.set_reset_rate(0.125);
+        assert_eq!(control.reset_rate(), 0.125);
+        control.set_added_latency(Duration::from_millis(3));
+        assert_eq!(control.added_latency(), Duration::from_millis(3));
+        control.set_added_latency(Duration::MAX);
+        assert_eq!(control.added_latency(), Duration::from_nanos(u64::MAX));
+    }
+
+    #[test]
+    fn readiness_is_off_while_the_file_exists_and_the_model_follows_the_server() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let file = dir.path().join("not-ready");
+        let control = MockControl::new(&MockOptions {
+            not_ready_file: Some(file.clone()),
+            ..MockOptions::default()
+        });
+        assert!(control.is_ready() && control.is_model_ready());
+        std::fs::write(&file, b"").expect("the flag file is written");
+        assert!(!control.is_ready() && !control.is_model_ready());
+        std::fs::remove_file(&file).expect("the flag file is removed");
+        assert!(control.is_ready());
+        control.set_model_ready(false);
+        assert!(control.is_ready() && !control.is_model_ready());
+        control.set_model_ready(true);
+        control.set_ready(false);
+        assert!(!control.is_ready() && !control.is_model_ready());
     }
 }

@@ -3,15 +3,23 @@
 //! One accept loop per executor (the listener uses SO_REUSEPORT, so several
 //! executors can serve one port); one task per connection drives `h2`; one task per
 //! call reads the request, asks the [`Service`] for a [`Reply`] and writes it back.
+//!
+//! Connection faults live here, because they need the socket rather than a
+//! reply: dropping it, GOAWAY, writing bytes that are not HTTP/2 after some calls,
+//! or answering the HTTP/2 preface as an HTTP/1.1 server would.
 
-use std::cell::Cell;
-use std::future::Future;
+use std::cell::{Cell, RefCell};
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
 use std::rc::Rc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::server::SendResponse;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::coalesce::CoalescingStream;
 use super::frame::MessageDecoder;
@@ -31,11 +39,22 @@ pub enum Reply {
     /// Raw body bytes sent as they are, then OK trailers: lets tests send malformed
     /// frames a well-behaved server never would.
     RawBody(Bytes),
+    /// No answer: the stream is reset with RST_STREAM(INTERNAL_ERROR), as a
+    /// server that failed mid-call does. The connection stays up.
+    Reset,
 }
 
 /// A unary gRPC service. `path` is the request's `/package.Service/Method`.
 pub trait Service: 'static {
     fn call(self: Rc<Self>, path: &str, message: Bytes) -> impl Future<Output = Reply>;
+
+    /// Whether a call on `path` is a health or readiness probe. Probes are left
+    /// out of the per-connection call counts that trigger connection faults, so
+    /// "after N calls" means N calls of real work however often a node is probed.
+    fn is_probe(&self, path: &str) -> bool {
+        let _ = path;
+        false
+    }
 }
 
 /// HTTP/2 settings a server connection announces, and the connection faults a
@@ -58,6 +77,15 @@ pub struct ServerSettings {
     /// Fault: send GOAWAY after this many calls on a connection and finish the
     /// calls already taken, as a server that is shutting down or rotating does.
     pub goaway_after_calls: Option<u64>,
+    /// Fault: take this many calls on a connection, then, when the next one
+    /// arrives, write [`NOT_HTTP2`] onto the socket instead of any frame and
+    /// close it: the client sees invalid HTTP/2 (a proxy or a crashed server
+    /// answering in its place). Calls still in flight are cut off.
+    pub garbage_after_calls: Option<u64>,
+    /// Fault: answer every connection's HTTP/2 preface with [`NOT_HTTP2`] and
+    /// close it, as a plain HTTP/1.1 server does when a gRPC client is pointed
+    /// at its port.
+    pub http1_only: bool,
 }
 
 impl Default for ServerSettings {
@@ -69,9 +97,22 @@ impl Default for ServerSettings {
             name: "grpc server",
             drop_after_calls: None,
             goaway_after_calls: None,
+            garbage_after_calls: None,
+            http1_only: false,
         }
     }
 }
+
+/// What the connection faults write instead of HTTP/2: what an HTTP/1.1 server
+/// answers to the HTTP/2 preface. Read as an HTTP/2 frame header it announces a
+/// 4.7 MB frame, which every client rejects as a connection error.
+pub const NOT_HTTP2: &[u8] =
+    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// How long a faulty connection waits for the client's first bytes, and then for
+/// it to close, before the socket is dropped: enough for a client on loopback or
+/// a LAN, short enough that silent clients do not pile up.
+const FAULT_LINGER: Duration = Duration::from_secs(1);
 
 /// Accepts connections on `listener` and serves `service` on them until `stop` completes.
 pub async fn serve<S: Service>(
@@ -107,6 +148,12 @@ async fn serve_connection<S: Service>(
     service: Rc<S>,
     settings: Rc<ServerSettings>,
 ) {
+    if settings.http1_only {
+        answer_as_http1(stream).await;
+        return;
+    }
+    // The connection task can take the socket back from h2 to inject a fault.
+    let socket = Rc::new(RefCell::new(Some(stream)));
     // A server's responses are queued as calls complete, when a count of calls
     // in flight has already dropped: always batch a round's responses.
     let always_batch = Rc::new(Cell::new(usize::MAX));
@@ -123,7 +170,10 @@ async fn serve_connection<S: Service>(
         // lift both limits.
         .max_pending_accept_reset_streams(settings.reset_limit)
         .max_local_error_reset_streams(Some(settings.reset_limit))
-        .handshake::<_, Bytes>(CoalescingStream::new(stream, always_batch));
+        .handshake::<_, Bytes>(CoalescingStream::new(
+            TakeableStream(socket.clone()),
+            always_batch,
+        ));
     let mut connection = match handshake.await {
         Ok(connection) => connection,
         Err(error) => {
@@ -134,11 +184,23 @@ async fn serve_connection<S: Service>(
             return;
         }
     };
+    // Calls of real work taken on this connection (probes are not counted).
     let mut calls: u64 = 0;
     loop {
         match connection.accept().await {
             Some(Ok((request, respond))) => {
-                calls += 1;
+                if !service.is_probe(request.uri().path()) {
+                    if settings.garbage_after_calls == Some(calls) {
+                        let taken = socket.borrow_mut().take();
+                        // h2 no longer has a socket: drop it before it notices.
+                        drop(connection);
+                        if let Some(stream) = taken {
+                            write_and_close(stream, NOT_HTTP2).await;
+                        }
+                        return;
+                    }
+                    calls += 1;
+                }
                 runtime::spawn(serve_call(
                     request,
                     respond,
@@ -164,6 +226,99 @@ async fn serve_connection<S: Service>(
             }
             None => return,
         }
+    }
+}
+
+/// The `http1_only` fault: waits for the client's first bytes (its HTTP/2
+/// preface), then answers as an HTTP/1.1 server and closes.
+async fn answer_as_http1(mut stream: Stream) {
+    let mut preface = [0u8; 1024];
+    let deadline = Instant::now() + FAULT_LINGER;
+    // Whatever came (or nothing, by the deadline), the answer is the same.
+    let _ = runtime::until_deadline(deadline, read_some(&mut stream, &mut preface)).await;
+    write_and_close(stream, NOT_HTTP2).await;
+}
+
+/// Writes `bytes`, shuts the sending side, and reads until the client closes
+/// (or [`FAULT_LINGER`] passes). Closing a socket with unread bytes in it sends
+/// RST, which can overtake the bytes written and hide them from the client.
+async fn write_and_close<T: AsyncRead + AsyncWrite + Unpin>(mut stream: T, bytes: &[u8]) {
+    let mut written = 0;
+    while written < bytes.len() {
+        match poll_fn(|cx| Pin::new(&mut stream).poll_write(cx, &bytes[written..])).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => written += n,
+        }
+    }
+    if poll_fn(|cx| Pin::new(&mut stream).poll_shutdown(cx))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let deadline = Instant::now() + FAULT_LINGER;
+    let mut sink = [0u8; 4096];
+    while let Some(Ok(n)) =
+        runtime::until_deadline(deadline, read_some(&mut stream, &mut sink)).await
+    {
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+/// Reads what is available into `buf`; `Ok(0)` is the end of the stream.
+async fn read_some<T: AsyncRead + Unpin>(stream: &mut T, buf: &mut [u8]) -> io::Result<usize> {
+    let mut buf = ReadBuf::new(buf);
+    poll_fn(|cx| Pin::new(&mut *stream).poll_read(cx, &mut buf)).await?;
+    Ok(buf.filled().len())
+}
+
+/// The socket under an h2 connection, which the connection's task can take
+/// back (to write bytes h2 never would); once taken, h2's reads and writes fail
+/// as on a broken socket.
+struct TakeableStream<T>(
+    /// The socket, shared with the connection's task; `None` once it took it.
+    Rc<RefCell<Option<T>>>,
+);
+
+impl<T> TakeableStream<T> {
+    fn with<R>(&self, io: impl FnOnce(Pin<&mut T>) -> Poll<io::Result<R>>) -> Poll<io::Result<R>>
+    where
+        T: Unpin,
+    {
+        match self.0.borrow_mut().as_mut() {
+            Some(stream) => io(Pin::new(stream)),
+            None => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for TakeableStream<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.with(|stream| stream.poll_read(cx, buf))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for TakeableStream<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.with(|stream| stream.poll_write(cx, data))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.with(|stream| stream.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.with(|stream| stream.poll_shutdown(cx))
     }
 }
 
@@ -204,6 +359,7 @@ async fn serve_call<S: Service>(
         }
         Reply::RawBody(body) => send_body(&mut respond, body),
         Reply::Status { code, message } => send_status(&mut respond, code, &message),
+        Reply::Reset => respond.send_reset(h2::Reason::INTERNAL_ERROR),
         Reply::Hang(duration) => {
             let client_gave_up = std::future::poll_fn(|cx| respond.poll_reset(cx));
             let hang = async {
