@@ -53,10 +53,6 @@ use crate::proto::source::{FetchRequest, FetchResponse};
 use crate::runtime::{self, Executor, ExecutorSpec, Listener, RuntimeError};
 use crate::tensor;
 
-/// KServe v2: whether the server process is up. Only the mock serves it
-/// (percore probes readiness, not liveness), so it is not in [`methods`].
-pub const SERVER_LIVE: &str = "/inference.GRPCInferenceService/ServerLive";
-
 /// How long a mock takes to answer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ServiceTime {
@@ -445,7 +441,7 @@ impl Mock {
             methods::SERVER_READY => encoded(&ServerReadyResponse {
                 ready: self.control.is_ready(),
             }),
-            SERVER_LIVE => encoded(&ServerLiveResponse { live: true }),
+            methods::SERVER_LIVE => encoded(&ServerLiveResponse { live: true }),
             methods::MODEL_READY => {
                 let Ok(request) = ModelReadyRequest::decode(message) else {
                     return status(Code::INVALID_ARGUMENT, "undecodable ModelReadyRequest");
@@ -595,7 +591,10 @@ impl Service for Mock {
             MockKind::Source => path == methods::HEALTH_CHECK,
             MockKind::Compute => matches!(
                 path,
-                methods::HEALTH_CHECK | methods::SERVER_READY | methods::MODEL_READY | SERVER_LIVE
+                methods::HEALTH_CHECK
+                    | methods::SERVER_READY
+                    | methods::MODEL_READY
+                    | methods::SERVER_LIVE
             ),
         }
     }

@@ -23,7 +23,7 @@ use percore::grpc::client::{ClientSettings, Connection, Traffic};
 use percore::grpc::methods;
 use percore::grpc::status::Code;
 use percore::mock::{
-    mock_model_output, mock_payload, MockControl, MockKind, MockNode, MockOptions, SERVER_LIVE,
+    mock_model_output, mock_payload, MockControl, MockKind, MockNode, MockOptions,
 };
 use percore::proto::health::health_check_response::ServingStatus;
 use percore::proto::health::{HealthCheckRequest, HealthCheckResponse};
@@ -162,9 +162,14 @@ async fn probes(connection: &Connection) -> Probes {
     )
     .await
     .expect("ServerReady answers");
-    let live: ServerLiveResponse = call(connection, SERVER_LIVE, &ServerLiveRequest {}, ROOMY)
-        .await
-        .expect("ServerLive answers");
+    let live: ServerLiveResponse = call(
+        connection,
+        percore::grpc::methods::SERVER_LIVE,
+        &ServerLiveRequest {},
+        ROOMY,
+    )
+    .await
+    .expect("ServerLive answers");
     Probes {
         server_ready: ready.ready,
         live: live.live,

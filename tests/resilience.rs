@@ -301,3 +301,178 @@ fn three_times_the_compute_capacity_becomes_bounded_skips_with_the_reason() {
         "RSS grew {growth_kib} KiB under 3× overload"
     );
 }
+
+/// Calls a replica has answered between two readings of its counter.
+fn calls_during(control: &percore::mock::MockControl, wait: Duration) -> u64 {
+    let before = control.calls();
+    std::thread::sleep(wait);
+    control.calls() - before
+}
+
+#[test]
+fn a_replica_failing_half_its_calls_is_ejected_then_readmitted() {
+    let source = common::start_mock(MockKind::Source, MockOptions::default());
+    let (a, b) = (fast_mock(), fast_mock());
+    let flaky = fast_mock();
+    let control = flaky.control();
+    control.set_error_rate(0.5, percore::grpc::status::Code::UNAVAILABLE);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let db = dir.path().join("jobs.db");
+    let upstream = Upstream {
+        ejection: percore::config::Ejection {
+            window: Duration::from_millis(500),
+            base_time: Duration::from_millis(300),
+            max_time: Duration::from_millis(600),
+            ..percore::config::Ejection::default()
+        },
+        ..Upstream::default()
+    };
+    let class = class_over(source.addr, &[a.addr, b.addr, flaky.addr], upstream);
+    let config = common::config(vec![class], 1_000, db.clone(), GrpcConfig::default());
+    let run_config = config.clone();
+    let run = std::thread::spawn(move || common::run(&run_config, Duration::from_secs(6)));
+
+    // Failing: ejected most of the time, so it gets far less than its third.
+    std::thread::sleep(Duration::from_millis(1_000));
+    let healthy_calls = a.control().calls();
+    let while_failing = calls_during(&control, Duration::from_millis(1_500));
+    let healthy_during = a.control().calls() - healthy_calls;
+    // Recovered: back in after its ejection runs out, at a fair share.
+    control.set_error_rate(0.0, percore::grpc::status::Code::UNAVAILABLE);
+    std::thread::sleep(Duration::from_millis(1_000));
+    let healthy_calls = a.control().calls();
+    let after_recovery = calls_during(&control, Duration::from_millis(1_500));
+    let healthy_after = a.control().calls() - healthy_calls;
+    let summary = run.join().expect("the run ends");
+    let rows = common::read_rows(&db);
+    source.stop();
+    a.stop();
+    b.stop();
+    flaky.stop();
+
+    eprintln!(
+        "flaky replica: {while_failing} calls while failing (a healthy one {healthy_during}), \
+         {after_recovery} after recovery (healthy {healthy_after}); retries {}",
+        summary.counters.retries
+    );
+    common::assert_exact_ticks(&config, &summary, &rows);
+    common::assert_counts(&summary, &rows);
+    assert!(
+        (while_failing as f64) < 0.4 * healthy_during as f64,
+        "ejected: {while_failing} calls against a healthy replica's {healthy_during}"
+    );
+    assert!(
+        (after_recovery as f64) > 0.5 * healthy_after as f64,
+        "re-admitted: {after_recovery} calls against a healthy replica's {healthy_after}"
+    );
+    // UNAVAILABLE is retried on another replica: hardly a job is lost to it.
+    let failed: u64 = common::reasons(&rows, "failed").values().sum();
+    assert!(
+        failed < 50,
+        "{failed} failed rows: {:?}",
+        common::reasons(&rows, "failed")
+    );
+}
+
+#[test]
+fn a_replica_whose_model_is_not_ready_gets_no_traffic_until_it_is_again() {
+    let source = common::start_mock(MockKind::Source, MockOptions::default());
+    let steady = fast_mock();
+    let toggled = fast_mock();
+    let control = toggled.control();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let db = dir.path().join("jobs.db");
+    let probe_interval = Duration::from_millis(200);
+    let upstream = Upstream {
+        probe_interval,
+        ..Upstream::default()
+    };
+    let class = class_over(source.addr, &[steady.addr, toggled.addr], upstream);
+    let config = common::config(vec![class], 1_000, db.clone(), GrpcConfig::default());
+    let run_config = config.clone();
+    let run = std::thread::spawn(move || common::run(&run_config, Duration::from_secs(5)));
+
+    std::thread::sleep(Duration::from_millis(1_000));
+    let while_ready = calls_during(&control, Duration::from_millis(500));
+    control.set_model_ready(false);
+    // Within one probe interval (plus the probe's own round trip) traffic stops.
+    std::thread::sleep(probe_interval + Duration::from_millis(100));
+    let while_not_ready = calls_during(&control, Duration::from_millis(1_000));
+    control.set_model_ready(true);
+    std::thread::sleep(probe_interval + Duration::from_millis(100));
+    let when_ready_again = calls_during(&control, Duration::from_millis(1_000));
+    let summary = run.join().expect("the run ends");
+    let rows = common::read_rows(&db);
+    source.stop();
+    steady.stop();
+    toggled.stop();
+
+    eprintln!("readiness: {while_ready} calls in 0.5 s ready, {while_not_ready} in 1 s not ready, {when_ready_again} in 1 s ready again");
+    common::assert_exact_ticks(&config, &summary, &rows);
+    common::assert_counts(&summary, &rows);
+    assert!(while_ready > 100, "it had traffic: {while_ready}");
+    assert_eq!(
+        while_not_ready, 0,
+        "no new calls to a replica whose model is not ready"
+    );
+    assert!(
+        when_ready_again > 100,
+        "traffic returned: {when_ready_again}"
+    );
+    assert_eq!(common::reasons(&rows, "failed"), Default::default());
+}
+
+#[test]
+fn the_retry_budget_caps_retries_when_every_replica_fails() {
+    let failing = MockOptions {
+        error_rate: 1.0,
+        error_code: percore::grpc::status::Code::UNAVAILABLE,
+        ..MockOptions::default()
+    };
+    let source = common::start_mock(MockKind::Source, MockOptions::default());
+    let computes: Vec<MockNode> = (0..3)
+        .map(|_| common::start_mock(MockKind::Compute, failing.clone()))
+        .collect();
+    let addrs: Vec<SocketAddr> = computes.iter().map(|node| node.addr).collect();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let db = dir.path().join("jobs.db");
+    let class = class_over(source.addr, &addrs, Upstream::default());
+    let grpc = GrpcConfig {
+        retries: 5,
+        ..GrpcConfig::default()
+    };
+    let config = common::config(vec![class], 1_000, db.clone(), grpc.clone());
+    let summary = common::run(&config, Duration::from_secs(3));
+    let rows = common::read_rows(&db);
+    source.stop();
+    for node in computes {
+        node.stop();
+    }
+
+    common::assert_exact_ticks(&config, &summary, &rows);
+    common::assert_counts(&summary, &rows);
+    let jobs = rows.iter().filter(|row| row.outcome != "skipped").count() as u64;
+    let shards = common::shard_cpus().len() as u64;
+    // Per shard and class: 20 % of the ModelInfer calls (one first attempt per
+    // job) plus 10 a second, over the 10 s window (longer than the run).
+    let allowed = jobs * u64::from(grpc.retry_budget_percent) / 100
+        + shards * u64::from(grpc.retry_budget_min_per_s) * 10;
+    eprintln!(
+        "retry budget: {jobs} jobs, {} retries, at most {allowed}",
+        summary.counters.retries
+    );
+    assert!(summary.counters.retries > 0, "some retries were allowed");
+    assert!(
+        summary.counters.retries <= allowed,
+        "{} retries for {jobs} jobs: the budget allows {allowed}",
+        summary.counters.retries
+    );
+    // Without the budget, every job would try up to 3 replicas.
+    assert!(summary.counters.retries < jobs, "fewer retries than jobs");
+    let attempts: i64 = rows.iter().map(|row| row.attempts).sum();
+    assert_eq!(
+        attempts as u64,
+        2 * jobs + summary.counters.retries,
+        "attempts add up"
+    );
+}

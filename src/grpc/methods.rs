@@ -4,6 +4,8 @@
 pub const FETCH: &str = "/percore.source.v1.DataSource/Fetch";
 /// KServe v2: run the model on one request.
 pub const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+/// KServe v2: whether the server is up at all.
+pub const SERVER_LIVE: &str = "/inference.GRPCInferenceService/ServerLive";
 /// KServe v2: whether the server is ready to take inference requests.
 pub const SERVER_READY: &str = "/inference.GRPCInferenceService/ServerReady";
 /// KServe v2: whether one model (and version) is loaded and ready.
