@@ -56,7 +56,8 @@ pub enum CallOutcome {
     Success,
     /// The node, or the way to it, failed.
     Failure,
-    /// Cancelled by us (a hedge that lost): says nothing either way.
+    /// Cancelled by us (a hedge that lost): neither success nor failure, but
+    /// its time so far is a lower bound of its latency.
     Cancelled,
 }
 
@@ -135,10 +136,10 @@ impl ReplicaHealth {
     ) -> Verdict {
         self.outstanding
             .set(self.outstanding.get().saturating_sub(1));
+        self.observe_latency(latency, now);
         if outcome == CallOutcome::Cancelled {
             return Verdict::Healthy;
         }
-        self.observe_latency(latency, now);
         self.requests.set(self.requests.get() + 1);
         self.roll_window(now, rules);
         self.window_calls.set(self.window_calls.get() + 1);
@@ -334,19 +335,21 @@ mod tests {
     }
 
     #[test]
-    fn a_cancelled_hedge_says_nothing() {
+    fn a_cancelled_hedge_counts_only_as_a_lower_bound_of_latency() {
         let now = Instant::now();
         let health = ReplicaHealth::new(now);
         health.start();
         let verdict = health.record(
             CallOutcome::Cancelled,
-            Duration::from_secs(5),
+            Duration::from_millis(30),
             now,
             &rules(),
         );
         assert_eq!(verdict, Verdict::Healthy);
         assert_eq!(health.requests.get(), 0);
-        assert_eq!(health.latency_ns(now), 0.0);
+        assert_eq!(health.failures.get(), 0);
+        // The attempt had run 30 ms without an answer: it is at least that slow.
+        assert_eq!(health.latency_ns(now), 30e6);
         assert_eq!(health.outstanding(), 0);
     }
 }

@@ -300,8 +300,8 @@ impl Drop for JobSlot {
 }
 
 /// One attempt in progress on one replica. Dropped unfinished (a hedge that
-/// lost, a job abandoned), it counts as cancelled: outstanding goes down and
-/// the replica's health learns nothing.
+/// lost, a shard aborted), it counts as cancelled: outstanding goes down, and
+/// the time it ran is only a lower bound of the replica's latency.
 pub struct Attempt<'a> {
     set: &'a ReplicaSet,
     index: usize,
