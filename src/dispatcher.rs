@@ -27,7 +27,10 @@ use crate::runtime::{self, ExecutorSpec};
 use crate::shard::{self, Control, ExitNotice, ShardChannels, ShardLimits, ShardPlan, Workload};
 use crate::sink::writer::WriterChannels;
 use crate::sink::{self, ClassNames, RowNames, SinkEvent, SinkProgress, SinkTarget};
-use crate::stats::{ClassStats, Counters, Interval, ShardReport, ShardStats, StageHistograms};
+use crate::stats::{
+    ClassStats, Counters, Interval, ShardReport, ShardStats, StageHistograms, UpstreamStats,
+    UpstreamTotals,
+};
 use crate::summary::{ClassSummary, RunSummary, ShardSummary};
 use crate::tick::Clock;
 
@@ -108,6 +111,8 @@ impl std::error::Error for RunError {}
 struct FinalReport {
     /// The shard's whole-run counters and histograms.
     stats: ShardStats,
+    /// Its replicas' counters at the end.
+    upstream: UpstreamStats,
     /// End of the window this shard dispatched (Unix ms, exclusive).
     end_ms: i64,
     /// Why the shard stopped early, if it did.
@@ -333,6 +338,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
                 stats: ClassStats::default(),
             })
             .collect(),
+        upstream: UpstreamTotals::merge(finished.iter().map(|report| &report.upstream)),
         interval_log,
         config: config_description(config, options),
     };
@@ -659,6 +665,7 @@ impl<'a> Supervisor<'a> {
                     shard,
                     counters,
                     interval,
+                    upstream: _,
                 }))) => {
                     self.latest[shard as usize] = counters;
                     self.add_interval(&interval);
@@ -667,6 +674,7 @@ impl<'a> Supervisor<'a> {
                     shard,
                     stats,
                     interval,
+                    upstream,
                     end_ms,
                     error,
                 }))) => {
@@ -675,6 +683,7 @@ impl<'a> Supervisor<'a> {
                     self.latest[shard as usize].in_flight = 0;
                     finished[shard as usize] = Some(FinalReport {
                         stats: *stats,
+                        upstream,
                         end_ms,
                         error,
                     });
