@@ -12,10 +12,65 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::stats::{Counters, StageHistograms};
+use crate::stats::{Counters, ReplicaTotals, StageHistograms, UpstreamTotals};
 
 /// A per-shard metric family: name, help text, and how to read it from counters.
 type Family = (&'static str, &'static str, fn(&Counters) -> u64);
+
+/// A per-replica metric family: name, Prometheus type, help text, and how to
+/// read it from a replica's totals.
+type ReplicaFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ReplicaTotals) -> f64,
+);
+
+/// The per-replica families, labelled `{class, role, replica}`.
+const REPLICA_FAMILIES: [ReplicaFamily; 7] = [
+    (
+        "percore_replica_requests_total",
+        "counter",
+        "Attempts on the replica that ended (ok or not; cancelled hedges excluded), all shards.",
+        |r| r.requests as f64,
+    ),
+    (
+        "percore_replica_failures_total",
+        "counter",
+        "Attempts that failed in a way that counts against the replica, all shards.",
+        |r| r.failures as f64,
+    ),
+    (
+        "percore_replica_ejections_total",
+        "counter",
+        "Times a shard ejected the replica for failing, all shards.",
+        |r| r.ejections as f64,
+    ),
+    (
+        "percore_replica_latency_ewma_seconds",
+        "gauge",
+        "Peak-EWMA latency estimate the balancers weigh the replica by, shards weighted by their requests.",
+        |r| r.ewma_latency_us / 1e6,
+    ),
+    (
+        "percore_replica_outstanding",
+        "gauge",
+        "Attempts on the replica in flight now, all shards.",
+        |r| r.outstanding as f64,
+    ),
+    (
+        "percore_replica_ready_shards",
+        "gauge",
+        "Shards whose last probe found the replica ready.",
+        |r| f64::from(r.ready_shards),
+    ),
+    (
+        "percore_replica_ejected_shards",
+        "gauge",
+        "Shards that have the replica ejected now.",
+        |r| f64::from(r.ejected_shards),
+    ),
+];
 
 /// Upper bounds of the Prometheus latency buckets, in seconds.
 const BUCKETS_S: [f64; 16] = [
@@ -33,6 +88,11 @@ pub struct MetricsSnapshot {
     pub rows_committed: u64,
     /// Latencies of the whole run so far, all shards merged.
     pub latency: StageHistograms,
+    /// Every replica's counters and gauges, and the retry budgets' refusals,
+    /// all shards merged from their latest reports.
+    pub upstream: UpstreamTotals,
+    /// Class names by class index: the `class` label of the upstream series.
+    pub class_names: Arc<[String]>,
     /// Whether the run is working: `/healthz` answers 503 with the cause otherwise.
     pub health: Health,
 }
@@ -278,7 +338,56 @@ pub fn prometheus_text(snapshot: &MetricsSnapshot) -> String {
         let _ = writeln!(out, "{name}_sum{{stage=\"{stage}\"}} {sum_s}");
         let _ = writeln!(out, "{name}_count{{stage=\"{stage}\"}} {}", histogram.len());
     }
+    replica_text(snapshot, &mut out);
     out
+}
+
+/// The per-replica families and the retry budgets' refusals per class.
+fn replica_text(snapshot: &MetricsSnapshot, out: &mut String) {
+    let class = |index: u16| -> String {
+        snapshot
+            .class_names
+            .get(usize::from(index))
+            .map_or_else(|| index.to_string(), |name| label_value(name))
+    };
+    for (name, kind, help, value) in REPLICA_FAMILIES {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for replica in &snapshot.upstream.replicas {
+            let _ = writeln!(
+                out,
+                "{name}{{class=\"{}\",role=\"{}\",replica=\"{}\"}} {}",
+                class(replica.class),
+                replica.role.label(),
+                replica.node,
+                value(replica)
+            );
+        }
+    }
+    let name = "percore_retry_budget_exhausted_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Retries and hedges refused because the class's retry budget was spent, all shards.\n\
+         # TYPE {name} counter"
+    );
+    for (index, refused) in snapshot.upstream.retry_budget_exhausted.iter().enumerate() {
+        let index = u16::try_from(index).unwrap_or(u16::MAX);
+        let _ = writeln!(out, "{name}{{class=\"{}\"}} {refused}", class(index));
+    }
+}
+
+/// A label value as the text format wants it: `\`, `"` and newlines escaped
+/// (class names come from the config file and may hold any of them).
+fn label_value(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
 }
 
 #[cfg(test)]
@@ -307,6 +416,7 @@ mod tests {
             latency: StageHistograms::default(),
             rows_committed: 11,
             health: Health::Ok,
+            ..MetricsSnapshot::default()
         };
         for us in [50, 700, 700, 20_000] {
             snapshot.latency.fetch.record(us).unwrap();
@@ -334,6 +444,68 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("\npercore_healthy 1\n"), "{text}");
+    }
+
+    #[test]
+    fn replica_series_are_labelled_by_class_role_and_replica() {
+        use crate::stats::ReplicaRole;
+        let replica = |port: u16, requests: u64| ReplicaTotals {
+            class: 0,
+            role: ReplicaRole::ComputeNode,
+            node: SocketAddr::from(([127, 0, 0, 1], port)),
+            requests,
+            failures: 2,
+            ejections: 1,
+            ewma_latency_us: 1_500.0,
+            outstanding: 3,
+            ready_shards: 2,
+            ejected_shards: 1,
+            shards: 2,
+        };
+        let snapshot = MetricsSnapshot {
+            upstream: UpstreamTotals {
+                replicas: vec![
+                    replica(9001, 40),
+                    replica(9002, 60),
+                    ReplicaTotals {
+                        class: 1,
+                        role: ReplicaRole::DataSource,
+                        ..replica(9000, 7)
+                    },
+                ],
+                retry_budget_exhausted: vec![5, 0],
+            },
+            class_names: vec!["cam\"era".to_string(), "meter".to_string()].into(),
+            ..MetricsSnapshot::default()
+        };
+        let text = prometheus_text(&snapshot);
+        let camera = "class=\"cam\\\"era\",role=\"compute_node\"";
+        for expected in [
+            format!("percore_replica_requests_total{{{camera},replica=\"127.0.0.1:9001\"}} 40\n"),
+            format!("percore_replica_requests_total{{{camera},replica=\"127.0.0.1:9002\"}} 60\n"),
+            "percore_replica_requests_total{class=\"meter\",role=\"data_source\",replica=\"127.0.0.1:9000\"} 7\n".to_string(),
+            format!("percore_replica_failures_total{{{camera},replica=\"127.0.0.1:9001\"}} 2\n"),
+            format!("percore_replica_ejections_total{{{camera},replica=\"127.0.0.1:9001\"}} 1\n"),
+            format!("percore_replica_latency_ewma_seconds{{{camera},replica=\"127.0.0.1:9001\"}} 0.0015\n"),
+            format!("percore_replica_outstanding{{{camera},replica=\"127.0.0.1:9001\"}} 3\n"),
+            format!("percore_replica_ready_shards{{{camera},replica=\"127.0.0.1:9001\"}} 2\n"),
+            format!("percore_replica_ejected_shards{{{camera},replica=\"127.0.0.1:9001\"}} 1\n"),
+            "percore_retry_budget_exhausted_total{class=\"cam\\\"era\"} 5\n".to_string(),
+            "percore_retry_budget_exhausted_total{class=\"meter\"} 0\n".to_string(),
+        ] {
+            assert!(text.contains(&expected), "{expected} missing from\n{text}");
+        }
+        for (name, kind, _, _) in REPLICA_FAMILIES {
+            assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "{name}");
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+        }
+        assert!(text.contains("# TYPE percore_retry_budget_exhausted_total counter\n"));
+        // Every sample line is `name{labels} value` with a number for a value.
+        for line in text.lines().filter(|l| l.starts_with("percore_replica_")) {
+            let (_, value) = line.rsplit_once(' ').unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+        assert_eq!(label_value("a\\b\nc"), "a\\\\b\\nc");
     }
 
     #[test]

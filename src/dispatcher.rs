@@ -27,7 +27,10 @@ use crate::runtime::{self, ExecutorSpec};
 use crate::shard::{self, Control, ExitNotice, ShardChannels, ShardLimits, ShardPlan, Workload};
 use crate::sink::writer::WriterChannels;
 use crate::sink::{self, ClassNames, RowNames, SinkEvent, SinkProgress, SinkTarget};
-use crate::stats::{ClassStats, Counters, Interval, ShardReport, ShardStats, StageHistograms};
+use crate::stats::{
+    ClassStats, Counters, Interval, ShardReport, ShardStats, StageHistograms, UpstreamStats,
+    UpstreamTotals,
+};
 use crate::summary::{ClassSummary, RunSummary, ShardSummary};
 use crate::tick::Clock;
 
@@ -108,6 +111,8 @@ impl std::error::Error for RunError {}
 struct FinalReport {
     /// The shard's whole-run counters and histograms.
     stats: ShardStats,
+    /// Its replicas' counters at the end.
+    upstream: UpstreamStats,
     /// End of the window this shard dispatched (Unix ms, exclusive).
     end_ms: i64,
     /// Why the shard stopped early, if it did.
@@ -248,6 +253,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
     // Only shards hold these now: the writer ends when the last shard lets go.
     drop((results_tx, recycle_rx, reports_tx));
 
+    let class_names: Arc<[String]> = config.classes.iter().map(|c| c.name.clone()).collect();
     let mut supervisor = Supervisor::new(
         shard_count,
         run_start,
@@ -255,6 +261,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
         &clock,
         per_second,
         progress.clone(),
+        class_names,
     );
     let inbox = Inbox {
         reports: &reports_rx,
@@ -333,6 +340,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
                 stats: ClassStats::default(),
             })
             .collect(),
+        upstream: UpstreamTotals::merge(finished.iter().map(|report| &report.upstream)),
         interval_log,
         config: config_description(config, options),
     };
@@ -546,6 +554,10 @@ struct Supervisor<'a> {
     run_start: Instant,
     /// Each shard's latest counters.
     latest: Vec<Counters>,
+    /// Each shard's latest view of its replicas, merged when publishing.
+    upstream: Vec<UpstreamStats>,
+    /// Class names by index, for the metrics' `class` label.
+    class_names: Arc<[String]>,
     /// Latencies of the last few seconds of the run, and the interval log.
     per_second: PerSecond,
     /// Latencies of the whole run so far, for the metrics.
@@ -568,12 +580,15 @@ impl<'a> Supervisor<'a> {
         clock: &'a Clock,
         per_second: PerSecond,
         progress: Arc<SinkProgress>,
+        class_names: Arc<[String]>,
     ) -> Supervisor<'a> {
         Supervisor {
             options,
             clock,
             run_start,
             latest: vec![Counters::default(); shards],
+            upstream: vec![UpstreamStats::default(); shards],
+            class_names,
             per_second,
             so_far: StageHistograms::default(),
             progress,
@@ -659,22 +674,27 @@ impl<'a> Supervisor<'a> {
                     shard,
                     counters,
                     interval,
+                    upstream,
                 }))) => {
                     self.latest[shard as usize] = counters;
+                    self.upstream[shard as usize] = upstream;
                     self.add_interval(&interval);
                 }
                 Some(Message::Shard(Ok(ShardReport::Finished {
                     shard,
                     stats,
                     interval,
+                    upstream,
                     end_ms,
                     error,
                 }))) => {
                     self.add_interval(&interval);
                     self.latest[shard as usize] = stats.counters;
                     self.latest[shard as usize].in_flight = 0;
+                    self.upstream[shard as usize] = upstream.clone();
                     finished[shard as usize] = Some(FinalReport {
                         stats: *stats,
+                        upstream,
                         end_ms,
                         error,
                     });
@@ -792,6 +812,8 @@ impl<'a> Supervisor<'a> {
                 per_shard: self.latest.clone(),
                 rows_committed: self.progress.committed(),
                 latency: self.so_far.clone(),
+                upstream: UpstreamTotals::merge(&self.upstream),
+                class_names: self.class_names.clone(),
                 health: self.health.clone(),
             });
         }
@@ -808,6 +830,8 @@ impl<'a> Supervisor<'a> {
                     .collect(),
                 rows_committed: summary.rows_written,
                 latency: summary.latency.clone(),
+                upstream: summary.upstream.clone(),
+                class_names: self.class_names.clone(),
                 health: self.health.clone(),
             });
         }
@@ -879,8 +903,16 @@ mod tests {
         reports_tx.send(ShardReport::Exited { shard: 1 }).unwrap();
         let per_second = PerSecond::open(None, 0).unwrap();
         let progress = Arc::new(SinkProgress::default());
-        let mut supervisor =
-            Supervisor::new(2, Instant::now(), &options, &clock, per_second, progress);
+        let classes: Arc<[String]> = Arc::from(vec!["camera".to_string()]);
+        let mut supervisor = Supervisor::new(
+            2,
+            Instant::now(),
+            &options,
+            &clock,
+            per_second,
+            progress,
+            classes,
+        );
         let inbox = Inbox {
             reports: &reports_rx,
             sink_events: &sink_events,

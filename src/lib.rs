@@ -35,7 +35,7 @@
 //!   SQLite implementation, and [`sink::writer`], the thread that turns batches
 //!   into transactions, retries transient errors and tells the coordinator.
 //! - [`stats`]: per-shard counters and HDR histograms (totals, per class, per
-//!   second), merged off the shards. [`summary`]: the end-of-run table,
+//!   second) and each shard's view of its replicas, merged off the shards. [`summary`]: the end-of-run table,
 //!   `--summary-json` and the run as a report [`report::Recording`]. [`cpu`]:
 //!   per-thread CPU accounting.
 //! - [`report`]: report files (`.hgrm`, the HdrHistogram interval log,

@@ -391,6 +391,7 @@ fn finish(summary: &RunSummary, output: &OutputArgs) -> Result<i32> {
     );
     say!("{}\n", summary.totals_line());
     say!("{}", summary.latency_table());
+    say!("{}", summary.replica_table());
     say!("results: {}\n", summary.sink_location);
     written?;
     match &summary.sink_error {
@@ -524,6 +525,10 @@ fn report_command(args: ReportArgs) -> Result<()> {
     match &args.other {
         None => {
             say!("{}", report::text_table(&first));
+            say!(
+                "{}",
+                report::replica_table(&report::replica_rows(&first.summary))
+            );
             let page = args.dir.join("report.html");
             std::fs::write(&page, report::render_html(&first))
                 .with_context(|| format!("writing {}", page.display()))?;

@@ -22,7 +22,7 @@ use crate::grpc::client::ClientSettings;
 use crate::job::{self, ClassRoute};
 use crate::record::{DeviceIndex, JobRecord, Outcome, SkipReason, StageLatency};
 use crate::runtime;
-use crate::stats::{Counters, ShardReport, ShardStats};
+use crate::stats::{Counters, ShardReport, ShardStats, UpstreamStats};
 use crate::tick::{self, Clock, Schedule};
 use crate::upstream::probe::{self, ModelRef};
 use crate::upstream::{NodePool, Replica, ReplicaSet, Role, SetPolicy};
@@ -281,12 +281,14 @@ pub async fn run(plan: ShardPlan) {
     let interval = Box::new(shard.stats.borrow_mut().take_interval());
     let mut stats = Box::new(shard.stats.borrow().clone());
     stats.counters = shard.counters();
+    let upstream = UpstreamStats::collect(&shard.routes, Instant::now());
     let _ = shard
         .reports
         .send_async(ShardReport::Finished {
             shard: index,
             stats,
             interval,
+            upstream,
             end_ms,
             error,
         })
@@ -758,12 +760,14 @@ impl Shard {
     fn send_progress(&self) {
         let counters = self.counters();
         let interval = Box::new(self.stats.borrow_mut().take_interval());
+        let upstream = UpstreamStats::collect(&self.routes, Instant::now());
         // Progress is advisory: if the coordinator is behind, drop this one. Its
         // interval's latencies stay in the whole-run histograms.
         let _ = self.reports.try_send(ShardReport::Progress {
             shard: self.index,
             counters,
             interval,
+            upstream,
         });
     }
 }

@@ -5,12 +5,22 @@
 //! coordinator every second (and then starts afresh), so the coordinator can show
 //! the last second's p99 and keep a per-second log. Everything is merged off the
 //! shards, from copies sent over a channel.
+//!
+//! The same goes for the upstreams: with each report a shard reads its own
+//! replicas' counters and gauges into an [`UpstreamStats`] (a few dozen
+//! `Cell` reads, once a second, never per job), and the coordinator merges the
+//! shards' latest copies into [`UpstreamTotals`] for `/metrics` and the summary.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
-use crate::record::{JobRecord, Outcome};
+use crate::job::ClassRoute;
+use crate::record::{ClassIndex, JobRecord, Outcome};
+use crate::upstream::{ReplicaSet, Role};
 
 /// Highest latency a histogram tracks exactly: 100 s, in microseconds. Larger
 /// values are clamped to it, never dropped; a job's deadline is far below it.
@@ -206,6 +216,239 @@ pub struct Interval {
     pub latency: StageHistograms,
 }
 
+/// Which of its class's two replica sets a replica is in. The upstream
+/// [`Role`] is for log lines; this one orders, hashes and has the spelling the
+/// metrics' `role` label and the summary's JSON use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ReplicaRole {
+    /// One of the class's data sources (`Fetch`).
+    DataSource,
+    /// One of the class's compute nodes (`ModelInfer`).
+    ComputeNode,
+}
+
+impl ReplicaRole {
+    /// `data_source` or `compute_node`: the label value and the JSON value.
+    pub fn label(self) -> &'static str {
+        match self {
+            ReplicaRole::DataSource => "data_source",
+            ReplicaRole::ComputeNode => "compute_node",
+        }
+    }
+}
+
+impl From<Role> for ReplicaRole {
+    fn from(role: Role) -> ReplicaRole {
+        match role {
+            Role::DataSource => ReplicaRole::DataSource,
+            Role::ComputeNode => ReplicaRole::ComputeNode,
+        }
+    }
+}
+
+/// One replica as one shard sees it, at the time of a report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaStats {
+    /// The class whose set holds the replica: the metrics and the summary name
+    /// it, and the same node may serve several classes.
+    pub class: ClassIndex,
+    /// Data source or compute node: one node may be both for a class.
+    pub role: ReplicaRole,
+    /// The node's address: what identifies a replica to an operator.
+    pub node: SocketAddr,
+    /// Attempts on it that ended (ok or not; cancelled hedges excluded), so
+    /// far: its share of the load.
+    pub requests: u64,
+    /// Attempts that failed in a way that counts against it, so far.
+    pub failures: u64,
+    /// Times this shard ejected it, so far.
+    pub ejections: u64,
+    /// This shard's peak-EWMA latency estimate now, in µs: what the balancer
+    /// weighs it by.
+    pub ewma_latency_us: f64,
+    /// Attempts on it now in flight: a stuck replica shows here first.
+    pub outstanding: u64,
+    /// Whether its last probe said it is ready.
+    pub ready: bool,
+    /// Whether this shard has it ejected now.
+    pub ejected: bool,
+}
+
+impl ReplicaStats {
+    /// The merge key: one replica of one set of one class.
+    fn key(&self) -> (ClassIndex, ReplicaRole, SocketAddr) {
+        (self.class, self.role, self.node)
+    }
+}
+
+/// What a shard reports about its upstreams with each progress report and its
+/// final one: read from its replica sets when the report is built.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UpstreamStats {
+    /// Every replica of every class, data sources then compute nodes per class,
+    /// in config order.
+    pub replicas: Vec<ReplicaStats>,
+    /// Per class index: retries and hedges the class's retry budgets (data
+    /// sources' and compute nodes' together) refused, so far. A budget that
+    /// keeps refusing says the whole class is failing, not one replica.
+    pub retry_budget_exhausted: Vec<u64>,
+}
+
+impl UpstreamStats {
+    /// Reads every replica set of `routes` (a shard's routes, by class index)
+    /// at `now`. Cheap — a few `Cell` reads per replica — but it allocates, so
+    /// it belongs in a report, not on a job's path.
+    pub fn collect(routes: &[Rc<ClassRoute>], now: Instant) -> UpstreamStats {
+        let replica_count = routes
+            .iter()
+            .map(|route| route.sources.replicas().len() + route.computes.replicas().len())
+            .sum();
+        let mut stats = UpstreamStats {
+            replicas: Vec::with_capacity(replica_count),
+            retry_budget_exhausted: Vec::with_capacity(routes.len()),
+        };
+        for (class, route) in routes.iter().enumerate() {
+            // Classes are capped to ClassIndex's range when the fleet is read.
+            let class = ClassIndex::try_from(class).unwrap_or(ClassIndex::MAX);
+            for set in [&route.sources, &route.computes] {
+                stats.push_set(class, set, now);
+            }
+            stats
+                .retry_budget_exhausted
+                .push(route.sources.budget.exhausted.get() + route.computes.budget.exhausted.get());
+        }
+        stats
+    }
+
+    fn push_set(&mut self, class: ClassIndex, set: &ReplicaSet, now: Instant) {
+        let role = ReplicaRole::from(set.role());
+        for replica in set.replicas() {
+            let health = &replica.health;
+            self.replicas.push(ReplicaStats {
+                class,
+                role,
+                node: replica.node(),
+                requests: health.requests.get(),
+                failures: health.failures.get(),
+                ejections: health.ejections.get(),
+                ewma_latency_us: health.latency_ns(now) / 1e3,
+                outstanding: health.outstanding() as u64,
+                ready: health.is_ready(),
+                ejected: health.is_ejected(now),
+            });
+        }
+    }
+}
+
+/// One replica, all shards together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaTotals {
+    /// The class whose set holds the replica (index into the config's classes).
+    pub class: ClassIndex,
+    /// Data source or compute node.
+    pub role: ReplicaRole,
+    /// The node's address.
+    pub node: SocketAddr,
+    /// Attempts that ended, summed over shards.
+    pub requests: u64,
+    /// Attempts that counted against the replica, summed over shards.
+    pub failures: u64,
+    /// Ejections, summed over shards (each shard ejects on its own view).
+    pub ejections: u64,
+    /// The shards' latency estimates, in µs, averaged with each shard weighted
+    /// by its requests to the replica. Weighted, because a shard that sent
+    /// nothing has an estimate decayed toward 0 that says nothing; a mean, not a
+    /// max, because peak EWMA already jumps to any slow call, and the max of
+    /// such peaks would show one shard's worst moment instead of the replica.
+    pub ewma_latency_us: f64,
+    /// Attempts in flight now, summed over shards.
+    pub outstanding: u64,
+    /// Shards whose probe last found the replica ready.
+    pub ready_shards: u32,
+    /// Shards that have the replica ejected now.
+    pub ejected_shards: u32,
+    /// Shards that reported the replica: what the two counts above are out of.
+    pub shards: u32,
+}
+
+impl Default for ReplicaTotals {
+    /// Nothing counted yet, for an unspecified replica; the merge fills in
+    /// the key first.
+    fn default() -> ReplicaTotals {
+        ReplicaTotals {
+            class: 0,
+            role: ReplicaRole::ComputeNode,
+            node: SocketAddr::from(([0, 0, 0, 0], 0)),
+            requests: 0,
+            failures: 0,
+            ejections: 0,
+            ewma_latency_us: 0.0,
+            outstanding: 0,
+            ready_shards: 0,
+            ejected_shards: 0,
+            shards: 0,
+        }
+    }
+}
+
+/// The upstreams of all shards together.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UpstreamTotals {
+    /// One entry per (class, role, node), in the order the first shard listed
+    /// them (config order).
+    pub replicas: Vec<ReplicaTotals>,
+    /// Per class index: retries refused by the retry budgets, all shards.
+    pub retry_budget_exhausted: Vec<u64>,
+}
+
+impl UpstreamTotals {
+    /// Merges the shards' latest reports: counters and gauges add, latency is
+    /// the request-weighted mean (see [`ReplicaTotals::ewma_latency_us`]),
+    /// readiness and ejection become counts of shards.
+    pub fn merge<'a>(shards: impl IntoIterator<Item = &'a UpstreamStats>) -> UpstreamTotals {
+        let mut totals = UpstreamTotals::default();
+        let mut index: HashMap<(ClassIndex, ReplicaRole, SocketAddr), usize> = HashMap::new();
+        // Per entry: Σ requests × estimate, divided by Σ requests at the end.
+        let mut weighted_us: Vec<f64> = Vec::new();
+        for shard in shards {
+            for replica in &shard.replicas {
+                let slot = *index.entry(replica.key()).or_insert_with(|| {
+                    totals.replicas.push(ReplicaTotals {
+                        class: replica.class,
+                        role: replica.role,
+                        node: replica.node,
+                        ..ReplicaTotals::default()
+                    });
+                    weighted_us.push(0.0);
+                    totals.replicas.len() - 1
+                });
+                let total = &mut totals.replicas[slot];
+                total.requests += replica.requests;
+                total.failures += replica.failures;
+                total.ejections += replica.ejections;
+                total.outstanding += replica.outstanding;
+                total.ready_shards += u32::from(replica.ready);
+                total.ejected_shards += u32::from(replica.ejected);
+                total.shards += 1;
+                weighted_us[slot] += replica.requests as f64 * replica.ewma_latency_us;
+            }
+            let exhausted = &mut totals.retry_budget_exhausted;
+            if exhausted.len() < shard.retry_budget_exhausted.len() {
+                exhausted.resize(shard.retry_budget_exhausted.len(), 0);
+            }
+            for (total, refused) in exhausted.iter_mut().zip(&shard.retry_budget_exhausted) {
+                *total += refused;
+            }
+        }
+        for (total, weighted) in totals.replicas.iter_mut().zip(weighted_us) {
+            if total.requests > 0 {
+                total.ewma_latency_us = weighted / total.requests as f64;
+            }
+        }
+        totals
+    }
+}
+
 /// What a shard tells the coordinator.
 #[derive(Debug)]
 pub enum ShardReport {
@@ -214,6 +457,8 @@ pub enum ShardReport {
         shard: u16,
         counters: Counters,
         interval: Box<Interval>,
+        /// Its replicas as of now.
+        upstream: UpstreamStats,
     },
     /// Sent instead of `Finished` when a shard's main future is dropped without
     /// finishing (a panic on the shard): the coordinator stops the run.
@@ -224,6 +469,8 @@ pub enum ShardReport {
         stats: Box<ShardStats>,
         /// Latencies since the last progress report.
         interval: Box<Interval>,
+        /// Its replicas at the end.
+        upstream: UpstreamStats,
         /// End of the window whose ticks this shard dispatched (Unix ms, exclusive).
         end_ms: i64,
         /// Set when the shard stopped early, e.g. because the sink went away.
@@ -303,6 +550,157 @@ mod tests {
         assert_eq!(second.latency.end_to_end.min(), 200);
         assert!(second.start >= first.end);
         assert_eq!(stats.latency.end_to_end.len(), 3);
+    }
+
+    fn replica(class: ClassIndex, port: u16, requests: u64, ewma_latency_us: f64) -> ReplicaStats {
+        ReplicaStats {
+            class,
+            role: ReplicaRole::ComputeNode,
+            node: SocketAddr::from(([127, 0, 0, 1], port)),
+            requests,
+            failures: requests / 10,
+            ejections: 1,
+            ewma_latency_us,
+            outstanding: 2,
+            ready: true,
+            ejected: false,
+        }
+    }
+
+    #[test]
+    fn replicas_merge_by_class_role_and_node() {
+        let first = UpstreamStats {
+            replicas: vec![replica(0, 9001, 100, 1_000.0), replica(0, 9002, 0, 0.0)],
+            retry_budget_exhausted: vec![3],
+        };
+        let mut second = UpstreamStats {
+            replicas: vec![
+                replica(0, 9001, 300, 2_000.0),
+                replica(0, 9002, 50, 400.0),
+                // Same node, another class: its own entry.
+                replica(1, 9001, 10, 10.0),
+            ],
+            retry_budget_exhausted: vec![1, 7],
+        };
+        second.replicas[1].ready = false;
+        second.replicas[1].ejected = true;
+        // The same node as a data source of class 0: its own entry too.
+        second.replicas.push(ReplicaStats {
+            role: ReplicaRole::DataSource,
+            ..replica(0, 9001, 5, 5.0)
+        });
+        let totals = UpstreamTotals::merge([&first, &second]);
+        let keys: Vec<_> = totals
+            .replicas
+            .iter()
+            .map(|r| (r.class, r.role, r.node.port()))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (0, ReplicaRole::ComputeNode, 9001),
+                (0, ReplicaRole::ComputeNode, 9002),
+                (1, ReplicaRole::ComputeNode, 9001),
+                (0, ReplicaRole::DataSource, 9001),
+            ],
+            "first-seen (config) order"
+        );
+        let busy = &totals.replicas[0];
+        assert_eq!(
+            (
+                busy.requests,
+                busy.failures,
+                busy.ejections,
+                busy.outstanding
+            ),
+            (400, 40, 2, 4)
+        );
+        // (100 × 1000 + 300 × 2000) / 400.
+        assert_eq!(busy.ewma_latency_us, 1_750.0);
+        assert_eq!(
+            (busy.ready_shards, busy.ejected_shards, busy.shards),
+            (2, 0, 2)
+        );
+        let quiet = &totals.replicas[1];
+        // The shard that sent nothing does not pull the estimate down.
+        assert_eq!(quiet.ewma_latency_us, 400.0);
+        assert_eq!((quiet.ready_shards, quiet.ejected_shards), (1, 1));
+        assert_eq!(totals.retry_budget_exhausted, vec![4, 7]);
+        assert_eq!(UpstreamTotals::merge([]), UpstreamTotals::default());
+    }
+
+    #[test]
+    fn a_shards_replicas_are_read_from_its_routes() {
+        use crate::error::ErrorKind;
+        use crate::upstream::{Replica, SetPolicy};
+
+        let now = Instant::now();
+        let set = |role: Role, ports: &[u16]| {
+            let replicas = ports
+                .iter()
+                .map(|&port| Replica::detached(SocketAddr::from(([127, 0, 0, 1], port)), 1, now))
+                .collect();
+            let policy = SetPolicy {
+                class: "camera".into(),
+                role,
+                upstream: crate::config::Upstream::default(),
+                retry_budget_percent: 0,
+                retry_budget_min_per_s: 0,
+                shard: 0,
+            };
+            match ReplicaSet::new(replicas, &policy, now) {
+                Ok(set) => Rc::new(set),
+                Err(_) => panic!("a set of {}", ports.len()),
+            }
+        };
+        let route = Rc::new(ClassRoute {
+            name: "camera".into(),
+            model: "m".into(),
+            model_version: String::new(),
+            input_name: "INPUT0".into(),
+            deadline: std::time::Duration::from_secs(1),
+            output: None,
+            sources: set(Role::DataSource, &[9000]),
+            computes: set(Role::ComputeNode, &[9001, 9002]),
+            max_message_len: 1 << 20,
+            retries: 1,
+        });
+        route
+            .computes
+            .start(1, now)
+            .finish::<()>(&Err(ErrorKind::Protocol("bad".into())));
+        route.computes.start(1, now).finish(&Ok(()));
+        let _in_flight = route.computes.start(0, now);
+        // A budget of nothing: the retry is refused and counted.
+        assert!(!route.computes.budget.try_retry(now));
+
+        let stats = UpstreamStats::collect(std::slice::from_ref(&route), Instant::now());
+        let rows: Vec<_> = stats
+            .replicas
+            .iter()
+            .map(|r| {
+                (
+                    r.class,
+                    r.role,
+                    r.node.port(),
+                    r.requests,
+                    r.failures,
+                    r.outstanding,
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (0, ReplicaRole::DataSource, 9000, 0, 0, 0),
+                (0, ReplicaRole::ComputeNode, 9001, 0, 0, 1),
+                (0, ReplicaRole::ComputeNode, 9002, 2, 1, 0),
+            ]
+        );
+        assert!(stats.replicas[2].ewma_latency_us >= 0.0);
+        assert!(stats.replicas.iter().all(|r| r.ready && !r.ejected));
+        assert_eq!(stats.retry_budget_exhausted, vec![1]);
+        assert_eq!(ReplicaRole::from(Role::ComputeNode).label(), "compute_node");
     }
 
     #[test]

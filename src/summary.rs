@@ -1,5 +1,5 @@
-//! What a run reports at its end: the `--summary-json` object and the per-stage
-//! percentile table.
+//! What a run reports at its end: the `--summary-json` object, the per-stage
+//! percentile table and the per-replica table.
 
 use std::fmt::Write;
 use std::path::PathBuf;
@@ -8,8 +8,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use crate::report::{hlog, Recording, ReportError};
-use crate::stats::{ClassStats, Counters, StageHistograms};
+use crate::report::{self, hlog, Recording, ReplicaRow, ReportError};
+use crate::stats::{ClassStats, Counters, StageHistograms, UpstreamTotals};
 
 /// The merged result of one run.
 #[derive(Debug, Clone)]
@@ -42,6 +42,9 @@ pub struct RunSummary {
     pub per_shard: Vec<ShardSummary>,
     /// Every class's counters and latencies, by class index.
     pub per_class: Vec<ClassSummary>,
+    /// Every replica's counters as the shards last reported them, and each
+    /// class's retry-budget refusals.
+    pub upstream: UpstreamTotals,
     /// The interval log the run streamed its per-second latencies to (all shards
     /// together, second 0 = the first second after the first tick), when it kept one.
     pub interval_log: Option<PathBuf>,
@@ -135,11 +138,13 @@ impl RunSummary {
                 "bytes_received": s.counters.bytes_received,
                 "latency_us": latency_json(&s.latency),
             })).collect::<Vec<_>>(),
-            "per_class": self.per_class.iter().map(|c| json!({
+            "per_class": self.per_class.iter().enumerate().map(|(index, c)| json!({
                 "class": c.class, "model": c.model, "ok": c.stats.counters.ok,
                 "failed": c.stats.counters.failed, "skipped": c.stats.counters.skipped,
+                "retry_budget_exhausted": self.upstream.retry_budget_exhausted.get(index).copied().unwrap_or(0),
                 "latency_us": latency_json(&c.stats.latency),
             })).collect::<Vec<_>>(),
+            "replicas": serde_json::to_value(self.replica_rows()).unwrap_or_default(),
             "config": self.config,
         })
     }
@@ -166,6 +171,36 @@ impl RunSummary {
             );
         }
         table
+    }
+
+    /// Every replica, as the summary's `replicas` array holds it: class names
+    /// instead of indices.
+    pub fn replica_rows(&self) -> Vec<ReplicaRow> {
+        self.upstream
+            .replicas
+            .iter()
+            .map(|replica| ReplicaRow {
+                class: self
+                    .per_class
+                    .get(usize::from(replica.class))
+                    .map_or_else(|| replica.class.to_string(), |c| c.class.clone()),
+                role: replica.role.label().to_string(),
+                replica: replica.node.to_string(),
+                requests: replica.requests,
+                failures: replica.failures,
+                ejections: replica.ejections,
+                ewma_latency_us: replica.ewma_latency_us,
+                outstanding: replica.outstanding,
+                ready_shards: replica.ready_shards,
+                ejected_shards: replica.ejected_shards,
+                shards: replica.shards,
+            })
+            .collect()
+    }
+
+    /// The end-of-run replica table (empty when no replica was reported).
+    pub fn replica_table(&self) -> String {
+        report::replica_table(&self.replica_rows())
     }
 
     /// The run as the report layer stores it: the summary object and one interval
@@ -205,6 +240,7 @@ impl RunSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::{ReplicaRole, ReplicaTotals};
 
     #[test]
     fn json_has_the_documented_shape_and_derived_rates() {
@@ -247,6 +283,32 @@ mod tests {
                     latency,
                 },
             }],
+            upstream: UpstreamTotals {
+                replicas: vec![
+                    ReplicaTotals {
+                        class: 0,
+                        role: ReplicaRole::ComputeNode,
+                        node: "127.0.0.1:9001".parse().unwrap(),
+                        requests: 3_000,
+                        failures: 600,
+                        ejections: 2,
+                        ewma_latency_us: 800.0,
+                        outstanding: 0,
+                        ready_shards: 2,
+                        ejected_shards: 0,
+                        shards: 2,
+                    },
+                    ReplicaTotals {
+                        class: 0,
+                        role: ReplicaRole::ComputeNode,
+                        node: "127.0.0.1:9002".parse().unwrap(),
+                        requests: 1_000,
+                        failures: 300,
+                        ..ReplicaTotals::default()
+                    },
+                ],
+                retry_budget_exhausted: vec![12],
+            },
             interval_log: None,
             config: json!({"load": {"mode": "ticks"}}),
         };
@@ -264,6 +326,21 @@ mod tests {
         assert_eq!(json["per_class"][0]["class"], "camera");
         assert_eq!(json["per_class"][0]["failed"], 900);
         assert_eq!(json["config"]["load"]["mode"], "ticks");
+        assert_eq!(json["per_class"][0]["retry_budget_exhausted"], 12);
+        assert_eq!(json["replicas"][0]["class"], "camera");
+        assert_eq!(json["replicas"][0]["role"], "compute_node");
+        assert_eq!(json["replicas"][0]["replica"], "127.0.0.1:9001");
+        assert_eq!(json["replicas"][0]["requests"], 3_000);
+        assert_eq!(json["replicas"][1]["failures"], 300);
+        // What `percore report` reads back is what was written.
+        assert_eq!(crate::report::replica_rows(&json), summary.replica_rows());
+        let table = summary.replica_table();
+        assert!(
+            table.lines().any(|l| l.starts_with("camera")
+                && l.contains("127.0.0.1:9002")
+                && l.ends_with("25.0%")),
+            "{table}"
+        );
         assert!(summary
             .latency_table()
             .lines()

@@ -82,6 +82,12 @@ fn recording(seconds: u64, jobs_per_second: u64, scale: f64) -> Recording {
                 {"class": "camera", "model": "resnet50", "ok": jobs / 2 - 7, "failed": 5, "skipped": 2, "latency_us": class_latency(2_400)},
                 {"class": "thermo", "model": "tinyml", "ok": jobs / 2 - 5, "failed": 4, "skipped": 1, "latency_us": class_latency(1_100)},
             ],
+            "replicas": [
+                {"class": "camera", "role": "data_source", "replica": "10.0.0.5:7001", "requests": jobs / 2, "failures": 0, "ejections": 0, "ewma_latency_us": 310.0, "ready_shards": 2, "shards": 2},
+                {"class": "camera", "role": "compute_node", "replica": "10.0.0.7:8001", "requests": jobs / 4 + 40, "failures": 5, "ejections": 1, "ewma_latency_us": 2_250.0, "ready_shards": 2, "shards": 2},
+                {"class": "camera", "role": "compute_node", "replica": "10.0.0.8:8001", "requests": jobs / 4 - 40, "failures": 0, "ejections": 0, "ewma_latency_us": 1_980.0, "ready_shards": 2, "shards": 2},
+                {"class": "thermo", "role": "compute_node", "replica": "10.0.0.7:8001", "requests": jobs / 2, "failures": 4, "ejections": 0, "ewma_latency_us": 900.0, "ready_shards": 2, "shards": 2},
+            ],
             "per_shard": [
                 {"shard": 0, "ok": jobs / 2 - 6, "failed": 5, "skipped": 1, "latency_us": class_latency(2_000)},
                 {"shard": 1, "ok": jobs / 2 - 6, "failed": 4, "skipped": 2, "latency_us": class_latency(2_100)},
@@ -250,6 +256,20 @@ fn report_page_draws_every_stage_in_headless_chromium() {
     for text in ["resnet50", "tinyml", "classes[1].period_ms", "99.99%"] {
         assert!(dom.contains(text), "{text} missing from the page");
     }
+    // The Replicas table: one row per replica of each class's sets, the same
+    // node once per class it serves.
+    assert!(dom.contains("<h2>Replicas</h2>"), "no Replicas section");
+    for replica in ["10.0.0.5:7001", "10.0.0.7:8001", "10.0.0.8:8001"] {
+        assert!(
+            dom.contains(&format!("<tr data-replica=\"{replica}\">")),
+            "the Replicas table has no row for {replica}"
+        );
+    }
+    assert_eq!(dom.matches("<tr data-replica=").count(), 4);
+    assert!(
+        dom.contains("<td class=\"text\">thermo</td><td class=\"text\">compute node</td><td class=\"text\">10.0.0.7:8001</td>"),
+        "the thermo row of the shared node is missing"
+    );
 
     let screenshot = dir.path().join("report.png");
     chromium(

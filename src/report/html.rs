@@ -1,7 +1,8 @@
 //! `report.html`: one self-contained page per run (or per pair of runs) that opens
 //! offline: no network, no fonts, no libraries.
 //!
-//! The tables (percentiles per stage, per class, per shard, configuration) are
+//! The tables (percentiles per stage, per class, per replica, per shard,
+//! configuration) are
 //! plain HTML written here, so they read without JavaScript. The plots are drawn
 //! in the browser by [`SCRIPT`], a small vanilla-JS renderer that turns the data
 //! embedded in `<script type="application/json" id="percore-data">` into inline
@@ -16,7 +17,10 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 use super::hgrm::{percentile_steps, PercentileStep};
-use super::{new_histogram, ratio, stage_totals, summary_number, Recording, FORMAT_VERSION};
+use super::{
+    new_histogram, ratio, replica_rows, replica_shares, stage_totals, summary_number, Recording,
+    ReplicaRow, FORMAT_VERSION,
+};
 
 /// Percentile steps per half distance in the plotted spectra: twice the `.hgrm`
 /// density, for smoother curves.
@@ -65,6 +69,8 @@ pub fn render_html(recording: &Recording) -> String {
         &[("class", "class"), ("model", "model")],
         "No per-class rows in this run's summary.",
     ));
+    body.push_str("</section><section><h2>Replicas</h2>");
+    body.push_str(&replicas_table(&replica_rows(summary)));
     body.push_str("</section><section><h2>Per shard</h2>");
     body.push_str(&rows_table(
         summary.get("per_shard"),
@@ -503,6 +509,38 @@ fn rows_table(rows: Option<&Value>, keys: &[(&str, &str)], empty: &str) -> Strin
             let _ = write!(out, "<td>{}</td>", number_cell(v));
         }
         out.push_str("</tr>");
+    }
+    out.push_str("</tbody></table></div>");
+    out
+}
+
+/// Every replica of every class: its counters, its latency estimate, and its
+/// share of the requests of its class's set (same class and role).
+fn replicas_table(rows: &[ReplicaRow]) -> String {
+    if rows.is_empty() {
+        return "<p class=\"note\">No per-replica rows in this run's summary.</p>".into();
+    }
+    let mut out = String::from(
+        "<div class=\"scroll\"><table class=\"replicas\"><thead><tr><th class=\"text\">class</th>\
+         <th class=\"text\">role</th><th class=\"text\">replica</th><th>requests</th>\
+         <th>failures</th><th>ejections</th><th>EWMA latency ms</th>\
+         <th>share of class</th></tr></thead><tbody>",
+    );
+    for (row, share) in rows.iter().zip(replica_shares(rows)) {
+        let _ = write!(
+            out,
+            "<tr data-replica=\"{}\"><td class=\"text\">{}</td><td class=\"text\">{}</td>\
+             <td class=\"text\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&row.replica),
+            escape(&row.class),
+            escape(&row.role.replace('_', " ")),
+            escape(&row.replica),
+            group(row.requests as f64, 0),
+            group(row.failures as f64, 0),
+            group(row.ejections as f64, 0),
+            group(row.ewma_latency_us / 1e3, 2),
+            share.map_or_else(|| "–".to_string(), |share| format!("{:.1}%", share * 100.0)),
+        );
     }
     out.push_str("</tbody></table></div>");
     out
@@ -1159,6 +1197,12 @@ mod tests {
                 "sink": "</script><b>x.db",
                 "per_class": [{"class": "cam<1>", "model": "m", "ok": 1, "failed": 0, "skipped": 0,
                                "latency_us": {"end_to_end": {"p50": 5, "p99": 9, "p999": 9, "max": 9}}}],
+                "replicas": [
+                    {"class": "cam<1>", "role": "compute_node", "replica": "127.0.0.1:9001",
+                     "requests": 1500, "failures": 3, "ejections": 1, "ewma_latency_us": 2345.0},
+                    {"class": "cam<1>", "role": "compute_node", "replica": "127.0.0.1:9002",
+                     "requests": 500, "failures": 0, "ejections": 0, "ewma_latency_us": 1000.0},
+                ],
                 "config": {"shards": 2, "classes": [{"name": "a", "period_ms": 100}], "load": "open"},
             }),
             intervals,
@@ -1189,6 +1233,28 @@ mod tests {
         }
         assert!(html.contains("classes[0].period_ms"));
         assert!(html.contains("started 2024-05-01 12:00:00 UTC"));
+        assert!(html.contains("<h2>Replicas</h2>"));
+        assert!(
+            html.contains(
+                "<tr data-replica=\"127.0.0.1:9001\"><td class=\"text\">cam&lt;1&gt;</td>\
+                 <td class=\"text\">compute node</td><td class=\"text\">127.0.0.1:9001</td>\
+                 <td>1,500</td><td>3</td><td>1</td><td>2.35</td><td>75.0%</td></tr>"
+            ),
+            "{html}"
+        );
+        assert!(html.contains("<td>1.00</td><td>25.0%</td></tr>"));
+    }
+
+    #[test]
+    fn a_summary_from_before_replicas_were_reported_still_renders() {
+        let mut old = recording();
+        old.summary
+            .as_object_mut()
+            .expect("an object")
+            .remove("replicas");
+        let html = render_html(&old);
+        assert!(html.contains("<h2>Replicas</h2><p class=\"note\">No per-replica rows"));
+        assert!(!html.contains("data-replica="));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub mod hgrm;
@@ -47,7 +48,7 @@ pub const HTML_FILE: &str = "report.html";
 #[derive(Debug, Clone)]
 pub struct Recording {
     /// The run's summary object: what `--summary-json` writes, plus `per_class`,
-    /// `per_shard` (with `latency_us`) and `config`. Read defensively: a field may
+    /// `per_shard` (with `latency_us`), `replicas` ([`ReplicaRow`]) and `config`. Read defensively: a field may
     /// be missing in an older or partial run.
     pub summary: Value,
     /// Per-second interval histograms, one per stage per second (µs).
@@ -295,6 +296,107 @@ fn cell(histogram: &Histogram<u64>, value: u64) -> String {
     }
 }
 
+/// One entry of the summary's `replicas` array: one replica of one class's
+/// data sources or compute nodes, all shards together.
+///
+/// Every field has a default, so an entry written before a field existed still
+/// reads; a summary written before replicas were reported has no array and
+/// reads as no rows ([`replica_rows`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReplicaRow {
+    /// The class's name, as in the rows.
+    pub class: String,
+    /// `data_source` or `compute_node`: which of the class's sets.
+    pub role: String,
+    /// The node's `host:port`.
+    pub replica: String,
+    /// Attempts that ended on it (ok or not; cancelled hedges excluded).
+    pub requests: u64,
+    /// Attempts that failed in a way that counts against it.
+    pub failures: u64,
+    /// Times a shard ejected it.
+    pub ejections: u64,
+    /// Peak-EWMA latency estimate at the end, µs, shards weighted by requests.
+    pub ewma_latency_us: f64,
+    /// Attempts in flight at the end (0 unless the run was cut short).
+    pub outstanding: u64,
+    /// Shards whose last probe found it ready, at the end.
+    pub ready_shards: u32,
+    /// Shards that had it ejected at the end.
+    pub ejected_shards: u32,
+    /// Shards that reported it: what the two counts above are out of.
+    pub shards: u32,
+}
+
+/// The summary's `replicas` entries; none when the array is missing (an older
+/// run), and an entry that does not read as a [`ReplicaRow`] is left out.
+pub fn replica_rows(summary: &Value) -> Vec<ReplicaRow> {
+    summary
+        .get("replicas")
+        .and_then(Value::as_array)
+        .map_or_else(Vec::new, |rows| {
+            rows.iter()
+                .filter_map(|row| ReplicaRow::deserialize(row).ok())
+                .collect()
+        })
+}
+
+/// Each row's share of the requests its class's set (same class and role)
+/// received; `None` where that set received none.
+pub fn replica_shares(rows: &[ReplicaRow]) -> Vec<Option<f64>> {
+    rows.iter()
+        .map(|row| {
+            let set_total: u64 = rows
+                .iter()
+                .filter(|other| other.class == row.class && other.role == row.role)
+                .map(|other| other.requests)
+                .sum();
+            (set_total > 0).then(|| row.requests as f64 / set_total as f64)
+        })
+        .collect()
+}
+
+/// The per-replica table printed after a run (and by `percore report DIR`):
+/// requests, failures, ejections, EWMA latency and share of the class's set.
+/// Empty when there are no rows.
+pub fn replica_table(rows: &[ReplicaRow]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let width = |title: &str, cell: fn(&ReplicaRow) -> &str| {
+        rows.iter()
+            .map(|row| cell(row).chars().count())
+            .chain([title.chars().count()])
+            .max()
+            .unwrap_or(0)
+    };
+    let class_w = width("class", |row| &row.class);
+    let role_w = width("role", |row| &row.role);
+    let replica_w = width("replica", |row| &row.replica);
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "{:<class_w$} {:<role_w$} {:<replica_w$} {:>10} {:>9} {:>9} {:>9} {:>7}",
+        "class", "role", "replica", "requests", "failures", "ejections", "ewma ms", "share"
+    );
+    for (row, share) in rows.iter().zip(replica_shares(rows)) {
+        let _ = writeln!(
+            table,
+            "{:<class_w$} {:<role_w$} {:<replica_w$} {:>10} {:>9} {:>9} {:>9.3} {:>7}",
+            row.class,
+            row.role,
+            row.replica,
+            row.requests,
+            row.failures,
+            row.ejections,
+            row.ewma_latency_us / 1e3,
+            share.map_or_else(|| "-".to_string(), |share| format!("{:.1}%", share * 100.0)),
+        );
+    }
+    table
+}
+
 /// A number from the summary object, if it is there and numeric.
 pub(crate) fn summary_number(summary: &Value, key: &str) -> Option<f64> {
     summary.get(key).and_then(Value::as_f64)
@@ -448,6 +550,47 @@ mod tests {
         );
         let fetch: Vec<&str> = lines[2].split_whitespace().collect();
         assert_eq!(fetch, ["fetch", "0", "-", "-", "-", "-", "-"]);
+    }
+
+    #[test]
+    fn replica_rows_read_defensively_and_shares_are_per_set() {
+        let summary = json!({"replicas": [
+            {"class": "camera", "role": "compute_node", "replica": "10.0.0.1:8001",
+             "requests": 300, "failures": 3, "ejections": 1, "ewma_latency_us": 2500.0},
+            {"class": "camera", "role": "compute_node", "replica": "10.0.0.2:8001", "requests": 100},
+            {"class": "camera", "role": "data_source", "replica": "10.0.0.3:7001", "requests": 400},
+            {"class": "meter", "role": "compute_node", "replica": "10.0.0.1:8001"},
+            "not an object",
+            {"class": 5},
+        ]});
+        let rows = replica_rows(&summary);
+        assert_eq!(rows.len(), 4, "{rows:?}");
+        assert_eq!(rows[1].failures, 0, "a missing field reads as 0");
+        assert_eq!(
+            replica_shares(&rows),
+            vec![Some(0.75), Some(0.25), Some(1.0), None]
+        );
+        let table = replica_table(&rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 5);
+        let first: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            first,
+            [
+                "camera",
+                "compute_node",
+                "10.0.0.1:8001",
+                "300",
+                "3",
+                "1",
+                "2.500",
+                "75.0%"
+            ]
+        );
+        assert!(lines[4].ends_with(" -"), "{}", lines[4]);
+        // A run from before replicas were reported.
+        assert!(replica_rows(&json!({"jobs": 5})).is_empty());
+        assert_eq!(replica_table(&[]), "");
     }
 
     #[test]
