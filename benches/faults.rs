@@ -93,7 +93,8 @@ fn read_rows(db: &PathBuf) -> Result<Vec<Row>, String> {
 
 /// p50, p99, p99.9 of end-to-end latency in ms, share per replica, ok/failed.
 fn describe(rows: &[&Row], nodes: &[(SocketAddr, &str)]) -> String {
-    let mut histogram = hdrhistogram::Histogram::<u64>::new(3).expect("a histogram");
+    let mut histogram =
+        hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("a histogram");
     let mut shares: BTreeMap<&str, u64> = BTreeMap::new();
     let mut failed = 0;
     for row in rows {

@@ -195,10 +195,8 @@ async fn call<Req: Message, Resp: Message + Default>(
     let mut index = set.pick(now, &[]).map_err(failed)?;
     loop {
         let hedge = match method {
-            Method::Infer => set
-                .hedge_delay(Instant::now())
-                .filter(|_| attempts_left > 0),
-            Method::Fetch => None,
+            Method::Infer if set.hedges() && attempts_left > 0 => set.hedge_delay(Instant::now()),
+            _ => None,
         };
         let (result, answered_by, sent) = match hedge {
             None => {

@@ -241,6 +241,11 @@ impl ReplicaSet {
         }
     }
 
+    /// Whether the class hedges at all (no clock read when it does not).
+    pub fn hedges(&self) -> bool {
+        self.hedge.is_some()
+    }
+
     /// When a hedge should start after the first attempt, if hedging is on.
     pub fn hedge_delay(&self, now: Instant) -> Option<Duration> {
         self.hedge.as_ref().and_then(|hedge| hedge.delay(now))
