@@ -13,7 +13,8 @@
 //! Follow one job from tick to row by reading the modules in this order:
 //!
 //! - [`config`]: the TOML file → parsed → validated → typed [`config::Config`];
-//!   errors name file, line and field. [`tuning`]: the per-host file (shard CPUs,
+//!   errors name file, line and field; `[classes.upstream]` (balancing, limits,
+//!   retries, hedging, probes, ejection) in its own file. [`tuning`]: the per-host file (shard CPUs,
 //!   connections per node, in-flight limit, locked memory). [`devices`]: the fleet
 //!   (CSV or generated), the stable hash that places a device on a shard.
 //! - [`dispatcher`]: the coordinator. Splits the fleet over shards, opens the sink,
@@ -24,11 +25,16 @@
 //!   counters; fires ticks, starts jobs, batches results to the sink.
 //! - [`tick`]: the tick grid (a pure function of device id and period) and the
 //!   per-shard schedule that fires it.
-//! - [`job`]: one job — Fetch, then ModelInfer, under one deadline — ending in a
-//!   [`record::JobRecord`]: ok, failed with a reason, or skipped with a reason.
-//! - [`upstream`]: a shard's connection pools per node (several HTTP/2
-//!   connections when streams run out, backoff on refused connects) and the
-//!   round-robin balancer over a class's nodes.
+//! - [`job`]: one job — Fetch, then ModelInfer, under one deadline, each call one
+//!   or more attempts (retries on other replicas, hedges) — ending in a
+//!   [`record::JobRecord`]: ok, failed with a reason, or skipped with a reason,
+//!   with the replica that answered and the attempts made.
+//! - [`upstream`]: a shard's way to the nodes: connection pools per node
+//!   ([`upstream::pool`]), a class's never-empty replica set per role
+//!   ([`upstream::set`]: picks, admission, outcomes, ejection), the balancer
+//!   trait and its algorithms ([`upstream::balance`]: weighted round-robin, P2C
+//!   over peak EWMA), per-replica health ([`upstream::health`]), the retry
+//!   budget ([`upstream::retry`]) and the readiness probes ([`upstream::probe`]).
 //! - [`grpc`]: gRPC on `h2`: message framing, status trailers, the unary client
 //!   and the server the mock nodes use. [`tensor`]: KServe v2 tensor checks.
 //! - [`sink`]: the `Sink` trait and its errors (transient or permanent), the
@@ -43,8 +49,10 @@
 //!   comparing two runs. [`admin`]: Prometheus `/metrics` and `/healthz` (503
 //!   while the sink fails) from a thread of its own, reading the newest snapshot.
 //!   [`console`]: stdout and stderr written without ever failing the process.
-//! - [`mock`]: built-in data-source and compute nodes with service times, error
-//!   and hang rates and injectable faults. [`demo`]: the self-contained demo run.
+//! - [`mock`]: built-in data-source and compute nodes with service times, error,
+//!   hang and reset rates, protocol faults (garbage, HTTP/1.1, cut frames,
+//!   oversized replies), KServe readiness and `grpc.health.v1`, all switchable
+//!   at run time through [`mock::MockControl`]. [`demo`]: the self-contained demo run.
 //!   [`bench`]: closed- and open-loop load levels, sweeps and the search for the
 //!   highest rate under a latency bound.
 //! - [`runtime`]: the only module that names glommio (executors, tasks, timers,

@@ -476,3 +476,69 @@ fn the_retry_budget_caps_retries_when_every_replica_fails() {
         "attempts add up"
     );
 }
+
+/// Runs 4 s over a healthy replica and one (a process of its own) that is
+/// frozen with SIGSTOP after 1 s: its socket stays open, nothing answers. Both
+/// take half the calls (round-robin) until the probe times out; returns the
+/// failure reasons and the retries.
+fn freeze_a_replica(keepalive_interval_ms: u64) -> (BTreeMap<String, u64>, u64) {
+    let source = common::start_mock(MockKind::Source, MockOptions::default());
+    let healthy = fast_mock();
+    let mut frozen = MockProcess::start(&["--service-time-us", "20000"]);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let db = dir.path().join("jobs.db");
+    let upstream = Upstream {
+        balancer: percore::config::BalancerKind::RoundRobin,
+        ..Upstream::default()
+    };
+    let mut class = class_over(source.addr, &[healthy.addr, frozen.addr], upstream);
+    class.period_ms = 2_000;
+    class.deadline_ms = 2_000;
+    let grpc = GrpcConfig {
+        keepalive_interval_ms,
+        keepalive_timeout_ms: 200,
+        ..GrpcConfig::default()
+    };
+    let config = common::config(vec![class], 1_000, db.clone(), grpc);
+    let run_config = config.clone();
+    let run = std::thread::spawn(move || common::run(&run_config, Duration::from_secs(4)));
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = frozen.child.id() as libc::pid_t;
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "kill -STOP");
+    let summary = run.join().expect("the run ends");
+    frozen.kill_9();
+    source.stop();
+    healthy.stop();
+    let rows = common::read_rows(&db);
+    common::assert_exact_ticks(&config, &summary, &rows);
+    common::assert_counts(&summary, &rows);
+    (common::reasons(&rows, "failed"), summary.counters.retries)
+}
+
+#[test]
+fn keepalive_pings_find_a_frozen_replica_before_the_deadline_does() {
+    let (with_pings, retries) = freeze_a_replica(200);
+    let (without, _) = freeze_a_replica(0);
+    eprintln!(
+        "frozen replica: with keepalive {with_pings:?} ({retries} retries), without {without:?}"
+    );
+    // Without pings the calls stuck on the frozen replica wait out their deadline.
+    let stuck: u64 = without
+        .iter()
+        .filter(|(reason, _)| reason.as_str() == "infer: deadline exceeded")
+        .map(|(_, count)| count)
+        .sum();
+    assert!(
+        stuck > 0,
+        "the control case loses the stuck calls: {without:?}"
+    );
+    // With them, the dead connection is closed within 400 ms and its calls are
+    // retried on the healthy replica, well within their 2 s deadline.
+    let lost_with_pings: u64 = with_pings.values().sum();
+    assert!(
+        lost_with_pings * 4 < stuck,
+        "keepalive saves most of them: {with_pings:?} against {without:?}"
+    );
+    assert!(retries > 0);
+}
