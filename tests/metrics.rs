@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::ClassSpec;
@@ -21,28 +19,8 @@ const METER: ClassSpec = ClassSpec {
     deadline_ms: 200,
 };
 
-fn get(addr: SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).expect("the admin server accepts");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request sent");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response read");
-    response
-}
-
-/// Samples of one metric family, keyed by their label text.
-fn samples(exposition: &str, name: &str) -> BTreeMap<String, f64> {
-    exposition
-        .lines()
-        .filter(|line| line.starts_with(&format!("{name}{{")))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            Some((series[name.len()..].to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
-
 fn total(exposition: &str, name: &str, label: &str) -> f64 {
-    samples(exposition, name)
+    common::samples(exposition, name)
         .iter()
         .filter(|(labels, _)| labels.contains(label))
         .map(|(_, value)| value)
@@ -81,12 +59,12 @@ fn scraped_counters_add_up_to_the_run_totals() {
     // Snapshots are published once a second: poll until one shows jobs, within
     // the 3 s run.
     let polling_until = std::time::Instant::now() + Duration::from_millis(2_800);
-    let mut during = get(addr, "/metrics");
+    let mut during = common::http_get(addr, "/metrics");
     while total(&during, "percore_jobs_total", "outcome=") == 0.0
         && std::time::Instant::now() < polling_until
     {
         std::thread::sleep(Duration::from_millis(100));
-        during = get(addr, "/metrics");
+        during = common::http_get(addr, "/metrics");
     }
     let summary = run
         .join()
@@ -94,8 +72,8 @@ fn scraped_counters_add_up_to_the_run_totals() {
         .expect("the run succeeds");
     source.stop();
     compute.stop();
-    let after = get(addr, "/metrics");
-    let health = get(addr, "/healthz");
+    let after = common::http_get(addr, "/metrics");
+    let health = common::http_get(addr, "/healthz");
     admin.stop();
 
     assert!(during.starts_with("HTTP/1.1 200 OK"), "{during}");
@@ -233,7 +211,7 @@ fn a_scrape_right_after_a_status_line_shows_that_lines_counts() {
         let (Some(addr), Some(counts)) = (admin, status_counts(&line)) else {
             continue;
         };
-        let metrics = get(addr, "/metrics");
+        let metrics = common::http_get(addr, "/metrics");
         // A newer status line may have come during the scrape: then the scrape
         // may show newer counts, and this sample says nothing.
         if let Ok(next) = lines.try_recv() {

@@ -9,7 +9,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -694,50 +694,7 @@ fn calls_count_each_replicas_share_over_all_its_executors() {
     assert_eq!(counted, [30, 6], "calls per replica");
 }
 
-/// A `percore mock-…` process, killed when dropped (a failed test included).
-struct MockProcess {
-    /// The process, killed and reaped on drop.
-    child: Child,
-    /// Where it listens, read from its "listening on" line.
-    addr: SocketAddr,
-}
-
-impl MockProcess {
-    fn start(args: &[&str]) -> MockProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_percore"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the binary starts");
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        if let Some(stdout) = child.stdout.as_mut() {
-            while stdout.read(&mut byte).is_ok_and(|n| n == 1) && byte[0] != b'\n' {
-                line.push(byte[0]);
-            }
-        }
-        let line = String::from_utf8_lossy(&line).into_owned();
-        let addr = line
-            .strip_prefix("listening on ")
-            .and_then(|a| a.parse().ok());
-        match addr {
-            Some(addr) => MockProcess { child, addr },
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the mock printed {line:?}, not its address");
-            }
-        }
-    }
-}
-
-impl Drop for MockProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::MockProcess;
 
 #[test]
 fn the_cli_flags_reach_the_mock() {

@@ -5,9 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::ClassSpec;
@@ -23,26 +20,6 @@ const METER: ClassSpec = ClassSpec {
     period_ms: 200,
     deadline_ms: 500,
 };
-
-fn get(addr: SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).expect("the admin server accepts");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request sent");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response read");
-    response
-}
-
-/// Samples of one metric family, keyed by their label text (`{…}`).
-fn samples(exposition: &str, name: &str) -> BTreeMap<String, f64> {
-    exposition
-        .lines()
-        .filter(|line| line.starts_with(&format!("{name}{{")))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            Some((series[name.len()..].to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
 
 /// The label text of one replica's series.
 fn labels(replica: &ReplicaTotals) -> String {
@@ -85,21 +62,21 @@ fn replica_counters_add_up_to_the_attempts_and_reach_every_output() {
 
     // Snapshots come once a second: poll until one shows replica traffic.
     let polling_until = Instant::now() + Duration::from_millis(2_800);
-    let mut during = get(addr, "/metrics");
-    while samples(&during, "percore_replica_requests_total")
+    let mut during = common::http_get(addr, "/metrics");
+    while common::samples(&during, "percore_replica_requests_total")
         .values()
         .sum::<f64>()
         == 0.0
         && Instant::now() < polling_until
     {
         std::thread::sleep(Duration::from_millis(100));
-        during = get(addr, "/metrics");
+        during = common::http_get(addr, "/metrics");
     }
     let summary = run
         .join()
         .expect("the run thread")
         .expect("the run succeeds");
-    let after = get(addr, "/metrics");
+    let after = common::http_get(addr, "/metrics");
     admin.stop();
     source.stop();
     for compute in computes {
@@ -176,7 +153,7 @@ fn replica_counters_add_up_to_the_attempts_and_reach_every_output() {
     assert_eq!(summary.upstream.retry_budget_exhausted, vec![0]);
 
     // Mid-run, the series were there and counting.
-    let during_requests = samples(&during, "percore_replica_requests_total");
+    let during_requests = common::samples(&during, "percore_replica_requests_total");
     assert_eq!(during_requests.len(), 3, "{during}");
     assert!(during_requests.values().sum::<f64>() > 0.0, "{during}");
 
@@ -199,7 +176,7 @@ fn replica_counters_add_up_to_the_attempts_and_reach_every_output() {
             r.ewma_latency_us / 1e6
         }),
     ] {
-        let scraped = samples(&after, name);
+        let scraped = common::samples(&after, name);
         assert_eq!(scraped.len(), replicas.len(), "{name}:\n{after}");
         for replica in replicas {
             let got = scraped.get(&labels(replica)).copied();
@@ -212,14 +189,14 @@ fn replica_counters_add_up_to_the_attempts_and_reach_every_output() {
         }
         assert!(after.contains(&format!("# TYPE {name} ")), "{name}");
     }
-    let scraped_infer: f64 = samples(&after, "percore_replica_requests_total")
+    let scraped_infer: f64 = common::samples(&after, "percore_replica_requests_total")
         .iter()
         .filter(|(labels, _)| labels.contains("role=\"compute_node\""))
         .map(|(_, value)| value)
         .sum();
     assert_eq!(scraped_infer, infer_requests as f64);
     assert_eq!(
-        samples(&after, "percore_retry_budget_exhausted_total").get("{class=\"meter\"}"),
+        common::samples(&after, "percore_retry_budget_exhausted_total").get("{class=\"meter\"}"),
         Some(&0.0),
         "{after}"
     );

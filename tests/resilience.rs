@@ -5,62 +5,25 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{ClassSpec, Row};
+use common::{ClassSpec, MockProcess, Row};
 use percore::config::{Class, GrpcConfig, Upstream};
 use percore::mock::{MockKind, MockNode, MockOptions, ServiceTime};
 
-/// `percore mock-compute` in a process of its own, so it can be killed with -9.
-struct MockProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl MockProcess {
-    fn start(args: &[&str]) -> MockProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_percore"))
-            .args([
-                "mock-compute",
-                "--listen",
-                "127.0.0.1:0",
-                "--io-memory-kib",
-                "256",
-            ])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the mock process starts");
-        let stdout = child.stdout.take().expect("a stdout pipe");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("the mock says where it listens");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .and_then(|addr| addr.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line from the mock: {line:?}"));
-        MockProcess { child, addr }
-    }
-
-    fn kill_9(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        let pid = self.child.id() as libc::pid_t;
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill -9");
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for MockProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `percore mock-compute` in a process of its own, so it can be killed with -9
+/// or frozen.
+fn mock_process(service_time_us: &str) -> MockProcess {
+    MockProcess::start(&[
+        "mock-compute",
+        "--listen",
+        "127.0.0.1:0",
+        "--io-memory-kib",
+        "256",
+        "--service-time-us",
+        service_time_us,
+    ])
 }
 
 const METER: ClassSpec = ClassSpec {
@@ -107,7 +70,7 @@ fn percentile(mut values: Vec<i64>, q: f64) -> i64 {
 fn kill_9_of_one_of_three_replicas_moves_its_jobs_to_the_others() {
     let source = common::start_mock(MockKind::Source, MockOptions::default());
     let (a, b) = (fast_mock(), fast_mock());
-    let mut victim = MockProcess::start(&["--service-time-us", "2000"]);
+    let victim = mock_process("2000");
     let dir = tempfile::tempdir().expect("a temporary directory");
     let db = dir.path().join("jobs.db");
     let class = class_over(
@@ -122,7 +85,7 @@ fn kill_9_of_one_of_three_replicas_moves_its_jobs_to_the_others() {
     let run = std::thread::spawn(move || common::run(&run_config, Duration::from_secs(4)));
     std::thread::sleep(Duration::from_millis(1_800));
     let killed_at = std::time::SystemTime::now();
-    victim.kill_9();
+    victim.signal(libc::SIGKILL);
     let summary = run.join().expect("the run ends");
     let rows = common::read_rows(&db);
     let dead = victim.addr.to_string();
@@ -484,7 +447,7 @@ fn the_retry_budget_caps_retries_when_every_replica_fails() {
 fn freeze_a_replica(keepalive_interval_ms: u64) -> (BTreeMap<String, u64>, u64) {
     let source = common::start_mock(MockKind::Source, MockOptions::default());
     let healthy = fast_mock();
-    let mut frozen = MockProcess::start(&["--service-time-us", "20000"]);
+    let frozen = mock_process("20000");
     let dir = tempfile::tempdir().expect("a temporary directory");
     let db = dir.path().join("jobs.db");
     let upstream = Upstream {
@@ -503,11 +466,9 @@ fn freeze_a_replica(keepalive_interval_ms: u64) -> (BTreeMap<String, u64>, u64) 
     let run_config = config.clone();
     let run = std::thread::spawn(move || common::run(&run_config, Duration::from_secs(4)));
     std::thread::sleep(Duration::from_secs(1));
-    let pid = frozen.child.id() as libc::pid_t;
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "kill -STOP");
+    frozen.signal(libc::SIGSTOP);
     let summary = run.join().expect("the run ends");
-    frozen.kill_9();
+    drop(frozen);
     source.stop();
     healthy.stop();
     let rows = common::read_rows(&db);

@@ -420,3 +420,72 @@ pub fn http_get(addr: SocketAddr, path: &str) -> String {
     let _ = stream.read_to_string(&mut response);
     response
 }
+
+/// Samples of one metric family in a Prometheus exposition, keyed by their
+/// label text (`{…}`).
+pub fn samples(exposition: &str, name: &str) -> BTreeMap<String, f64> {
+    exposition
+        .lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series[name.len()..].to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A `percore mock-…` process, killed when dropped (a failed test included), so
+/// a test can kill -9 or freeze a node for real.
+pub struct MockProcess {
+    /// The process, killed and reaped on drop.
+    pub child: std::process::Child,
+    /// Where it listens, read from its "listening on" line.
+    pub addr: SocketAddr,
+}
+
+impl MockProcess {
+    /// Runs `percore` with `args` (`["mock-compute", "--listen", …]`) and waits
+    /// for the line that says where it listens.
+    pub fn start(args: &[&str]) -> MockProcess {
+        use std::io::Read;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_percore"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("the binary starts");
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        if let Some(stdout) = child.stdout.as_mut() {
+            while stdout.read(&mut byte).is_ok_and(|n| n == 1) && byte[0] != b'\n' {
+                line.push(byte[0]);
+            }
+        }
+        let line = String::from_utf8_lossy(&line).into_owned();
+        let addr = line
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse().ok());
+        match addr {
+            Some(addr) => MockProcess { child, addr },
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the mock printed {line:?}, not its address");
+            }
+        }
+    }
+
+    /// Sends `signal` to the process (SIGKILL, SIGSTOP).
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill -{signal}");
+    }
+}
+
+impl Drop for MockProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
