@@ -8,8 +8,8 @@
 //!   that name the file, line and field; the binary wraps them in `anyhow` at its edge.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use crate::grpc::client::ConnectError;
 use crate::grpc::status::Code;
 
 /// Which call of a job failed.
@@ -73,6 +73,33 @@ pub enum ErrorKind {
     /// The response decoded but its content is not what the class expects
     /// (wrong datatype, wrong shape, missing tensor).
     BadResponse(Box<str>),
+}
+
+/// Why a connection to a node could not be opened. The text goes into the
+/// reasons of the calls that needed it, so it names the step that failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectError {
+    /// TCP connect failed (refused, unreachable, reset).
+    Tcp(std::io::ErrorKind),
+    /// Connect plus handshake took longer than the connect timeout.
+    TimedOut(Duration),
+    /// TCP connected but the HTTP/2 handshake failed: the peer is not an HTTP/2
+    /// server (an HTTP/1.1 port, TLS expected) or it closed the connection.
+    Handshake(String),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Tcp(kind) => write!(f, "{kind}"),
+            ConnectError::TimedOut(after) => {
+                write!(f, "no HTTP/2 connection within {} ms", after.as_millis())
+            }
+            ConnectError::Handshake(detail) => {
+                write!(f, "the peer does not speak HTTP/2 ({detail})")
+            }
+        }
+    }
 }
 
 impl JobError {

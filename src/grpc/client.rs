@@ -20,7 +20,7 @@ use prost::Message;
 use super::coalesce::CoalescingStream;
 use super::frame::{self, FrameError, MessageDecoder};
 use super::status::{read_status, Code, StatusError};
-use crate::error::ErrorKind;
+use crate::error::{ConnectError, ErrorKind};
 use crate::runtime;
 
 /// Streams cancelled by a call's deadline that a connection remembers, so the
@@ -65,33 +65,6 @@ pub struct Traffic {
     pub sent: Cell<u64>,
     /// Bytes of response DATA received.
     pub received: Cell<u64>,
-}
-
-/// Why a connection to a node could not be opened. The text goes into the
-/// reasons of the calls that needed it, so it names the step that failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConnectError {
-    /// TCP connect failed (refused, unreachable, reset).
-    Tcp(std::io::ErrorKind),
-    /// Connect plus handshake took longer than the connect timeout.
-    TimedOut(Duration),
-    /// TCP connected but the HTTP/2 handshake failed: the peer is not an HTTP/2
-    /// server (an HTTP/1.1 port, TLS expected) or it closed the connection.
-    Handshake(String),
-}
-
-impl std::fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ConnectError::Tcp(kind) => write!(f, "{kind}"),
-            ConnectError::TimedOut(after) => {
-                write!(f, "no HTTP/2 connection within {} ms", after.as_millis())
-            }
-            ConnectError::Handshake(detail) => {
-                write!(f, "the peer does not speak HTTP/2 ({detail})")
-            }
-        }
-    }
 }
 
 /// One HTTP/2 connection to one node, owned by one shard.

@@ -7,7 +7,7 @@
 use std::cell::{Cell, RefCell};
 use std::time::Instant;
 
-use super::set::Replica;
+use super::replica::Replica;
 use crate::config::BalancerKind;
 
 /// Chooses one usable replica, or `None` when none is.
@@ -183,7 +183,6 @@ mod tests {
     use super::*;
     use crate::config::Ejection;
     use crate::upstream::health::CallOutcome;
-    use crate::upstream::set::Replica;
 
     fn replicas(weights: &[u32]) -> Vec<Replica> {
         let now = Instant::now();

@@ -6,6 +6,7 @@
 //!
 //! - [`pool`]: the HTTP/2 connections to one node, opened on demand, backed off
 //!   with jitter when a connect fails.
+//! - [`replica`]: one replica as a shard sees it: pool, weight, health.
 //! - [`set`]: a class's replicas for one role, never empty; picks a replica per
 //!   attempt, bounds outstanding calls, takes each attempt's outcome back,
 //!   ejects outliers.
@@ -21,8 +22,10 @@ pub mod balance;
 pub mod health;
 pub mod pool;
 pub mod probe;
+pub mod replica;
 pub mod retry;
 pub mod set;
 
 pub use pool::NodePool;
-pub use set::{Replica, ReplicaSet, Role, SetPolicy};
+pub use replica::Replica;
+pub use set::{ReplicaSet, Role, SetPolicy};

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use http::Uri;
 
+use crate::error::ConnectError;
 use crate::error::ErrorKind;
-use crate::grpc::client::{ClientSettings, ConnectError, Connection, Traffic};
+use crate::grpc::client::{ClientSettings, Connection, Traffic};
 use crate::grpc::methods;
 use crate::runtime;
 

@@ -8,49 +8,16 @@
 //! health, ejecting a replica that keeps failing.
 
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::balance::{self, Balance};
-use super::health::{CallOutcome, ReplicaHealth, Verdict};
-use super::pool::NodePool;
+use super::health::{CallOutcome, Verdict};
+use super::replica::Replica;
 use super::retry::RetryBudget;
 use crate::config::{Ejection, HealthCheck, Hedge, Upstream};
 use crate::error::ErrorKind;
-use crate::grpc::client::ClientSettings;
 use crate::grpc::status::Code;
-
-/// One replica as one shard sees it.
-pub struct Replica {
-    /// This shard's connections to the node (shared with other classes that
-    /// use the same node).
-    pub pool: Rc<NodePool>,
-    /// Relative weight from the config (at least 1).
-    pub weight: u32,
-    /// Latency, outstanding calls, readiness, ejection.
-    pub health: ReplicaHealth,
-}
-
-impl Replica {
-    pub fn new(pool: Rc<NodePool>, weight: u32, now: Instant) -> Replica {
-        Replica {
-            pool,
-            weight: weight.max(1),
-            health: ReplicaHealth::new(now),
-        }
-    }
-
-    /// A replica with a pool of its own, for tests of the algorithms.
-    pub fn detached(node: SocketAddr, weight: u32, now: Instant) -> Replica {
-        let pool = NodePool::new(node, 1, Rc::new(ClientSettings::default()), 0);
-        Replica::new(pool, weight, now)
-    }
-
-    pub fn node(&self) -> SocketAddr {
-        self.pool.node()
-    }
-}
 
 /// Which role a set plays for its class, for messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -413,6 +380,8 @@ impl HedgeTimer {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
 
     fn policy(upstream: Upstream) -> SetPolicy {
