@@ -503,3 +503,49 @@ fn keepalive_pings_find_a_frozen_replica_before_the_deadline_does() {
     );
     assert!(retries > 0);
 }
+
+#[test]
+fn a_replica_that_comes_back_is_used_again_within_a_probe() {
+    let source = common::start_mock(MockKind::Source, MockOptions::default());
+    let steady = fast_mock();
+    // A port that is free now; the replica starts on it a second into the run.
+    let late_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let db = dir.path().join("jobs.db");
+    let class = class_over(source.addr, &[steady.addr, late_addr], Upstream::default());
+    let config = common::config(vec![class], 1_000, db.clone(), GrpcConfig::default());
+    let run_config = config.clone();
+    let run = std::thread::spawn(move || common::run(&run_config, Duration::from_secs(3)));
+    std::thread::sleep(Duration::from_millis(1_000));
+    let late = common::start_mock_at(MockKind::Compute, late_addr, MockOptions::default());
+    let started_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64;
+    let summary = run.join().expect("the run ends");
+    source.stop();
+    steady.stop();
+    late.stop();
+    let rows = common::read_rows(&db);
+
+    common::assert_exact_ticks(&config, &summary, &rows);
+    common::assert_counts(&summary, &rows);
+    assert_eq!(
+        common::reasons(&rows, "failed"),
+        Default::default(),
+        "it was down, not failing"
+    );
+    let late_text = late_addr.to_string();
+    let first_answer = rows
+        .iter()
+        .filter(|row| row.compute_node.as_deref() == Some(late_text.as_str()))
+        .map(|row| row.tick_ms)
+        .min()
+        .expect("the replica that came back answered");
+    let waited = first_answer - started_ms;
+    eprintln!("came back: first answer {waited} ms after it started");
+    // Probes of a replica that is down go out at least every 250 ms.
+    assert!(waited < 600, "it waited {waited} ms to be used");
+}

@@ -4,9 +4,9 @@
 //! health check — KServe v2 `ServerReady` then `ModelReady` for the class's model
 //! (what MLServer, KServe and Triton answer), or `grpc.health.v1.Health/Check`,
 //! or only a connect. A replica that is down (its connect failed, or its probe
-//! said not ready) is probed again as soon as its reconnect backoff ends, so it
-//! is re-admitted within ~1 s of coming back instead of waiting for a job to
-//! find out. What a probe says is the replica's readiness: the balancer sends
+//! said not ready) is probed again when its reconnect backoff ends, and at
+//! least every 250 ms, so it is re-admitted within about a quarter of a second
+//! of coming back instead of waiting for a job to find out. What a probe says is the replica's readiness: the balancer sends
 //! no new calls to a replica that is not ready. Every change is logged.
 
 use std::rc::Rc;
@@ -29,8 +29,12 @@ use crate::runtime;
 
 /// Largest answer a probe accepts: readiness answers are a few bytes.
 const PROBE_MAX_MESSAGE: usize = 64 * 1024;
-/// A probe of a replica that is down waits at least this long between tries.
+/// A probe of a replica that is down waits at least this long between tries...
 const MIN_DOWN_WAIT: Duration = Duration::from_millis(50);
+/// ...and at most this long (or the probe interval if shorter), whatever the
+/// connect backoff says: a probe is one connect per shard, not a storm, and it
+/// bounds how long a replica that came back waits to be used again.
+const MAX_DOWN_WAIT: Duration = Duration::from_millis(250);
 /// A probe gives up after this, or after the probe interval if shorter.
 const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -102,7 +106,10 @@ pub async fn run(
                     .pool
                     .backoff_ends()
                     .map_or(MIN_DOWN_WAIT, |ends| ends.saturating_duration_since(now))
-                    .clamp(MIN_DOWN_WAIT, set.probe_interval)
+                    .min(set.probe_interval.min(MAX_DOWN_WAIT))
+                    // Never spin: at least MIN_DOWN_WAIT, even with a shorter
+                    // probe interval configured.
+                    .max(MIN_DOWN_WAIT)
             }
         };
     }
