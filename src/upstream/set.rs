@@ -487,6 +487,26 @@ mod tests {
     }
 
     #[test]
+    fn a_percentile_hedge_waits_for_enough_history_then_follows_it() {
+        let start = Instant::now();
+        let timer = HedgeTimer::new(Hedge::Percentile(90.0), start);
+        assert_eq!(timer.delay(start), None, "no history, no hedging");
+        for micros in 1..=1000u64 {
+            timer.observe(Duration::from_micros(micros * 10));
+        }
+        // Recomputed once a second: not yet...
+        assert_eq!(timer.delay(start + Duration::from_millis(500)), None);
+        // ...then the 90th percentile of 10 µs .. 10 ms, to the histogram's
+        // two significant digits.
+        let delay = timer
+            .delay(start + Duration::from_secs(1))
+            .expect("a delay once there are 1,000 calls");
+        assert!((8_900..=9_100).contains(&delay.as_micros()), "{delay:?}");
+        let fixed = HedgeTimer::new(Hedge::After(Duration::from_millis(7)), start);
+        assert_eq!(fixed.delay(start), Some(Duration::from_millis(7)));
+    }
+
+    #[test]
     fn a_cancelled_attempt_frees_its_slot() {
         let set = set(1, Upstream::default());
         let attempt = set.start(0, Instant::now());
