@@ -315,7 +315,8 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
     if let Some((second, lag)) = &sink_lag.current_second {
         supervisor.per_second.add_sink_lag(*second, lag);
     }
-    let interval_log = supervisor.per_second.finish();
+    let window_seconds = ((stopped_ms - start_ms).max(0) as u64).div_ceil(1000);
+    let interval_log = supervisor.per_second.finish(window_seconds);
 
     let coordinator_cpu = cpu::current_thread().saturating_sub(coordinator_cpu_at_start);
     let mut summary = RunSummary {
@@ -452,6 +453,9 @@ struct PerSecond {
     /// Seconds before this one were closed: an interval arriving for one of them
     /// is filed under this one instead (it cannot be appended to the log any more).
     first_open: u64,
+    /// Seconds from this one on are past the run's window (known at the end):
+    /// their empty stages are not written.
+    after_window: u64,
 }
 
 impl PerSecond {
@@ -478,6 +482,7 @@ impl PerSecond {
             log,
             path,
             first_open: 0,
+            after_window: u64::MAX,
         })
     }
 
@@ -512,6 +517,9 @@ impl PerSecond {
     fn write(&mut self, second: u64, latency: &StageHistograms) {
         let Some(log) = &mut self.log else { return };
         for (stage, histogram) in latency.stages() {
+            if second >= self.after_window && histogram.is_empty() {
+                continue;
+            }
             let interval = crate::report::Interval {
                 start: Duration::from_secs(second),
                 length: Duration::from_secs(1),
@@ -529,7 +537,12 @@ impl PerSecond {
     }
 
     /// Closes every second and the log; returns the log's path if it is whole.
-    fn finish(&mut self) -> Option<PathBuf> {
+    /// From `window_seconds` on (after the run's window: jobs draining, the
+    /// writer's last commits) only stages that had samples are written: an
+    /// empty end-to-end interval there would be drawn as a drop to zero that
+    /// did not happen.
+    fn finish(&mut self, window_seconds: u64) -> Option<PathBuf> {
+        self.after_window = window_seconds;
         self.close_before(u64::MAX);
         let log = self.log.take()?;
         match log.finish() {
