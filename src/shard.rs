@@ -454,11 +454,19 @@ async fn tick_loop(shard: &Rc<Shard>, classes: &[Class], start_ms: i64, end_ms: 
             shard.dispatch(local, tick_ms, shard.clock.instant_of(tick_ms))
         });
         shard.progress_if_due();
-        let next_due = match schedule.next_due_ms() {
-            Some(next) if next < end_ms => next,
-            _ => break,
-        };
-        let wake = shard.clock.instant_of(next_due).min(shard.next_wake());
+        // No tick left before the end: the shard still waits out the window (a
+        // class with a long period, a shard with few devices), so the run lasts
+        // what was asked and its summary covers the whole of it.
+        let next_due = schedule.next_due_ms().filter(|&next| next < end_ms);
+        if next_due.is_none() && shard.clock.now_ms() >= end_ms {
+            break;
+        }
+        let mut wake = shard.next_wake();
+        if let Some(next) = next_due {
+            wake = wake.min(shard.clock.instant_of(next));
+        } else if end_ms < i64::MAX {
+            wake = wake.min(shard.clock.instant_of(end_ms));
+        }
         runtime::sleep_until(wake).await;
     }
 }
