@@ -53,9 +53,9 @@ enum Command {
     /// Re-render a saved run's report (DIR), or compare two runs (DIR_A DIR_B).
     Report(ReportArgs),
     /// Serve the mock data source (percore.source.v1.DataSource/Fetch) until Ctrl-C.
-    MockSource(MockArgs),
+    MockSource(MockSourceArgs),
     /// Serve a mock KServe v2 compute node (ModelInfer) until Ctrl-C.
-    MockCompute(MockArgs),
+    MockCompute(MockComputeArgs),
 }
 
 #[derive(Args)]
@@ -63,9 +63,9 @@ struct DemoArgs {
     /// Devices in the generated fleet, spread evenly over 4 classes.
     #[arg(long, default_value_t = 100_000)]
     devices: usize,
-    /// How long to dispatch, in seconds.
-    #[arg(long, default_value_t = 10)]
-    duration: u64,
+    /// How long to dispatch: 10s, 500ms, 2m, … (a bare number is seconds).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
     /// Mock nodes' service time per call, in microseconds.
     #[arg(long, default_value_t = 1_000)]
     service_time_us: u64,
@@ -124,9 +124,9 @@ struct BenchArgs {
     /// latency stays under this bound (µs) with no failed or skipped job.
     #[arg(long)]
     latency_bound_us: Option<u64>,
-    /// Seconds per level.
-    #[arg(long, default_value_t = 10)]
-    duration: u64,
+    /// How long each level runs: 10s, 500ms, 2m, … (a bare number is seconds).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
     /// Mock nodes' service time per call, in microseconds.
     #[arg(long, default_value_t = 0)]
     service_time_us: u64,
@@ -166,13 +166,50 @@ struct RunArgs {
     /// The TOML config (classes, device list, sink, tuning).
     #[arg(long)]
     config: PathBuf,
-    /// How long to dispatch, in seconds; without it, until Ctrl-C or SIGTERM.
-    #[arg(long)]
-    duration: Option<u64>,
+    /// How long to dispatch: 10s, 500ms, 2m, … (a bare number is seconds);
+    /// without it, until Ctrl-C or SIGTERM.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
     #[command(flatten)]
     output: OutputArgs,
 }
 
+/// `mock-source`: the flags both mocks take, and the data source's own.
+#[derive(Args)]
+struct MockSourceArgs {
+    /// Listening, timing, failure and fault flags shared with `mock-compute`.
+    #[command(flatten)]
+    common: MockArgs,
+    /// Bytes of raw data per fetch.
+    #[arg(long, default_value_t = 1_024)]
+    payload_bytes: usize,
+}
+
+/// `mock-compute`: the flags both mocks take, and the compute node's own (the
+/// model served and the output faults), which `mock-source` refuses.
+#[derive(Args)]
+struct MockComputeArgs {
+    /// Listening, timing, failure and fault flags shared with `mock-source`.
+    #[command(flatten)]
+    common: MockArgs,
+    /// The only model served (others get NOT_FOUND); default: any.
+    #[arg(long)]
+    model: Option<String>,
+    /// Fault: label every output with this datatype instead of FP32.
+    #[arg(long, conflicts_with_all = ["output_shape", "truncated_frame"])]
+    output_datatype: Option<String>,
+    /// Fault: label every output with this shape instead of 1,2; huge
+    /// dimensions (1,4294967296,4294967296) overflow a reader's size arithmetic.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        allow_negative_numbers = true,
+        conflicts_with = "truncated_frame"
+    )]
+    output_shape: Option<Vec<i64>>,
+}
+
+/// The flags both mock nodes take.
 #[derive(Args)]
 struct MockArgs {
     /// Address to listen on.
@@ -187,9 +224,6 @@ struct MockArgs {
     /// Draw service times from an exponential distribution with that mean.
     #[arg(long)]
     exponential: bool,
-    /// Source: bytes of raw data per fetch.
-    #[arg(long, default_value_t = 1_024)]
-    payload_bytes: usize,
     /// Fraction of calls answered with --error-code instead of a result (0..1).
     #[arg(long, default_value_t = 0.0)]
     error_rate: f64,
@@ -208,9 +242,6 @@ struct MockArgs {
     /// draw: their sum is at most 1.
     #[arg(long, default_value_t = 0.0)]
     reset_rate: f64,
-    /// Compute: the only model served (others get NOT_FOUND); default: any.
-    #[arg(long)]
-    model: Option<String>,
     /// HTTP/2 streams allowed per connection.
     #[arg(long, default_value_t = 1024)]
     max_concurrent_streams: u32,
@@ -236,20 +267,33 @@ struct MockArgs {
     #[arg(long)]
     oversized_reply_bytes: Option<usize>,
     /// Fault: announce a longer message than is sent in every answer, then end it.
-    #[arg(long, conflicts_with_all = ["output_datatype", "output_shape"])]
+    #[arg(long)]
     truncated_frame: bool,
-    /// Compute fault: label every output with this datatype instead of FP32.
-    #[arg(long, conflicts_with = "output_shape")]
-    output_datatype: Option<String>,
-    /// Compute fault: label every output with this shape instead of 1,2; huge
-    /// dimensions (1,4294967296,4294967296) overflow a reader's size arithmetic.
-    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
-    output_shape: Option<Vec<i64>>,
     /// Report not ready (ServerReady, ModelReady, grpc.health.v1 Health/Check) while
     /// this file exists; it is looked up on every probe, so `touch` and `rm` take a
     /// node out of service and back.
     #[arg(long)]
     not_ready_file: Option<PathBuf>,
+}
+
+/// Parses a duration flag: `5s`, `500ms`, `2m`, `1h 30m` (humantime's units), or
+/// a bare number of seconds (`10`, `0.5`), as the flags took before units. Zero
+/// is refused: a run of no time dispatches nothing and prints only zeros.
+fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let trimmed = text.trim();
+    let duration = match trimmed.parse::<f64>() {
+        Ok(seconds) => Duration::try_from_secs_f64(seconds)
+            .map_err(|_| format!("{text:?} is not a number of seconds of 0 or more"))?,
+        Err(_) => humantime::parse_duration(trimmed).map_err(|error| {
+            format!("{text:?} is not a duration like 10s, 500ms or 2m ({error})")
+        })?,
+    };
+    if duration.is_zero() {
+        return Err(format!(
+            "{text:?} is zero: give a duration longer than 0, like 10s"
+        ));
+    }
+    Ok(duration)
 }
 
 /// Exit status of a run that stopped because its sink failed for good (the
@@ -283,8 +327,26 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Run(args) => run_command(args, stop),
         Command::Bench(args) => done(bench_command(args)),
         Command::Report(args) => done(report_command(args)),
-        Command::MockSource(args) => done(mock_command(MockKind::Source, args, stop)),
-        Command::MockCompute(args) => done(mock_command(MockKind::Compute, args, stop)),
+        Command::MockSource(args) => {
+            let options = MockOptions {
+                payload_bytes: args.payload_bytes,
+                ..MockOptions::default()
+            };
+            done(mock_command(MockKind::Source, args.common, options, stop))
+        }
+        Command::MockCompute(args) => {
+            let fault = match (args.output_datatype, args.output_shape) {
+                (Some(datatype), _) => Some(percore::mock::Fault::OutputDatatype(datatype)),
+                (None, Some(shape)) => Some(percore::mock::Fault::OutputShape(shape)),
+                (None, None) => None,
+            };
+            let options = MockOptions {
+                model: args.model,
+                fault,
+                ..MockOptions::default()
+            };
+            done(mock_command(MockKind::Compute, args.common, options, stop))
+        }
     }
 }
 
@@ -304,11 +366,11 @@ fn demo_command(args: DemoArgs, stop: flume::Receiver<()>) -> Result<i32> {
     let mocks =
         demo::start_mocks(&tuning, mock.clone(), mock).context("starting the mock nodes")?;
     note!(
-        "mock data source on {}, mock compute node on {}; {} devices, {} s",
+        "mock data source on {}, mock compute node on {}; {} devices, {}",
         mocks.source.addr,
         mocks.compute.addr,
         args.devices,
-        args.duration
+        humantime::format_duration(args.duration)
     );
     let config = demo::demo_config(
         args.devices,
@@ -319,7 +381,7 @@ fn demo_command(args: DemoArgs, stop: flume::Receiver<()>) -> Result<i32> {
     );
     let admin = start_admin(&args.output.admin);
     let options = RunOptions {
-        duration: Some(Duration::from_secs(args.duration)),
+        duration: Some(args.duration),
         load: Load::Ticks,
         print_status: true,
         stop: Some(stop),
@@ -341,7 +403,7 @@ fn run_command(args: RunArgs, stop: flume::Receiver<()>) -> Result<i32> {
     let config = Config::load(&args.config)?;
     let admin = start_admin(&args.output.admin);
     let options = RunOptions {
-        duration: args.duration.map(Duration::from_secs),
+        duration: args.duration,
         load: Load::Ticks,
         print_status: true,
         stop: Some(stop),
@@ -440,7 +502,7 @@ fn bench_command(args: BenchArgs) -> Result<()> {
     let bench = Bench::start(BenchOptions {
         shards: args.shards,
         poisson: args.poisson,
-        duration: Duration::from_secs(args.duration),
+        duration: args.duration,
         service_time: Duration::from_micros(args.service_time_us),
         payload_bytes: args.payload_bytes,
         devices: args.devices,
@@ -549,7 +611,14 @@ fn report_command(args: ReportArgs) -> Result<()> {
     Ok(())
 }
 
-fn mock_command(kind: MockKind, args: MockArgs, stop: flume::Receiver<()>) -> Result<()> {
+/// Serves one mock node until a signal; `own` carries the kind's own options
+/// (payload, or model and output fault), the shared ones come from `args`.
+fn mock_command(
+    kind: MockKind,
+    args: MockArgs,
+    own: MockOptions,
+    stop: flume::Receiver<()>,
+) -> Result<()> {
     for (flag, rate) in [
         ("--error-rate", args.error_rate),
         ("--hang-rate", args.hang_rate),
@@ -571,10 +640,8 @@ fn mock_command(kind: MockKind, args: MockArgs, stop: flume::Receiver<()>) -> Re
     }
     let fault = if args.truncated_frame {
         Some(percore::mock::Fault::TruncatedFrame)
-    } else if let Some(datatype) = args.output_datatype {
-        Some(percore::mock::Fault::OutputDatatype(datatype))
     } else {
-        args.output_shape.map(percore::mock::Fault::OutputShape)
+        own.fault
     };
     let cpus: Vec<Option<usize>> = match &args.cpus {
         Some(list) => parse_cpu_list(list)
@@ -591,13 +658,13 @@ fn mock_command(kind: MockKind, args: MockArgs, stop: flume::Receiver<()>) -> Re
         } else {
             ServiceTime::Fixed(service_time)
         },
-        payload_bytes: args.payload_bytes,
+        payload_bytes: own.payload_bytes,
         error_rate: args.error_rate,
         error_code: args.error_code,
         hang_rate: args.hang_rate,
         hang_for: Duration::from_millis(args.hang_ms),
         reset_rate: args.reset_rate,
-        model: args.model,
+        model: own.model,
         fault,
         oversized_reply_bytes: args.oversized_reply_bytes,
         max_concurrent_streams: args.max_concurrent_streams,
@@ -644,4 +711,33 @@ fn stop_on_signal() -> Result<flume::Receiver<()>> {
             }
         })?;
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units_and_bare_seconds() {
+        let cases = [
+            ("5s", Duration::from_secs(5)),
+            ("500ms", Duration::from_millis(500)),
+            ("2m", Duration::from_secs(120)),
+            ("1m 30s", Duration::from_secs(90)),
+            ("10", Duration::from_secs(10)),
+            ("0.25", Duration::from_millis(250)),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_duration(text), Ok(expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn zero_negative_and_unknown_units_are_refused() {
+        for text in ["0", "0s", "0ms", "-5", "5x", "", "nan"] {
+            let error = parse_duration(text).expect_err(text);
+            assert!(error.contains(&format!("{text:?}")), "{text}: {error}");
+        }
+        assert!(parse_duration("0s").unwrap_err().contains("longer than 0"));
+    }
 }
