@@ -72,9 +72,13 @@ struct DemoArgs {
     /// Bytes of raw data per device fetch.
     #[arg(long, default_value_t = 1_024)]
     payload_bytes: usize,
-    /// SQLite file for the results (created if missing).
+    /// SQLite file for the results. An earlier demo's file is removed first (with
+    /// its -wal and -shm), so it holds this run's rows only; see --keep-db.
     #[arg(long, default_value = "percore-demo.db")]
     db: PathBuf,
+    /// Append to the --db file of an earlier demo instead of starting a fresh one.
+    #[arg(long)]
+    keep_db: bool,
     /// Tuning file (shard CPUs, connections, limits); default: every CPU.
     #[arg(long)]
     tuning: Option<PathBuf>,
@@ -358,6 +362,10 @@ fn demo_command(args: DemoArgs, stop: flume::Receiver<()>) -> Result<i32> {
         Some(path) => Tuning::load(path)?,
         None => Tuning::default(),
     };
+    let db = demo::prepare_db(&args.db, args.keep_db)?;
+    if let Some(line) = db.describe(&args.db) {
+        note!("{line}");
+    }
     let mock = MockOptions {
         service_time: ServiceTime::Fixed(Duration::from_micros(args.service_time_us)),
         payload_bytes: args.payload_bytes,
