@@ -141,11 +141,42 @@ struct BenchArgs {
     #[arg(long, default_value_t = 100_000)]
     devices: usize,
     /// Use this data source instead of a built-in mock (with --compute).
-    #[arg(long, requires = "compute")]
+    #[arg(long, requires = "compute", conflicts_with = "config")]
     source: Option<SocketAddr>,
     /// Use this compute node instead of a built-in mock (with --source).
-    #[arg(long, requires = "source")]
+    #[arg(long, requires = "source", conflicts_with = "config")]
     compute: Option<SocketAddr>,
+    /// With --source/--compute: the model to ask the compute node for.
+    #[arg(long, default_value = "mock", requires = "source")]
+    model: String,
+    /// With --source/--compute: the model version; default: the server chooses.
+    #[arg(long, default_value = "", requires = "source")]
+    model_version: String,
+    /// With --source/--compute: the name of the input tensor sent to the model.
+    #[arg(long, default_value = "INPUT0", requires = "source")]
+    input_name: String,
+    /// With --source/--compute: check each answer's output tensor has this
+    /// datatype (FP32, INT64, BYTES, …); without it, any output is accepted.
+    #[arg(long, requires = "source")]
+    output_datatype: Option<String>,
+    /// With --output-datatype: the output's shape, -1 for any size (1,-1).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        allow_negative_numbers = true,
+        requires = "output_datatype"
+    )]
+    output_shape: Option<Vec<i64>>,
+    /// With --output-datatype: the output tensor's name; default: any name.
+    #[arg(long, requires = "output_datatype")]
+    output_name: Option<String>,
+    /// Run as a class of this config file (--class): its nodes, model, version,
+    /// input name, output check, deadline and upstream settings.
+    #[arg(long, requires = "class")]
+    config: Option<PathBuf>,
+    /// The class of --config to run as.
+    #[arg(long, requires = "config")]
+    class: Option<String>,
     /// Write the summary JSON here (an array of {level, summary} for a sweep).
     #[arg(long)]
     summary_json: Option<PathBuf>,
@@ -514,7 +545,7 @@ fn bench_command(args: BenchArgs) -> Result<()> {
         service_time: Duration::from_micros(args.service_time_us),
         payload_bytes: args.payload_bytes,
         devices: args.devices,
-        external: args.source.zip(args.compute),
+        external: external_class(&args)?,
         scratch_dir: scratch_dir.clone(),
     })?;
     let result = run_bench(&bench, &args, &levels);
@@ -523,8 +554,56 @@ fn bench_command(args: BenchArgs) -> Result<()> {
     result
 }
 
+/// The class `bench` runs as against given nodes: one of `--config`, or one made
+/// of `--source`, `--compute` and the model flags; `None` for the built-in mocks.
+fn external_class(args: &BenchArgs) -> Result<Option<percore::config::Class>> {
+    if let (Some(path), Some(name)) = (&args.config, &args.class) {
+        let config = Config::load(path)?;
+        let known: Vec<&str> = config.classes.iter().map(|c| c.name.as_str()).collect();
+        let Some(class) = config.classes.iter().find(|c| &c.name == name) else {
+            bail!(
+                "--class {name:?}: {} has no such class (its classes: {})",
+                path.display(),
+                known.join(", ")
+            );
+        };
+        return Ok(Some(class.clone()));
+    }
+    let (Some(source), Some(compute)) = (args.source, args.compute) else {
+        return Ok(None);
+    };
+    let output = match &args.output_datatype {
+        None => None,
+        Some(datatype) => {
+            if datatype != "BYTES" && percore::tensor::element_size(datatype).is_none() {
+                bail!(
+                    "--output-datatype {datatype:?} is not a KServe v2 datatype                      (BOOL, UINT8…UINT64, INT8…INT64, FP16, BF16, FP32, FP64, BYTES)"
+                );
+            }
+            let shape = args.output_shape.clone().unwrap_or_else(|| vec![-1]);
+            if let Some(dim) = shape.iter().find(|&&dim| dim < -1) {
+                bail!("--output-shape: {dim} must be -1 (any size) or at least 0");
+            }
+            Some(percore::config::OutputSpec {
+                name: args.output_name.clone(),
+                datatype: datatype.clone(),
+                shape,
+            })
+        }
+    };
+    if args.model.is_empty() {
+        bail!("--model must not be empty");
+    }
+    Ok(Some(percore::config::Class {
+        model_version: args.model_version.clone(),
+        input_name: args.input_name.clone(),
+        output,
+        ..demo::mock_class("bench", &args.model, 10_000, 2_000, source, compute)
+    }))
+}
+
 fn run_bench(bench: &Bench, args: &BenchArgs, levels: &[Level]) -> Result<()> {
-    let mut rows: Vec<(Level, RunSummary)> = Vec::new();
+    let mut rows: Vec<(Level, bench::LevelRun)> = Vec::new();
     if let Some(bound_us) = args.latency_bound_us {
         let high = levels
             .iter()
@@ -533,7 +612,8 @@ fn run_bench(bench: &Bench, args: &BenchArgs, levels: &[Level]) -> Result<()> {
                 _ => None,
             })
             .fold(0.0, f64::max);
-        let best = bench.max_rate_under(bound_us, 100.0, high, |level, summary| {
+        let best = bench.max_rate_under(bound_us, 100.0, high, |level, run| {
+            let summary = &run.summary;
             note!(
                 "{level}: p99 {} µs, failed {}, skipped {} -> {}",
                 summary.latency.end_to_end.value_at_quantile(0.99),
@@ -545,9 +625,9 @@ fn run_bench(bench: &Bench, args: &BenchArgs, levels: &[Level]) -> Result<()> {
                     "over"
                 }
             );
-            rows.push((level, summary.clone()));
+            rows.push((level, run.clone()));
         })?;
-        say!("{}", bench::table(&rows));
+        say!("{}", bench_tables(&rows));
         match &best {
             Some((rate, _)) => {
                 say!("highest rate with p99 end-to-end <= {bound_us} µs: {rate:.0} jobs/s\n")
@@ -558,12 +638,16 @@ fn run_bench(bench: &Bench, args: &BenchArgs, levels: &[Level]) -> Result<()> {
         }
     } else {
         for &level in levels {
-            let summary = bench.run(level)?;
-            note!("{level}: {}", summary.totals_line());
-            rows.push((level, summary));
+            let run = bench.run_level(level)?;
+            note!("{}", bench::level_line(level, &run.summary));
+            rows.push((level, run));
         }
-        say!("{}", bench::table(&rows));
+        say!("{}", bench_tables(&rows));
     }
+    let rows: Vec<(Level, RunSummary)> = rows
+        .into_iter()
+        .map(|(level, run)| (level, run.summary))
+        .collect();
     if let [(_, summary)] = rows.as_slice() {
         return write_outputs(
             summary,
@@ -588,6 +672,15 @@ fn run_bench(bench: &Bench, args: &BenchArgs, levels: &[Level]) -> Result<()> {
         say!("reports: {}/level-*/report.html\n", dir.display());
     }
     Ok(())
+}
+
+/// The level table, then why jobs failed in the levels where some did.
+fn bench_tables(rows: &[(Level, bench::LevelRun)]) -> String {
+    let summaries: Vec<(Level, RunSummary)> = rows
+        .iter()
+        .map(|(level, run)| (*level, run.summary.clone()))
+        .collect();
+    bench::table(&summaries) + &bench::failure_table(rows)
 }
 
 fn report_command(args: ReportArgs) -> Result<()> {
