@@ -614,9 +614,22 @@ fn run_bench(bench: &Bench, args: &BenchArgs, levels: &[Level]) -> Result<()> {
             .fold(0.0, f64::max);
         let best = bench.max_rate_under(bound_us, 100.0, high, |level, run| {
             let summary = &run.summary;
+            // p99 of ok jobs: a level without one has no latency to show.
+            let p99 = match summary.latency.end_to_end.len() {
+                0 => "–".to_string(),
+                _ => summary
+                    .latency
+                    .end_to_end
+                    .value_at_quantile(0.99)
+                    .to_string(),
+            };
+            let top_reason = match run.failures.first() {
+                Some(failure) => format!(" (most: {} {})", failure.outcome, failure.reason),
+                None => String::new(),
+            };
             note!(
-                "{level}: p99 {} µs, failed {}, skipped {} -> {}",
-                summary.latency.end_to_end.value_at_quantile(0.99),
+                "{level}: ok {:.0}/s, p99 {p99} µs, failed {}, skipped {}{top_reason} -> {}",
+                bench::ok_per_s(summary),
                 summary.counters.failed,
                 summary.counters.skipped,
                 if bench::passes(summary, bound_us) {
