@@ -8,11 +8,10 @@
 //! the planned start, so a dispatcher that falls behind shows it.
 
 use std::fmt::Write;
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{Config, GrpcConfig, SinkConfig};
+use crate::config::{Class, Config, GrpcConfig, SinkConfig};
 use crate::demo::{self, MockPair};
 use crate::devices::Fleet;
 use crate::dispatcher::{self, Load, RunError, RunOptions};
@@ -57,8 +56,10 @@ pub struct BenchOptions {
     pub payload_bytes: usize,
     /// Devices in the generated fleet.
     pub devices: usize,
-    /// Use these nodes (data source, compute node) instead of starting mocks.
-    pub external: Option<(SocketAddr, SocketAddr)>,
+    /// Run as this class against its nodes instead of starting mocks: its data
+    /// sources, compute nodes, model, version, input name, output check, deadline
+    /// and `[classes.upstream]`; the bench sets its period.
+    pub external: Option<Class>,
     /// Where the SQLite file goes; removed after each level.
     pub scratch_dir: PathBuf,
 }
@@ -67,8 +68,9 @@ pub struct BenchOptions {
 pub struct Bench {
     /// What every level runs with.
     options: BenchOptions,
-    /// The nodes' addresses.
-    nodes: (SocketAddr, SocketAddr),
+    /// The class every level runs as (the bench sets its period): the mock model on
+    /// the mocks, or [`BenchOptions::external`].
+    class: Class,
     /// Mock nodes started by us, stopped when the bench is dropped.
     mocks: Option<MockPair>,
     /// Shard and mock CPUs, chosen once for all levels.
@@ -94,8 +96,8 @@ impl Bench {
             max_in_flight_per_shard: 100_000,
             ..Tuning::default()
         };
-        let (nodes, mocks) = match options.external {
-            Some(nodes) => (nodes, None),
+        let (class, mocks) = match &options.external {
+            Some(class) => (class.clone(), None),
             None => {
                 let mock = MockOptions {
                     service_time: ServiceTime::Fixed(options.service_time),
@@ -104,7 +106,15 @@ impl Bench {
                 };
                 let mocks = demo::start_mocks(&tuning, mock.clone(), mock)
                     .map_err(|error| RunError(format!("starting the mock nodes: {error}")))?;
-                ((mocks.source.addr, mocks.compute.addr), Some(mocks))
+                let class = demo::mock_class(
+                    "bench",
+                    "mock",
+                    10_000,
+                    2_000,
+                    mocks.source.addr,
+                    mocks.compute.addr,
+                );
+                (class, Some(mocks))
             }
         };
         std::fs::create_dir_all(&options.scratch_dir).map_err(|error| {
@@ -115,7 +125,7 @@ impl Bench {
         })?;
         Ok(Bench {
             options,
-            nodes,
+            class,
             mocks,
             tuning,
             levels_run: std::cell::Cell::new(0),
@@ -123,19 +133,17 @@ impl Bench {
     }
 
     /// The config of one level: one class whose period spreads the fleet's ticks
-    /// over time (ticks are not used by closed or open loops but must be valid).
+    /// over time (ticks are not used by closed or open loops but must be valid),
+    /// and whose deadline is cut to the period if longer.
     fn config(&self, db: PathBuf, period_ms: u64) -> Config {
-        let (source, compute) = self.nodes;
+        let class = Class {
+            period_ms,
+            deadline_ms: self.class.deadline_ms.min(period_ms),
+            ..self.class.clone()
+        };
         Config {
             path: PathBuf::from("<bench>"),
-            classes: vec![demo::mock_class(
-                "bench",
-                "mock",
-                period_ms,
-                period_ms.min(2_000),
-                source,
-                compute,
-            )],
+            classes: vec![class],
             fleet: Fleet::generate(self.options.devices, &[(0, 1)]),
             sink: SinkConfig::sqlite(db),
             grpc: GrpcConfig::default(),
@@ -153,6 +161,13 @@ impl Bench {
 
     /// Runs one level and returns its summary.
     pub fn run(&self, level: Level) -> Result<RunSummary, RunError> {
+        self.run_level(level).map(|run| run.summary)
+    }
+
+    /// Runs one level and returns its summary and the most frequent reasons its
+    /// jobs failed or were skipped, read from the level's rows before the scratch
+    /// database is removed.
+    pub fn run_level(&self, level: Level) -> Result<LevelRun, RunError> {
         let db = self
             .options
             .scratch_dir
@@ -175,10 +190,16 @@ impl Bench {
             _ => 10_000,
         };
         let result = dispatcher::run(&self.config(db.clone(), period_ms), &options);
+        let failures = match &result {
+            Ok(summary) if summary.counters.failed + summary.counters.skipped > 0 => {
+                failure_reasons(&db, TOP_REASONS)
+            }
+            _ => Vec::new(),
+        };
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
         }
-        result
+        result.map(|summary| LevelRun { summary, failures })
     }
 
     /// The highest rate between `low` and `high` whose p99 end-to-end latency stays
@@ -189,16 +210,16 @@ impl Bench {
         bound_us: u64,
         mut low: f64,
         mut high: f64,
-        mut on_level: impl FnMut(Level, &RunSummary),
-    ) -> Result<Option<(f64, RunSummary)>, RunError> {
+        mut on_level: impl FnMut(Level, &LevelRun),
+    ) -> Result<Option<(f64, LevelRun)>, RunError> {
         let mut best = None;
         while high > low * 1.05 {
             let rate = ((low + high) / 2.0).round();
-            let summary = self.run(Level::Rate(rate))?;
-            on_level(Level::Rate(rate), &summary);
-            if passes(&summary, bound_us) {
+            let run = self.run_level(Level::Rate(rate))?;
+            on_level(Level::Rate(rate), &run);
+            if passes(&run.summary, bound_us) {
                 low = rate;
-                best = Some((rate, summary));
+                best = Some((rate, run));
             } else {
                 high = rate;
             }
@@ -221,6 +242,115 @@ impl Drop for Bench {
     }
 }
 
+/// How many of the most frequent failure reasons a level keeps.
+pub const TOP_REASONS: usize = 5;
+
+/// One level's results: the run's summary and why jobs did not end ok.
+#[derive(Debug, Clone)]
+pub struct LevelRun {
+    /// The level's run summary (counters, latencies, CPU).
+    pub summary: RunSummary,
+    /// The most frequent reasons for failed and skipped jobs, most frequent
+    /// first; empty when every job was ok.
+    pub failures: Vec<FailureReason>,
+}
+
+/// One reason jobs ended failed or skipped, and how many did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureReason {
+    /// `failed` or `skipped`, as in the rows' `outcome` column.
+    pub outcome: String,
+    /// The rows' `reason` text (empty when a row has none).
+    pub reason: String,
+    /// Jobs that ended with this outcome and reason.
+    pub jobs: u64,
+}
+
+/// The `limit` most frequent (outcome, reason) pairs of the rows that are not ok.
+/// A diagnostic: a database that cannot be read gives one reason saying so, and
+/// never fails the level.
+pub fn failure_reasons(db: &Path, limit: usize) -> Vec<FailureReason> {
+    let read = || -> rusqlite::Result<Vec<FailureReason>> {
+        let conn = rusqlite::Connection::open_with_flags(
+            db,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        let mut statement = conn.prepare(
+            "SELECT outcome, coalesce(reason, ''), count(*) FROM jobs WHERE outcome != 'ok'
+             GROUP BY outcome, reason ORDER BY count(*) DESC, outcome, reason LIMIT ?1",
+        )?;
+        let rows = statement.query_map([limit as i64], |row| {
+            Ok(FailureReason {
+                outcome: row.get(0)?,
+                reason: row.get(1)?,
+                jobs: u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
+            })
+        })?;
+        rows.collect()
+    };
+    read().unwrap_or_else(|error| {
+        vec![FailureReason {
+            outcome: "unknown".to_string(),
+            reason: format!("cannot read the reasons from {}: {error}", db.display()),
+            jobs: 0,
+        }]
+    })
+}
+
+/// Jobs per second that ended ok: the throughput a level delivered. Failed and
+/// skipped jobs are attempts, not throughput.
+pub fn ok_per_s(summary: &RunSummary) -> f64 {
+    let seconds = summary.elapsed.as_secs_f64();
+    if seconds > 0.0 {
+        summary.counters.ok as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+/// One line for a finished level: ok throughput apart from attempts, and the
+/// failed and skipped counts.
+pub fn level_line(level: Level, summary: &RunSummary) -> String {
+    format!(
+        "{level}: {} jobs attempted in {:.1} s ({:.0}/s): ok {} ({:.0} ok jobs/s), failed {}, skipped {}",
+        summary.counters.jobs(),
+        summary.elapsed.as_secs_f64(),
+        summary.jobs_per_s(),
+        summary.counters.ok,
+        ok_per_s(summary),
+        summary.counters.failed,
+        summary.counters.skipped,
+    )
+}
+
+/// The reasons of each level with failed or skipped jobs, most frequent first;
+/// empty when every job of every level was ok.
+pub fn failure_table(rows: &[(Level, LevelRun)]) -> String {
+    let mut out = String::new();
+    for (level, run) in rows {
+        if run.failures.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "why jobs did not end ok ({level}), most frequent first:"
+        );
+        for failure in &run.failures {
+            let reason = if failure.reason.is_empty() {
+                "(no reason recorded)"
+            } else {
+                &failure.reason
+            };
+            let _ = writeln!(
+                out,
+                "  {:>10} {:<8} {reason}",
+                failure.jobs, failure.outcome
+            );
+        }
+    }
+    out
+}
+
 /// Whether a level meets a p99 bound: every job ok and p99 end-to-end ≤ bound.
 pub fn passes(summary: &RunSummary, bound_us: u64) -> bool {
     summary.counters.failed == 0
@@ -229,28 +359,48 @@ pub fn passes(summary: &RunSummary, bound_us: u64) -> bool {
         && summary.latency.end_to_end.value_at_quantile(0.99) <= bound_us
 }
 
-/// The sweep table: one row per level, like perf_analyzer's.
+/// The sweep table: one row per level, like perf_analyzer's. `ok/s` is the
+/// throughput (jobs that ended ok), `tried/s` every job started; the latencies
+/// are of ok jobs, `–` when there was none.
 pub fn table(rows: &[(Level, RunSummary)]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<18} {:>10} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10}",
-        "level", "jobs/s", "cpu µs", "failed", "skipped", "p50 µs", "p99 µs", "p99.9 µs", "max µs"
+        "{:<18} {:>10} {:>10} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "level",
+        "ok/s",
+        "tried/s",
+        "cpu µs",
+        "failed",
+        "skipped",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "max µs"
     );
     for (level, summary) in rows {
         let e2e = &summary.latency.end_to_end;
+        let at = |quantile: f64| match e2e.len() {
+            0 => "–".to_string(),
+            _ => e2e.value_at_quantile(quantile).to_string(),
+        };
+        let max = match e2e.len() {
+            0 => "–".to_string(),
+            _ => e2e.max().to_string(),
+        };
         let _ = writeln!(
             out,
-            "{:<18} {:>10.0} {:>8.1} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10}",
+            "{:<18} {:>10.0} {:>10.0} {:>8.1} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10}",
             level.to_string(),
+            ok_per_s(summary),
             summary.jobs_per_s(),
             summary.cpu_us_per_job(),
             summary.counters.failed,
             summary.counters.skipped,
-            e2e.value_at_quantile(0.5),
-            e2e.value_at_quantile(0.99),
-            e2e.value_at_quantile(0.999),
-            e2e.max(),
+            at(0.5),
+            at(0.99),
+            at(0.999),
+            max,
         );
     }
     out

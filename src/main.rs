@@ -53,9 +53,9 @@ enum Command {
     /// Re-render a saved run's report (DIR), or compare two runs (DIR_A DIR_B).
     Report(ReportArgs),
     /// Serve the mock data source (percore.source.v1.DataSource/Fetch) until Ctrl-C.
-    MockSource(MockArgs),
+    MockSource(MockSourceArgs),
     /// Serve a mock KServe v2 compute node (ModelInfer) until Ctrl-C.
-    MockCompute(MockArgs),
+    MockCompute(MockComputeArgs),
 }
 
 #[derive(Args)]
@@ -63,18 +63,22 @@ struct DemoArgs {
     /// Devices in the generated fleet, spread evenly over 4 classes.
     #[arg(long, default_value_t = 100_000)]
     devices: usize,
-    /// How long to dispatch, in seconds.
-    #[arg(long, default_value_t = 10)]
-    duration: u64,
+    /// How long to dispatch: 10s, 500ms, 2m, … (a bare number is seconds).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
     /// Mock nodes' service time per call, in microseconds.
     #[arg(long, default_value_t = 1_000)]
     service_time_us: u64,
     /// Bytes of raw data per device fetch.
     #[arg(long, default_value_t = 1_024)]
     payload_bytes: usize,
-    /// SQLite file for the results (created if missing).
+    /// SQLite file for the results. An earlier demo's file is removed first (with
+    /// its -wal and -shm), so it holds this run's rows only; see --keep-db.
     #[arg(long, default_value = "percore-demo.db")]
     db: PathBuf,
+    /// Append to the --db file of an earlier demo instead of starting a fresh one.
+    #[arg(long)]
+    keep_db: bool,
     /// Tuning file (shard CPUs, connections, limits); default: every CPU.
     #[arg(long)]
     tuning: Option<PathBuf>,
@@ -124,9 +128,9 @@ struct BenchArgs {
     /// latency stays under this bound (µs) with no failed or skipped job.
     #[arg(long)]
     latency_bound_us: Option<u64>,
-    /// Seconds per level.
-    #[arg(long, default_value_t = 10)]
-    duration: u64,
+    /// How long each level runs: 10s, 500ms, 2m, … (a bare number is seconds).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
     /// Mock nodes' service time per call, in microseconds.
     #[arg(long, default_value_t = 0)]
     service_time_us: u64,
@@ -137,11 +141,42 @@ struct BenchArgs {
     #[arg(long, default_value_t = 100_000)]
     devices: usize,
     /// Use this data source instead of a built-in mock (with --compute).
-    #[arg(long, requires = "compute")]
+    #[arg(long, requires = "compute", conflicts_with = "config")]
     source: Option<SocketAddr>,
     /// Use this compute node instead of a built-in mock (with --source).
-    #[arg(long, requires = "source")]
+    #[arg(long, requires = "source", conflicts_with = "config")]
     compute: Option<SocketAddr>,
+    /// With --source/--compute: the model to ask the compute node for.
+    #[arg(long, default_value = "mock", requires = "source")]
+    model: String,
+    /// With --source/--compute: the model version; default: the server chooses.
+    #[arg(long, default_value = "", requires = "source")]
+    model_version: String,
+    /// With --source/--compute: the name of the input tensor sent to the model.
+    #[arg(long, default_value = "INPUT0", requires = "source")]
+    input_name: String,
+    /// With --source/--compute: check each answer's output tensor has this
+    /// datatype (FP32, INT64, BYTES, …); without it, any output is accepted.
+    #[arg(long, requires = "source")]
+    output_datatype: Option<String>,
+    /// With --output-datatype: the output's shape, -1 for any size (1,-1).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        allow_negative_numbers = true,
+        requires = "output_datatype"
+    )]
+    output_shape: Option<Vec<i64>>,
+    /// With --output-datatype: the output tensor's name; default: any name.
+    #[arg(long, requires = "output_datatype")]
+    output_name: Option<String>,
+    /// Run as a class of this config file (--class): its nodes, model, version,
+    /// input name, output check, deadline and upstream settings.
+    #[arg(long, requires = "class")]
+    config: Option<PathBuf>,
+    /// The class of --config to run as.
+    #[arg(long, requires = "config")]
+    class: Option<String>,
     /// Write the summary JSON here (an array of {level, summary} for a sweep).
     #[arg(long)]
     summary_json: Option<PathBuf>,
@@ -166,13 +201,50 @@ struct RunArgs {
     /// The TOML config (classes, device list, sink, tuning).
     #[arg(long)]
     config: PathBuf,
-    /// How long to dispatch, in seconds; without it, until Ctrl-C or SIGTERM.
-    #[arg(long)]
-    duration: Option<u64>,
+    /// How long to dispatch: 10s, 500ms, 2m, … (a bare number is seconds);
+    /// without it, until Ctrl-C or SIGTERM.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
     #[command(flatten)]
     output: OutputArgs,
 }
 
+/// `mock-source`: the flags both mocks take, and the data source's own.
+#[derive(Args)]
+struct MockSourceArgs {
+    /// Listening, timing, failure and fault flags shared with `mock-compute`.
+    #[command(flatten)]
+    common: MockArgs,
+    /// Bytes of raw data per fetch.
+    #[arg(long, default_value_t = 1_024)]
+    payload_bytes: usize,
+}
+
+/// `mock-compute`: the flags both mocks take, and the compute node's own (the
+/// model served and the output faults), which `mock-source` refuses.
+#[derive(Args)]
+struct MockComputeArgs {
+    /// Listening, timing, failure and fault flags shared with `mock-source`.
+    #[command(flatten)]
+    common: MockArgs,
+    /// The only model served (others get NOT_FOUND); default: any.
+    #[arg(long)]
+    model: Option<String>,
+    /// Fault: label every output with this datatype instead of FP32.
+    #[arg(long, conflicts_with_all = ["output_shape", "truncated_frame"])]
+    output_datatype: Option<String>,
+    /// Fault: label every output with this shape instead of 1,2; huge
+    /// dimensions (1,4294967296,4294967296) overflow a reader's size arithmetic.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        allow_negative_numbers = true,
+        conflicts_with = "truncated_frame"
+    )]
+    output_shape: Option<Vec<i64>>,
+}
+
+/// The flags both mock nodes take.
 #[derive(Args)]
 struct MockArgs {
     /// Address to listen on.
@@ -187,9 +259,6 @@ struct MockArgs {
     /// Draw service times from an exponential distribution with that mean.
     #[arg(long)]
     exponential: bool,
-    /// Source: bytes of raw data per fetch.
-    #[arg(long, default_value_t = 1_024)]
-    payload_bytes: usize,
     /// Fraction of calls answered with --error-code instead of a result (0..1).
     #[arg(long, default_value_t = 0.0)]
     error_rate: f64,
@@ -208,9 +277,6 @@ struct MockArgs {
     /// draw: their sum is at most 1.
     #[arg(long, default_value_t = 0.0)]
     reset_rate: f64,
-    /// Compute: the only model served (others get NOT_FOUND); default: any.
-    #[arg(long)]
-    model: Option<String>,
     /// HTTP/2 streams allowed per connection.
     #[arg(long, default_value_t = 1024)]
     max_concurrent_streams: u32,
@@ -236,20 +302,33 @@ struct MockArgs {
     #[arg(long)]
     oversized_reply_bytes: Option<usize>,
     /// Fault: announce a longer message than is sent in every answer, then end it.
-    #[arg(long, conflicts_with_all = ["output_datatype", "output_shape"])]
+    #[arg(long)]
     truncated_frame: bool,
-    /// Compute fault: label every output with this datatype instead of FP32.
-    #[arg(long, conflicts_with = "output_shape")]
-    output_datatype: Option<String>,
-    /// Compute fault: label every output with this shape instead of 1,2; huge
-    /// dimensions (1,4294967296,4294967296) overflow a reader's size arithmetic.
-    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
-    output_shape: Option<Vec<i64>>,
     /// Report not ready (ServerReady, ModelReady, grpc.health.v1 Health/Check) while
     /// this file exists; it is looked up on every probe, so `touch` and `rm` take a
     /// node out of service and back.
     #[arg(long)]
     not_ready_file: Option<PathBuf>,
+}
+
+/// Parses a duration flag: `5s`, `500ms`, `2m`, `1h 30m` (humantime's units), or
+/// a bare number of seconds (`10`, `0.5`), as the flags took before units. Zero
+/// is refused: a run of no time dispatches nothing and prints only zeros.
+fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let trimmed = text.trim();
+    let duration = match trimmed.parse::<f64>() {
+        Ok(seconds) => Duration::try_from_secs_f64(seconds)
+            .map_err(|_| format!("{text:?} is not a number of seconds of 0 or more"))?,
+        Err(_) => humantime::parse_duration(trimmed).map_err(|error| {
+            format!("{text:?} is not a duration like 10s, 500ms or 2m ({error})")
+        })?,
+    };
+    if duration.is_zero() {
+        return Err(format!(
+            "{text:?} is zero: give a duration longer than 0, like 10s"
+        ));
+    }
+    Ok(duration)
 }
 
 /// Exit status of a run that stopped because its sink failed for good (the
@@ -283,8 +362,26 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Run(args) => run_command(args, stop),
         Command::Bench(args) => done(bench_command(args)),
         Command::Report(args) => done(report_command(args)),
-        Command::MockSource(args) => done(mock_command(MockKind::Source, args, stop)),
-        Command::MockCompute(args) => done(mock_command(MockKind::Compute, args, stop)),
+        Command::MockSource(args) => {
+            let options = MockOptions {
+                payload_bytes: args.payload_bytes,
+                ..MockOptions::default()
+            };
+            done(mock_command(MockKind::Source, args.common, options, stop))
+        }
+        Command::MockCompute(args) => {
+            let fault = match (args.output_datatype, args.output_shape) {
+                (Some(datatype), _) => Some(percore::mock::Fault::OutputDatatype(datatype)),
+                (None, Some(shape)) => Some(percore::mock::Fault::OutputShape(shape)),
+                (None, None) => None,
+            };
+            let options = MockOptions {
+                model: args.model,
+                fault,
+                ..MockOptions::default()
+            };
+            done(mock_command(MockKind::Compute, args.common, options, stop))
+        }
     }
 }
 
@@ -296,6 +393,10 @@ fn demo_command(args: DemoArgs, stop: flume::Receiver<()>) -> Result<i32> {
         Some(path) => Tuning::load(path)?,
         None => Tuning::default(),
     };
+    let db = demo::prepare_db(&args.db, args.keep_db)?;
+    if let Some(line) = db.describe(&args.db) {
+        note!("{line}");
+    }
     let mock = MockOptions {
         service_time: ServiceTime::Fixed(Duration::from_micros(args.service_time_us)),
         payload_bytes: args.payload_bytes,
@@ -304,11 +405,11 @@ fn demo_command(args: DemoArgs, stop: flume::Receiver<()>) -> Result<i32> {
     let mocks =
         demo::start_mocks(&tuning, mock.clone(), mock).context("starting the mock nodes")?;
     note!(
-        "mock data source on {}, mock compute node on {}; {} devices, {} s",
+        "mock data source on {}, mock compute node on {}; {} devices, {}",
         mocks.source.addr,
         mocks.compute.addr,
         args.devices,
-        args.duration
+        humantime::format_duration(args.duration)
     );
     let config = demo::demo_config(
         args.devices,
@@ -319,7 +420,7 @@ fn demo_command(args: DemoArgs, stop: flume::Receiver<()>) -> Result<i32> {
     );
     let admin = start_admin(&args.output.admin);
     let options = RunOptions {
-        duration: Some(Duration::from_secs(args.duration)),
+        duration: Some(args.duration),
         load: Load::Ticks,
         print_status: true,
         stop: Some(stop),
@@ -341,7 +442,7 @@ fn run_command(args: RunArgs, stop: flume::Receiver<()>) -> Result<i32> {
     let config = Config::load(&args.config)?;
     let admin = start_admin(&args.output.admin);
     let options = RunOptions {
-        duration: args.duration.map(Duration::from_secs),
+        duration: args.duration,
         load: Load::Ticks,
         print_status: true,
         stop: Some(stop),
@@ -440,11 +541,11 @@ fn bench_command(args: BenchArgs) -> Result<()> {
     let bench = Bench::start(BenchOptions {
         shards: args.shards,
         poisson: args.poisson,
-        duration: Duration::from_secs(args.duration),
+        duration: args.duration,
         service_time: Duration::from_micros(args.service_time_us),
         payload_bytes: args.payload_bytes,
         devices: args.devices,
-        external: args.source.zip(args.compute),
+        external: external_class(&args)?,
         scratch_dir: scratch_dir.clone(),
     })?;
     let result = run_bench(&bench, &args, &levels);
@@ -453,8 +554,56 @@ fn bench_command(args: BenchArgs) -> Result<()> {
     result
 }
 
+/// The class `bench` runs as against given nodes: one of `--config`, or one made
+/// of `--source`, `--compute` and the model flags; `None` for the built-in mocks.
+fn external_class(args: &BenchArgs) -> Result<Option<percore::config::Class>> {
+    if let (Some(path), Some(name)) = (&args.config, &args.class) {
+        let config = Config::load(path)?;
+        let known: Vec<&str> = config.classes.iter().map(|c| c.name.as_str()).collect();
+        let Some(class) = config.classes.iter().find(|c| &c.name == name) else {
+            bail!(
+                "--class {name:?}: {} has no such class (its classes: {})",
+                path.display(),
+                known.join(", ")
+            );
+        };
+        return Ok(Some(class.clone()));
+    }
+    let (Some(source), Some(compute)) = (args.source, args.compute) else {
+        return Ok(None);
+    };
+    let output = match &args.output_datatype {
+        None => None,
+        Some(datatype) => {
+            if datatype != "BYTES" && percore::tensor::element_size(datatype).is_none() {
+                bail!(
+                    "--output-datatype {datatype:?} is not a KServe v2 datatype                      (BOOL, UINT8…UINT64, INT8…INT64, FP16, BF16, FP32, FP64, BYTES)"
+                );
+            }
+            let shape = args.output_shape.clone().unwrap_or_else(|| vec![-1]);
+            if let Some(dim) = shape.iter().find(|&&dim| dim < -1) {
+                bail!("--output-shape: {dim} must be -1 (any size) or at least 0");
+            }
+            Some(percore::config::OutputSpec {
+                name: args.output_name.clone(),
+                datatype: datatype.clone(),
+                shape,
+            })
+        }
+    };
+    if args.model.is_empty() {
+        bail!("--model must not be empty");
+    }
+    Ok(Some(percore::config::Class {
+        model_version: args.model_version.clone(),
+        input_name: args.input_name.clone(),
+        output,
+        ..demo::mock_class("bench", &args.model, 10_000, 2_000, source, compute)
+    }))
+}
+
 fn run_bench(bench: &Bench, args: &BenchArgs, levels: &[Level]) -> Result<()> {
-    let mut rows: Vec<(Level, RunSummary)> = Vec::new();
+    let mut rows: Vec<(Level, bench::LevelRun)> = Vec::new();
     if let Some(bound_us) = args.latency_bound_us {
         let high = levels
             .iter()
@@ -463,10 +612,24 @@ fn run_bench(bench: &Bench, args: &BenchArgs, levels: &[Level]) -> Result<()> {
                 _ => None,
             })
             .fold(0.0, f64::max);
-        let best = bench.max_rate_under(bound_us, 100.0, high, |level, summary| {
+        let best = bench.max_rate_under(bound_us, 100.0, high, |level, run| {
+            let summary = &run.summary;
+            // p99 of ok jobs: a level without one has no latency to show.
+            let p99 = match summary.latency.end_to_end.len() {
+                0 => "–".to_string(),
+                _ => summary
+                    .latency
+                    .end_to_end
+                    .value_at_quantile(0.99)
+                    .to_string(),
+            };
+            let top_reason = match run.failures.first() {
+                Some(failure) => format!(" (most: {} {})", failure.outcome, failure.reason),
+                None => String::new(),
+            };
             note!(
-                "{level}: p99 {} µs, failed {}, skipped {} -> {}",
-                summary.latency.end_to_end.value_at_quantile(0.99),
+                "{level}: ok {:.0}/s, p99 {p99} µs, failed {}, skipped {}{top_reason} -> {}",
+                bench::ok_per_s(summary),
                 summary.counters.failed,
                 summary.counters.skipped,
                 if bench::passes(summary, bound_us) {
@@ -475,9 +638,9 @@ fn run_bench(bench: &Bench, args: &BenchArgs, levels: &[Level]) -> Result<()> {
                     "over"
                 }
             );
-            rows.push((level, summary.clone()));
+            rows.push((level, run.clone()));
         })?;
-        say!("{}", bench::table(&rows));
+        say!("{}", bench_tables(&rows));
         match &best {
             Some((rate, _)) => {
                 say!("highest rate with p99 end-to-end <= {bound_us} µs: {rate:.0} jobs/s\n")
@@ -488,12 +651,16 @@ fn run_bench(bench: &Bench, args: &BenchArgs, levels: &[Level]) -> Result<()> {
         }
     } else {
         for &level in levels {
-            let summary = bench.run(level)?;
-            note!("{level}: {}", summary.totals_line());
-            rows.push((level, summary));
+            let run = bench.run_level(level)?;
+            note!("{}", bench::level_line(level, &run.summary));
+            rows.push((level, run));
         }
-        say!("{}", bench::table(&rows));
+        say!("{}", bench_tables(&rows));
     }
+    let rows: Vec<(Level, RunSummary)> = rows
+        .into_iter()
+        .map(|(level, run)| (level, run.summary))
+        .collect();
     if let [(_, summary)] = rows.as_slice() {
         return write_outputs(
             summary,
@@ -518,6 +685,15 @@ fn run_bench(bench: &Bench, args: &BenchArgs, levels: &[Level]) -> Result<()> {
         say!("reports: {}/level-*/report.html\n", dir.display());
     }
     Ok(())
+}
+
+/// The level table, then why jobs failed in the levels where some did.
+fn bench_tables(rows: &[(Level, bench::LevelRun)]) -> String {
+    let summaries: Vec<(Level, RunSummary)> = rows
+        .iter()
+        .map(|(level, run)| (*level, run.summary.clone()))
+        .collect();
+    bench::table(&summaries) + &bench::failure_table(rows)
 }
 
 fn report_command(args: ReportArgs) -> Result<()> {
@@ -549,7 +725,14 @@ fn report_command(args: ReportArgs) -> Result<()> {
     Ok(())
 }
 
-fn mock_command(kind: MockKind, args: MockArgs, stop: flume::Receiver<()>) -> Result<()> {
+/// Serves one mock node until a signal; `own` carries the kind's own options
+/// (payload, or model and output fault), the shared ones come from `args`.
+fn mock_command(
+    kind: MockKind,
+    args: MockArgs,
+    own: MockOptions,
+    stop: flume::Receiver<()>,
+) -> Result<()> {
     for (flag, rate) in [
         ("--error-rate", args.error_rate),
         ("--hang-rate", args.hang_rate),
@@ -571,10 +754,8 @@ fn mock_command(kind: MockKind, args: MockArgs, stop: flume::Receiver<()>) -> Re
     }
     let fault = if args.truncated_frame {
         Some(percore::mock::Fault::TruncatedFrame)
-    } else if let Some(datatype) = args.output_datatype {
-        Some(percore::mock::Fault::OutputDatatype(datatype))
     } else {
-        args.output_shape.map(percore::mock::Fault::OutputShape)
+        own.fault
     };
     let cpus: Vec<Option<usize>> = match &args.cpus {
         Some(list) => parse_cpu_list(list)
@@ -591,13 +772,13 @@ fn mock_command(kind: MockKind, args: MockArgs, stop: flume::Receiver<()>) -> Re
         } else {
             ServiceTime::Fixed(service_time)
         },
-        payload_bytes: args.payload_bytes,
+        payload_bytes: own.payload_bytes,
         error_rate: args.error_rate,
         error_code: args.error_code,
         hang_rate: args.hang_rate,
         hang_for: Duration::from_millis(args.hang_ms),
         reset_rate: args.reset_rate,
-        model: args.model,
+        model: own.model,
         fault,
         oversized_reply_bytes: args.oversized_reply_bytes,
         max_concurrent_streams: args.max_concurrent_streams,
@@ -644,4 +825,33 @@ fn stop_on_signal() -> Result<flume::Receiver<()>> {
             }
         })?;
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units_and_bare_seconds() {
+        let cases = [
+            ("5s", Duration::from_secs(5)),
+            ("500ms", Duration::from_millis(500)),
+            ("2m", Duration::from_secs(120)),
+            ("1m 30s", Duration::from_secs(90)),
+            ("10", Duration::from_secs(10)),
+            ("0.25", Duration::from_millis(250)),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_duration(text), Ok(expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn zero_negative_and_unknown_units_are_refused() {
+        for text in ["0", "0s", "0ms", "-5", "5x", "", "nan"] {
+            let error = parse_duration(text).expect_err(text);
+            assert!(error.contains(&format!("{text:?}")), "{text}: {error}");
+        }
+        assert!(parse_duration("0s").unwrap_err().contains("longer than 0"));
+    }
 }

@@ -93,3 +93,106 @@ fn a_bad_config_names_file_line_and_field() {
         "{text}"
     );
 }
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn duration_flags_refuse_zero_and_unknown_units_naming_the_flag() {
+    for command in [
+        &["demo", "--admin", "none"][..],
+        &["run", "--config", "unused.toml"][..],
+        &["bench"][..],
+    ] {
+        for (value, why) in [
+            ("0", "is zero"),
+            ("0ms", "is zero"),
+            ("5x", "unknown time unit"),
+        ] {
+            let mut args = command.to_vec();
+            args.extend(["--duration", value]);
+            let output = percore(&args);
+            assert_eq!(output.status.code(), Some(2), "{args:?}");
+            let text = stderr(&output);
+            assert!(
+                text.starts_with(&format!("error: invalid value '{value}' for '--duration")),
+                "{args:?}: {text}"
+            );
+            assert!(text.contains(why), "{args:?}: {text}");
+        }
+    }
+}
+
+#[test]
+fn duration_flags_take_units_and_bare_seconds() {
+    // Past flag parsing, `run` fails on the missing config: the duration was taken.
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let missing = dir.path().join("missing.toml");
+    for value in ["5s", "500ms", "2m", "10"] {
+        let output = percore(&[
+            "run",
+            "--config",
+            missing.to_str().expect("a UTF-8 path"),
+            "--admin",
+            "none",
+            "--duration",
+            value,
+        ]);
+        assert_eq!(output.status.code(), Some(1), "--duration {value}");
+        let text = stderr(&output);
+        assert!(
+            text.contains(&missing.display().to_string()) && !text.contains("--duration"),
+            "--duration {value}: {text}"
+        );
+    }
+    let help = stdout(&percore(&["demo", "--help"]));
+    assert!(help.contains("[default: 10s]"), "{help}");
+}
+
+#[test]
+fn each_mock_lists_and_takes_only_its_own_flags() {
+    let source = stdout(&percore(&["mock-source", "--help"]));
+    let compute = stdout(&percore(&["mock-compute", "--help"]));
+    for shared in [
+        "--listen",
+        "--service-time-us",
+        "--error-rate",
+        "--truncated-frame",
+    ] {
+        assert!(
+            source.contains(shared),
+            "mock-source --help lacks {shared}:\n{source}"
+        );
+        assert!(
+            compute.contains(shared),
+            "mock-compute --help lacks {shared}:\n{compute}"
+        );
+    }
+    assert!(source.contains("--payload-bytes"), "{source}");
+    assert!(!compute.contains("--payload-bytes"), "{compute}");
+    for own in ["--model", "--output-datatype", "--output-shape"] {
+        assert!(
+            compute.contains(own),
+            "mock-compute --help lacks {own}:\n{compute}"
+        );
+        assert!(
+            !source.contains(own),
+            "mock-source --help lists {own}:\n{source}"
+        );
+    }
+    for (command, flag, value) in [
+        ("mock-source", "--model", "resnet50"),
+        ("mock-source", "--output-datatype", "INT8"),
+        ("mock-source", "--output-shape", "1,3"),
+        ("mock-compute", "--payload-bytes", "64"),
+    ] {
+        let output = percore(&[command, flag, value]);
+        assert_eq!(output.status.code(), Some(2), "{command} {flag}");
+        let text = stderr(&output);
+        assert!(
+            text.starts_with(&format!("error: unexpected argument '{flag}' found")),
+            "{command} {flag}: {text}"
+        );
+    }
+}
