@@ -31,6 +31,17 @@ pub enum Level {
     TickRate(f64),
 }
 
+impl Level {
+    /// The level as a file name: `concurrency-64`, `rate-20000`, `ticks-10000`.
+    pub fn slug(&self) -> String {
+        match self {
+            Level::Concurrency(c) => format!("concurrency-{c}"),
+            Level::Rate(r) => format!("rate-{r:.0}"),
+            Level::TickRate(r) => format!("ticks-{r:.0}"),
+        }
+    }
+}
+
 impl std::fmt::Display for Level {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

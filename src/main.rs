@@ -679,10 +679,15 @@ fn run_bench(bench: &Bench, args: &BenchArgs, levels: &[Level]) -> Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(dir) = &args.report {
-        for (index, (_, summary)) in rows.iter().enumerate() {
-            report::write_dir(&dir.join(format!("level-{index}")), &summary.recording()?)?;
+        for (level, summary) in &rows {
+            report::write_dir(&dir.join(level.slug()), &summary.recording()?)?;
         }
-        say!("reports: {}/level-*/report.html\n", dir.display());
+        let names: Vec<String> = rows.iter().map(|(level, _)| level.slug()).collect();
+        say!(
+            "reports: {}/{{{}}}/report.html\n",
+            dir.display(),
+            names.join(",")
+        );
     }
     Ok(())
 }

@@ -198,3 +198,22 @@ fn a_missing_summary_is_named() {
         "{error}"
     );
 }
+
+#[test]
+fn a_sweep_root_points_to_its_levels() {
+    let root = tempfile::tempdir().unwrap();
+    for level in ["rate-20000", "rate-40000"] {
+        write_dir(&root.path().join(level), &recording()).unwrap();
+    }
+    std::fs::create_dir(root.path().join("not-a-report")).unwrap();
+    assert_eq!(
+        load_error(root.path()),
+        format!(
+            "percore report: {}: a sweep's reports, one per level; run percore report on one of: \
+             rate-20000/, rate-40000/",
+            root.path().display()
+        )
+    );
+    // Each level loads on its own.
+    assert!(load_dir(&root.path().join("rate-40000")).is_ok());
+}

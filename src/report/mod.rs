@@ -88,6 +88,9 @@ pub enum ReportErrorKind {
     NotADirectory,
     /// A file the report needs is absent.
     MissingFile,
+    /// The directory holds no report but a sweep's levels, one report each:
+    /// their names, sorted.
+    SweepRoot(Vec<String>),
     /// Reading or writing failed; `action` is "read", "write" or "create".
     Io {
         action: &'static str,
@@ -135,6 +138,11 @@ impl fmt::Display for ReportError {
             ReportErrorKind::MissingFile => {
                 write!(f, ": missing (not a percore report directory?)")
             }
+            ReportErrorKind::SweepRoot(levels) => write!(
+                f,
+                ": a sweep's reports, one per level; run percore report on one of: {}",
+                levels.join(", ")
+            ),
             ReportErrorKind::Io { action, source } => write!(f, ": cannot {action}: {source}"),
             ReportErrorKind::Truncated { mid_line: true } => {
                 write!(f, ": truncated: the file ends in the middle of this line")
@@ -217,6 +225,12 @@ pub fn load_dir(dir: &Path) -> Result<Recording, ReportError> {
         Err(e) => return Err(ReportError::io(dir, "read", e)),
     }
     let summary_path = dir.join(SUMMARY_FILE);
+    if !summary_path.exists() {
+        let levels = sweep_levels(dir);
+        if !levels.is_empty() {
+            return Err(ReportError::new(dir, ReportErrorKind::SweepRoot(levels)));
+        }
+    }
     let summary_text = read_file(&summary_path)?;
     let summary: Value = serde_json::from_slice(&summary_text).map_err(|e| {
         ReportError::at_line(
@@ -229,6 +243,21 @@ pub fn load_dir(dir: &Path) -> Result<Recording, ReportError> {
     let log_text = read_file(&log_path)?;
     let intervals = hlog::read_log(&log_text, &log_path)?;
     Ok(Recording { summary, intervals })
+}
+
+/// Subdirectories of `dir` that hold a report (a sweep written by `bench
+/// --report`), by name.
+fn sweep_levels(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut levels: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.path().join(SUMMARY_FILE).is_file())
+        .map(|entry| format!("{}/", entry.file_name().to_string_lossy()))
+        .collect();
+    levels.sort();
+    levels
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, ReportError> {
