@@ -222,14 +222,15 @@ impl FailureBreakdown {
     /// Counts a finished record; `ok` costs one match. `text` is a buffer the
     /// caller keeps between calls, so formatting a reason reuses its memory.
     pub fn record(&mut self, record: &JobRecord, text: &mut String) {
-        text.clear();
         let (stage, class) = match &record.outcome {
             Outcome::Ok => return,
             Outcome::Failed(error) => {
+                text.clear();
                 let _ = write!(text, "{error}");
                 (Some(error.stage), ReasonClass::of_error(&error.kind))
             }
             Outcome::Skipped(reason) => {
+                text.clear();
                 let _ = write!(text, "{reason}");
                 (None, ReasonClass::Skipped(*reason))
             }
