@@ -974,6 +974,43 @@ mod tests {
     }
 
     #[test]
+    fn the_status_lines_failure_note_names_the_share_and_the_top_failure() {
+        use crate::error::{ErrorKind, JobError, Stage};
+        use crate::record::{JobRecord, Outcome, SkipReason, StageLatency};
+        let mut breakdown = FailureBreakdown::default();
+        let mut buffer = String::new();
+        let mut push = |outcome: Outcome| {
+            let record = JobRecord {
+                device: 0,
+                tick_ms: 0,
+                class: 0,
+                shard: 0,
+                outcome,
+                output: bytes::Bytes::new(),
+                latency: StageLatency::default(),
+                compute_node: None,
+                attempts: 1,
+                ready_at: Instant::now(),
+            };
+            breakdown.record(&record, &mut buffer);
+        };
+        // More skips than failures: the note still names the top *failure*.
+        for _ in 0..5 {
+            push(Outcome::Skipped(SkipReason::SinkBacklog));
+        }
+        for _ in 0..3 {
+            push(Outcome::Failed(JobError::new(
+                Stage::Fetch,
+                ErrorKind::DeadlineExceeded,
+            )));
+        }
+        assert_eq!(
+            failure_note(&breakdown, 12),
+            " | failed 25.0%, top: fetch deadline (fetch: deadline exceeded)"
+        );
+    }
+
+    #[test]
     fn durations_and_bars_read_well() {
         assert_eq!(format_us(830), "830 µs");
         assert_eq!(format_us(12_500), "12.50 ms");

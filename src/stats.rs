@@ -547,6 +547,20 @@ mod tests {
             (1, 1)
         );
         assert_eq!(stats.per_class[1].latency.end_to_end.len(), 0);
+        // The failure breakdown is recorded beside the counters; ok jobs are not in it.
+        let breakdown: Vec<_> = stats
+            .failures
+            .by_count()
+            .iter()
+            .map(|e| (e.outcome(), e.stage_label(), e.class.label(), e.count))
+            .collect();
+        assert_eq!(
+            breakdown,
+            vec![
+                ("failed", "infer", "deadline", 1),
+                ("skipped", "start", "previous job running", 1),
+            ]
+        );
     }
 
     #[test]

@@ -610,6 +610,49 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    #[test]
+    fn failure_rows_read_back_with_defaults_and_the_table_shows_ten() {
+        // A summary from before failures were reported: no rows, no table.
+        assert!(failure_rows(&json!({"jobs": 5})).is_empty());
+        assert_eq!(failure_table(&[]), "");
+        // A row missing fields (an older or partial writer) still reads.
+        let partial = failure_rows(&json!({"failures": [{"outcome": "failed", "count": 3}]}));
+        assert_eq!(partial.len(), 1);
+        assert_eq!((partial[0].count, partial[0].stage.as_str()), (3, ""));
+        assert!(partial[0].top_reason().is_none());
+        let line = failure_table(&partial).lines().nth(1).map(str::to_string);
+        let words: Vec<String> = line
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        assert_eq!(&words[words.len() - 2..], ["-", "-"], "no device, no text");
+        let rows: Vec<FailureRow> = (0..12u64)
+            .map(|n| FailureRow {
+                outcome: "failed".into(),
+                stage: "infer".into(),
+                reason: format!("grpc C{n}"),
+                count: 100 - n,
+                share: 0.01,
+                reasons: vec![ReasonTextRow {
+                    text: format!("infer: grpc status {n}"),
+                    count: 100 - n,
+                    example_device: format!("d{n}"),
+                }],
+                other_reasons: 0,
+            })
+            .collect();
+        let table = failure_table(&rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 1 + FAILURE_TABLE_ROWS + 1, "{table}");
+        assert!(lines[1].contains("grpc C0") && lines[1].ends_with("infer: grpc status 0"));
+        assert!(lines[10].contains("grpc C9"), "{table}");
+        assert_eq!(
+            lines[11],
+            "… and 2 more (outcome, stage, reason) with 179 records: see summary.json"
+        );
+    }
+
     pub(crate) fn interval(
         second: u64,
         stage: &str,
