@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::failures::FailureBreakdown;
 use crate::stats::{Counters, ReplicaTotals, StageHistograms, UpstreamTotals};
 
 /// A per-shard metric family: name, help text, and how to read it from counters.
@@ -91,6 +92,9 @@ pub struct MetricsSnapshot {
     /// Every replica's counters and gauges, and the retry budgets' refusals,
     /// all shards merged from their latest reports.
     pub upstream: UpstreamTotals,
+    /// Each shard's failure breakdown, by shard index: the `stage` and
+    /// `reason` labels of `percore_jobs_total`'s failed and skipped series.
+    pub failures: Vec<FailureBreakdown>,
     /// Class names by class index: the `class` label of the upstream series.
     pub class_names: Arc<[String]>,
     /// Whether the run is working: `/healthz` answers 503 with the cause otherwise.
@@ -239,26 +243,57 @@ fn answer(mut stream: TcpStream, snapshot: &MetricsSnapshot) -> io::Result<()> {
     stream.flush()
 }
 
+/// One shard's `percore_jobs_total` series: `ok` with empty stage and
+/// reason, then one series per (stage, reason class) of its breakdown. Failed
+/// or skipped records the breakdown does not cover (none, unless a snapshot
+/// was built without it) get empty labels, so the series always add up to
+/// the shard's counters.
+fn jobs_series(out: &mut String, shard: usize, counters: &Counters, breakdown: &FailureBreakdown) {
+    let series = |out: &mut String, outcome: &str, stage: &str, reason: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "percore_jobs_total{{shard=\"{shard}\",outcome=\"{outcome}\",stage=\"{stage}\",reason=\"{reason}\"}} {value}"
+        );
+    };
+    series(out, "ok", "", "", counters.ok);
+    let (mut failed, mut skipped) = (0, 0);
+    for entry in &breakdown.entries {
+        let outcome = entry.outcome();
+        match entry.stage {
+            Some(_) => failed += entry.count,
+            None => skipped += entry.count,
+        }
+        series(
+            out,
+            outcome,
+            entry.stage_label(),
+            entry.class.label(),
+            entry.count,
+        );
+    }
+    for (outcome, total, covered) in [
+        ("failed", counters.failed, failed),
+        ("skipped", counters.skipped, skipped),
+    ] {
+        if total > covered || (total == 0 && covered == 0) {
+            series(out, outcome, "", "", total.saturating_sub(covered));
+        }
+    }
+}
+
 /// Renders a snapshot in the Prometheus text exposition format.
 pub fn prometheus_text(snapshot: &MetricsSnapshot) -> String {
     let mut out = String::new();
     let shards = snapshot.per_shard.iter().enumerate();
     let _ = writeln!(
         out,
-        "# HELP percore_jobs_total Jobs by outcome (ok, failed, skipped), per shard."
+        "# HELP percore_jobs_total Jobs by outcome (ok, failed, skipped), stage (fetch, infer; start for a skipped tick) and bounded reason class, per shard."
     );
     let _ = writeln!(out, "# TYPE percore_jobs_total counter");
+    let no_failures = FailureBreakdown::default();
     for (shard, counters) in shards.clone() {
-        for (outcome, value) in [
-            ("ok", counters.ok),
-            ("failed", counters.failed),
-            ("skipped", counters.skipped),
-        ] {
-            let _ = writeln!(
-                out,
-                "percore_jobs_total{{shard=\"{shard}\",outcome=\"{outcome}\"}} {value}"
-            );
-        }
+        let breakdown = snapshot.failures.get(shard).unwrap_or(&no_failures);
+        jobs_series(&mut out, shard, counters, breakdown);
     }
     let counter_families: [Family; 3] = [
         (
@@ -421,12 +456,50 @@ mod tests {
         for us in [50, 700, 700, 20_000] {
             snapshot.latency.fetch.record(us).unwrap();
         }
+        // Shard 0's failure is in its breakdown; its two skips are not.
+        let mut breakdown = FailureBreakdown::default();
+        let failed = crate::record::JobRecord {
+            device: 0,
+            tick_ms: 0,
+            class: 0,
+            shard: 0,
+            outcome: crate::record::Outcome::Failed(crate::error::JobError::new(
+                crate::error::Stage::Infer,
+                crate::error::ErrorKind::Status {
+                    code: crate::grpc::status::Code::NOT_FOUND,
+                    message: "no model".into(),
+                },
+            )),
+            output: bytes::Bytes::new(),
+            latency: crate::record::StageLatency::default(),
+            compute_node: None,
+            attempts: 1,
+            ready_at: std::time::Instant::now(),
+        };
+        breakdown.record(&failed, &mut String::new());
+        snapshot.failures = vec![breakdown];
         let text = prometheus_text(&snapshot);
         assert!(
-            text.contains("percore_jobs_total{shard=\"0\",outcome=\"failed\"} 1\n"),
+            text.contains(
+                "percore_jobs_total{shard=\"0\",outcome=\"failed\",stage=\"infer\",reason=\"grpc NOT_FOUND\"} 1\n"
+            ),
             "{text}"
         );
-        assert!(text.contains("percore_jobs_total{shard=\"1\",outcome=\"ok\"} 7\n"));
+        assert!(
+            text.contains(
+                "percore_jobs_total{shard=\"0\",outcome=\"skipped\",stage=\"\",reason=\"\"} 2\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("shard=\"0\",outcome=\"failed\",stage=\"\""),
+            "covered"
+        );
+        assert!(text
+            .contains("percore_jobs_total{shard=\"1\",outcome=\"ok\",stage=\"\",reason=\"\"} 7\n"));
+        assert!(text.contains(
+            "percore_jobs_total{shard=\"1\",outcome=\"failed\",stage=\"\",reason=\"\"} 0\n"
+        ));
         assert!(text.contains("percore_in_flight{shard=\"0\"} 3\n"));
         assert!(text.contains("percore_retries_total{shard=\"0\"} 4\n"));
         assert!(text.contains("percore_bytes_received_total{shard=\"0\"} 200\n"));
@@ -531,7 +604,8 @@ mod tests {
         };
         let metrics = get("/metrics");
         assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
-        assert!(metrics.contains("percore_jobs_total{shard=\"0\",outcome=\"ok\"} 42"));
+        assert!(metrics
+            .contains("percore_jobs_total{shard=\"0\",outcome=\"ok\",stage=\"\",reason=\"\"} 42"));
         assert!(get("/healthz").ends_with("\r\n\r\nok\n"));
         assert!(get("/nope").starts_with("HTTP/1.1 404"));
         let cause = "sink x.db: committing 5 rows failed: database or disk is full";

@@ -21,6 +21,7 @@ use crate::admin::{Health, MetricsPublisher, MetricsSnapshot};
 use crate::config::{Config, SinkConfig};
 use crate::cpu;
 use crate::devices::shard_of;
+use crate::failures::FailureBreakdown;
 use crate::record::DeviceIndex;
 use crate::report::hlog::LogWriter;
 use crate::runtime::{self, ExecutorSpec};
@@ -31,7 +32,7 @@ use crate::stats::{
     ClassStats, Counters, Interval, ShardReport, ShardStats, StageHistograms, UpstreamStats,
     UpstreamTotals,
 };
-use crate::summary::{ClassSummary, RunSummary, ShardSummary};
+use crate::summary::{self, ClassSummary, RunSummary, ShardSummary};
 use crate::tick::Clock;
 
 /// Time between start-up and the first tick, so every shard is running (and
@@ -342,6 +343,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
             })
             .collect(),
         upstream: UpstreamTotals::merge(finished.iter().map(|report| &report.upstream)),
+        failures: Vec::new(),
         interval_log,
         config: config_description(config, options),
     };
@@ -355,6 +357,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
         summary.per_shard.push(ShardSummary {
             counters: report.stats.counters,
             latency,
+            failures: report.stats.failures.clone(),
         });
         for (class, stats) in summary.per_class.iter_mut().zip(&report.stats.per_class) {
             class.stats.counters.add(&stats.counters);
@@ -365,6 +368,10 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
         let _ = class.stats.latency.sink_lag.add(lag);
     }
     summary.counters.in_flight = 0;
+    let failures = FailureBreakdown::merge(finished.iter().map(|report| &report.stats.failures));
+    summary.failures = summary::failure_rows(&failures, summary.counters.jobs(), |device| {
+        fleet.id(device).to_string()
+    });
     supervisor.publish_final(&summary);
     if summary.sink_error.is_none() && summary.counters.jobs() != summary.rows_written {
         return Err(RunError(format!(
@@ -569,6 +576,9 @@ struct Supervisor<'a> {
     latest: Vec<Counters>,
     /// Each shard's latest view of its replicas, merged when publishing.
     upstream: Vec<UpstreamStats>,
+    /// Each shard's latest failure breakdown: labelled by shard in the
+    /// metrics, merged for the status line's top reason.
+    failures: Vec<FailureBreakdown>,
     /// Class names by index, for the metrics' `class` label.
     class_names: Arc<[String]>,
     /// Latencies of the last few seconds of the run, and the interval log.
@@ -601,6 +611,7 @@ impl<'a> Supervisor<'a> {
             run_start,
             latest: vec![Counters::default(); shards],
             upstream: vec![UpstreamStats::default(); shards],
+            failures: vec![FailureBreakdown::default(); shards],
             class_names,
             per_second,
             so_far: StageHistograms::default(),
@@ -688,9 +699,11 @@ impl<'a> Supervisor<'a> {
                     counters,
                     interval,
                     upstream,
+                    failures,
                 }))) => {
                     self.latest[shard as usize] = counters;
                     self.upstream[shard as usize] = upstream;
+                    self.failures[shard as usize] = failures;
                     self.add_interval(&interval);
                 }
                 Some(Message::Shard(Ok(ShardReport::Finished {
@@ -705,6 +718,7 @@ impl<'a> Supervisor<'a> {
                     self.latest[shard as usize] = stats.counters;
                     self.latest[shard as usize].in_flight = 0;
                     self.upstream[shard as usize] = upstream.clone();
+                    self.failures[shard as usize] = stats.failures.clone();
                     finished[shard as usize] = Some(FinalReport {
                         stats: *stats,
                         upstream,
@@ -798,6 +812,10 @@ impl<'a> Supervisor<'a> {
             total.skipped,
             self.progress.committed(),
         );
+        if total.failed > 0 {
+            let failures = FailureBreakdown::merge(&self.failures);
+            line.push_str(&failure_note(&failures, total.jobs()));
+        }
         if let Health::Failing(cause) = &self.health {
             line.push_str(" | FAILING: ");
             line.push_str(cause);
@@ -826,6 +844,7 @@ impl<'a> Supervisor<'a> {
                 rows_committed: self.progress.committed(),
                 latency: self.so_far.clone(),
                 upstream: UpstreamTotals::merge(&self.upstream),
+                failures: self.failures.clone(),
                 class_names: self.class_names.clone(),
                 health: self.health.clone(),
             });
@@ -844,11 +863,41 @@ impl<'a> Supervisor<'a> {
                 rows_committed: summary.rows_written,
                 latency: summary.latency.clone(),
                 upstream: summary.upstream.clone(),
+                failures: summary
+                    .per_shard
+                    .iter()
+                    .map(|shard| shard.failures.clone())
+                    .collect(),
                 class_names: self.class_names.clone(),
                 health: self.health.clone(),
             });
         }
     }
+}
+
+/// The status line's failure note: the failed share of all jobs so far and
+/// the most frequent failure (stage, class and its most frequent exact text),
+/// e.g. ` | failed 30.0%, top: infer grpc NOT_FOUND (infer: grpc status 5 NOT_FOUND: …)`.
+fn failure_note(failures: &FailureBreakdown, jobs: u64) -> String {
+    let failed = failures.failed();
+    let share = failed as f64 * 100.0 / jobs.max(1) as f64;
+    let mut note = format!(" | failed {share:.1}%");
+    // Skips have no stage: the top *failure* is the first entry with one.
+    if let Some(top) = failures
+        .by_count()
+        .into_iter()
+        .find(|entry| entry.stage.is_some())
+    {
+        note.push_str(&format!(
+            ", top: {} {}",
+            top.stage_label(),
+            top.class.label()
+        ));
+        if let Some(text) = top.top_text() {
+            note.push_str(&format!(" ({})", text.text));
+        }
+    }
+    note
 }
 
 /// `1.25 ms`, `830 µs`, `2.10 s`.
@@ -934,6 +983,43 @@ mod tests {
         assert_eq!(
             error.as_deref(),
             Some("shard 1 stopped unexpectedly (its executor failed to start or panicked)")
+        );
+    }
+
+    #[test]
+    fn the_status_lines_failure_note_names_the_share_and_the_top_failure() {
+        use crate::error::{ErrorKind, JobError, Stage};
+        use crate::record::{JobRecord, Outcome, SkipReason, StageLatency};
+        let mut breakdown = FailureBreakdown::default();
+        let mut buffer = String::new();
+        let mut push = |outcome: Outcome| {
+            let record = JobRecord {
+                device: 0,
+                tick_ms: 0,
+                class: 0,
+                shard: 0,
+                outcome,
+                output: bytes::Bytes::new(),
+                latency: StageLatency::default(),
+                compute_node: None,
+                attempts: 1,
+                ready_at: Instant::now(),
+            };
+            breakdown.record(&record, &mut buffer);
+        };
+        // More skips than failures: the note still names the top *failure*.
+        for _ in 0..5 {
+            push(Outcome::Skipped(SkipReason::SinkBacklog));
+        }
+        for _ in 0..3 {
+            push(Outcome::Failed(JobError::new(
+                Stage::Fetch,
+                ErrorKind::DeadlineExceeded,
+            )));
+        }
+        assert_eq!(
+            failure_note(&breakdown, 12),
+            " | failed 25.0%, top: fetch deadline (fetch: deadline exceeded)"
         );
     }
 

@@ -41,7 +41,10 @@
 //!   SQLite implementation, and [`sink::writer`], the thread that turns batches
 //!   into transactions, retries transient errors and tells the coordinator.
 //! - [`stats`]: per-shard counters and HDR histograms (totals, per class, per
-//!   second) and each shard's view of its replicas, merged off the shards. [`summary`]: the end-of-run table,
+//!   second) and each shard's view of its replicas, merged off the shards.
+//!   [`failures`]: the failure breakdown a shard records beside them — failed
+//!   jobs and skipped ticks by stage and bounded reason class, with the most
+//!   frequent exact reasons and an example device. [`summary`]: the end-of-run table,
 //!   `--summary-json` and the run as a report [`report::Recording`]. [`cpu`]:
 //!   per-thread CPU accounting.
 //! - [`report`]: report files (`.hgrm`, the HdrHistogram interval log,
@@ -75,6 +78,7 @@ pub mod demo;
 pub mod devices;
 pub mod dispatcher;
 pub mod error;
+pub mod failures;
 pub mod grpc;
 pub mod job;
 pub mod mock;

@@ -335,6 +335,14 @@ fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
 /// summary is still written, counting the rows that were committed).
 const EXIT_SINK_FAILED: i32 = 3;
 
+/// Exit status of a run in which every job failed: at least one job ran and
+/// none was ok (skipped ticks aside). The run is complete and its rows are
+/// written, but it did nothing useful; the top reasons are printed.
+const EXIT_ALL_FAILED: i32 = 4;
+
+/// Failure rows repeated in the error message of a run where every job failed.
+const REASONS_IN_ALL_FAILED_ERROR: usize = 3;
+
 fn main() {
     let cli = Cli::parse();
     // SIGPIPE stays ignored, as Rust's runtime leaves it: a peer that closes its
@@ -351,7 +359,8 @@ fn main() {
     }
 }
 
-/// Runs the command; `Ok` carries the exit status (0, or [`EXIT_SINK_FAILED`]).
+/// Runs the command; `Ok` carries the exit status (0, [`EXIT_SINK_FAILED`] or
+/// [`EXIT_ALL_FAILED`]).
 fn run(cli: Cli) -> Result<i32> {
     // Before any thread starts, so every thread inherits the blocked mask and the
     // signal thread alone receives SIGINT/SIGTERM.
@@ -493,9 +502,30 @@ fn finish(summary: &RunSummary, output: &OutputArgs) -> Result<i32> {
     say!("{}\n", summary.totals_line());
     say!("{}", summary.latency_table());
     say!("{}", summary.replica_table());
+    say!("{}", summary.failure_table());
     say!("results: {}\n", summary.sink_location);
     written?;
     match &summary.sink_error {
+        None if summary.every_job_failed() => {
+            let mut why = String::new();
+            for row in summary
+                .failures
+                .iter()
+                .filter(|row| row.outcome == "failed")
+                .take(REASONS_IN_ALL_FAILED_ERROR)
+            {
+                let text = row.top_reason().map_or("", |t| t.text.as_str());
+                why.push_str(&format!(
+                    "\n  {} {} × {}: {text}",
+                    row.stage, row.reason, row.count
+                ));
+            }
+            note!(
+                "error: every job of the run failed ({} failed, none ok); top reasons:{why}",
+                summary.counters.failed
+            );
+            Ok(EXIT_ALL_FAILED)
+        }
         None => Ok(0),
         Some(error) => {
             note!(
@@ -709,6 +739,10 @@ fn report_command(args: ReportArgs) -> Result<()> {
             say!(
                 "{}",
                 report::replica_table(&report::replica_rows(&first.summary))
+            );
+            say!(
+                "{}",
+                report::failure_table(&report::failure_rows(&first.summary))
             );
             let page = args.dir.join("report.html");
             std::fs::write(&page, report::render_html(&first))

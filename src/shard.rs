@@ -769,6 +769,7 @@ impl Shard {
         let counters = self.counters();
         let interval = Box::new(self.stats.borrow_mut().take_interval());
         let upstream = UpstreamStats::collect(&self.routes, Instant::now());
+        let failures = self.stats.borrow().failures.clone();
         // Progress is advisory: if the coordinator is behind, drop this one. Its
         // interval's latencies stay in the whole-run histograms.
         let _ = self.reports.try_send(ShardReport::Progress {
@@ -776,6 +777,7 @@ impl Shard {
             counters,
             interval,
             upstream,
+            failures,
         });
     }
 }

@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
+use crate::failures::FailureBreakdown;
 use crate::job::ClassRoute;
 use crate::record::{ClassIndex, JobRecord, Outcome};
 use crate::upstream::{ReplicaSet, Role};
@@ -172,6 +173,12 @@ pub struct ShardStats {
     pub interval: StageHistograms,
     /// When the current interval started.
     pub interval_start: Instant,
+    /// Failed jobs and skipped ticks by stage and reason class, with their
+    /// most frequent exact reasons: why a run went bad, without the database.
+    pub failures: FailureBreakdown,
+    /// Reused buffer a failure's reason text is formatted into, so counting a
+    /// failure allocates only for a text not seen before.
+    reason_text: String,
 }
 
 impl ShardStats {
@@ -182,6 +189,8 @@ impl ShardStats {
             per_class: (0..classes).map(|_| ClassStats::default()).collect(),
             interval: StageHistograms::default(),
             interval_start: Instant::now(),
+            failures: FailureBreakdown::default(),
+            reason_text: String::new(),
         }
     }
 
@@ -190,6 +199,7 @@ impl ShardStats {
         self.counters.count(&record.outcome);
         self.latency.record(record);
         self.interval.record(record);
+        self.failures.record(record, &mut self.reason_text);
         if let Some(class) = self.per_class.get_mut(record.class as usize) {
             class.counters.count(&record.outcome);
             class.latency.record(record);
@@ -459,6 +469,8 @@ pub enum ShardReport {
         interval: Box<Interval>,
         /// Its replicas as of now.
         upstream: UpstreamStats,
+        /// Its failure breakdown so far (a copy: a few entries, once a second).
+        failures: FailureBreakdown,
     },
     /// Sent instead of `Finished` when a shard's main future is dropped without
     /// finishing (a panic on the shard): the coordinator stops the run.
@@ -535,6 +547,20 @@ mod tests {
             (1, 1)
         );
         assert_eq!(stats.per_class[1].latency.end_to_end.len(), 0);
+        // The failure breakdown is recorded beside the counters; ok jobs are not in it.
+        let breakdown: Vec<_> = stats
+            .failures
+            .by_count()
+            .iter()
+            .map(|e| (e.outcome(), e.stage_label(), e.class.label(), e.count))
+            .collect();
+        assert_eq!(
+            breakdown,
+            vec![
+                ("failed", "infer", "deadline", 1),
+                ("skipped", "start", "previous job running", 1),
+            ]
+        );
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use crate::report::{self, hlog, Recording, ReplicaRow, ReportError};
+use crate::failures::FailureBreakdown;
+use crate::record::DeviceIndex;
+use crate::report::{self, hlog, FailureRow, ReasonTextRow, Recording, ReplicaRow, ReportError};
 use crate::stats::{ClassStats, Counters, StageHistograms, UpstreamTotals};
 
 /// The merged result of one run.
@@ -45,6 +47,10 @@ pub struct RunSummary {
     /// Every replica's counters as the shards last reported them, and each
     /// class's retry-budget refusals.
     pub upstream: UpstreamTotals,
+    /// Failed jobs and skipped ticks by outcome, stage and reason class, all
+    /// shards, most frequent first, with device ids resolved: the end-of-run
+    /// failure table and the summary's `failures`.
+    pub failures: Vec<FailureRow>,
     /// The interval log the run streamed its per-second latencies to (all shards
     /// together, second 0 = the first second after the first tick), when it kept one.
     pub interval_log: Option<PathBuf>,
@@ -57,6 +63,8 @@ pub struct RunSummary {
 pub struct ShardSummary {
     pub counters: Counters,
     pub latency: StageHistograms,
+    /// The shard's failure breakdown: the final metrics snapshot labels it by shard.
+    pub failures: FailureBreakdown,
 }
 
 /// One class's share of a run.
@@ -145,6 +153,7 @@ impl RunSummary {
                 "latency_us": latency_json(&c.stats.latency),
             })).collect::<Vec<_>>(),
             "replicas": serde_json::to_value(self.replica_rows()).unwrap_or_default(),
+            "failures": serde_json::to_value(&self.failures).unwrap_or_default(),
             "config": self.config,
         })
     }
@@ -198,6 +207,17 @@ impl RunSummary {
             .collect()
     }
 
+    /// The end-of-run failure table (empty when nothing failed or was skipped).
+    pub fn failure_table(&self) -> String {
+        report::failure_table(&self.failures)
+    }
+
+    /// Whether every job that ran failed: at least one ran and none was ok.
+    /// Skipped ticks did not run, so they neither count nor prevent it.
+    pub fn every_job_failed(&self) -> bool {
+        self.counters.failed > 0 && self.counters.ok == 0
+    }
+
     /// The end-of-run replica table (empty when no replica was reported).
     pub fn replica_table(&self) -> String {
         report::replica_table(&self.replica_rows())
@@ -237,13 +257,86 @@ impl RunSummary {
     }
 }
 
+/// A merged breakdown as the summary's rows: most frequent first, shares out
+/// of `jobs` (all outcomes), device indexes turned into ids by `device_id`.
+pub fn failure_rows(
+    breakdown: &FailureBreakdown,
+    jobs: u64,
+    device_id: impl Fn(DeviceIndex) -> String,
+) -> Vec<FailureRow> {
+    breakdown
+        .by_count()
+        .into_iter()
+        .map(|entry| FailureRow {
+            outcome: entry.outcome().to_string(),
+            stage: entry.stage_label().to_string(),
+            reason: entry.class.label().to_string(),
+            count: entry.count,
+            share: entry.count as f64 / jobs.max(1) as f64,
+            reasons: entry
+                .texts
+                .iter()
+                .map(|text| ReasonTextRow {
+                    text: text.text.to_string(),
+                    count: text.count,
+                    example_device: device_id(text.example_device),
+                })
+                .collect(),
+            other_reasons: entry.other_texts,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::{ErrorKind, JobError, Stage};
+    use crate::grpc::status::Code;
+    use crate::record::{JobRecord, Outcome, SkipReason, StageLatency};
     use crate::stats::{ReplicaRole, ReplicaTotals};
 
     #[test]
     fn json_has_the_documented_shape_and_derived_rates() {
+        // 600 NOT_FOUND on infer (two texts), 300 deadlines on fetch, 100 skips.
+        let mut breakdown = FailureBreakdown::default();
+        let mut buffer = String::new();
+        let mut push = |device: u32, outcome: Outcome| {
+            let record = JobRecord {
+                device,
+                tick_ms: 0,
+                class: 0,
+                shard: 0,
+                outcome,
+                output: bytes::Bytes::new(),
+                latency: StageLatency::default(),
+                compute_node: None,
+                attempts: 1,
+                ready_at: std::time::Instant::now(),
+            };
+            breakdown.record(&record, &mut buffer);
+        };
+        for device in 0..600 {
+            let message = if device % 3 == 0 {
+                "model b"
+            } else {
+                "model a"
+            };
+            let kind = ErrorKind::Status {
+                code: Code::NOT_FOUND,
+                message: message.into(),
+            };
+            push(device, Outcome::Failed(JobError::new(Stage::Infer, kind)));
+        }
+        for device in 0..300 {
+            let kind = ErrorKind::DeadlineExceeded;
+            push(
+                device + 7,
+                Outcome::Failed(JobError::new(Stage::Fetch, kind)),
+            );
+        }
+        for device in 0..100 {
+            push(device, Outcome::Skipped(SkipReason::SinkBacklog));
+        }
         let mut latency = StageHistograms::default();
         for us in 1..=1000 {
             latency.end_to_end.record(us).unwrap();
@@ -271,6 +364,7 @@ mod tests {
                     ..Counters::default()
                 },
                 latency: latency.clone(),
+                failures: FailureBreakdown::default(),
             }],
             per_class: vec![ClassSummary {
                 class: "camera".into(),
@@ -309,6 +403,7 @@ mod tests {
                 ],
                 retry_budget_exhausted: vec![12],
             },
+            failures: failure_rows(&breakdown, 5_000, |device| format!("dev-{device}")),
             interval_log: None,
             config: json!({"load": {"mode": "ticks"}}),
         };
@@ -334,6 +429,34 @@ mod tests {
         assert_eq!(json["replicas"][1]["failures"], 300);
         // What `percore report` reads back is what was written.
         assert_eq!(crate::report::replica_rows(&json), summary.replica_rows());
+        assert_eq!(crate::report::failure_rows(&json), summary.failures);
+        assert_eq!(json["failures"][0]["outcome"], "failed");
+        assert_eq!(json["failures"][0]["stage"], "infer");
+        assert_eq!(json["failures"][0]["reason"], "grpc NOT_FOUND");
+        assert_eq!(json["failures"][0]["count"], 600);
+        assert_eq!(json["failures"][0]["share"], 0.12);
+        assert_eq!(json["failures"][1]["reason"], "deadline");
+        assert_eq!(json["failures"][1]["reasons"][0]["example_device"], "dev-7");
+        assert_eq!(json["failures"][2]["stage"], "start");
+        let top = summary.failures[0].top_reason().unwrap();
+        assert_eq!(top.text, "infer: grpc status 5 NOT_FOUND: model a");
+        assert_eq!((top.count, top.example_device.as_str()), (400, "dev-1"));
+        let table = summary.failure_table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(
+            lines[1].starts_with("failed   infer  grpc NOT_FOUND")
+                && lines[1].contains(" 600 ")
+                && lines[1].contains("12.0%")
+                && lines[1].contains("dev-1")
+                && lines[1].ends_with("infer: grpc status 5 NOT_FOUND: model a"),
+            "{table}"
+        );
+        assert!(
+            lines[3].starts_with("skipped  start  sink backlog"),
+            "{table}"
+        );
+        assert!(!summary.every_job_failed());
         let table = summary.replica_table();
         assert!(
             table.lines().any(|l| l.starts_with("camera")

@@ -5,19 +5,17 @@
 //! screenshot is saved under the test's temp dir (kept and printed when
 //! `PERCORE_KEEP_REPORT=1`).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::browser::{chromium, dump_dom};
 
 use percore::report::{
     new_histogram, render_comparison_html, write_dir, Interval, Recording, STAGES,
 };
 use serde_json::json;
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-/// A guard against a wedged browser, not a performance bound.
-const CHROMIUM_DEADLINE: Duration = Duration::from_secs(180);
 
 /// A small deterministic generator, so the page always shows the same run.
 struct Rng(u64);
@@ -101,65 +99,6 @@ fn recording(seconds: u64, jobs_per_second: u64, scale: f64) -> Recording {
         }),
         intervals,
     }
-}
-
-/// Runs Chromium headless on `page` with the extra `args`; fails the test with
-/// Chromium's own words if it does not exit cleanly.
-fn chromium(page: &Path, profile: &Path, args: &[String]) -> Output {
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: install Debian's chromium (tests/run-all.sh does: \
-         apt-get install -y --no-install-recommends chromium)"
-    );
-    let child = Command::new(CHROMIUM)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            // Let the page's script run to completion before the DOM is taken.
-            "--virtual-time-budget=5000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .arg(format!("file://{}", page.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start chromium");
-    let id = child.id();
-    let started = Instant::now();
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = sender.send(child.wait_with_output());
-    });
-    let output = match receiver.recv_timeout(CHROMIUM_DEADLINE) {
-        Ok(output) => output.expect("wait for chromium"),
-        Err(_) => {
-            // Only the process this test started, by its id.
-            let _ = Command::new("kill").arg("-9").arg(id.to_string()).status();
-            panic!("chromium did not finish within {:?}", started.elapsed());
-        }
-    };
-    assert!(
-        output.status.success(),
-        "chromium failed ({}): {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-fn dump_dom(page: &Path, scratch: &Path) -> String {
-    let profile = scratch.join("profile-dom");
-    let output = chromium(page, &profile, &["--dump-dom".to_string()]);
-    String::from_utf8(output.stdout).expect("DOM is UTF-8")
 }
 
 /// The opening tag and contents of the `<svg>` whose `data-stage` is `stage`.

@@ -18,8 +18,8 @@ use serde_json::{json, Value};
 
 use super::hgrm::{percentile_steps, PercentileStep};
 use super::{
-    new_histogram, ratio, replica_rows, replica_shares, stage_totals, summary_number, Recording,
-    ReplicaRow, FORMAT_VERSION,
+    failure_rows, new_histogram, ratio, replica_rows, replica_shares, stage_totals, summary_number,
+    FailureRow, Recording, ReplicaRow, FORMAT_VERSION,
 };
 
 /// Percentile steps per half distance in the plotted spectra: twice the `.hgrm`
@@ -61,6 +61,10 @@ pub fn render_html(recording: &Recording) -> String {
 
     body.push_str("<section><h2>Percentiles (µs)</h2>");
     body.push_str(&percentile_table(&totals));
+    body.push_str("</section>");
+
+    body.push_str("<section><h2>Failures</h2>");
+    body.push_str(&failures_table(&failure_rows(summary)));
     body.push_str("</section>");
 
     body.push_str("<section><h2>Per class</h2>");
@@ -509,6 +513,67 @@ fn rows_table(rows: Option<&Value>, keys: &[(&str, &str)], empty: &str) -> Strin
             let _ = write!(out, "<td>{}</td>", number_cell(v));
         }
         out.push_str("</tr>");
+    }
+    out.push_str("</tbody></table></div>");
+    out
+}
+
+/// Failed jobs and skipped ticks by outcome, stage and reason class, most
+/// frequent first: count, share of all jobs, the exact reasons kept (most
+/// frequent first) with their counts, and an example device.
+fn failures_table(rows: &[FailureRow]) -> String {
+    if rows.is_empty() {
+        return "<p class=\"note\">No failed jobs or skipped ticks in this run's summary.</p>"
+            .into();
+    }
+    let mut out = String::from(
+        "<div class=\"scroll\"><table class=\"failures\"><thead><tr><th class=\"text\">outcome</th>\
+         <th class=\"text\">stage</th><th class=\"text\">reason</th><th>count</th>\
+         <th>share of jobs</th><th class=\"text\">most frequent reason</th>\
+         <th class=\"text\">example device</th><th class=\"text\">other reasons</th></tr></thead><tbody>",
+    );
+    for row in rows {
+        let top = row.top_reason();
+        let mut others: Vec<_> = row
+            .reasons
+            .iter()
+            .filter(|text| !top.is_some_and(|top| std::ptr::eq(*text, top)))
+            .collect();
+        others.sort_by_key(|text| std::cmp::Reverse(text.count));
+        let mut other_cell: Vec<String> = others
+            .iter()
+            .map(|text| format!("{} × {}", escape(&text.text), group(text.count as f64, 0)))
+            .collect();
+        if row.other_reasons > 0 {
+            other_cell.push(format!(
+                "{} more with other texts",
+                group(row.other_reasons as f64, 0)
+            ));
+        }
+        let _ = write!(
+            out,
+            "<tr data-failure=\"{}/{}/{}\"><td class=\"text\">{}</td><td class=\"text\">{}</td>\
+             <td class=\"text\">{}</td><td>{}</td><td>{:.1}%</td><td class=\"text\">{}</td>\
+             <td class=\"text\">{}</td><td class=\"text\">{}</td></tr>",
+            escape(&row.outcome),
+            escape(&row.stage),
+            escape(&row.reason),
+            escape(&row.outcome),
+            escape(&row.stage),
+            escape(&row.reason),
+            group(row.count as f64, 0),
+            row.share * 100.0,
+            top.map_or_else(
+                || "–".to_string(),
+                |t| format!("{} × {}", escape(&t.text), group(t.count as f64, 0))
+            ),
+            top.map_or_else(|| "–".to_string(), |t| escape(&t.example_device)),
+            if other_cell.is_empty() {
+                "–".to_string()
+            } else {
+                other_cell.join("<br>")
+            },
+        );
     }
     out.push_str("</tbody></table></div>");
     out
@@ -1203,6 +1268,14 @@ mod tests {
                     {"class": "cam<1>", "role": "compute_node", "replica": "127.0.0.1:9002",
                      "requests": 500, "failures": 0, "ejections": 0, "ewma_latency_us": 1000.0},
                 ],
+                "failures": [
+                    {"outcome": "failed", "stage": "infer", "reason": "grpc NOT_FOUND",
+                     "count": 1200, "share": 0.3, "other_reasons": 4,
+                     "reasons": [
+                        {"text": "infer: grpc status 5 NOT_FOUND: <m>", "count": 100, "example_device": "d<7>"},
+                        {"text": "infer: grpc status 5 NOT_FOUND: m2", "count": 1096, "example_device": "d-2"},
+                     ]},
+                ],
                 "config": {"shards": 2, "classes": [{"name": "a", "period_ms": 100}], "load": "open"},
             }),
             intervals,
@@ -1243,6 +1316,30 @@ mod tests {
             "{html}"
         );
         assert!(html.contains("<td>1.00</td><td>25.0%</td></tr>"));
+    }
+
+    #[test]
+    fn failures_show_their_most_frequent_reason_and_an_example_device() {
+        let html = render_html(&recording());
+        assert!(html.contains("<h2>Failures</h2>"));
+        assert!(
+            html.contains(
+                "<tr data-failure=\"failed/infer/grpc NOT_FOUND\"><td class=\"text\">failed</td>\
+                 <td class=\"text\">infer</td><td class=\"text\">grpc NOT_FOUND</td><td>1,200</td>\
+                 <td>30.0%</td><td class=\"text\">infer: grpc status 5 NOT_FOUND: m2 × 1,096</td>\
+                 <td class=\"text\">d-2</td><td class=\"text\">infer: grpc status 5 NOT_FOUND: \
+                 &lt;m&gt; × 100<br>4 more with other texts</td></tr>"
+            ),
+            "{html}"
+        );
+        let mut old = recording();
+        old.summary
+            .as_object_mut()
+            .expect("an object")
+            .remove("failures");
+        let html = render_html(&old);
+        assert!(html.contains("<h2>Failures</h2><p class=\"note\">No failed jobs"));
+        assert!(!html.contains("data-failure="));
     }
 
     #[test]

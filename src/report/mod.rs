@@ -371,6 +371,124 @@ pub fn replica_rows(summary: &Value) -> Vec<ReplicaRow> {
         })
 }
 
+/// One entry of the summary's `failures` array: the failed jobs (or skipped
+/// ticks) of one stage and reason class, all shards together, most frequent
+/// first.
+///
+/// Every field has a default, and a summary written before failures were
+/// reported has no array and reads as no rows ([`failure_rows`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FailureRow {
+    /// `failed` or `skipped`, as in the rows' `outcome`.
+    pub outcome: String,
+    /// `fetch` or `infer` for a failed job; `start` for a skipped tick.
+    pub stage: String,
+    /// The bounded reason class (`grpc NOT_FOUND`, `deadline`, `sink backlog`,
+    /// …): the `reason` label of `percore_jobs_total`.
+    pub reason: String,
+    /// Records of this outcome, stage and class.
+    pub count: u64,
+    /// `count` out of all the run's jobs (ok, failed and skipped).
+    pub share: f64,
+    /// The most frequent exact reasons, as in the rows' `reason` column (up
+    /// to five distinct texts, in the order they were first seen).
+    pub reasons: Vec<ReasonTextRow>,
+    /// Records whose exact text was not among those kept.
+    pub other_reasons: u64,
+}
+
+/// One exact reason text of a [`FailureRow`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReasonTextRow {
+    /// The text, as in the rows' `reason` column.
+    pub text: String,
+    /// Records with exactly this text.
+    pub count: u64,
+    /// The id of the first device seen with it.
+    pub example_device: String,
+}
+
+impl FailureRow {
+    /// The most frequent exact reason (the first seen among equals).
+    pub fn top_reason(&self) -> Option<&ReasonTextRow> {
+        self.reasons
+            .iter()
+            .reduce(|best, text| if text.count > best.count { text } else { best })
+    }
+}
+
+/// The summary's `failures`, or no rows when it has none (an older summary,
+/// or a run where nothing failed).
+pub fn failure_rows(summary: &Value) -> Vec<FailureRow> {
+    summary
+        .get("failures")
+        .and_then(Value::as_array)
+        .map_or_else(Vec::new, |rows| {
+            rows.iter()
+                .filter_map(|row| FailureRow::deserialize(row).ok())
+                .collect()
+        })
+}
+
+/// Rows the end-of-run failure table shows; the rest are summed in one line.
+pub const FAILURE_TABLE_ROWS: usize = 10;
+
+/// The failure table printed after a run (and by `percore report DIR`): the
+/// [`FAILURE_TABLE_ROWS`] most frequent (outcome, stage, reason) with their
+/// count, share of all jobs, most frequent exact reason and an example device.
+/// Empty when nothing failed or was skipped.
+pub fn failure_table(rows: &[FailureRow]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let shown = &rows[..rows.len().min(FAILURE_TABLE_ROWS)];
+    let width = |title: &str, cell: fn(&FailureRow) -> &str| {
+        shown
+            .iter()
+            .map(|row| cell(row).chars().count())
+            .chain([title.chars().count()])
+            .max()
+            .unwrap_or(0)
+    };
+    let reason_w = width("reason", |row| &row.reason);
+    let device_w = width("example device", |row| {
+        row.top_reason().map_or("-", |t| &t.example_device)
+    });
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "{:<8} {:<6} {:<reason_w$} {:>10} {:>7}  {:<device_w$}  most frequent reason",
+        "outcome", "stage", "reason", "count", "share", "example device"
+    );
+    for row in shown {
+        let (text, device) = row
+            .top_reason()
+            .map_or(("-", "-"), |t| (t.text.as_str(), t.example_device.as_str()));
+        let _ = writeln!(
+            table,
+            "{:<8} {:<6} {:<reason_w$} {:>10} {:>6.1}%  {:<device_w$}  {text}",
+            row.outcome,
+            row.stage,
+            row.reason,
+            row.count,
+            row.share * 100.0,
+            device,
+        );
+    }
+    if rows.len() > shown.len() {
+        let rest = &rows[shown.len()..];
+        let _ = writeln!(
+            table,
+            "… and {} more (outcome, stage, reason) with {} records: see summary.json",
+            rest.len(),
+            rest.iter().map(|row| row.count).sum::<u64>()
+        );
+    }
+    table
+}
+
 /// Each row's share of the requests its class's set (same class and role)
 /// received; `None` where that set received none.
 pub fn replica_shares(rows: &[ReplicaRow]) -> Vec<Option<f64>> {
@@ -520,6 +638,49 @@ pub fn comparison_table(a: &Recording, a_name: &str, b: &Recording, b_name: &str
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn failure_rows_read_back_with_defaults_and_the_table_shows_ten() {
+        // A summary from before failures were reported: no rows, no table.
+        assert!(failure_rows(&json!({"jobs": 5})).is_empty());
+        assert_eq!(failure_table(&[]), "");
+        // A row missing fields (an older or partial writer) still reads.
+        let partial = failure_rows(&json!({"failures": [{"outcome": "failed", "count": 3}]}));
+        assert_eq!(partial.len(), 1);
+        assert_eq!((partial[0].count, partial[0].stage.as_str()), (3, ""));
+        assert!(partial[0].top_reason().is_none());
+        let line = failure_table(&partial).lines().nth(1).map(str::to_string);
+        let words: Vec<String> = line
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        assert_eq!(&words[words.len() - 2..], ["-", "-"], "no device, no text");
+        let rows: Vec<FailureRow> = (0..12u64)
+            .map(|n| FailureRow {
+                outcome: "failed".into(),
+                stage: "infer".into(),
+                reason: format!("grpc C{n}"),
+                count: 100 - n,
+                share: 0.01,
+                reasons: vec![ReasonTextRow {
+                    text: format!("infer: grpc status {n}"),
+                    count: 100 - n,
+                    example_device: format!("d{n}"),
+                }],
+                other_reasons: 0,
+            })
+            .collect();
+        let table = failure_table(&rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 1 + FAILURE_TABLE_ROWS + 1, "{table}");
+        assert!(lines[1].contains("grpc C0") && lines[1].ends_with("infer: grpc status 0"));
+        assert!(lines[10].contains("grpc C9"), "{table}");
+        assert_eq!(
+            lines[11],
+            "… and 2 more (outcome, stage, reason) with 179 records: see summary.json"
+        );
+    }
 
     pub(crate) fn interval(
         second: u64,

@@ -5,6 +5,8 @@
 //! Each test binary uses a different subset of these.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
