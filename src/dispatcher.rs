@@ -788,8 +788,13 @@ impl<'a> Supervisor<'a> {
         let total = self.total();
         let jobs_per_s = total.jobs() - self.jobs_at_last_status;
         self.jobs_at_last_status = total.jobs();
+        // Nothing to say before the run's first whole second: the first line
+        // used to be all zeros and dashes.
+        if self.run_second() == 0 {
+            return;
+        }
         // The last complete second of the run.
-        let second = self.run_second().saturating_sub(1);
+        let second = self.run_second() - 1;
         let p99 = self
             .per_second
             .get(second)
@@ -901,12 +906,10 @@ fn failure_note(failures: &FailureBreakdown, jobs: u64) -> String {
 }
 
 /// `1.25 ms`, `830 µs`, `2.10 s`.
+/// A latency for the status line, always in milliseconds, so one column keeps
+/// one unit for the whole run (it used to switch from `8839 µs` to `16.88 ms`).
 pub fn format_us(us: u64) -> String {
-    match us {
-        0..=9_999 => format!("{us} µs"),
-        10_000..=999_999 => format!("{:.2} ms", us as f64 / 1e3),
-        _ => format!("{:.2} s", us as f64 / 1e6),
-    }
+    format!("{:.2} ms", us as f64 / 1e3)
 }
 
 fn progress_bar(done: f64, width: usize) -> String {
@@ -1025,9 +1028,10 @@ mod tests {
 
     #[test]
     fn durations_and_bars_read_well() {
-        assert_eq!(format_us(830), "830 µs");
+        assert_eq!(format_us(830), "0.83 ms");
+        assert_eq!(format_us(8_839), "8.84 ms");
         assert_eq!(format_us(12_500), "12.50 ms");
-        assert_eq!(format_us(2_100_000), "2.10 s");
+        assert_eq!(format_us(2_100_000), "2100.00 ms");
         assert_eq!(progress_bar(0.5, 10), "[#####-----]  50%");
         assert_eq!(progress_bar(1.0, 4), "[####] 100%");
     }
