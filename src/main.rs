@@ -736,6 +736,9 @@ fn report_command(args: ReportArgs) -> Result<()> {
     match &args.other {
         None => {
             say!("{}", report::text_table(&first));
+            if let Some(totals) = report::totals_line(&first.summary) {
+                say!("{totals}\n");
+            }
             say!(
                 "{}",
                 report::replica_table(&report::replica_rows(&first.summary))

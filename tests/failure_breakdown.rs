@@ -283,7 +283,8 @@ fn known_failures_show_the_same_in_terminal_summary_and_page() {
         );
     }
 
-    // `percore report` on the directory prints the same table.
+    // `percore report` on the directory prints the same table, and the run's
+    // totals line.
     let report = percore(&["report", &report_dir.display().to_string()]);
     let report_stdout = text(&report.stdout);
     for line in &table {
@@ -292,6 +293,15 @@ fn known_failures_show_the_same_in_terminal_summary_and_page() {
             "{line} not in:\n{report_stdout}"
         );
     }
+    let totals = format!("{stdout}{stderr}")
+        .lines()
+        .find(|line| line.contains(" jobs in ") && line.contains("dispatcher CPU"))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no totals line from the run:\n{stdout}\n{stderr}"));
+    assert!(
+        report_stdout.contains(&totals),
+        "{totals} not in:\n{report_stdout}"
+    );
 }
 
 #[test]

@@ -166,7 +166,7 @@ fn page(title: &str, body: &str, data: &Value) -> String {
          <title>{}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<main>\n{body}\n\
          <noscript><p class=\"note\">The plots need JavaScript; the tables do not.</p></noscript>\n\
          <p id=\"render-error\" class=\"error\" hidden></p>\n\
-         <footer>Written by percore report (format {FORMAT_VERSION}). The same data: \
+         <footer>Written by percore (report format {FORMAT_VERSION}). The same data: \
          <code>summary.json</code>, <code>&lt;stage&gt;.hgrm</code> (HdrHistogram percentile \
          distributions), <code>histograms.hlog</code> (per-second interval log).</footer>\n\
          </main>\n<script type=\"application/json\" id=\"percore-data\">{data}</script>\n\

@@ -295,6 +295,24 @@ pub(crate) const TABLE_PERCENTILES: [(&str, f64); 4] = [
 ];
 
 /// Per-stage percentile table (µs), like the one printed at the end of a run.
+/// The run's totals line from a report's summary, as `percore run` prints it
+/// at the end; `None` when the summary lacks the counts (not a run's).
+pub fn totals_line(summary: &Value) -> Option<String> {
+    let count = |key: &str| summary.get(key).and_then(Value::as_u64);
+    let number = |key: &str| summary.get(key).and_then(Value::as_f64);
+    Some(format!(
+        "{} jobs in {:.1} s ({:.0} jobs/s): ok {}, failed {}, skipped {}; dispatcher CPU {:.1} µs/job on {} shard(s)",
+        count("jobs")?,
+        number("elapsed_s")?,
+        number("jobs_per_s")?,
+        count("ok")?,
+        count("failed")?,
+        count("skipped")?,
+        number("cpu_us_per_job")?,
+        count("shards")?,
+    ))
+}
+
 pub fn text_table(recording: &Recording) -> String {
     let mut table = String::new();
     let _ = writeln!(
