@@ -3,14 +3,13 @@
 //! Served by one plain thread (not a shard) from the latest [`MetricsSnapshot`]
 //! the coordinator published into a [`MetricsPublisher`]; a scrape never touches a
 //! shard and always sees the newest snapshot. It listens on 127.0.0.1 unless told
-//! otherwise. Deliberately minimal HTTP/1.1: one request per connection, `GET` only.
+//! otherwise. HTTP/1.1 by tiny_http: keep-alive for scrapers, `GET` and `HEAD`.
 
 use std::fmt::Write as _;
-use std::io::{self, BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use crate::failures::FailureBreakdown;
 use crate::stats::{Counters, ReplicaTotals, StageHistograms, UpstreamTotals};
@@ -147,8 +146,8 @@ pub struct AdminServer {
     addr: SocketAddr,
     /// Where the coordinator puts snapshots; the server reads the newest.
     publisher: MetricsPublisher,
-    /// Tells the thread to exit (it checks after each connection).
-    stop: flume::Sender<()>,
+    /// The HTTP server, shared with the serving thread so `stop` can unblock it.
+    server: Arc<tiny_http::Server>,
     /// The serving thread, joined by `stop`.
     thread: JoinHandle<()>,
 }
@@ -158,16 +157,18 @@ impl AdminServer {
     pub fn start(addr: SocketAddr) -> io::Result<AdminServer> {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
+        let server = tiny_http::Server::from_listener(listener, None)
+            .map(Arc::new)
+            .map_err(io::Error::other)?;
         let publisher = MetricsPublisher::default();
-        let (stop, stopped) = flume::bounded(1);
-        let snapshots = publisher.clone();
+        let (serving, snapshots) = (server.clone(), publisher.clone());
         let thread = std::thread::Builder::new()
             .name("pc-admin".into())
-            .spawn(move || serve(listener, snapshots, stopped))?;
+            .spawn(move || serve(&serving, &snapshots))?;
         Ok(AdminServer {
             addr,
             publisher,
-            stop,
+            server,
             thread,
         })
     }
@@ -183,64 +184,68 @@ impl AdminServer {
 
     /// Stops serving and waits for the thread.
     pub fn stop(self) {
-        let _ = self.stop.send(());
-        // Wake the blocking accept.
-        let _ = TcpStream::connect(self.addr);
+        self.server.unblock();
         let _ = self.thread.join();
     }
 }
 
-fn serve(listener: TcpListener, snapshots: MetricsPublisher, stopped: flume::Receiver<()>) {
-    for stream in listener.incoming() {
-        if stopped.try_recv().is_ok() {
-            return;
-        }
-        if let Ok(stream) = stream {
-            // A client that misbehaves only loses its own answer.
-            let _ = answer(stream, &snapshots.latest());
-        }
+/// Answers requests until the server is unblocked. tiny_http reads requests on
+/// its own threads (a slow client holds up no other scrape) and this one thread
+/// renders the answers from the newest snapshot.
+fn serve(server: &tiny_http::Server, snapshots: &MetricsPublisher) {
+    for request in server.incoming_requests() {
+        let (status, content_type, body) =
+            answer(request.method(), request.url(), &snapshots.latest());
+        let body = match request.method() {
+            tiny_http::Method::Head => String::new(),
+            _ => body,
+        };
+        let response = tiny_http::Response::from_string(body)
+            .with_status_code(status)
+            .with_header(header("Content-Type", content_type));
+        let response = match status {
+            405 => response.with_header(header("Allow", "GET, HEAD")),
+            _ => response,
+        };
+        // A client that went away only loses its own answer.
+        let _ = request.respond(response);
     }
 }
 
-fn answer(mut stream: TcpStream, snapshot: &MetricsSnapshot) -> io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    // Read (and ignore) the headers, so the client sees a clean close.
-    let mut header = String::new();
-    while reader.read_line(&mut header)? > 2 {
-        header.clear();
+/// A header from two constants (valid ASCII: cannot fail).
+fn header(name: &'static str, value: &'static str) -> tiny_http::Header {
+    tiny_http::Header {
+        field: name
+            .parse()
+            .unwrap_or_else(|()| unreachable!("constant header name")),
+        value: value
+            .parse()
+            .unwrap_or_else(|_| unreachable!("constant header value")),
     }
-    let mut parts = request_line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, content_type, body) = match (method, path) {
-        ("GET", "/metrics") => (
-            "200 OK",
-            "text/plain; version=0.0.4",
+}
+
+/// The status, content type and body of the answer to `method path`.
+fn answer(
+    method: &tiny_http::Method,
+    url: &str,
+    snapshot: &MetricsSnapshot,
+) -> (u16, &'static str, String) {
+    let path = url.split('?').next().unwrap_or("");
+    if !matches!(method, tiny_http::Method::Get | tiny_http::Method::Head) {
+        return (405, "text/plain", "GET or HEAD only\n".to_string());
+    }
+    match path {
+        "/metrics" => (
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
             prometheus_text(snapshot),
         ),
-        ("GET", "/healthz") => match &snapshot.health {
-            Health::Ok => ("200 OK", "text/plain", "ok\n".to_string()),
-            Health::Failing(cause) => (
-                "503 Service Unavailable",
-                "text/plain",
-                format!("failing: {cause}\n"),
-            ),
+        "/healthz" => match &snapshot.health {
+            Health::Ok => (200, "text/plain", "ok\n".to_string()),
+            Health::Failing(cause) => (503, "text/plain", format!("failing: {cause}\n")),
         },
-        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "GET only\n".to_string(),
-        ),
-    };
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    stream.flush()
+        _ => (404, "text/plain", "not found\n".to_string()),
+    }
 }
 
 /// One shard's `percore_jobs_total` series: `ok` with empty stage and
@@ -428,6 +433,8 @@ fn label_value(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
 
     #[test]
     fn exposition_lists_every_shard_outcome_and_cumulative_buckets() {
@@ -595,12 +602,17 @@ mod tests {
         server.publisher().publish(snapshot(41, Health::Ok));
         // Only the newest snapshot counts, however many came since the last scrape.
         server.publisher().publish(snapshot(42, Health::Ok));
-        let get = |path: &str| {
+        let send = |request: &str| {
             let mut stream = TcpStream::connect(server.addr()).unwrap();
-            write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            stream.write_all(request.as_bytes()).unwrap();
             let mut response = String::new();
-            std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+            stream.read_to_string(&mut response).unwrap();
             response
+        };
+        let get = |path: &str| {
+            send(&format!(
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            ))
         };
         let metrics = get("/metrics");
         assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
@@ -616,6 +628,22 @@ mod tests {
         assert!(health.starts_with("HTTP/1.1 503"), "{health}");
         assert!(health.ends_with(&format!("failing: {cause}\n")), "{health}");
         assert!(get("/metrics").contains("\npercore_healthy 0\n"));
+
+        // HEAD answers the headers alone; other methods are refused and told
+        // what is allowed; a scraper may keep its connection for the next scrape.
+        let head = send("HEAD /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+        assert!(head.ends_with("\r\n\r\n"), "{head}");
+        let post = send(
+            "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+        assert!(post.contains("Allow: GET, HEAD"), "{post}");
+        let twice = send(
+            "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(twice.matches("HTTP/1.1 ").count(), 2, "{twice}");
+        assert!(twice.contains("percore_jobs_total{"), "{twice}");
         server.stop();
     }
 }

@@ -362,8 +362,8 @@ fn main() {
 /// Runs the command; `Ok` carries the exit status (0, [`EXIT_SINK_FAILED`] or
 /// [`EXIT_ALL_FAILED`]).
 fn run(cli: Cli) -> Result<i32> {
-    // Before any thread starts, so every thread inherits the blocked mask and the
-    // signal thread alone receives SIGINT/SIGTERM.
+    // Before any thread starts, so no window exists where a signal kills the
+    // process with its results unwritten.
     let stop = stop_on_signal()?;
     let done = |result: Result<()>| result.map(|()| 0);
     match cli.command {
@@ -838,32 +838,30 @@ fn mock_command(
     Ok(())
 }
 
-/// Blocks SIGINT and SIGTERM in every thread and turns them into a message from a
-/// dedicated thread, so a run can stop cleanly and write what it has.
+/// Turns SIGINT and SIGTERM into a message from a dedicated thread, so a run can
+/// stop cleanly and write what it has; a second one exits at once (130).
+///
+/// signal-hook installs the handlers and hands the signals to that thread over
+/// its self-pipe: no signal masks or `sigwait` of ours, and SIGPIPE keeps the
+/// ignored disposition Rust's runtime gives it, so a peer that closes its socket
+/// fails a send instead of killing the process.
 fn stop_on_signal() -> Result<flume::Receiver<()>> {
     let (tx, rx) = flume::bounded(1);
-    // SAFETY: plain libc signal-mask calls on a sigset we own.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            bail!("cannot block SIGINT/SIGTERM");
-        }
-        set
-    };
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("installing the SIGINT/SIGTERM handlers")?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            let mut signal = 0;
-            // SAFETY: sigwait reads the set we own and writes the signal number.
-            if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
+            let mut signals = signals.forever();
+            if signals.next().is_some() {
                 note!("stopping: finishing the jobs in flight (signal again to abort)");
                 let _ = tx.send(());
-                // A second signal aborts at once.
-                unsafe { libc::sigwait(&set, &mut signal) };
-                std::process::exit(130);
+                if signals.next().is_some() {
+                    std::process::exit(130);
+                }
             }
         })?;
     Ok(rx)

@@ -70,7 +70,10 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
     let Ok(mut stream) = TcpStream::connect(addr) else {
         return String::new();
     };
-    let _ = write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+    let _ = write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    );
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
     response

@@ -416,8 +416,11 @@ pub fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut stream = std::net::TcpStream::connect(addr)
         .unwrap_or_else(|error| panic!("cannot connect to the admin server at {addr}: {error}"));
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .unwrap_or_else(|error| panic!("cannot send GET {path}: {error}"));
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap_or_else(|error| panic!("cannot send GET {path}: {error}"));
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
     response
