@@ -49,8 +49,9 @@
 //!   per-thread CPU accounting.
 //! - [`report`]: report files (`.hgrm`, the HdrHistogram interval log,
 //!   `summary.json`, a self-contained `report.html`), reading them back, and
-//!   comparing two runs. [`admin`]: Prometheus `/metrics` and `/healthz` (503
-//!   while the sink fails) from a thread of its own, reading the newest snapshot.
+//!   comparing two runs. [`admin`]: `/metrics` (OpenMetrics, rendered by
+//!   [`admin::exposition`]) and `/healthz` (503 while the sink fails) from a
+//!   thread of its own, reading the newest snapshot.
 //!   [`console`]: stdout and stderr written without ever failing the process.
 //! - [`mock`]: built-in data-source and compute nodes with service times, error,
 //!   hang and reset rates, protocol faults (garbage, HTTP/1.1, cut frames,

@@ -77,7 +77,11 @@ fn scraped_counters_add_up_to_the_run_totals() {
     admin.stop();
 
     assert!(during.starts_with("HTTP/1.1 200 OK"), "{during}");
-    assert!(during.contains("Content-Type: text/plain; version=0.0.4"));
+    assert!(
+        during.contains("Content-Type: application/openmetrics-text; version=1.0.0"),
+        "{during}"
+    );
+    assert!(during.ends_with("# EOF\n"), "{during}");
     let jobs_during = total(&during, "percore_jobs_total", "outcome=");
     assert!(jobs_during > 0.0, "no jobs counted mid-run:\n{during}");
     assert!(jobs_during < summary.counters.jobs() as f64);
@@ -120,7 +124,7 @@ fn scraped_counters_add_up_to_the_run_totals() {
             &format!("stage=\"{stage}\""),
         );
         assert_eq!(count, histogram.len() as f64, "stage {stage}");
-        let inf = format!("stage=\"{stage}\",le=\"+Inf\"");
+        let inf = format!("le=\"+Inf\",stage=\"{stage}\"");
         assert_eq!(
             total(&after, "percore_stage_latency_seconds_bucket", &inf),
             count
