@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufWriter, IsTerminal, Write};
+use std::io::BufWriter;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -593,6 +593,9 @@ struct Supervisor<'a> {
     sink_failed: bool,
     /// Jobs counted at the previous status line.
     jobs_at_last_status: u64,
+    /// The progress bar under the status lines, for a run with a duration
+    /// printing its status (drawn on a terminal only).
+    progress_bar: Option<crate::console::Progress>,
 }
 
 impl<'a> Supervisor<'a> {
@@ -619,6 +622,12 @@ impl<'a> Supervisor<'a> {
             health: Health::Ok,
             sink_failed: false,
             jobs_at_last_status: 0,
+            progress_bar: match (options.print_status, options.duration) {
+                (true, Some(duration)) => {
+                    Some(crate::console::Progress::start(duration + START_LEAD))
+                }
+                _ => None,
+            },
         }
     }
 
@@ -762,10 +771,8 @@ impl<'a> Supervisor<'a> {
                 next_status += Duration::from_secs(1);
             }
         }
-        if self.options.print_status && std::io::stderr().is_terminal() {
-            // Leave the progress bar's line clean.
-            eprint!("\r\x1b[2K");
-        }
+        // The bar's line is cleared before the summary is printed.
+        self.progress_bar = None;
         Ok(finished.into_iter().flatten().collect())
     }
 
@@ -825,21 +832,10 @@ impl<'a> Supervisor<'a> {
             line.push_str(" | FAILING: ");
             line.push_str(cause);
         }
-        let mut stderr = std::io::stderr();
-        match (stderr.is_terminal(), self.options.duration) {
-            (true, Some(duration)) => {
-                let done = started.elapsed().as_secs_f64() / (duration + START_LEAD).as_secs_f64();
-                let _ = write!(
-                    stderr,
-                    "\r\x1b[2K{line}\n{}",
-                    progress_bar(done.min(1.0), 40)
-                );
-            }
-            _ => {
-                let _ = writeln!(stderr, "{line}");
-            }
+        if let Some(bar) = &self.progress_bar {
+            bar.set(started.elapsed());
         }
-        let _ = stderr.flush();
+        crate::console::err(format_args!("{line}"));
     }
 
     fn publish(&self) {
@@ -910,16 +906,6 @@ fn failure_note(failures: &FailureBreakdown, jobs: u64) -> String {
 /// one unit for the whole run (it used to switch from `8839 µs` to `16.88 ms`).
 pub fn format_us(us: u64) -> String {
     format!("{:.2} ms", us as f64 / 1e3)
-}
-
-fn progress_bar(done: f64, width: usize) -> String {
-    let filled = (done * width as f64).round() as usize;
-    format!(
-        "[{}{}] {:>3.0}%",
-        "#".repeat(filled),
-        "-".repeat(width - filled.min(width)),
-        done * 100.0
-    )
 }
 
 #[cfg(test)]
@@ -1032,7 +1018,5 @@ mod tests {
         assert_eq!(format_us(8_839), "8.84 ms");
         assert_eq!(format_us(12_500), "12.50 ms");
         assert_eq!(format_us(2_100_000), "2100.00 ms");
-        assert_eq!(progress_bar(0.5, 10), "[#####-----]  50%");
-        assert_eq!(progress_bar(1.0, 4), "[####] 100%");
     }
 }

@@ -70,3 +70,46 @@ fn status_lines_start_with_the_first_whole_second_and_keep_their_unit() {
         }
     }
 }
+
+/// On a terminal (a pty from util-linux `script`), a progress bar is drawn
+/// under the status lines: every status line still arrives whole, above the
+/// bar, and the bar's line is cleared before the summary is printed.
+#[test]
+fn on_a_terminal_a_progress_bar_sits_under_whole_status_lines() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let db = dir.path().join("demo.db");
+    let demo = format!(
+        "{} demo --devices 400 --duration 3s --admin none --db {}",
+        env!("CARGO_BIN_EXE_percore"),
+        db.display()
+    );
+    let output = Command::new("script")
+        .args(["-qec", &demo, "/dev/null"])
+        .output()
+        .expect("util-linux script runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    let bar = on_one_line(&text, "] ", "% · ");
+    assert!(bar, "no progress bar drawn on the terminal:\n{text:?}");
+    assert!(text.contains("of 3s"), "{text:?}");
+    // Every status line begins at a cleared line or a line start and is whole.
+    let status: Vec<&str> = text
+        .split(['\r', '\n'])
+        .map(|line| line.trim_start_matches("\u{1b}[2K"))
+        .filter(|line| line.starts_with("[   ") && line.contains("jobs/s"))
+        .collect();
+    assert!(status.len() >= 2, "{text:?}");
+    for line in &status {
+        assert!(line.contains("| committed"), "torn status line {line:?}");
+    }
+    // The summary comes after the bar was cleared, and no bar follows it.
+    let summary = text.find(" jobs in ").expect("the summary is printed");
+    assert!(text[..summary].rfind("\u{1b}[2K").is_some(), "{text:?}");
+    assert!(!text[summary..].contains("% · "), "{text:?}");
+}
+
+/// Whether `text` has `start` followed later by `end` on one line.
+fn on_one_line(text: &str, start: &str, end: &str) -> bool {
+    text.split(['\r', '\n'])
+        .any(|line| line.find(start).is_some_and(|at| line[at..].contains(end)))
+}
