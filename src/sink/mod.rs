@@ -2,7 +2,8 @@
 //!
 //! Owns the [`Sink`] trait (one implementation per database: SQLite in [`sqlite`],
 //! PostgreSQL may follow), [`SinkError`] with its transient/permanent verdict, and
-//! the names records are resolved against ([`RowNames`]). The single writer thread
+//! the names records are resolved against ([`RowNames`]). [`row`] holds the one
+//! row shape and column list every backend writes. The single writer thread
 //! that drives a sink is in [`writer`].
 //!
 //! Start-up calls [`open`] on the configured [`SinkTarget`], then
@@ -10,6 +11,7 @@
 //! shard sends its batches on. Shutdown drops the senders and joins the thread for
 //! its [`writer::WriterReport`].
 
+pub mod row;
 pub mod sqlite;
 pub mod writer;
 
@@ -48,8 +50,12 @@ pub struct ClassNames {
 
 /// A place rows are persisted. Owned by the writer thread once it is spawned.
 pub trait Sink: Send {
-    /// Persists a batch in one transaction; idempotent per (device, tick).
-    fn write_batch(&mut self, rows: &[JobRecord]) -> Result<(), SinkError>;
+    /// Persists a batch of records in one transaction, resolved into
+    /// [`row::Row`]s; idempotent per (device, tick).
+    fn write_batch(&mut self, records: &[JobRecord]) -> Result<(), SinkError>;
+    /// Persists rows already resolved (read back from the spill journal) in one
+    /// transaction; idempotent per (device, tick).
+    fn write_rows(&mut self, rows: &[row::Row<'_>]) -> Result<(), SinkError>;
     /// Human-readable location, e.g. the SQLite file path (printed at the end of a run).
     fn location(&self) -> String;
 }

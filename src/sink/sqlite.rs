@@ -5,14 +5,14 @@
 //! transaction of `INSERT … ON CONFLICT DO UPDATE` through a cached statement, so
 //! writing the same (device, tick) again replaces the row (last write wins).
 
-use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
 use rusqlite::{params, Connection, TransactionBehavior};
 
-use super::{ClassNames, RowNames, Sink, SinkError};
-use crate::record::{JobRecord, Outcome};
+use super::row::{Resolver, Row};
+use super::{RowNames, Sink, SinkError};
+use crate::record::JobRecord;
 
 /// The `jobs` table: one row per (device, tick). `WITHOUT ROWID` stores rows in the
 /// primary-key B-tree itself, so each upsert touches one tree instead of two. The
@@ -73,11 +73,8 @@ pub struct SqliteSink {
     conn: Connection,
     /// The file path as given, for [`Sink::location`] and every error message.
     location: String,
-    /// What record indexes resolve to (device ids, class and model names).
-    names: Arc<RowNames>,
-    /// Reused text of the `reason` column, so failed and skipped rows do not each
-    /// allocate a String.
-    reason: String,
+    /// Turns each batch of records into the table's rows.
+    resolver: Resolver,
 }
 
 impl SqliteSink {
@@ -123,8 +120,7 @@ impl SqliteSink {
         Ok(SqliteSink {
             conn,
             location,
-            names,
-            reason: String::new(),
+            resolver: Resolver::new(names),
         })
     }
 }
@@ -148,71 +144,79 @@ fn add_missing_columns(conn: &Connection, at: &str) -> Result<(), SinkError> {
 }
 
 impl Sink for SqliteSink {
-    fn write_batch(&mut self, rows: &[JobRecord]) -> Result<(), SinkError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let at = self.location.as_str();
-        let names = &*self.names;
-        let reason = &mut self.reason;
-        // IMMEDIATE takes the write lock up front, so a busy database is waited on
-        // at BEGIN rather than failing mid-batch on a lock upgrade.
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(failed("beginning a transaction", at))?;
-        {
-            let mut upsert = tx
-                .prepare_cached(UPSERT)
-                .map_err(failed("preparing the upsert into jobs", at))?;
-            // Rows in key order walk the primary-key B-tree from one leaf to the
-            // next instead of jumping around it (shards' batches interleave).
-            let mut order: Vec<(i64, &str, usize)> = Vec::with_capacity(rows.len());
-            for (index, row) in rows.iter().enumerate() {
-                order.push((row.tick_ms, resolve(names, row, at)?.0, index));
-            }
-            order.sort_unstable();
-            for &(_, _, index) in &order {
-                let row = &rows[index];
-                let (device_id, class) = resolve(names, row, at)?;
-                let output = (!row.output.is_empty()).then_some(&row.output[..]);
-                upsert
-                    .execute(params![
-                        device_id,
-                        row.tick_ms,
-                        class.class,
-                        class.model,
-                        row.outcome.label(),
-                        reason_text(reason, &row.outcome),
-                        output,
-                        micros(row.latency.schedule_lag_us),
-                        row.latency.fetch_us.map(micros),
-                        row.latency.infer_us.map(micros),
-                        row.latency.end_to_end_us.map(micros),
-                        row.shard,
-                        row.compute_node
-                            .and_then(|index| class.compute_nodes.get(index as usize)),
-                        row.attempts,
-                    ])
-                    .map_err(|error| {
-                        let operation =
-                            format!("writing row (device {device_id}, tick {})", row.tick_ms);
-                        let transient = is_transient(&error);
-                        SinkError::new(operation, at, error).transient(transient)
-                    })?;
-            }
-        }
-        // An early return above drops `tx`, which rolls the whole batch back.
-        tx.commit().map_err(|error| {
-            let transient = is_transient(&error);
-            SinkError::new(format!("committing {} rows", rows.len()), at, error)
-                .transient(transient)
-        })
+    fn write_batch(&mut self, records: &[JobRecord]) -> Result<(), SinkError> {
+        let rows = self
+            .resolver
+            .resolve(records)
+            .map_err(|error| SinkError::new("resolving names", self.location.clone(), error))?;
+        write_rows(&mut self.conn, &self.location, &rows)
+    }
+
+    fn write_rows(&mut self, rows: &[Row<'_>]) -> Result<(), SinkError> {
+        write_rows(&mut self.conn, &self.location, rows)
     }
 
     fn location(&self) -> String {
         self.location.clone()
     }
+}
+
+/// Upserts `rows` in one transaction, in key order.
+fn write_rows(conn: &mut Connection, at: &str, rows: &[Row<'_>]) -> Result<(), SinkError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    // IMMEDIATE takes the write lock up front, so a busy database is waited on
+    // at BEGIN rather than failing mid-batch on a lock upgrade.
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(failed("beginning a transaction", at))?;
+    {
+        let mut upsert = tx
+            .prepare_cached(UPSERT)
+            .map_err(failed("preparing the upsert into jobs", at))?;
+        // Rows in key order walk the primary-key B-tree from one leaf to the
+        // next instead of jumping around it (shards' batches interleave).
+        let mut order: Vec<(i64, &str, usize)> = rows
+            .iter()
+            .enumerate()
+            .map(|(index, row)| (row.tick_ms, &*row.device_id, index))
+            .collect();
+        order.sort_unstable();
+        for &(_, _, index) in &order {
+            let row = &rows[index];
+            upsert
+                .execute(params![
+                    row.device_id,
+                    row.tick_ms,
+                    row.class,
+                    row.model,
+                    row.outcome,
+                    row.reason,
+                    row.output(),
+                    row.schedule_lag_us,
+                    row.fetch_us,
+                    row.infer_us,
+                    row.end_to_end_us,
+                    row.shard,
+                    row.compute_node,
+                    row.attempts,
+                ])
+                .map_err(|error| {
+                    let operation = format!(
+                        "writing row (device {}, tick {})",
+                        row.device_id, row.tick_ms
+                    );
+                    let transient = is_transient(&error);
+                    SinkError::new(operation, at, error).transient(transient)
+                })?;
+        }
+    }
+    // An early return above drops `tx`, which rolls the whole batch back.
+    tx.commit().map_err(|error| {
+        let transient = is_transient(&error);
+        SinkError::new(format!("committing {} rows", rows.len()), at, error).transient(transient)
+    })
 }
 
 /// Refuses a database file, or a folder for its `-wal` and `-shm` files, that
@@ -284,61 +288,14 @@ fn failed<'a>(
     }
 }
 
-/// The device id and class names of a record. An index out of range is a bug
-/// upstream; it fails the batch rather than panicking the writer thread.
-fn resolve<'n>(
-    names: &'n RowNames,
-    row: &JobRecord,
-    at: &str,
-) -> Result<(&'n str, &'n ClassNames), SinkError> {
-    let bad_index = |what: String| {
-        let operation = format!("resolving names of row (tick {})", row.tick_ms);
-        SinkError::new(operation, at, what)
-    };
-    if row.device as usize >= names.fleet.len() {
-        return Err(bad_index(format!(
-            "device index {} is outside the fleet of {} devices",
-            row.device,
-            names.fleet.len()
-        )));
-    }
-    let class = names.classes.get(usize::from(row.class)).ok_or_else(|| {
-        bad_index(format!(
-            "class index {} is outside the {} configured classes",
-            row.class,
-            names.classes.len()
-        ))
-    })?;
-    Ok((names.fleet.id(row.device), class))
-}
-
-/// The `reason` column: the same text as [`Outcome::reason`], written into a reused
-/// buffer instead of a new String per row.
-fn reason_text<'b>(buffer: &'b mut String, outcome: &Outcome) -> Option<&'b str> {
-    buffer.clear();
-    // Writing to a String cannot fail; a failing Display impl would only cut the text.
-    let _ = match outcome {
-        Outcome::Ok => return None,
-        Outcome::Failed(error) => write!(buffer, "{error}"),
-        Outcome::Skipped(reason) => write!(buffer, "{reason}"),
-    };
-    Some(buffer.as_str())
-}
-
-/// A duration for an INTEGER column. SQLite integers are i64; 2^63 µs is ~292,000
-/// years, so saturating can never change a real value and keeps a corrupt one from
-/// failing the batch.
-fn micros(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::devices::Fleet;
     use crate::error::{ErrorKind, JobError, Stage};
     use crate::grpc::status::Code;
-    use crate::record::{SkipReason, StageLatency};
+    use crate::record::{Outcome, SkipReason, StageLatency};
+    use crate::sink::ClassNames;
     use bytes::Bytes;
 
     fn names() -> Arc<RowNames> {
@@ -526,14 +483,6 @@ mod tests {
                 shard: 1,
             }
         );
-        // The reused buffer must give exactly what the record itself says.
-        for row in &rows {
-            let mut buffer = String::from("stale text");
-            assert_eq!(
-                reason_text(&mut buffer, &row.outcome).map(str::to_owned),
-                row.outcome.reason()
-            );
-        }
         let db = Connection::open(&path).unwrap();
         let mode: String = db
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))

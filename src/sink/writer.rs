@@ -463,6 +463,11 @@ mod tests {
             Ok(())
         }
 
+        fn write_rows(&mut self, rows: &[super::super::row::Row<'_>]) -> Result<(), SinkError> {
+            let _ = self.written.send(rows.len());
+            Ok(())
+        }
+
         fn location(&self) -> String {
             "flaky://test".into()
         }
