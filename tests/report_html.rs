@@ -120,7 +120,8 @@ fn recording(seconds: u64, jobs_per_second: u64, scale: f64) -> Recording {
                 "shards": [0, 1], "load": {"mode": "closed", "concurrency": 64},
                 "classes": [{"name": "camera", "period_ms": 1000, "model": "resnet50"},
                             {"name": "thermo", "period_ms": 250, "model": "tinyml"}],
-                "mock": {"service_time_us": 2000, "error_rate": 0.001},
+                "grpc": {"retries": 1, "connect_timeout_ms": 1000, "retry_budget_percent": 20},
+                "mocks": {"compute_node": {"service_time": {"fixed_us": 2000}, "payload_bytes": 1024, "error_rate": 0.001}},
             },
         }),
         intervals,
@@ -288,7 +289,15 @@ fn report_page_draws_every_stage_in_headless_chromium() {
             "no {timeline} plot"
         );
     }
-    for text in ["resnet50", "tinyml", "classes[1].period_ms", "99.99%"] {
+    for text in [
+        "resnet50",
+        "tinyml",
+        "classes[1].period_ms",
+        "99.99%",
+        "grpc.connect_timeout_ms",
+        "mocks.compute_node.service_time.fixed_us",
+        "mocks.compute_node.payload_bytes",
+    ] {
         assert!(dom.contains(text), "{text} missing from the page");
     }
     // The Replicas table: one row per replica of each class's sets, the same
