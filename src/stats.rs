@@ -682,7 +682,10 @@ mod tests {
         let fetch_failure = JobError::new(Stage::Fetch, ErrorKind::DeadlineExceeded);
         stats.record(&record(0, Outcome::Failed(fetch_failure), 7_000));
         assert_eq!(
-            (stats.latency.failed.fetch.len(), stats.latency.failed.fetch.max()),
+            (
+                stats.latency.failed.fetch.len(),
+                stats.latency.failed.fetch.max()
+            ),
             (1, 10)
         );
         let mut merged = StageHistograms::default();

@@ -95,8 +95,7 @@ fn failed_latency_json(latency: &StageHistograms) -> Value {
 }
 
 /// What `latency_us` holds, written beside it: it has always been the ok jobs'.
-pub const LATENCY_US_OF: &str =
-    "ok jobs (schedule_lag: every job that ran; sink_lag: every row)";
+pub const LATENCY_US_OF: &str = "ok jobs (schedule_lag: every job that ran; sink_lag: every row)";
 
 /// What `latency_failed_us` holds, written beside it.
 pub const LATENCY_FAILED_US_OF: &str =
@@ -431,7 +430,10 @@ mod tests {
         assert_eq!(json["latency_failed_us"]["end_to_end"]["max"], 1800);
         assert_eq!(json["latency_failed_us"]["infer"]["p50"], 450);
         assert_eq!(json["latency_failed_us"]["fetch"]["count"], 0);
-        assert_eq!(json["per_class"][0]["latency_failed_us"]["end_to_end"]["count"], 900);
+        assert_eq!(
+            json["per_class"][0]["latency_failed_us"]["end_to_end"]["count"],
+            900
+        );
         assert_eq!(json["per_shard"][0]["ok"], 4_000);
         assert_eq!(json["per_shard"][0]["latency_us"]["end_to_end"]["p50"], 500);
         assert_eq!(json["per_class"][0]["class"], "camera");

@@ -39,7 +39,10 @@ fn jobs_of(summary: &Path) -> u64 {
         assert_eq!(mocks[node]["service_time"]["fixed_us"], 100, "{text}");
         assert_eq!(mocks[node]["payload_bytes"], 1024, "{text}");
     }
-    assert!(json["config"]["grpc"]["connect_timeout_ms"].is_u64(), "{text}");
+    assert!(
+        json["config"]["grpc"]["connect_timeout_ms"].is_u64(),
+        "{text}"
+    );
     jobs
 }
 

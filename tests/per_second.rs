@@ -64,11 +64,7 @@ fn failed_and_skipped_seconds_match_the_rows_too() {
 /// interval log and its window.
 fn flat_run(
     compute: MockOptions,
-) -> (
-    Vec<common::Row>,
-    Vec<percore::report::Interval>,
-    (i64, i64),
-) {
+) -> (Vec<common::Row>, Vec<percore::report::Interval>, (i64, i64)) {
     let source = common::start_mock(MockKind::Source, MockOptions::default());
     let compute = common::start_mock(MockKind::Compute, compute);
     let dir = tempfile::tempdir().expect("a temporary directory");

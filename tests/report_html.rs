@@ -153,7 +153,12 @@ fn timeline_svg<'a>(dom: &'a str, timeline: &str) -> Option<&'a str> {
 /// (bottom, top) in SVG y of each bar of `series`, in drawing order (by second).
 fn bar_edges(svg: &str, series: &str) -> Vec<(f64, f64)> {
     let attribute = |tag: &str, name: &str| -> Option<f64> {
-        tag.split(&format!(" {name}=\"")).nth(1)?.split('"').next()?.parse().ok()
+        tag.split(&format!(" {name}=\""))
+            .nth(1)?
+            .split('"')
+            .next()?
+            .parse()
+            .ok()
     };
     svg.split("<rect")
         .skip(1)
@@ -237,13 +242,18 @@ fn report_page_draws_every_stage_in_headless_chromium() {
     }
     // Failed jobs' time to failure beside the ok spectra, labelled, for the
     // stages that had failures.
-    assert!(dom.contains("Failed jobs: time to failure"), "no failed-latency heading");
+    assert!(
+        dom.contains("Failed jobs: time to failure"),
+        "no failed-latency heading"
+    );
     for stage in ["failed_infer", "failed_end_to_end"] {
         let svg = stage_svg(&dom, stage)
             .unwrap_or_else(|| panic!("no <svg data-stage=\"{stage}\"> in the DOM"));
         assert_real_curve(stage, &curves(svg)[0]);
         assert!(
-            dom.contains(&format!("<tr data-stage=\"{stage}\"><td>{stage}</td><td class=\"text\">failed</td>")),
+            dom.contains(&format!(
+                "<tr data-stage=\"{stage}\"><td>{stage}</td><td class=\"text\">failed</td>"
+            )),
             "the failed percentile table has no row for {stage}"
         );
     }

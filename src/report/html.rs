@@ -581,10 +581,7 @@ fn rows_table(rows: Option<&Value>, keys: &[(&str, &str)], empty: &str) -> Strin
         for (stage, p) in latency_columns {
             let stage = row.get("latency_us").and_then(|l| l.get(stage));
             // No ok job (a class whose jobs all failed): no latency, not 0.
-            let none = stage
-                .and_then(|s| s.get("count"))
-                .and_then(Value::as_u64)
-                == Some(0);
+            let none = stage.and_then(|s| s.get("count")).and_then(Value::as_u64) == Some(0);
             let v = stage.and_then(|s| s.get(p)).filter(|_| !none);
             let _ = write!(out, "<td>{}</td>", number_cell(v));
         }

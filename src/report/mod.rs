@@ -355,10 +355,7 @@ pub fn stage_jobs(stage: &str) -> &'static str {
 /// print: the stages with the jobs each counts (`ok`, `ran`: ok and failed,
 /// `rows`: every row), then, when any job failed, the failed jobs' time to
 /// failure under its own heading.
-pub fn latency_table(
-    ok: &[(&str, &Histogram<u64>)],
-    failed: &[(&str, &Histogram<u64>)],
-) -> String {
+pub fn latency_table(ok: &[(&str, &Histogram<u64>)], failed: &[(&str, &Histogram<u64>)]) -> String {
     let mut table = String::new();
     let _ = writeln!(
         table,
@@ -817,7 +814,16 @@ mod tests {
         let e2e: Vec<&str> = lines[5].split_whitespace().collect();
         assert_eq!(
             e2e,
-            ["end_to_end", "ok", "1000", "500", "900", "990", "999", "1000"]
+            [
+                "end_to_end",
+                "ok",
+                "1000",
+                "500",
+                "900",
+                "990",
+                "999",
+                "1000"
+            ]
         );
         let fetch: Vec<&str> = lines[2].split_whitespace().collect();
         assert_eq!(fetch, ["fetch", "ok", "0", "-", "-", "-", "-", "-"]);
@@ -834,11 +840,25 @@ mod tests {
         };
         let table = text_table(&recording);
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines.len(), 1 + STAGES.len() + 1 + FAILED_STAGES.len(), "{table}");
+        assert_eq!(
+            lines.len(),
+            1 + STAGES.len() + 1 + FAILED_STAGES.len(),
+            "{table}"
+        );
         assert_eq!(lines[6], "failed: time to failure");
-        let words = |line: &str| line.split_whitespace().map(str::to_string).collect::<Vec<_>>();
-        assert_eq!(words(lines[7]), ["fetch", "failed", "0", "-", "-", "-", "-", "-"]);
-        assert_eq!(words(lines[8]), ["infer", "failed", "1", "3", "3", "3", "3", "3"]);
+        let words = |line: &str| {
+            line.split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            words(lines[7]),
+            ["fetch", "failed", "0", "-", "-", "-", "-", "-"]
+        );
+        assert_eq!(
+            words(lines[8]),
+            ["infer", "failed", "1", "3", "3", "3", "3", "3"]
+        );
         assert_eq!(words(lines[9])[..3], ["end_to_end", "failed", "4"]);
     }
 
