@@ -363,7 +363,7 @@ fn cards(recording: &Recording, totals: &[(String, Histogram<u64>)]) -> String {
         ),
     );
     card(
-        "end-to-end p99",
+        "ok end-to-end p99",
         e2e.filter(|h| !h.is_empty())
             .map_or("–".into(), |h| micros(h.value_at_quantile(0.99))),
         e2e.filter(|h| !h.is_empty()).map_or(String::new(), |h| {
@@ -437,7 +437,7 @@ fn comparison_cards(
             |v| micros(v as u64),
         ),
         (
-            "end-to-end p99",
+            "ok end-to-end p99",
             e2e(totals_a, 0.99),
             e2e(totals_b, 0.99),
             true,
