@@ -6,10 +6,11 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
+use serde_json::{json, Value};
 
 use crate::config::{Class, Config, GrpcConfig, OutputSpec, SinkConfig, Upstream};
 use crate::devices::Fleet;
-use crate::mock::{MockKind, MockNode, MockOptions};
+use crate::mock::{MockKind, MockNode, MockOptions, ServiceTime};
 use crate::runtime::RuntimeError;
 use crate::tuning::{allowed_cpus, Tuning};
 
@@ -28,6 +29,31 @@ pub struct MockPair {
     pub source: MockNode,
     /// Serves KServe v2 `ModelInfer`.
     pub compute: MockNode,
+    /// What both were started with ([`describe_mocks`]): a run against them
+    /// passes it as [`RunOptions::mocks`](crate::dispatcher::RunOptions::mocks),
+    /// so the report's configuration says what served the run.
+    pub description: Value,
+}
+
+/// The mock nodes' settings a report shows: service time, payload and the
+/// injected fault rates of each.
+pub fn describe_mocks(source: &MockOptions, compute: &MockOptions) -> Value {
+    let describe = |options: &MockOptions| {
+        let service_time = match options.service_time {
+            ServiceTime::Fixed(time) => json!({"fixed_us": time.as_micros() as u64}),
+            ServiceTime::Exponential { mean } => {
+                json!({"exponential_mean_us": mean.as_micros() as u64})
+            }
+        };
+        json!({
+            "service_time": service_time,
+            "payload_bytes": options.payload_bytes,
+            "error_rate": options.error_rate,
+            "hang_rate": options.hang_rate,
+            "reset_rate": options.reset_rate,
+        })
+    };
+    json!({"data_source": describe(source), "compute_node": describe(compute)})
 }
 
 impl MockPair {
@@ -62,6 +88,7 @@ pub fn start_mocks(
     source: MockOptions,
     compute: MockOptions,
 ) -> Result<MockPair, RuntimeError> {
+    let description = describe_mocks(&source, &compute);
     let any_port = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let cpus = mock_placement(tuning);
     let io_memory = tuning.io_memory_kib * 1024;
@@ -73,7 +100,11 @@ pub fn start_mocks(
             return Err(error);
         }
     };
-    Ok(MockPair { source, compute })
+    Ok(MockPair {
+        source,
+        compute,
+        description,
+    })
 }
 
 /// A class served by one data source and one compute node running the mock model,

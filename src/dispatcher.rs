@@ -94,6 +94,10 @@ pub struct RunOptions {
     /// interval log, the report's `histograms.hlog`) as each second closes; `None`
     /// keeps no per-second history. Either way the run holds only a few seconds.
     pub interval_log: Option<PathBuf>,
+    /// The mock nodes serving the run (a demo's), as
+    /// [`describe_mocks`](crate::demo::describe_mocks) words them: the report's
+    /// configuration shows their service time and payload. `None` for real nodes.
+    pub mocks: Option<serde_json::Value>,
 }
 
 /// Why a run could not start or did not complete.
@@ -423,12 +427,47 @@ fn config_description(config: &Config, options: &RunOptions) -> serde_json::Valu
         "connections_per_node": config.tuning.connections_per_node,
         "max_in_flight_per_shard": config.tuning.max_in_flight_per_shard,
         "max_message_bytes": config.grpc.max_message_bytes,
+        "grpc": grpc_description(&config.grpc),
         "classes": config.classes.iter().map(|class| serde_json::json!({
             "name": class.name, "model": class.model, "period_ms": class.period_ms,
             "deadline_ms": class.deadline_ms,
             "data_sources": class.data_sources.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "compute_nodes": class.compute_nodes.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "upstream": upstream_description(&class.upstream),
         })).collect::<Vec<_>>(),
+        "mocks": options.mocks,
+    })
+}
+
+/// The `[grpc]` settings that decide how a failing call is treated.
+fn grpc_description(grpc: &crate::config::GrpcConfig) -> serde_json::Value {
+    serde_json::json!({
+        "retries": grpc.retries,
+        "connect_timeout_ms": grpc.connect_timeout_ms,
+        "retry_budget_percent": grpc.retry_budget_percent,
+        "retry_budget_min_per_s": grpc.retry_budget_min_per_s,
+        "keepalive_interval_ms": grpc.keepalive_interval_ms,
+        "keepalive_timeout_ms": grpc.keepalive_timeout_ms,
+    })
+}
+
+/// A class's balancing, attempt timeout and hedging, as the config spells them.
+fn upstream_description(upstream: &crate::config::Upstream) -> serde_json::Value {
+    use crate::config::{BalancerKind, Hedge};
+    let hedge = match upstream.hedge {
+        None => serde_json::Value::Null,
+        Some(Hedge::After(delay)) => serde_json::json!({"after_ms": delay.as_millis() as u64}),
+        Some(Hedge::Percentile(p)) => serde_json::json!({"percentile": p}),
+    };
+    serde_json::json!({
+        "balancer": match upstream.balancer {
+            BalancerKind::PowerOfTwoChoices => "p2c",
+            BalancerKind::RoundRobin => "round_robin",
+        },
+        "attempt_timeout_ms": upstream.attempt_timeout.map(|t| t.as_millis() as u64),
+        "hedge": hedge,
+        "max_outstanding_per_replica": upstream.max_outstanding_per_replica,
+        "retry_on": upstream.retry_on.iter().map(|code| code.0).collect::<Vec<_>>(),
     })
 }
 
@@ -523,8 +562,11 @@ impl PerSecond {
 
     fn write(&mut self, second: u64, latency: &StageHistograms) {
         let Some(log) = &mut self.log else { return };
-        for (stage, histogram) in latency.stages() {
-            if second >= self.after_window && histogram.is_empty() {
+        for (index, (stage, histogram)) in latency.tagged().into_iter().enumerate() {
+            // The failed and skipped tags only when there were some: an absent
+            // tag reads as none, and a healthy run's log stays as it was.
+            let ok_stage = index < crate::stats::STAGES.len();
+            if (second >= self.after_window || !ok_stage) && histogram.is_empty() {
                 continue;
             }
             let interval = crate::report::Interval {

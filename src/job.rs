@@ -137,8 +137,11 @@ async fn fetch_and_infer(
         class: route.name.clone(),
         tick_unix_ms: tick_ms,
     };
-    let fetched: FetchResponse = call(Method::Fetch, &request, deadline, route, tally).await?;
+    // Timed whether it succeeds or not: a failed call's time is its time to
+    // failure, which the shard keeps apart from the ok jobs' latencies.
+    let fetched = call::<_, FetchResponse>(Method::Fetch, &request, deadline, route, tally).await;
     latency.fetch_us = Some(micros(fetch_started.elapsed()));
+    let fetched = fetched?;
     tensor::check_raw(&fetched.datatype, &fetched.shape, &fetched.raw)
         .map_err(|detail| JobError::new(Stage::Fetch, ErrorKind::BadResponse(detail.into())))?;
 
@@ -156,9 +159,10 @@ async fn fetch_and_infer(
         raw_input_contents: vec![fetched.raw],
         ..Default::default()
     };
-    let response: ModelInferResponse =
-        call(Method::Infer, &request, deadline, route, tally).await?;
+    let response =
+        call::<_, ModelInferResponse>(Method::Infer, &request, deadline, route, tally).await;
     latency.infer_us = Some(micros(infer_started.elapsed()));
+    let response = response?;
 
     let bad = |detail: String| JobError::new(Stage::Infer, ErrorKind::BadResponse(detail.into()));
     let output = tensor::first_output(response).map_err(bad)?;

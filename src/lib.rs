@@ -41,7 +41,8 @@
 //!   SQLite implementation, and [`sink::writer`], the thread that turns batches
 //!   into transactions, retries transient errors and tells the coordinator.
 //! - [`stats`]: per-shard counters and HDR histograms (totals, per class, per
-//!   second) and each shard's view of its replicas, merged off the shards.
+//!   second; ok jobs' stages, failed jobs' time to failure apart, skipped
+//!   ticks' lag) and each shard's view of its replicas, merged off the shards.
 //!   [`failures`]: the failure breakdown a shard records beside them — failed
 //!   jobs and skipped ticks by stage and bounded reason class, with the most
 //!   frequent exact reasons and an example device. [`summary`]: the end-of-run table,

@@ -435,6 +435,7 @@ fn demo_command(args: DemoArgs, stop: flume::Receiver<()>) -> Result<i32> {
         stop: Some(stop),
         metrics: admin.as_ref().map(AdminServer::publisher),
         interval_log: args.output.interval_log(),
+        mocks: Some(mocks.description.clone()),
     };
     let result = dispatcher::run(&config, &options);
     mocks.stop();
@@ -457,6 +458,7 @@ fn run_command(args: RunArgs, stop: flume::Receiver<()>) -> Result<i32> {
         stop: Some(stop),
         metrics: admin.as_ref().map(AdminServer::publisher),
         interval_log: args.output.interval_log(),
+        mocks: None,
     };
     let finished = dispatcher::run(&config, &options)
         .map_err(anyhow::Error::from)

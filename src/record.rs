@@ -47,16 +47,17 @@ pub struct JobRecord {
     pub ready_at: Instant,
 }
 
-/// Per-stage latencies of one job, in microseconds. A stage that did not run is `None`.
+/// Per-stage latencies of one job, in microseconds. A stage that did not run is `None`;
+/// a stage that failed has its time to failure (its start → the failure).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StageLatency {
     /// Planned tick time to the moment the job started (or was skipped).
     pub schedule_lag_us: u64,
-    /// The data-source `Fetch` call.
+    /// The data-source `Fetch` call, until it answered or failed.
     pub fetch_us: Option<u64>,
-    /// The compute node's `ModelInfer` call.
+    /// The compute node's `ModelInfer` call, until it answered or failed.
     pub infer_us: Option<u64>,
-    /// Planned tick time to the result being ready for the sink.
+    /// Planned tick time to the result (or the failure) being ready for the sink.
     pub end_to_end_us: Option<u64>,
 }
 

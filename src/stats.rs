@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
+use crate::error::Stage;
 use crate::failures::FailureBreakdown;
 use crate::job::ClassRoute;
 use crate::record::{ClassIndex, JobRecord, Outcome};
@@ -30,8 +31,30 @@ pub const MAX_TRACKED_US: u64 = 100_000_000;
 /// Significant decimal digits: 3 gives 0.1% resolution across the range.
 pub const SIGNIFICANT_DIGITS: u8 = 3;
 
-/// Stage names, in report order.
+/// Stage names, in report order. Fetch, infer and end-to-end are of ok jobs.
 pub const STAGES: [&str; 5] = ["schedule_lag", "fetch", "infer", "sink_lag", "end_to_end"];
+
+/// Names of the failed jobs' time-to-failure histograms, in report order: the
+/// interval log's tags and the `.hgrm` files' names for [`FailedHistograms`].
+pub const FAILED_STAGES: [&str; 3] = ["failed_fetch", "failed_infer", "failed_end_to_end"];
+
+/// The interval log's tag for the schedule lag of skipped ticks: one sample per
+/// skipped tick, so each second's skips can be counted from the log.
+pub const SKIPPED_TAG: &str = "skipped";
+
+/// Every tag the interval log may carry, in the order it writes them within a
+/// second: the ok stages, the failed ones, the skips.
+pub const LOG_TAGS: [&str; 9] = [
+    STAGES[0],
+    STAGES[1],
+    STAGES[2],
+    STAGES[3],
+    STAGES[4],
+    FAILED_STAGES[0],
+    FAILED_STAGES[1],
+    FAILED_STAGES[2],
+    SKIPPED_TAG,
+];
 
 /// Counts by outcome, plus gauges and traffic.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -85,7 +108,7 @@ pub fn new_histogram() -> Histogram<u64> {
 /// One histogram per stage, in microseconds.
 #[derive(Debug, Clone)]
 pub struct StageHistograms {
-    /// Planned tick → job start.
+    /// Planned tick → job start, of every job that ran (ok or failed).
     pub schedule_lag: Histogram<u64>,
     /// The data-source call (successful jobs).
     pub fetch: Histogram<u64>,
@@ -95,6 +118,12 @@ pub struct StageHistograms {
     pub sink_lag: Histogram<u64>,
     /// Planned tick → result ready (successful jobs).
     pub end_to_end: Histogram<u64>,
+    /// Failed jobs' time to failure, kept apart so a fast failure does not
+    /// flatter the ok jobs' latencies nor a slow one spoil them.
+    pub failed: FailedHistograms,
+    /// Planned tick → the skip, of skipped ticks: its count per second is the
+    /// per-second skip count the report plots.
+    pub skipped: Histogram<u64>,
 }
 
 impl Default for StageHistograms {
@@ -105,7 +134,54 @@ impl Default for StageHistograms {
             infer: new_histogram(),
             sink_lag: new_histogram(),
             end_to_end: new_histogram(),
+            failed: FailedHistograms::default(),
+            skipped: new_histogram(),
         }
+    }
+}
+
+/// Time to failure of failed jobs, per stage, in microseconds.
+#[derive(Debug, Clone)]
+pub struct FailedHistograms {
+    /// Jobs that failed in Fetch (or its check): the fetch's start → the failure.
+    pub fetch: Histogram<u64>,
+    /// Jobs that failed in ModelInfer (or its output check): the call's start →
+    /// the failure.
+    pub infer: Histogram<u64>,
+    /// Every failed job: planned tick → the failure, ready for the sink.
+    pub end_to_end: Histogram<u64>,
+}
+
+impl Default for FailedHistograms {
+    fn default() -> Self {
+        FailedHistograms {
+            fetch: new_histogram(),
+            infer: new_histogram(),
+            end_to_end: new_histogram(),
+        }
+    }
+}
+
+impl FailedHistograms {
+    /// The histograms in report order ([`FAILED_STAGES`]), with their names.
+    pub fn stages(&self) -> [(&'static str, &Histogram<u64>); 3] {
+        [
+            (FAILED_STAGES[0], &self.fetch),
+            (FAILED_STAGES[1], &self.infer),
+            (FAILED_STAGES[2], &self.end_to_end),
+        ]
+    }
+
+    /// Whether no failed job was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.end_to_end.is_empty() && self.fetch.is_empty() && self.infer.is_empty()
+    }
+
+    pub fn add(&mut self, other: &FailedHistograms) {
+        // Same bounds on both sides: adding cannot fail.
+        let _ = self.fetch.add(&other.fetch);
+        let _ = self.infer.add(&other.infer);
+        let _ = self.end_to_end.add(&other.end_to_end);
     }
 }
 
@@ -121,6 +197,13 @@ impl StageHistograms {
         ]
     }
 
+    /// Every histogram the interval log keeps, with its tag ([`LOG_TAGS`] order).
+    pub fn tagged(&self) -> [(&'static str, &Histogram<u64>); 9] {
+        let [a, b, c, d, e] = self.stages();
+        let [f, g, h] = self.failed.stages();
+        [a, b, c, d, e, f, g, h, (SKIPPED_TAG, &self.skipped)]
+    }
+
     pub fn add(&mut self, other: &StageHistograms) {
         // Same bounds on both sides: adding cannot fail.
         let _ = self.schedule_lag.add(&other.schedule_lag);
@@ -128,35 +211,58 @@ impl StageHistograms {
         let _ = self.infer.add(&other.infer);
         let _ = self.sink_lag.add(&other.sink_lag);
         let _ = self.end_to_end.add(&other.end_to_end);
+        self.failed.add(&other.failed);
+        let _ = self.skipped.add(&other.skipped);
     }
 
-    /// Records the stages a shard times. Skipped ticks have no stages; failed jobs
-    /// count for schedule lag only (a failed call's time says little about a node).
+    /// Records the stages a shard times. Ok jobs go to the stage histograms;
+    /// failed ones to [`FailedHistograms`] (the failing stage's time to
+    /// failure, and end to end), so neither hides the other; both count for
+    /// schedule lag. A skipped tick records its lag to `skipped` only.
     fn record(&mut self, record: &JobRecord) {
-        if matches!(record.outcome, Outcome::Skipped(_)) {
-            return;
-        }
         let latency = &record.latency;
-        self.schedule_lag
-            .saturating_record(latency.schedule_lag_us.max(1));
-        if matches!(record.outcome, Outcome::Ok) {
-            for (histogram, value) in [
-                (&mut self.fetch, latency.fetch_us),
-                (&mut self.infer, latency.infer_us),
-                (&mut self.end_to_end, latency.end_to_end_us),
-            ] {
-                if let Some(us) = value {
-                    histogram.saturating_record(us.max(1));
+        let at_least_1 = |us: Option<u64>| us.map(|us| us.max(1));
+        match &record.outcome {
+            Outcome::Skipped(_) => {
+                self.skipped
+                    .saturating_record(latency.schedule_lag_us.max(1));
+                return;
+            }
+            Outcome::Ok => {
+                for (histogram, value) in [
+                    (&mut self.fetch, latency.fetch_us),
+                    (&mut self.infer, latency.infer_us),
+                    (&mut self.end_to_end, latency.end_to_end_us),
+                ] {
+                    if let Some(us) = at_least_1(value) {
+                        histogram.saturating_record(us);
+                    }
+                }
+            }
+            Outcome::Failed(error) => {
+                let (histogram, value) = match error.stage {
+                    Stage::Fetch => (&mut self.failed.fetch, latency.fetch_us),
+                    Stage::Infer => (&mut self.failed.infer, latency.infer_us),
+                };
+                if let Some(us) = at_least_1(value) {
+                    histogram.saturating_record(us);
+                }
+                if let Some(us) = at_least_1(latency.end_to_end_us) {
+                    self.failed.end_to_end.saturating_record(us);
                 }
             }
         }
+        self.schedule_lag
+            .saturating_record(latency.schedule_lag_us.max(1));
     }
 }
 
 /// Counters and latencies of one class on one shard.
 #[derive(Debug, Clone, Default)]
 pub struct ClassStats {
+    /// The class's outcome counts.
     pub counters: Counters,
+    /// The class's latencies: ok jobs' stages, failed jobs' time to failure.
     pub latency: StageHistograms,
 }
 
@@ -517,7 +623,7 @@ mod tests {
     }
 
     #[test]
-    fn outcomes_are_counted_and_only_successes_timed() {
+    fn outcomes_are_counted_and_failures_timed_apart() {
         let mut stats = ShardStats::new(2);
         for us in 1..=100 {
             stats.record(&record(0, Outcome::Ok, us * 10));
@@ -547,6 +653,18 @@ mod tests {
             (1, 1)
         );
         assert_eq!(stats.per_class[1].latency.end_to_end.len(), 0);
+        // The failed job's time to failure: its failing stage and end to end,
+        // never in the ok histograms; the skip counts in `skipped` only.
+        for latency in [&stats.latency, &stats.per_class[1].latency, &stats.interval] {
+            let failed = &latency.failed;
+            assert_eq!(failed.fetch.len(), 0, "the fetch did not fail");
+            assert_eq!((failed.infer.len(), failed.infer.max()), (1, 20));
+            assert_eq!(failed.end_to_end.len(), 1);
+            assert!(failed.end_to_end.value_at_quantile(1.0) >= 999_000);
+            assert_eq!(latency.skipped.len(), 1);
+        }
+        assert_eq!(stats.latency.infer.len(), 100);
+        assert!(stats.per_class[0].latency.failed.is_empty());
         // The failure breakdown is recorded beside the counters; ok jobs are not in it.
         let breakdown: Vec<_> = stats
             .failures
@@ -561,6 +679,22 @@ mod tests {
                 ("skipped", "start", "previous job running", 1),
             ]
         );
+        let fetch_failure = JobError::new(Stage::Fetch, ErrorKind::DeadlineExceeded);
+        stats.record(&record(0, Outcome::Failed(fetch_failure), 7_000));
+        assert_eq!(
+            (
+                stats.latency.failed.fetch.len(),
+                stats.latency.failed.fetch.max()
+            ),
+            (1, 10)
+        );
+        let mut merged = StageHistograms::default();
+        merged.add(&stats.latency);
+        merged.add(&stats.latency);
+        assert_eq!(merged.failed.end_to_end.len(), 4);
+        assert_eq!(merged.skipped.len(), 2);
+        let tags: Vec<_> = merged.tagged().iter().map(|(tag, _)| *tag).collect();
+        assert_eq!(tags, LOG_TAGS);
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! What a run reports at its end: the `--summary-json` object, the per-stage
 //! percentile table and the per-replica table.
 
-use std::fmt::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -85,6 +84,23 @@ fn latency_json(latency: &StageHistograms) -> Value {
     Value::Object(stages)
 }
 
+/// The failed jobs' time to failure, in the shape of [`latency_json`].
+fn failed_latency_json(latency: &StageHistograms) -> Value {
+    let mut stages = serde_json::Map::new();
+    for (stage, histogram) in latency.failed.stages() {
+        let stage = stage.strip_prefix("failed_").unwrap_or(stage);
+        stages.insert(stage.to_string(), percentiles(histogram));
+    }
+    Value::Object(stages)
+}
+
+/// What `latency_us` holds, written beside it: it has always been the ok jobs'.
+pub const LATENCY_US_OF: &str = "ok jobs (schedule_lag: every job that ran; sink_lag: every row)";
+
+/// What `latency_failed_us` holds, written beside it.
+pub const LATENCY_FAILED_US_OF: &str =
+    "failed jobs: time to failure of the stage that failed (fetch, infer) and end to end";
+
 fn percentiles(histogram: &Histogram<u64>) -> Value {
     json!({
         "p50": histogram.value_at_quantile(0.50),
@@ -139,18 +155,23 @@ impl RunSummary {
             "window_unix_ms": [self.window_ms.0, self.window_ms.1],
             "sink": self.sink_location,
             "latency_us": latency_json(&self.latency),
+            "latency_us_of": LATENCY_US_OF,
+            "latency_failed_us": failed_latency_json(&self.latency),
+            "latency_failed_us_of": LATENCY_FAILED_US_OF,
             "per_shard": self.per_shard.iter().enumerate().map(|(shard, s)| json!({
                 "shard": shard, "ok": s.counters.ok, "failed": s.counters.failed,
                 "skipped": s.counters.skipped, "retries": s.counters.retries,
                 "bytes_sent": s.counters.bytes_sent,
                 "bytes_received": s.counters.bytes_received,
                 "latency_us": latency_json(&s.latency),
+                "latency_failed_us": failed_latency_json(&s.latency),
             })).collect::<Vec<_>>(),
             "per_class": self.per_class.iter().enumerate().map(|(index, c)| json!({
                 "class": c.class, "model": c.model, "ok": c.stats.counters.ok,
                 "failed": c.stats.counters.failed, "skipped": c.stats.counters.skipped,
                 "retry_budget_exhausted": self.upstream.retry_budget_exhausted.get(index).copied().unwrap_or(0),
                 "latency_us": latency_json(&c.stats.latency),
+                "latency_failed_us": failed_latency_json(&c.stats.latency),
             })).collect::<Vec<_>>(),
             "replicas": serde_json::to_value(self.replica_rows()).unwrap_or_default(),
             "failures": serde_json::to_value(&self.failures).unwrap_or_default(),
@@ -158,28 +179,11 @@ impl RunSummary {
         })
     }
 
-    /// The end-of-run table: one row per stage, latencies in microseconds.
+    /// The end-of-run table: one row per stage, latencies in microseconds, each
+    /// labelled with the jobs it counts; the failed jobs' time to failure in
+    /// rows of their own when any job failed.
     pub fn latency_table(&self) -> String {
-        let mut table = String::new();
-        let _ = writeln!(
-            table,
-            "{:<13} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-            "stage (µs)", "count", "p50", "p90", "p99", "p99.9", "max"
-        );
-        for (stage, histogram) in self.latency.stages() {
-            let _ = writeln!(
-                table,
-                "{:<13} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-                stage,
-                histogram.len(),
-                histogram.value_at_quantile(0.50),
-                histogram.value_at_quantile(0.90),
-                histogram.value_at_quantile(0.99),
-                histogram.value_at_quantile(0.999),
-                histogram.max(),
-            );
-        }
-        table
+        report::latency_table(&self.latency.stages(), &self.latency.failed.stages())
     }
 
     /// Every replica, as the summary's `replicas` array holds it: class names
@@ -341,6 +345,10 @@ mod tests {
         for us in 1..=1000 {
             latency.end_to_end.record(us).unwrap();
         }
+        for us in 1..=900 {
+            latency.failed.end_to_end.record(us * 2).unwrap();
+            latency.failed.infer.record(us).unwrap();
+        }
         let summary = RunSummary {
             shards: 2,
             window_ms: (1_000, 11_000),
@@ -416,6 +424,16 @@ mod tests {
         assert_eq!(json["latency_us"]["end_to_end"]["p50"], 500);
         assert_eq!(json["latency_us"]["end_to_end"]["max"], 1000);
         assert!(json["latency_us"]["fetch"]["p999"].is_u64());
+        // Failed jobs' time to failure beside the ok jobs', in the same shape.
+        assert_eq!(json["latency_us_of"], LATENCY_US_OF);
+        assert_eq!(json["latency_failed_us"]["end_to_end"]["count"], 900);
+        assert_eq!(json["latency_failed_us"]["end_to_end"]["max"], 1800);
+        assert_eq!(json["latency_failed_us"]["infer"]["p50"], 450);
+        assert_eq!(json["latency_failed_us"]["fetch"]["count"], 0);
+        assert_eq!(
+            json["per_class"][0]["latency_failed_us"]["end_to_end"]["count"],
+            900
+        );
         assert_eq!(json["per_shard"][0]["ok"], 4_000);
         assert_eq!(json["per_shard"][0]["latency_us"]["end_to_end"]["p50"], 500);
         assert_eq!(json["per_class"][0]["class"], "camera");
@@ -464,9 +482,18 @@ mod tests {
                 && l.ends_with("25.0%")),
             "{table}"
         );
-        assert!(summary
-            .latency_table()
-            .lines()
-            .any(|l| l.starts_with("end_to_end") && l.contains("500")));
+        let table = summary.latency_table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[5].starts_with("end_to_end    ok ") && lines[5].contains(" 500 "),
+            "{table}"
+        );
+        assert_eq!(lines[6], "failed: time to failure", "{table}");
+        assert!(
+            lines[8].starts_with("infer         failed        900")
+                && lines[9].starts_with("end_to_end    failed        900")
+                && lines[9].ends_with(" 1800"),
+            "{table}"
+        );
     }
 }

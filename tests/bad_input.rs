@@ -294,13 +294,14 @@ fn run_against(source: MockOptions, compute: MockOptions, grpc: GrpcConfig) -> V
     rows
 }
 
-/// Which calls of a failed job answered, and so were timed: (fetch, infer).
-const NO_CALL_ANSWERED: (bool, bool) = (false, false);
-const FETCH_ANSWERED: (bool, bool) = (true, false);
+/// Which calls of a failed job were made, and so were timed (a failed call
+/// until its failure, its time to failure): (fetch, infer).
+const FETCH_FAILED: (bool, bool) = (true, false);
+const INFER_FAILED: (bool, bool) = (true, true);
 const BOTH_ANSWERED: (bool, bool) = (true, true);
 
 /// Checks that no job succeeded and every job that ran failed with `reason`, with
-/// the stages in `timed` (see [`FETCH_ANSWERED`]) timed and no output. A tick may be
+/// the stages in `timed` (see [`FETCH_FAILED`]) timed and no output. A tick may be
 /// skipped behind a job the machine slowed, and only for that reason.
 fn assert_all_failed_with(rows: &[Row], reason: &str, timed: (bool, bool)) {
     let (ok, failed, _) = common::outcome_counts(rows);
@@ -354,7 +355,7 @@ fn a_response_over_the_maximum_message_size_fails_the_fetch() {
     assert!(len > PAYLOAD);
     let reason =
         format!("fetch: response of {len} bytes exceeds the maximum message size of {MAX} bytes");
-    assert_all_failed_with(&rows, &reason, NO_CALL_ANSWERED);
+    assert_all_failed_with(&rows, &reason, FETCH_FAILED);
 }
 
 #[test]
@@ -422,5 +423,5 @@ fn a_truncated_grpc_frame_fails_the_call() {
         5 + len,
         5 + len / 2
     );
-    assert_all_failed_with(&rows, &reason, FETCH_ANSWERED);
+    assert_all_failed_with(&rows, &reason, INFER_FAILED);
 }

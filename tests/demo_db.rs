@@ -32,6 +32,17 @@ fn jobs_of(summary: &Path) -> u64 {
     let json: serde_json::Value = serde_json::from_str(&text).expect("the summary is JSON");
     let jobs = json["jobs"].as_u64().expect("jobs is a count");
     assert_eq!(json["rows_written"].as_u64(), Some(jobs), "{text}");
+    // The report's configuration says what served the demo: the mocks'
+    // service time and payload, and the [grpc] settings.
+    let mocks = &json["config"]["mocks"];
+    for node in ["data_source", "compute_node"] {
+        assert_eq!(mocks[node]["service_time"]["fixed_us"], 100, "{text}");
+        assert_eq!(mocks[node]["payload_bytes"], 1024, "{text}");
+    }
+    assert!(
+        json["config"]["grpc"]["connect_timeout_ms"].is_u64(),
+        "{text}"
+    );
     jobs
 }
 

@@ -283,6 +283,34 @@ fn known_failures_show_the_same_in_terminal_summary_and_page() {
         );
     }
 
+    // Failed jobs' time to failure beside the ok latencies (infer and end to
+    // end: every failure here is an infer one), and the stacked per-second
+    // plot of outcomes with bars of all three.
+    assert!(
+        dom.contains("Failed jobs: time to failure"),
+        "no failed latencies"
+    );
+    for stage in ["failed_infer", "failed_end_to_end"] {
+        assert!(
+            dom.contains(&format!(
+                "<svg viewBox=\"0 0 600 320\" class=\"chart\" role=\"img\" data-stage=\"{stage}\">"
+            )),
+            "no {stage} spectrum"
+        );
+    }
+    assert!(
+        !dom.contains("data-stage=\"failed_fetch\""),
+        "no fetch failed"
+    );
+    for series in ["ok", "failed"] {
+        assert!(
+            dom.contains(&format!("class=\"bar\" data-series=\"{series}\"")),
+            "no {series} bar in the outcomes plot"
+        );
+    }
+    assert!(report_dir.join("failed_end_to_end.hgrm").is_file());
+    assert!(!report_dir.join("failed_fetch.hgrm").exists());
+
     // `percore report` on the directory prints the same table, and the run's
     // totals line.
     let report = percore(&["report", &report_dir.display().to_string()]);
@@ -291,6 +319,12 @@ fn known_failures_show_the_same_in_terminal_summary_and_page() {
         assert!(
             report_stdout.contains(line),
             "{line} not in:\n{report_stdout}"
+        );
+    }
+    for output in [&stdout, &report_stdout] {
+        assert!(
+            output.contains("failed: time to failure\nfetch         failed"),
+            "no time-to-failure rows in:\n{output}"
         );
     }
     let totals = format!("{stdout}{stderr}")
@@ -321,6 +355,10 @@ fn metrics_label_jobs_by_outcome_stage_and_reason_as_the_rows_do() {
     let options = RunOptions {
         duration: Some(Duration::from_secs(3)),
         metrics: Some(admin.publisher()),
+        mocks: Some(percore::demo::describe_mocks(
+            &MockOptions::default(),
+            &faulty_compute(),
+        )),
         ..RunOptions::default()
     };
     let summary = match dispatcher::run(&config, &options) {
@@ -363,6 +401,65 @@ fn metrics_label_jobs_by_outcome_stage_and_reason_as_the_rows_do() {
     // And the summary the run returned says the same.
     let json = summary.to_json();
     assert_summary_failures(&json, &expected, &rows);
+
+    // Failed jobs' time to failure, kept apart: one end-to-end sample per
+    // failed row, one infer sample per row that failed in infer (all of them
+    // here), none in the ok jobs' histograms.
+    let failed = rows.iter().filter(|row| row.outcome == "failed").count() as u64;
+    let latency_failed = &json["latency_failed_us"];
+    assert_eq!(
+        latency_failed["end_to_end"]["count"], failed,
+        "{latency_failed}"
+    );
+    assert_eq!(latency_failed["infer"]["count"], failed, "{latency_failed}");
+    assert_eq!(latency_failed["fetch"]["count"], 0, "{latency_failed}");
+    assert_eq!(json["latency_us"]["end_to_end"]["count"], ok);
+    // The hung calls failed at the deadline: the slowest failure took about
+    // that long, the NOT_FOUND ones far less.
+    let deadline_us = METER.deadline_ms * 1_000;
+    let slowest = latency_failed["infer"]["max"].as_u64().unwrap_or(0);
+    assert!(
+        slowest >= deadline_us * 9 / 10 && slowest <= deadline_us * 2,
+        "slowest failed infer {slowest} µs, deadline {deadline_us} µs"
+    );
+    assert!(
+        latency_failed["infer"]["p50"].as_u64().unwrap_or(u64::MAX) < deadline_us / 2,
+        "{latency_failed}"
+    );
+    assert!(
+        summary.latency_table().contains("failed: time to failure"),
+        "{}",
+        summary.latency_table()
+    );
+    // What served the run, in its configuration: the mocks, [grpc], the
+    // class's upstream settings.
+    let config = &json["config"];
+    assert_eq!(
+        config["mocks"]["compute_node"]["error_rate"], 0.3,
+        "{config}"
+    );
+    assert_eq!(
+        config["mocks"]["compute_node"]["hang_rate"], 0.1,
+        "{config}"
+    );
+    assert_eq!(
+        config["mocks"]["data_source"]["payload_bytes"], 1024,
+        "{config}"
+    );
+    assert_eq!(
+        config["grpc"]["retries"],
+        GrpcConfig::default().retries,
+        "{config}"
+    );
+    assert!(config["grpc"]["connect_timeout_ms"].is_u64(), "{config}");
+    assert_eq!(
+        config["classes"][0]["upstream"]["balancer"], "p2c",
+        "{config}"
+    );
+    assert!(
+        config["classes"][0]["upstream"]["hedge"].is_null(),
+        "{config}"
+    );
 }
 
 #[test]

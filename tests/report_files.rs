@@ -81,6 +81,74 @@ fn a_written_directory_loads_back_the_same() {
     }
     assert_eq!(stage_totals(&loaded), stage_totals(&written));
     assert_eq!(text_table(&loaded), text_table(&written));
+    // Nothing failed: no failed_<stage>.hgrm, no time-to-failure rows.
+    for stage in percore::report::FAILED_STAGES {
+        assert!(
+            !report.join(format!("{stage}.hgrm")).exists(),
+            "{stage}.hgrm"
+        );
+    }
+    assert!(!text_table(&loaded).contains("failed"));
+}
+
+#[test]
+fn failed_and_skipped_intervals_round_trip_and_an_old_directory_still_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report");
+    let mut written = recording();
+    let old = written.clone();
+    for (second, stage, values) in [
+        (0, "failed_infer", vec![4_000, 5_000]),
+        (0, "failed_end_to_end", vec![4_100, 5_200]),
+        (1, "failed_end_to_end", vec![900]),
+        (1, "failed_fetch", vec![800]),
+        (1, "skipped", vec![12, 13, 14]),
+    ] {
+        let mut histogram = new_histogram();
+        for v in values {
+            histogram.record(v).unwrap();
+        }
+        written.intervals.push(Interval {
+            start: Duration::from_secs(second),
+            length: Duration::from_secs(1),
+            stage: stage.into(),
+            histogram,
+        });
+    }
+    write_dir(&report, &written).unwrap();
+    let hgrm = std::fs::read_to_string(report.join("failed_end_to_end.hgrm")).unwrap();
+    assert!(
+        hgrm.contains(&format!("Total count    = {:>12}]", 3)),
+        "{hgrm}"
+    );
+    assert!(report.join("failed_fetch.hgrm").is_file());
+    let loaded = load_dir(&report).unwrap();
+    assert_eq!(loaded.intervals.len(), written.intervals.len());
+    let tags = |r: &Recording| {
+        let mut tags: Vec<(u64, String, u64)> = r
+            .intervals
+            .iter()
+            .map(|i| (i.start.as_secs(), i.stage.clone(), i.histogram.len()))
+            .collect();
+        tags.sort();
+        tags
+    };
+    assert_eq!(tags(&loaded), tags(&written));
+    assert!(text_table(&loaded).contains("failed: time to failure"));
+
+    // A directory from before failed latencies existed: no failed_*.hgrm, no
+    // failed or skipped tags in its log. It loads and renders as "none failed".
+    let old_dir = dir.path().join("old");
+    write_dir(&old_dir, &old).unwrap();
+    for stage in percore::report::FAILED_STAGES {
+        let _ = std::fs::remove_file(old_dir.join(format!("{stage}.hgrm")));
+    }
+    let loaded = load_dir(&old_dir).unwrap();
+    assert!(percore::report::failed_totals(&loaded)
+        .iter()
+        .all(|(_, h)| h.is_empty()));
+    let html = percore::report::render_html(&loaded);
+    assert!(!html.contains("Failed jobs: time to failure"));
 }
 
 /// `load_dir`'s error, as the operator reads it.

@@ -64,6 +64,28 @@ fn recording(seconds: u64, jobs_per_second: u64, scale: f64) -> Recording {
             });
         }
     }
+    // Failed jobs' time to failure and skipped ticks, a few each second: more
+    // in the slow second.
+    let (failed_per_second, skipped_per_second) = (jobs_per_second / 20, jobs_per_second / 40);
+    for second in 0..seconds {
+        let slow = if second == seconds / 2 { 3 } else { 1 };
+        for (tag, median, n) in [
+            ("failed_infer", 4_000.0, failed_per_second * slow),
+            ("failed_end_to_end", 4_500.0, failed_per_second * slow),
+            ("skipped", 30.0, skipped_per_second * slow),
+        ] {
+            let mut histogram = new_histogram();
+            for _ in 0..n {
+                histogram.saturating_record(rng.latency(median * scale));
+            }
+            intervals.push(Interval {
+                start: Duration::from_secs(second),
+                length: Duration::from_secs(1),
+                stage: tag.to_string(),
+                histogram,
+            });
+        }
+    }
     let jobs: u64 = (0..seconds).map(|s| jobs_per_second - s * 7).sum();
     let class_latency = |p50: u64| {
         json!({"end_to_end": {"p50": p50, "p90": p50 * 2, "p99": p50 * 5, "p999": p50 * 9, "max": p50 * 14, "count": jobs / 2},
@@ -79,6 +101,10 @@ fn recording(seconds: u64, jobs_per_second: u64, scale: f64) -> Recording {
             "per_class": [
                 {"class": "camera", "model": "resnet50", "ok": jobs / 2 - 7, "failed": 5, "skipped": 2, "latency_us": class_latency(2_400)},
                 {"class": "thermo", "model": "tinyml", "ok": jobs / 2 - 5, "failed": 4, "skipped": 1, "latency_us": class_latency(1_100)},
+                // Every job of this class failed: its ok latencies are "–", not 0.
+                {"class": "doorbell", "model": "gone", "ok": 0, "failed": 40, "skipped": 0,
+                 "latency_us": {"infer": {"p50": 0, "p90": 0, "p99": 0, "p999": 0, "max": 0, "count": 0},
+                                "end_to_end": {"p50": 0, "p90": 0, "p99": 0, "p999": 0, "max": 0, "count": 0}}},
             ],
             "replicas": [
                 {"class": "camera", "role": "data_source", "replica": "10.0.0.5:7001", "requests": jobs / 2, "failures": 0, "ejections": 0, "ewma_latency_us": 310.0, "ready_shards": 2, "shards": 2},
@@ -94,7 +120,8 @@ fn recording(seconds: u64, jobs_per_second: u64, scale: f64) -> Recording {
                 "shards": [0, 1], "load": {"mode": "closed", "concurrency": 64},
                 "classes": [{"name": "camera", "period_ms": 1000, "model": "resnet50"},
                             {"name": "thermo", "period_ms": 250, "model": "tinyml"}],
-                "mock": {"service_time_us": 2000, "error_rate": 0.001},
+                "grpc": {"retries": 1, "connect_timeout_ms": 1000, "retry_budget_percent": 20},
+                "mocks": {"compute_node": {"service_time": {"fixed_us": 2000}, "payload_bytes": 1024, "error_rate": 0.001}},
             },
         }),
         intervals,
@@ -114,6 +141,34 @@ fn stage_svg<'a>(dom: &'a str, stage: &str) -> Option<&'a str> {
         rest = &svg[end..];
     }
     None
+}
+
+/// The `<svg>` whose `data-timeline` is `timeline`.
+fn timeline_svg<'a>(dom: &'a str, timeline: &str) -> Option<&'a str> {
+    let start = dom.find(&format!("data-timeline=\"{timeline}\""))?;
+    let svg = &dom[dom[..start].rfind("<svg")?..];
+    Some(&svg[..svg.find("</svg>")?])
+}
+
+/// (bottom, top) in SVG y of each bar of `series`, in drawing order (by second).
+fn bar_edges(svg: &str, series: &str) -> Vec<(f64, f64)> {
+    let attribute = |tag: &str, name: &str| -> Option<f64> {
+        tag.split(&format!(" {name}=\""))
+            .nth(1)?
+            .split('"')
+            .next()?
+            .parse()
+            .ok()
+    };
+    svg.split("<rect")
+        .skip(1)
+        .map(|rect| &rect[..rect.find('>').unwrap_or(rect.len())])
+        .filter(|tag| tag.contains(&format!("class=\"bar\" data-series=\"{series}\"")))
+        .filter_map(|tag| {
+            let (y, height) = (attribute(tag, "y")?, attribute(tag, "height")?);
+            Some((y + height, y))
+        })
+        .collect()
 }
 
 /// The coordinate pairs of every curve (`<path class="curve" d="M x,y L x,y …">`).
@@ -185,6 +240,58 @@ fn report_page_draws_every_stage_in_headless_chromium() {
             "the percentile table has no row for {stage}"
         );
     }
+    // Failed jobs' time to failure beside the ok spectra, labelled, for the
+    // stages that had failures.
+    assert!(
+        dom.contains("Failed jobs: time to failure"),
+        "no failed-latency heading"
+    );
+    for stage in ["failed_infer", "failed_end_to_end"] {
+        let svg = stage_svg(&dom, stage)
+            .unwrap_or_else(|| panic!("no <svg data-stage=\"{stage}\"> in the DOM"));
+        assert_real_curve(stage, &curves(svg)[0]);
+        assert!(
+            dom.contains(&format!(
+                "<tr data-stage=\"{stage}\"><td>{stage}</td><td class=\"text\">failed</td>"
+            )),
+            "the failed percentile table has no row for {stage}"
+        );
+    }
+    assert!(
+        stage_svg(&dom, "failed_fetch").is_none(),
+        "no fetch failed, so no failed fetch spectrum"
+    );
+    // The class whose jobs all failed: "–" for its ok latencies, never 0.
+    assert!(
+        dom.contains(
+            "<td class=\"text\">doorbell</td><td class=\"text\">gone</td><td>0</td><td>40</td><td>0</td>\
+             <td>–</td><td>–</td><td>–</td><td>–</td><td>–</td><td>–</td></tr>"
+        ),
+        "the all-failed class's row"
+    );
+    // The stacked per-second plot of outcomes: every second a bar of each
+    // series, and a legend naming them.
+    let outcomes = timeline_svg(&dom, "outcomes").expect("no outcomes plot");
+    for series in ["ok", "failed", "skipped"] {
+        let bars = outcomes
+            .matches(&format!("class=\"bar\" data-series=\"{series}\""))
+            .count();
+        assert_eq!(bars, 8, "{series}: one bar per second");
+        assert!(
+            outcomes.contains(&format!(">{series}</text>")),
+            "{series} missing from the legend"
+        );
+    }
+    assert!(outcomes.contains("class=\"legend\""), "no legend");
+    // Stacked: each second's failed bar sits on its ok bar.
+    let top_of_ok = bar_edges(outcomes, "ok");
+    let bottom_of_failed = bar_edges(outcomes, "failed");
+    for ((_, ok_top), (failed_bottom, _)) in top_of_ok.iter().zip(&bottom_of_failed) {
+        assert!(
+            (ok_top - failed_bottom).abs() < 0.2,
+            "failed bars are not stacked on ok bars: {top_of_ok:?} {bottom_of_failed:?}"
+        );
+    }
     // The plots over time and the tables from the summary are there too.
     for timeline in ["throughput", "latency"] {
         assert!(
@@ -192,7 +299,15 @@ fn report_page_draws_every_stage_in_headless_chromium() {
             "no {timeline} plot"
         );
     }
-    for text in ["resnet50", "tinyml", "classes[1].period_ms", "99.99%"] {
+    for text in [
+        "resnet50",
+        "tinyml",
+        "classes[1].period_ms",
+        "99.99%",
+        "grpc.connect_timeout_ms",
+        "mocks.compute_node.service_time.fixed_us",
+        "mocks.compute_node.payload_bytes",
+    ] {
         assert!(dom.contains(text), "{text} missing from the page");
     }
     // The Replicas table: one row per replica of each class's sets, the same

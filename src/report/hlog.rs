@@ -14,6 +14,13 @@
 //! #[percore report end: 300 histograms]
 //! ```
 //!
+//! Besides the five stages of ok jobs, a second may carry `failed_fetch`,
+//! `failed_infer` and `failed_end_to_end` (failed jobs' time to failure; one
+//! `failed_end_to_end` sample per failed job) and `skipped` (the schedule lag of
+//! skipped ticks, one sample per skip), each only when it has samples: a log
+//! without them (a healthy run, or one written before they existed) reads as
+//! none failed or skipped.
+//!
 //! StartTime and BaseTime are the run's start (`window_unix_ms[0]` of the summary),
 //! so timestamps are seconds since the start, millisecond precision, and HdrHistogram's
 //! own tools (`HistogramLogProcessor`, HistogramLogAnalyzer) read the file as it is.
@@ -29,7 +36,7 @@ use hdrhistogram::serialization::interval_log::{
 };
 use hdrhistogram::serialization::{Deserializer, V2DeflateSerializer};
 
-use super::{Interval, Recording, ReportError, ReportErrorKind, FORMAT_VERSION, STAGES};
+use super::{Interval, Recording, ReportError, ReportErrorKind, FORMAT_VERSION, LOG_TAGS};
 
 /// The comment line naming the writer and its format version.
 pub fn format_marker(version: u32) -> String {
@@ -64,13 +71,13 @@ pub fn write_log(recording: &Recording) -> Vec<u8> {
     log.finish().expect("writing to a Vec")
 }
 
-/// Position of a stage in [`STAGES`] (unknown stages last), the log's order
+/// Position of a tag in [`LOG_TAGS`] (unknown tags last), the log's order
 /// within one interval.
 fn stage_rank(stage: &str) -> usize {
-    STAGES
+    LOG_TAGS
         .iter()
         .position(|s| *s == stage)
-        .unwrap_or(STAGES.len())
+        .unwrap_or(LOG_TAGS.len())
 }
 
 /// Writes a log one interval at a time, as a run closes them, so a run of any
@@ -157,7 +164,7 @@ pub fn read_log(text: &[u8], path: &Path) -> Result<Vec<Interval>, ReportError> 
             }
         };
         let stage = match interval.tag() {
-            Some(tag) if STAGES.contains(&tag.as_str()) => tag.as_str().to_string(),
+            Some(tag) if LOG_TAGS.contains(&tag.as_str()) => tag.as_str().to_string(),
             Some(tag) => return Err(malformed(format!("unknown stage tag \"{}\"", tag.as_str()))),
             None => return Err(malformed("histogram without a stage tag".into())),
         };

@@ -7,7 +7,9 @@
 //! in the browser by [`SCRIPT`], a small vanilla-JS renderer that turns the data
 //! embedded in `<script type="application/json" id="percore-data">` into inline
 //! SVG: a percentile spectrum per stage (x in "nines": 0%, 90%, 99%, 99.9% …,
-//! i.e. log10(1/(1-p))), throughput per second and end-to-end latency per second.
+//! i.e. log10(1/(1-p))) of ok jobs and, apart and labelled, of failed jobs' time
+//! to failure; jobs per second by outcome (ok / failed / skipped, stacked bars),
+//! throughput of ok jobs per second and their end-to-end latency per second.
 //! A comparison page draws both runs on the same axes.
 
 use std::collections::BTreeMap;
@@ -18,8 +20,8 @@ use serde_json::{json, Value};
 
 use super::hgrm::{percentile_steps, PercentileStep};
 use super::{
-    failure_rows, new_histogram, ratio, replica_rows, replica_shares, stage_totals, summary_number,
-    FailureRow, Recording, ReplicaRow, FORMAT_VERSION,
+    failed_totals, failure_rows, new_histogram, ratio, replica_rows, replica_shares, stage_jobs,
+    stage_totals, summary_number, FailureRow, Recording, ReplicaRow, FORMAT_VERSION, SKIPPED_TAG,
 };
 
 /// Percentile steps per half distance in the plotted spectra: twice the `.hgrm`
@@ -48,19 +50,43 @@ pub fn render_html(recording: &Recording) -> String {
          \"nines\" scale (log10 of 1/(1−p)), y the latency. The last point is the maximum.</p>",
     );
     body.push_str(&spectrum_figures(&[&totals]));
+    // Failed jobs' time to failure beside the ok jobs', each stage only when
+    // some job failed in it.
+    let failed: Vec<(String, Histogram<u64>)> = failed_totals(recording)
+        .into_iter()
+        .filter(|(_, h)| !h.is_empty())
+        .collect();
+    if !failed.is_empty() {
+        body.push_str(
+            "<h3 id=\"failed-latency\">Failed jobs: time to failure</h3><p class=\"note\">\
+             Kept apart from the ok jobs' latencies above: how long the stage that \
+             failed took until it failed (fetch, infer), and each failed job end to end.</p>",
+        );
+        body.push_str(&spectrum_figures(&[&failed]));
+    }
     body.push_str("</section>");
 
     body.push_str(
         "<section><h2>Over time</h2><p class=\"note\">One point per second of the run: \
-         completed jobs per second (from the end-to-end samples) and that second's \
-         end-to-end latency.</p><div class=\"plots\">\
-         <figure data-plot=\"throughput\"><figcaption>Throughput</figcaption></figure>\
-         <figure data-plot=\"latency-over-time\"><figcaption>End-to-end latency per second</figcaption></figure>\
+         ok jobs completed per second (from the ok end-to-end samples), that second's \
+         end-to-end latency of ok jobs, and every job by outcome, stacked: ok and failed \
+         by the second they completed in, skipped by the second they were skipped in.</p>\
+         <div class=\"plots\">\
+         <figure data-plot=\"outcomes\"><figcaption>Jobs per second by outcome</figcaption></figure>\
+         <figure data-plot=\"throughput\"><figcaption>Throughput of ok jobs</figcaption></figure>\
+         <figure data-plot=\"latency-over-time\"><figcaption>End-to-end latency per second (ok jobs)</figcaption></figure>\
          </div></section>",
     );
 
-    body.push_str("<section><h2>Percentiles (µs)</h2>");
+    body.push_str(
+        "<section><h2>Percentiles (µs)</h2><p class=\"note\">Fetch, infer and end to end \
+         are of ok jobs; schedule lag of every job that ran; sink lag of every row.</p>",
+    );
     body.push_str(&percentile_table(&totals));
+    if !failed.is_empty() {
+        body.push_str("<h3>Failed jobs: time to failure (µs)</h3>");
+        body.push_str(&percentile_table(&failed));
+    }
     body.push_str("</section>");
 
     body.push_str("<section><h2>Failures</h2>");
@@ -167,8 +193,9 @@ fn page(title: &str, body: &str, data: &Value) -> String {
          <noscript><p class=\"note\">The plots need JavaScript; the tables do not.</p></noscript>\n\
          <p id=\"render-error\" class=\"error\" hidden></p>\n\
          <footer>Written by percore (report format {FORMAT_VERSION}). The same data: \
-         <code>summary.json</code>, <code>&lt;stage&gt;.hgrm</code> (HdrHistogram percentile \
-         distributions), <code>histograms.hlog</code> (per-second interval log).</footer>\n\
+         <code>summary.json</code>, <code>&lt;stage&gt;.hgrm</code> and \
+         <code>failed_&lt;stage&gt;.hgrm</code> (HdrHistogram percentile distributions), \
+         <code>histograms.hlog</code> (per-second interval log).</footer>\n\
          </main>\n<script type=\"application/json\" id=\"percore-data\">{data}</script>\n\
          <script>{SCRIPT}</script>\n</body>\n</html>\n",
         escape(title)
@@ -178,8 +205,13 @@ fn page(title: &str, body: &str, data: &Value) -> String {
 /// What the script needs of one run: per-stage spectra and percentiles, and the
 /// per-second series.
 fn run_data(recording: &Recording, name: &str, totals: &[(String, Histogram<u64>)]) -> Value {
+    let failed: Vec<(String, Histogram<u64>)> = failed_totals(recording)
+        .into_iter()
+        .filter(|(_, h)| !h.is_empty())
+        .collect();
     let stages: Vec<Value> = totals
         .iter()
+        .chain(&failed)
         .map(|(stage, h)| {
             let spectrum: Vec<Value> = percentile_steps(h, SPECTRUM_TICKS_PER_HALF_DISTANCE)
                 .iter()
@@ -233,7 +265,44 @@ fn run_data(recording: &Recording, name: &str, totals: &[(String, Histogram<u64>
         "name": name,
         "stages": stages,
         "timeline": {"t": t, "jobs_per_s": jobs_per_s, "p50": p50, "p99": p99},
+        "outcomes": outcomes_per_second(recording),
     })
+}
+
+/// Jobs per second by outcome, one entry per second of the log: ok and failed
+/// from the end-to-end samples (`end_to_end`, `failed_end_to_end`), skipped
+/// from the `skipped` samples. A log without the failed or skipped tags (an
+/// older run) reads as none.
+fn outcomes_per_second(recording: &Recording) -> Value {
+    // Start (ms) → (length s, ok, failed, skipped).
+    let mut seconds: BTreeMap<u128, (f64, [u64; 3])> = BTreeMap::new();
+    for interval in &recording.intervals {
+        let slot = match interval.stage.as_str() {
+            "end_to_end" => 0,
+            "failed_end_to_end" => 1,
+            SKIPPED_TAG => 2,
+            _ => continue,
+        };
+        let (length, counts) = seconds
+            .entry(interval.start.as_millis())
+            .or_insert((0.0, [0; 3]));
+        *length = length.max(interval.length.as_secs_f64());
+        counts[slot] += interval.histogram.len();
+    }
+    let mut t = Vec::new();
+    let mut per_s: [Vec<f64>; 3] = Default::default();
+    for (start_ms, (length, counts)) in &seconds {
+        t.push(*start_ms as f64 / 1000.0);
+        for (series, count) in per_s.iter_mut().zip(counts) {
+            series.push(if *length > 0.0 {
+                *count as f64 / length
+            } else {
+                0.0
+            });
+        }
+    }
+    let [ok, failed, skipped] = per_s;
+    json!({"t": t, "ok": ok, "failed": failed, "skipped": skipped})
 }
 
 /// "started 2024-05-01 12:00:00 UTC · 10.0 s · 2 shards · sink x.db".
@@ -294,7 +363,7 @@ fn cards(recording: &Recording, totals: &[(String, Histogram<u64>)]) -> String {
         ),
     );
     card(
-        "end-to-end p99",
+        "ok end-to-end p99",
         e2e.filter(|h| !h.is_empty())
             .map_or("–".into(), |h| micros(h.value_at_quantile(0.99))),
         e2e.filter(|h| !h.is_empty()).map_or(String::new(), |h| {
@@ -368,7 +437,7 @@ fn comparison_cards(
             |v| micros(v as u64),
         ),
         (
-            "end-to-end p99",
+            "ok end-to-end p99",
             e2e(totals_a, 0.99),
             e2e(totals_b, 0.99),
             true,
@@ -430,9 +499,11 @@ fn spectrum_figures(runs: &[&[(String, Histogram<u64>)]]) -> String {
             .collect();
         let _ = write!(
             out,
-            "<figure data-plot=\"spectrum\" data-for=\"{0}\"><figcaption>{0} \
-             <span class=\"muted\">{1} samples</span></figcaption></figure>",
+            "<figure data-plot=\"spectrum\" data-for=\"{0}\"><figcaption>{1} \
+             <span class=\"muted\">{2} · {3} samples</span></figcaption></figure>",
             escape(stage),
+            escape(stage.strip_prefix("failed_").unwrap_or(stage)),
+            stage_jobs(stage),
             counts.join(" · ")
         );
     }
@@ -443,14 +514,16 @@ fn spectrum_figures(runs: &[&[(String, Histogram<u64>)]]) -> String {
 /// Stage × (count, mean, p50, p90, p99, p99.9, max), in µs.
 fn percentile_table(totals: &[(String, Histogram<u64>)]) -> String {
     let mut out = String::from(
-        "<div class=\"scroll\"><table class=\"percentiles\"><thead><tr><th>stage</th><th>count</th>\
+        "<div class=\"scroll\"><table class=\"percentiles\"><thead><tr><th>stage</th>\
+         <th class=\"text\">jobs</th><th>count</th>\
          <th>mean</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th></tr></thead><tbody>",
     );
     for (stage, h) in totals {
         let _ = write!(
             out,
-            "<tr data-stage=\"{0}\"><td>{0}</td><td>{1}</td>",
+            "<tr data-stage=\"{0}\"><td>{0}</td><td class=\"text\">{1}</td><td>{2}</td>",
             escape(stage),
+            stage_jobs(stage),
             group(h.len() as f64, 0)
         );
         if h.is_empty() {
@@ -490,7 +563,7 @@ fn rows_table(rows: Option<&Value>, keys: &[(&str, &str)], empty: &str) -> Strin
     for (stage, p) in latency_columns {
         let stage = if stage == "end_to_end" { "e2e" } else { stage };
         let p = if p == "p999" { "p99.9" } else { p };
-        let _ = write!(out, "<th>{stage} {p} µs</th>");
+        let _ = write!(out, "<th>ok {stage} {p} µs</th>");
     }
     out.push_str("</tr></thead><tbody>");
     for row in rows {
@@ -506,10 +579,10 @@ fn rows_table(rows: Option<&Value>, keys: &[(&str, &str)], empty: &str) -> Strin
             let _ = write!(out, "<td>{}</td>", number_cell(row.get(key)));
         }
         for (stage, p) in latency_columns {
-            let v = row
-                .get("latency_us")
-                .and_then(|l| l.get(stage))
-                .and_then(|s| s.get(p));
+            let stage = row.get("latency_us").and_then(|l| l.get(stage));
+            // No ok job (a class whose jobs all failed): no latency, not 0.
+            let none = stage.and_then(|s| s.get("count")).and_then(Value::as_u64) == Some(0);
+            let v = stage.and_then(|s| s.get(p)).filter(|_| !none);
             let _ = write!(out, "<td>{}</td>", number_cell(v));
         }
         out.push_str("</tr>");
@@ -1105,6 +1178,64 @@ const SCRIPT: &str = r##"
     return svg;
   }
 
+  // Stacked bars, one per second. o: {attrs, xMax, xTicks, yLabel, t: [...],
+  // series: [{name, color, values: [...]}]}; each bar is `width` 1 s wide and
+  // its series stack bottom up in the given order.
+  function bars(target, o) {
+    var W = 600, H = 320, m = { l: 66, r: 30, t: 30, b: 46 };
+    var pw = W - m.l - m.r, ph = H - m.t - m.b;
+    var svg = el("svg", { viewBox: "0 0 " + W + " " + H, "class": "chart", role: "img" });
+    for (var k in (o.attrs || {})) svg.setAttribute(k, o.attrs[k]);
+    target.appendChild(svg);
+    var totals = o.t.map(function (_, j) {
+      return o.series.reduce(function (sum, s) { return sum + (s.values[j] || 0); }, 0);
+    });
+    var axis = linearAxis(Math.max.apply(null, [0].concat(totals)) * 1.04);
+    var xs = function (x) { return m.l + x / o.xMax * pw; };
+    var ys = function (y) { return m.t + ph - axis.scale(y) * ph; };
+    var grid = el("g", { "class": "grid" }, svg);
+    axis.ticks.forEach(function (v) {
+      var y = ys(v);
+      el("line", { x1: m.l, x2: m.l + pw, y1: y, y2: y }, grid);
+      el("text", { x: m.l - 7, y: y + 4, "class": "tick y" }, svg, fmtCount(v));
+    });
+    o.xTicks.forEach(function (t) {
+      var x = xs(t[0]);
+      el("line", { x1: x, x2: x, y1: m.t, y2: m.t + ph }, grid);
+      el("text", { x: x, y: m.t + ph + 17, "class": "tick x" }, svg, t[1]);
+    });
+    el("rect", { x: m.l, y: m.t, width: pw, height: ph, "class": "frame" }, svg);
+    el("text", { x: m.l + pw / 2, y: H - 7, "class": "axis-label" }, svg, "seconds since start");
+    el("text", { "class": "axis-label", transform: "translate(15," + (m.t + ph / 2) + ") rotate(-90)" }, svg, o.yLabel);
+    if (!totals.some(function (v) { return v > 0; })) {
+      el("text", { x: m.l + pw / 2, y: m.t + ph / 2, "class": "empty" }, svg, "no samples");
+      return svg;
+    }
+    var barW = Math.max(pw / o.xMax * 0.86, 1);
+    o.series.forEach(function (s) {
+      var g = el("g", { "class": "bars", "data-series": s.name }, svg);
+      o.t.forEach(function (t, j) {
+        var below = 0;
+        for (var i = 0; o.series[i] !== s; i++) below += o.series[i].values[j] || 0;
+        var v = s.values[j] || 0;
+        if (!(v > 0)) return;
+        var y0 = ys(below), y1 = ys(below + v);
+        var r = el("rect", { x: (xs(t) + (pw / o.xMax - barW) / 2).toFixed(1), y: y1.toFixed(1),
+          width: barW.toFixed(1), height: Math.max(y0 - y1, 0.5).toFixed(1),
+          style: "fill:" + s.color, "class": "bar", "data-series": s.name }, g);
+        el("title", {}, r, trimNumber(t) + " s: " + fmtCount(v) + " " + s.name + "/s");
+      });
+    });
+    // The legend in one row above the plot, right-aligned, where no bar can be.
+    var lg = el("g", { "class": "legend" }, svg), lx = m.l + pw, y = m.t - 12;
+    o.series.slice().reverse().forEach(function (s) {
+      lx -= 30 + s.name.length * 6.6 + 10;
+      el("rect", { x: lx, y: y - 5, width: 16, height: 10, style: "fill:" + s.color + ";stroke:none", "class": "swatch" }, lg);
+      el("text", { x: lx + 22, y: y + 4 }, lg, s.name);
+    });
+    return svg;
+  }
+
   // A dashed cursor with the nearest point of every series.
   function hover(svg, o, xs, ys, m, pw, ph) {
     var cursor = el("g", { "class": "cursor", visibility: "hidden" }, svg);
@@ -1202,6 +1333,16 @@ const SCRIPT: &str = r##"
       chart(fig, { attrs: { "data-timeline": "throughput" }, xMin: 0, xMax: tMax, xTicks: ticks,
         xLabel: "seconds since start", yLabel: "jobs/s", yFormat: fmtCount,
         series: series("jobs_per_s", "jobs/s", false), legend: comparison });
+    });
+    document.querySelectorAll("figure[data-plot=outcomes]").forEach(function (fig) {
+      var run = data.runs[0], oc = run.outcomes || { t: [], ok: [], failed: [], skipped: [] };
+      var oMax = tMax;
+      oc.t.forEach(function (t) { if (t + 1 > oMax) oMax = t + 1; });
+      bars(fig, { attrs: { "data-timeline": "outcomes" }, xMax: oMax, xTicks: ticks.filter(function (t) { return t[0] <= oMax; }),
+        yLabel: "jobs/s", t: oc.t, series: [
+          { name: "ok", color: "#2f855a", values: oc.ok },
+          { name: "failed", color: "#dc2626", values: oc.failed },
+          { name: "skipped", color: "#d97706", values: oc.skipped }] });
     });
     document.querySelectorAll("figure[data-plot=latency-over-time]").forEach(function (fig) {
       var s = comparison ? series("p99", "p99", false) : series("p50", "p50", true).concat(series("p99", "p99", false));
@@ -1369,6 +1510,64 @@ mod tests {
         assert_eq!(data["timeline"]["jobs_per_s"], json!([200.0, 200.0, 200.0]));
         // 10, 20 … 2000 µs: the 198th of 200 samples.
         assert_eq!(data["timeline"]["p99"][0], 1_980);
+        // A log without failed or skipped tags (an older run): none of either.
+        assert_eq!(data["stages"].as_array().unwrap().len(), 5);
+        assert_eq!(data["outcomes"]["ok"], json!([200.0, 200.0, 200.0]));
+        assert_eq!(data["outcomes"]["failed"], json!([0.0, 0.0, 0.0]));
+        assert_eq!(data["outcomes"]["skipped"], json!([0.0, 0.0, 0.0]));
+        let html = render_html(&recording);
+        assert!(!html.contains("Failed jobs: time to failure"));
+        assert!(html.contains("data-plot=\"outcomes\""));
+    }
+
+    #[test]
+    fn failed_and_skipped_intervals_are_counted_per_second_and_shown_apart() {
+        let mut recording = recording();
+        let at = |second: u64, stage: &str, n: u64| Interval {
+            start: Duration::from_secs(second),
+            length: Duration::from_secs(1),
+            stage: stage.into(),
+            histogram: {
+                let mut h = new_histogram();
+                for v in 1..=n {
+                    h.record(v * 100).unwrap();
+                }
+                h
+            },
+        };
+        recording.intervals.extend([
+            at(0, "failed_end_to_end", 30),
+            at(0, "failed_fetch", 30),
+            at(2, "failed_end_to_end", 5),
+            at(2, "failed_fetch", 5),
+            at(1, "skipped", 7),
+            // A second with failures only (jobs draining after the window).
+            at(3, "failed_end_to_end", 2),
+            at(3, "failed_fetch", 2),
+        ]);
+        let data = run_data(&recording, "run", &stage_totals(&recording));
+        assert_eq!(data["outcomes"]["t"], json!([0.0, 1.0, 2.0, 3.0]));
+        assert_eq!(data["outcomes"]["ok"], json!([200.0, 200.0, 200.0, 0.0]));
+        assert_eq!(data["outcomes"]["failed"], json!([30.0, 0.0, 5.0, 2.0]));
+        assert_eq!(data["outcomes"]["skipped"], json!([0.0, 7.0, 0.0, 0.0]));
+        let stages: Vec<&str> = data["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["stage"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            stages[5..],
+            ["failed_fetch", "failed_end_to_end"],
+            "failed stages after the ok ones, only those with samples"
+        );
+        let html = render_html(&recording);
+        assert!(html.contains("<h3 id=\"failed-latency\">Failed jobs: time to failure</h3>"));
+        assert!(html.contains("data-plot=\"spectrum\" data-for=\"failed_end_to_end\""));
+        assert!(!html.contains("data-for=\"failed_infer\""));
+        assert!(html.contains(
+            "<tr data-stage=\"failed_fetch\"><td>failed_fetch</td><td class=\"text\">failed</td><td>37</td>"
+        ));
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! | file | what | module |
 //! | --- | --- | --- |
 //! | `summary.json` | the summary object, pretty-printed | here |
-//! | `<stage>.hgrm` | the stage's whole-run percentile distribution, Java's `outputPercentileDistribution` text | [`hgrm`] |
-//! | `histograms.hlog` | every interval histogram, HdrHistogram interval log V2 (deflate, base64), tagged by stage | [`hlog`] |
+//! | `<stage>.hgrm` | the stage's whole-run percentile distribution (ok jobs), Java's `outputPercentileDistribution` text | [`hgrm`] |
+//! | `failed_<stage>.hgrm` | failed jobs' time to failure (fetch, infer, end to end); only when some failed there | [`hgrm`] |
+//! | `histograms.hlog` | every interval histogram, HdrHistogram interval log V2 (deflate, base64), tagged by stage (and `failed_*`, `skipped`) | [`hlog`] |
 //! | `report.html` | one self-contained page: spectra, throughput and p99 over time, tables, config | [`html`] |
 //!
 //! [`load_dir`] reads `summary.json` and `histograms.hlog` back (the `.hgrm` files
@@ -32,6 +33,10 @@ pub use html::{render_comparison_html, render_html};
 
 /// Stage names in report order: a job's life from its planned tick to its row.
 pub use crate::stats::STAGES;
+
+/// Failed jobs' time-to-failure histograms, the interval log's other tags and
+/// the skipped ticks' tag.
+pub use crate::stats::{FAILED_STAGES, LOG_TAGS, SKIPPED_TAG};
 
 /// Version of the files this module writes. [`load_dir`] reads only this version,
 /// and says so when it meets another: bump it when a file's meaning changes.
@@ -62,7 +67,7 @@ pub struct Interval {
     pub start: Duration,
     /// Length of the interval (one second, shorter at the end of a run).
     pub length: Duration,
-    /// One of [`STAGES`].
+    /// One of [`LOG_TAGS`]: a stage of ok jobs, a failed stage or `skipped`.
     pub stage: String,
     /// Samples that finished the stage in this interval, in µs.
     pub histogram: Histogram<u64>,
@@ -183,14 +188,14 @@ pub fn write_dir(dir: &Path, recording: &Recording) -> Result<(), ReportError> {
     if let Some(odd) = recording
         .intervals
         .iter()
-        .find(|i| !STAGES.contains(&i.stage.as_str()))
+        .find(|i| !LOG_TAGS.contains(&i.stage.as_str()))
     {
         return Err(ReportError::new(
             dir.join(LOG_FILE),
             ReportErrorKind::Malformed(format!(
                 "cannot write an interval of unknown stage \"{}\" (stages: {})",
                 odd.stage,
-                STAGES.join(", ")
+                LOG_TAGS.join(", ")
             )),
         ));
     }
@@ -203,7 +208,12 @@ pub fn write_dir(dir: &Path, recording: &Recording) -> Result<(), ReportError> {
         .expect("a serde_json::Value always serializes");
     summary.push('\n');
     write(SUMMARY_FILE, summary.as_bytes())?;
-    for (stage, histogram) in stage_totals(recording) {
+    // Failed stages only when some job failed there: a healthy run's directory
+    // stays as it was.
+    let failed = failed_totals(recording)
+        .into_iter()
+        .filter(|(_, histogram)| !histogram.is_empty());
+    for (stage, histogram) in stage_totals(recording).into_iter().chain(failed) {
         write(
             &format!("{stage}.hgrm"),
             hgrm::percentile_distribution(&histogram, 1.0).as_bytes(),
@@ -268,10 +278,20 @@ fn read_file(path: &Path) -> Result<Vec<u8>, ReportError> {
 }
 
 /// Every stage's intervals added up, in [`STAGES`] order (empty histograms for
-/// stages without intervals).
+/// stages without intervals): the ok jobs' latencies.
 pub fn stage_totals(recording: &Recording) -> Vec<(String, Histogram<u64>)> {
-    STAGES
-        .iter()
+    tag_totals(recording, &STAGES)
+}
+
+/// Failed jobs' time to failure, each of [`FAILED_STAGES`] added up over the
+/// run (empty when none failed there, or the log predates them).
+pub fn failed_totals(recording: &Recording) -> Vec<(String, Histogram<u64>)> {
+    tag_totals(recording, &FAILED_STAGES)
+}
+
+/// The intervals of each of `tags` added up, in that order.
+fn tag_totals(recording: &Recording, tags: &[&str]) -> Vec<(String, Histogram<u64>)> {
+    tags.iter()
         .map(|&stage| {
             // Auto-resizing, so an interval recorded with wider bounds loses nothing.
             let mut total = new_histogram();
@@ -314,24 +334,64 @@ pub fn totals_line(summary: &Value) -> Option<String> {
 }
 
 pub fn text_table(recording: &Recording) -> String {
+    let ok = stage_totals(recording);
+    let failed = failed_totals(recording);
+    let ok: Vec<_> = ok.iter().map(|(s, h)| (s.as_str(), h)).collect();
+    let failed: Vec<_> = failed.iter().map(|(s, h)| (s.as_str(), h)).collect();
+    latency_table(&ok, &failed)
+}
+
+/// Which jobs a stage's histogram holds, as the tables label it.
+pub fn stage_jobs(stage: &str) -> &'static str {
+    match stage {
+        "schedule_lag" => "ran",
+        "sink_lag" => "rows",
+        _ if stage.starts_with("failed_") => "failed",
+        _ => "ok",
+    }
+}
+
+/// The per-stage percentile table (µs) the end of a run and `percore report`
+/// print: the stages with the jobs each counts (`ok`, `ran`: ok and failed,
+/// `rows`: every row), then, when any job failed, the failed jobs' time to
+/// failure under its own heading.
+pub fn latency_table(ok: &[(&str, &Histogram<u64>)], failed: &[(&str, &Histogram<u64>)]) -> String {
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "{:<13} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-        "stage (µs)", "count", "p50", "p90", "p99", "p99.9", "max"
+        "{:<13} {:<6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "stage (µs)", "jobs", "count", "p50", "p90", "p99", "p99.9", "max"
     );
-    for (stage, histogram) in stage_totals(recording) {
-        let _ = write!(table, "{:<13} {:>10}", stage, histogram.len());
-        for (_, q) in TABLE_PERCENTILES {
-            let _ = write!(
-                table,
-                " {:>10}",
-                cell(&histogram, histogram.value_at_quantile(q))
-            );
+    for (stage, histogram) in ok {
+        latency_row(&mut table, stage, histogram);
+    }
+    if failed.iter().any(|(_, histogram)| !histogram.is_empty()) {
+        let _ = writeln!(table, "failed: time to failure");
+        for (stage, histogram) in failed {
+            latency_row(&mut table, stage, histogram);
         }
-        let _ = writeln!(table, " {:>10}", cell(&histogram, histogram.max()));
     }
     table
+}
+
+/// One stage's row of [`latency_table`].
+fn latency_row(table: &mut String, stage: &str, histogram: &Histogram<u64>) {
+    let name = stage.strip_prefix("failed_").unwrap_or(stage);
+    let _ = write!(
+        table,
+        "{:<13} {:<6} {:>10}",
+        name,
+        stage_jobs(stage),
+        histogram.len()
+    );
+    for (_, q) in TABLE_PERCENTILES {
+        let _ = write!(
+            table,
+            " {:>10}",
+            cell(histogram, histogram.value_at_quantile(q))
+        );
+    }
+    let _ = writeln!(table, " {:>10}", cell(histogram, histogram.max()));
 }
 
 /// A latency cell: the value, or "-" when the stage has no samples.
@@ -754,10 +814,52 @@ mod tests {
         let e2e: Vec<&str> = lines[5].split_whitespace().collect();
         assert_eq!(
             e2e,
-            ["end_to_end", "1000", "500", "900", "990", "999", "1000"]
+            [
+                "end_to_end",
+                "ok",
+                "1000",
+                "500",
+                "900",
+                "990",
+                "999",
+                "1000"
+            ]
         );
         let fetch: Vec<&str> = lines[2].split_whitespace().collect();
-        assert_eq!(fetch, ["fetch", "0", "-", "-", "-", "-", "-"]);
+        assert_eq!(fetch, ["fetch", "ok", "0", "-", "-", "-", "-", "-"]);
+        assert!(lines[1].starts_with("schedule_lag  ran "), "{table}");
+
+        // With failed jobs, their time to failure under its own heading.
+        let recording = Recording {
+            summary: json!({}),
+            intervals: vec![
+                interval(0, "end_to_end", 1..=10),
+                interval(0, "failed_end_to_end", 1..=4),
+                interval(1, "failed_infer", 3..=3),
+            ],
+        };
+        let table = text_table(&recording);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1 + STAGES.len() + 1 + FAILED_STAGES.len(),
+            "{table}"
+        );
+        assert_eq!(lines[6], "failed: time to failure");
+        let words = |line: &str| {
+            line.split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            words(lines[7]),
+            ["fetch", "failed", "0", "-", "-", "-", "-", "-"]
+        );
+        assert_eq!(
+            words(lines[8]),
+            ["infer", "failed", "1", "3", "3", "3", "3", "3"]
+        );
+        assert_eq!(words(lines[9])[..3], ["end_to_end", "failed", "4"]);
     }
 
     #[test]
@@ -838,7 +940,8 @@ mod tests {
             e.to_string(),
             format!(
                 "percore report: {}: cannot write an interval of unknown stage \"warm up\" \
-                 (stages: schedule_lag, fetch, infer, sink_lag, end_to_end)",
+                 (stages: schedule_lag, fetch, infer, sink_lag, end_to_end, \
+                 failed_fetch, failed_infer, failed_end_to_end, skipped)",
                 dir.join(LOG_FILE).display()
             )
         );
