@@ -167,7 +167,9 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
             .collect(),
     });
     let target = match &config.sink {
-        SinkConfig::Sqlite { path, busy_timeout } => SinkTarget::Sqlite {
+        SinkConfig::Sqlite {
+            path, busy_timeout, ..
+        } => SinkTarget::Sqlite {
             path: path.clone(),
             busy_timeout: *busy_timeout,
         },
@@ -192,7 +194,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
         events: sink_events_tx,
         progress: progress.clone(),
     };
-    let writer = sink::spawn_writer(sink, writer_channels, run_start)
+    let writer = sink::spawn_writer(sink, writer_channels, run_start, config.sink.commit_delay())
         .map_err(|error| RunError(format!("cannot start the sink writer thread: {error}")))?;
     let (reports_tx, reports_rx) = flume::bounded(shard_count * 64);
     let limits = ShardLimits {
