@@ -76,6 +76,35 @@ pub enum Load {
     OpenLoop { rate: f64, poisson: bool },
 }
 
+/// Which part of a job the shards run: the whole job (always, outside
+/// `percore bench --stages`), or one stage alone so that stage alone is loaded.
+/// Chosen once per run; the shard matches on it once per job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StageMode {
+    /// Fetch, then ModelInfer: the production job.
+    #[default]
+    Whole,
+    /// Only the Fetch (its deadline, retries and check); the row's output is empty.
+    FetchOnly,
+    /// Only the ModelInfer, on a payload each shard fetched once at its start.
+    InferOnly,
+    /// No call at all: each job is an ok row made at once, so only the sink
+    /// (the real writer and database) is loaded.
+    SinkOnly,
+}
+
+impl StageMode {
+    /// The stage's name in tables, file names and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            StageMode::Whole => "job",
+            StageMode::FetchOnly => "fetch",
+            StageMode::InferOnly => "infer",
+            StageMode::SinkOnly => "sink",
+        }
+    }
+}
+
 /// Options of one run beyond the config.
 #[derive(Default)]
 pub struct RunOptions {
@@ -94,6 +123,8 @@ pub struct RunOptions {
     /// interval log, the report's `histograms.hlog`) as each second closes; `None`
     /// keeps no per-second history. Either way the run holds only a few seconds.
     pub interval_log: Option<PathBuf>,
+    /// Which part of each job runs: the whole job, or (benchmarks) one stage alone.
+    pub stage: StageMode,
 }
 
 /// Why a run could not start or did not complete.
@@ -225,6 +256,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
             classes: classes.clone(),
             clock,
             workload: shard_workload(options.load, index, shard_count, start_ms, end_ms),
+            stage: options.stage,
             limits: limits.clone(),
             channels: ShardChannels {
                 results: results_tx.clone(),

@@ -12,7 +12,7 @@ use percore::bench::{self, Bench, BenchOptions, Level};
 use percore::config::Config;
 use percore::console;
 use percore::demo;
-use percore::dispatcher::{self, Load, RunOptions};
+use percore::dispatcher::{self, Load, RunOptions, StageMode};
 use percore::mock::{MockKind, MockNode, MockOptions, ServiceTime};
 use percore::report;
 use percore::summary::RunSummary;
@@ -435,6 +435,7 @@ fn demo_command(args: DemoArgs, stop: flume::Receiver<()>) -> Result<i32> {
         stop: Some(stop),
         metrics: admin.as_ref().map(AdminServer::publisher),
         interval_log: args.output.interval_log(),
+        stage: StageMode::Whole,
     };
     let result = dispatcher::run(&config, &options);
     mocks.stop();
@@ -457,6 +458,7 @@ fn run_command(args: RunArgs, stop: flume::Receiver<()>) -> Result<i32> {
         stop: Some(stop),
         metrics: admin.as_ref().map(AdminServer::publisher),
         interval_log: args.output.interval_log(),
+        stage: StageMode::Whole,
     };
     let finished = dispatcher::run(&config, &options)
         .map_err(anyhow::Error::from)
