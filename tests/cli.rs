@@ -38,6 +38,9 @@ fn help_lists_every_command_and_flag() {
         "--rate",
         "--poisson",
         "--latency-bound-us",
+        "--stages",
+        "--sink-commit-delay-ms",
+        "--search-precision-pct",
         "--report",
         "--source",
     ] {
