@@ -225,8 +225,9 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
         events: sink_events_tx,
         progress: progress.clone(),
     };
-    let writer = sink::spawn_writer(sink, writer_channels, run_start, config.sink.commit_delay())
-        .map_err(|error| RunError(format!("cannot start the sink writer thread: {error}")))?;
+    let writer =
+        sink::spawn_writer(sink, writer_channels, run_start, config.sink.commit_delay())
+            .map_err(|error| RunError(format!("cannot start the sink writer thread: {error}")))?;
     let (reports_tx, reports_rx) = flume::bounded(shard_count * 64);
     let limits = ShardLimits {
         max_in_flight: config.tuning.max_in_flight_per_shard,

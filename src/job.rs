@@ -383,7 +383,15 @@ pub async fn fetch_payload(
     let deadline = Instant::now() + route.deadline;
     let mut latency = StageLatency::default();
     let mut tally = Tally::default();
-    let fetched = fetch(route, device_id, tick_ms, deadline, &mut latency, &mut tally).await?;
+    let fetched = fetch(
+        route,
+        device_id,
+        tick_ms,
+        deadline,
+        &mut latency,
+        &mut tally,
+    )
+    .await?;
     Ok(Payload {
         datatype: fetched.datatype,
         shape: fetched.shape,
@@ -406,9 +414,16 @@ pub async fn run_fetch_only(
         ..StageLatency::default()
     };
     let mut tally = Tally::default();
-    let result = fetch(route, device_id, tick_ms, deadline, &mut latency, &mut tally)
-        .await
-        .map(|_| Bytes::new());
+    let result = fetch(
+        route,
+        device_id,
+        tick_ms,
+        deadline,
+        &mut latency,
+        &mut tally,
+    )
+    .await
+    .map(|_| Bytes::new());
     latency.end_to_end_us = Some(micros(planned.elapsed()));
     Finished {
         result,

@@ -9,14 +9,14 @@ use clap::{Args, Parser, Subcommand};
 
 use percore::admin::AdminServer;
 use percore::bench::{self, Bench, BenchOptions, Level};
-use percore::search::{Measure, SearchSettings};
-use percore::stages;
 use percore::config::Config;
 use percore::console;
 use percore::demo;
 use percore::dispatcher::{self, Load, RunOptions, StageMode};
 use percore::mock::{MockKind, MockNode, MockOptions, ServiceTime};
 use percore::report;
+use percore::search::{Measure, SearchSettings};
+use percore::stages;
 use percore::summary::RunSummary;
 use percore::tuning::{parse_cpu_list, Tuning};
 
@@ -702,7 +702,13 @@ fn search_settings(args: &BenchArgs, levels: &[Level], bound_us: u64) -> Result<
 }
 
 /// One line on stderr for a measured level of a search.
-fn search_level_line(label: &str, level: Level, run: &bench::LevelRun, measure: Measure, bound_us: u64) {
+fn search_level_line(
+    label: &str,
+    level: Level,
+    run: &bench::LevelRun,
+    measure: Measure,
+    bound_us: u64,
+) {
     let summary = &run.summary;
     let p99 = measure
         .p99_us
@@ -742,7 +748,13 @@ fn run_bench(bench: &Bench, args: &BenchArgs, levels: &[Level]) -> Result<()> {
         let settings = search_settings(args, levels, bound_us)?;
         let report = stages::run(bench, settings, |stage, level, run| {
             let measure = bench::stage_measure(&run.summary, stage);
-            search_level_line(&format!("{}: ", stage.name()), level, run, measure, bound_us);
+            search_level_line(
+                &format!("{}: ", stage.name()),
+                level,
+                run,
+                measure,
+                bound_us,
+            );
             rows.push(BenchRow {
                 stage,
                 level,
@@ -823,8 +835,11 @@ fn run_bench(bench: &Bench, args: &BenchArgs, levels: &[Level]) -> Result<()> {
         if let Some(report) = &stages_report {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             let json = dir.join("stages.json");
-            std::fs::write(&json, serde_json::to_string_pretty(&report.to_json())? + "\n")
-                .with_context(|| format!("writing {}", json.display()))?;
+            std::fs::write(
+                &json,
+                serde_json::to_string_pretty(&report.to_json())? + "\n",
+            )
+            .with_context(|| format!("writing {}", json.display()))?;
             let page = dir.join("stages.html");
             std::fs::write(&page, percore::report::stages::render_stages_html(report))
                 .with_context(|| format!("writing {}", page.display()))?;
@@ -856,8 +871,10 @@ fn bench_tables(rows: &[BenchRow]) -> String {
         .iter()
         .map(|row| (label(row), row.run.summary.clone()))
         .collect();
-    let runs: Vec<(String, bench::LevelRun)> =
-        rows.iter().map(|row| (label(row), row.run.clone())).collect();
+    let runs: Vec<(String, bench::LevelRun)> = rows
+        .iter()
+        .map(|row| (label(row), row.run.clone()))
+        .collect();
     bench::table(&summaries) + &bench::failure_table(&runs)
 }
 

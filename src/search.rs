@@ -136,7 +136,10 @@ impl SearchOutcome {
     /// The verdict of `rate`, the last one if it was decided more than once.
     fn verdict_at(&self, rate: Option<f64>) -> Option<&RateVerdict> {
         let rate = rate?;
-        self.verdicts.iter().rev().find(|verdict| verdict.rate == rate)
+        self.verdicts
+            .iter()
+            .rev()
+            .find(|verdict| verdict.rate == rate)
     }
 
     /// Agreement of the runs at the edge levels.
@@ -337,7 +340,10 @@ mod tests {
         assert!(best <= 4_100.0 && failing > 4_100.0, "{best} {failing}");
         assert!(failing <= best * 1.05, "{best} {failing}");
         // No level was close to the bound: one run each, all agreed.
-        assert!(outcome.verdicts.iter().all(|verdict| verdict.runs.len() == 1));
+        assert!(outcome
+            .verdicts
+            .iter()
+            .all(|verdict| verdict.runs.len() == 1));
         assert_eq!(outcome.confidence(), Confidence { agreed: 2, runs: 2 });
         let line = outcome.line("p99");
         assert!(
@@ -367,7 +373,11 @@ mod tests {
         assert_eq!(probes[0], Probe::WarmUp(100.0));
         assert_eq!(
             probes[1..],
-            [Probe::Level(100.0), Probe::Level(200.0), Probe::Level(400.0)]
+            [
+                Probe::Level(100.0),
+                Probe::Level(200.0),
+                Probe::Level(400.0)
+            ]
         );
         assert_eq!((outcome.best, outcome.failing), (Some(400.0), None));
         assert!(outcome.line("p99").contains("or more"));
@@ -380,7 +390,7 @@ mod tests {
         let outcome = search(settings(5_000, 100.0, 1_600.0), |probe| match probe {
             Probe::WarmUp(_) => Ok::<_, String>(clean(1)),
             Probe::Level(rate) if rate < 800.0 => Ok(clean(1_000)),
-            Probe::Level(rate) if rate == 800.0 => Ok(clean(at_800.next().unwrap_or(4_900))),
+            Probe::Level(800.0) => Ok(clean(at_800.next().unwrap_or(4_900))),
             Probe::Level(_) => Ok(clean(40_000)),
         })
         .unwrap();
@@ -392,7 +402,11 @@ mod tests {
         // The 800/s edge had one dissenting run; the failing edge agreed.
         let confidence = outcome.confidence();
         assert_eq!(confidence.agreed, confidence.runs - 1, "{confidence:?}");
-        assert!(outcome.line("p99").contains("of 4 runs agreed"), "{}", outcome.line("p99"));
+        assert!(
+            outcome.line("p99").contains("of 4 runs agreed"),
+            "{}",
+            outcome.line("p99")
+        );
     }
 
     #[test]
@@ -400,7 +414,7 @@ mod tests {
         let mut at_200 = [5_100u64, 4_900, 5_600].into_iter();
         let outcome = search(settings(5_000, 100.0, 400.0), |probe| match probe {
             Probe::WarmUp(_) => Ok::<_, String>(clean(1)),
-            Probe::Level(rate) if rate == 200.0 => Ok(clean(at_200.next().unwrap_or(5_100))),
+            Probe::Level(200.0) => Ok(clean(at_200.next().unwrap_or(5_100))),
             Probe::Level(_) => Ok(clean(1_000)),
         })
         .unwrap();

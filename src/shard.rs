@@ -18,8 +18,8 @@ use bytes::Bytes;
 
 use crate::config::{Class, HealthCheck, Upstream};
 use crate::devices::{stable_hash, Fleet};
-use crate::grpc::client::ClientSettings;
 use crate::dispatcher::StageMode;
+use crate::grpc::client::ClientSettings;
 use crate::job::{self, ClassRoute, Payload};
 use crate::record::{DeviceIndex, JobRecord, Outcome, SkipReason, StageLatency};
 use crate::runtime;

@@ -155,9 +155,9 @@ impl StagesReport {
             rate: first.outcome.best,
             next: (second.stage, second.outcome.best),
             factor: first.outcome.best.map(|rate| second.rate() / rate),
-            none_below_limit: parts.iter().all(|result| {
-                result.outcome.best.is_some() && result.outcome.failing.is_none()
-            }),
+            none_below_limit: parts
+                .iter()
+                .all(|result| result.outcome.best.is_some() && result.outcome.failing.is_none()),
         })
     }
 
@@ -184,7 +184,9 @@ impl StagesReport {
                 .find(|result| result.stage == stage)
                 .is_some_and(|result| result.outcome.failing.is_none());
             match rate {
-                Some(rate) if or_more => format!("{} {} jobs/s or more", stage.name(), thousands(rate)),
+                Some(rate) if or_more => {
+                    format!("{} {} jobs/s or more", stage.name(), thousands(rate))
+                }
                 Some(rate) => format!("{} {} jobs/s", stage.name(), thousands(rate)),
                 None => format!("{} no rate passed", stage.name()),
             }
@@ -213,11 +215,7 @@ impl StagesReport {
     /// The table: one row per stage, then the verdict line.
     pub fn table(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "stages, each alone (bound {} µs):",
-            self.bound_us
-        );
+        let _ = writeln!(out, "stages, each alone (bound {} µs):", self.bound_us);
         let _ = writeln!(
             out,
             "{:<6} {:>12} {:>10} {:>10} {:>10} {:>11} {:>9}  criterion",

@@ -69,8 +69,12 @@ fn assert_outputs(dir: &Path, limiting: &str) -> serde_json::Value {
     assert_eq!(stages["bound_us"], 100_000);
     for name in ["fetch", "infer", "sink", "job"] {
         let entry = stage(&stages, name);
-        assert!(entry["criterion"].as_str().is_some_and(|c| c.contains("≤ bound")));
-        assert!(entry["levels"].as_array().is_some_and(|levels| !levels.is_empty()));
+        assert!(entry["criterion"]
+            .as_str()
+            .is_some_and(|c| c.contains("≤ bound")));
+        assert!(entry["levels"]
+            .as_array()
+            .is_some_and(|levels| !levels.is_empty()));
     }
     let summary = read_json(&dir.join("summary.json"));
     assert_eq!(summary["stages"], stages);
@@ -85,7 +89,10 @@ fn assert_outputs(dir: &Path, limiting: &str) -> serde_json::Value {
         assert!(level["summary"]["jobs"].as_u64().is_some(), "{level}");
     }
     let page = std::fs::read_to_string(dir.join("report/stages.html")).expect("stages.html");
-    assert!(page.contains(&format!("{limiting} limits the pipeline")), "{page}");
+    assert!(
+        page.contains(&format!("{limiting} limits the pipeline")),
+        "{page}"
+    );
     stages
 }
 
@@ -108,7 +115,14 @@ fn a_slow_compute_node_makes_infer_the_limit() {
     let (source, compute) = (source.addr.to_string(), compute.addr.to_string());
     let (_, stdout) = bench_stages(
         dir.path(),
-        &["--source", &source, "--compute", &compute, "--rate", "40,1280"],
+        &[
+            "--source",
+            &source,
+            "--compute",
+            &compute,
+            "--rate",
+            "40,1280",
+        ],
     );
     let line = verdict(&stdout);
     assert!(line.starts_with("infer limits the pipeline: "), "{stdout}");
@@ -116,7 +130,9 @@ fn a_slow_compute_node_makes_infer_the_limit() {
     // The table has one row per stage, each with its pass criterion.
     for name in ["fetch", "infer", "sink", "job"] {
         assert!(
-            stdout.lines().any(|row| row.starts_with(name) && row.contains("≤ bound")),
+            stdout
+                .lines()
+                .any(|row| row.starts_with(name) && row.contains("≤ bound")),
             "no {name} row in:\n{stdout}"
         );
     }
@@ -141,5 +157,8 @@ fn a_slow_sink_makes_the_sink_the_limit() {
     assert!(line.starts_with("sink limits the pipeline: "), "{stdout}");
     let stages = assert_outputs(dir.path(), "sink");
     assert_eq!(stage(&stages, "sink")["best_rate"], serde_json::Value::Null);
-    assert!(stage(&stages, "fetch")["best_rate"].as_f64().is_some(), "{stages}");
+    assert!(
+        stage(&stages, "fetch")["best_rate"].as_f64().is_some(),
+        "{stages}"
+    );
 }

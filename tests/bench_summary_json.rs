@@ -48,7 +48,9 @@ fn one_level_and_a_sweep_write_the_same_shape() {
     for level in one_levels.iter().chain(sweep_levels) {
         assert_eq!(keys(level), vec!["level", "slug", "summary"]);
         assert_eq!(keys(&level["summary"]), keys(&one_levels[0]["summary"]));
-        assert!(level["summary"]["jobs"].as_u64().is_some_and(|jobs| jobs > 0));
+        assert!(level["summary"]["jobs"]
+            .as_u64()
+            .is_some_and(|jobs| jobs > 0));
     }
     assert_eq!(one_levels[0]["level"], "concurrency 4");
     assert_eq!(one_levels[0]["slug"], "concurrency-4");

@@ -14,9 +14,9 @@ pub fn render_stages_html(report: &StagesReport) -> String {
         let outcome = &result.outcome;
         let rate = |rate: Option<f64>| rate.map_or("–".to_string(), thousands);
         let confidence = outcome.confidence();
-        let _ = write!(
+        let _ = writeln!(
             rows,
-            "<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} of {}</td><td class=\"left\">{}</td></tr>\n",
+            "<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} of {}</td><td class=\"left\">{}</td></tr>",
             escape(result.stage.name()),
             rate(outcome.best),
             rate(outcome.best),
@@ -35,9 +35,9 @@ pub fn render_stages_html(report: &StagesReport) -> String {
     let mut levels = String::new();
     for result in &report.stages {
         for verdict in &result.outcome.verdicts {
-            let _ = write!(
+            let _ = writeln!(
                 levels,
-                "<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td></tr>\n",
+                "<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td></tr>",
                 escape(result.stage.name()),
                 thousands(verdict.rate),
                 verdict.runs.len(),
