@@ -605,6 +605,15 @@ fn bench_command(args: BenchArgs) -> Result<()> {
         (None, None, None) if args.stages => vec![Level::Rate(200_000.0)],
         (None, None, None) => vec![Level::Concurrency(64)],
     };
+    // The search's limits are checked before any node or mock starts.
+    let bound_us = match args.stages {
+        true => Some(args.latency_bound_us.unwrap_or(stages::DEFAULT_BOUND_US)),
+        false => args.latency_bound_us,
+    };
+    let settings = match bound_us {
+        Some(bound_us) => Some(search_settings(&args, &levels, bound_us)?),
+        None => None,
+    };
     let scratch_dir = std::env::temp_dir().join(format!("percore-bench-{}", std::process::id()));
     let bench = Bench::start(BenchOptions {
         shards: args.shards,
@@ -617,7 +626,7 @@ fn bench_command(args: BenchArgs) -> Result<()> {
         scratch_dir: scratch_dir.clone(),
         sink_commit_delay: Duration::from_millis(args.sink_commit_delay_ms),
     })?;
-    let result = run_bench(&bench, &args, &levels);
+    let result = run_bench(&bench, &args, &levels, settings);
     bench.stop();
     let _ = std::fs::remove_dir_all(scratch_dir);
     result
@@ -739,13 +748,19 @@ struct BenchRow {
     run: bench::LevelRun,
 }
 
-fn run_bench(bench: &Bench, args: &BenchArgs, levels: &[Level]) -> Result<()> {
+/// Runs the levels, the search (`settings`, with --latency-bound-us) or every
+/// stage's search (--stages), prints the tables and writes the outputs.
+fn run_bench(
+    bench: &Bench,
+    args: &BenchArgs,
+    levels: &[Level],
+    settings: Option<SearchSettings>,
+) -> Result<()> {
     let mut rows: Vec<BenchRow> = Vec::new();
     let mut extra = serde_json::Map::new();
     let mut stages_report = None;
-    if args.stages {
-        let bound_us = args.latency_bound_us.unwrap_or(stages::DEFAULT_BOUND_US);
-        let settings = search_settings(args, levels, bound_us)?;
+    if let (true, Some(settings)) = (args.stages, settings) {
+        let bound_us = settings.bound_us;
         let report = stages::run(bench, settings, |stage, level, run| {
             let measure = bench::stage_measure(&run.summary, stage);
             search_level_line(
@@ -765,8 +780,8 @@ fn run_bench(bench: &Bench, args: &BenchArgs, levels: &[Level]) -> Result<()> {
         say!("{}", report.table());
         extra.insert("stages".into(), report.to_json());
         stages_report = Some(report);
-    } else if let Some(bound_us) = args.latency_bound_us {
-        let settings = search_settings(args, levels, bound_us)?;
+    } else if let Some(settings) = settings {
+        let bound_us = settings.bound_us;
         let outcome = bench.max_rate_under(settings, StageMode::Whole, |level, run| {
             let measure = bench::stage_measure(&run.summary, StageMode::Whole);
             search_level_line("", level, run, measure, bound_us);

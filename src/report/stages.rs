@@ -101,3 +101,56 @@ tbody th { text-align: left; }
 .good { color: var(--good); } .bad { color: var(--bad); }
 footer { color: var(--muted); font-size: 12px; margin-top: 36px; }
 "##;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatcher::StageMode;
+    use crate::search::{Measure, RateVerdict, SearchOutcome, SearchSettings};
+    use crate::stages::StageResult;
+
+    #[test]
+    fn the_page_carries_the_table_and_the_verdict() {
+        let settings = SearchSettings {
+            bound_us: 10_000,
+            low: 100.0,
+            high: 800.0,
+            precision: 0.05,
+            warm_up: true,
+        };
+        let result = |stage, best: f64| StageResult {
+            stage,
+            outcome: SearchOutcome {
+                settings,
+                verdicts: vec![RateVerdict {
+                    rate: best,
+                    runs: vec![Measure {
+                        p99_us: Some(900),
+                        clean: true,
+                    }],
+                    passed: true,
+                }],
+                best: Some(best),
+                failing: Some(best * 1.04),
+            },
+            cpu_us_per_job: Some(3.25),
+        };
+        let report = StagesReport {
+            bound_us: 10_000,
+            stages: vec![
+                result(StageMode::FetchOnly, 800.0),
+                result(StageMode::InferOnly, 200.0),
+                result(StageMode::SinkOnly, 400.0),
+            ],
+        };
+        let page = render_stages_html(&report);
+        assert!(page.starts_with("<!DOCTYPE html>"));
+        assert!(page.contains(
+            "infer limits the pipeline: 200 jobs/s, 2.0× below the next stage (sink 400 jobs/s)"
+        ));
+        assert!(page.contains("<tr><th>infer</th><td>200</td>"), "{page}");
+        assert!(page.contains("3.2") || page.contains("3.3"), "{page}");
+        // Self-contained: nothing loaded from elsewhere.
+        assert!(!page.contains("src=") && !page.contains("href="));
+    }
+}
