@@ -1,5 +1,6 @@
 //! Load generation against mock or real nodes: one level, a sweep of levels, or a
-//! search for the highest rate that keeps p99 under a latency bound.
+//! search for the highest rate that keeps p99 under a latency bound (the search's
+//! decisions are in [`crate::search`]; each stage alone is [`crate::stages`]).
 //!
 //! Used by `percore bench` and `benches/pipeline.rs`. A level is a closed loop
 //! (C jobs always in flight, like perf_analyzer's `--concurrency-range`) or an

@@ -743,8 +743,11 @@ fn search_level_line(
 
 /// One measured level and the stage it ran (the whole job outside --stages).
 struct BenchRow {
+    /// The stage the level ran alone, to label its row and its JSON entry.
     stage: StageMode,
+    /// The level's load (an open-loop rate under a search).
     level: Level,
+    /// Its summary and failure reasons.
     run: bench::LevelRun,
 }
 

@@ -6,6 +6,11 @@
 //! state that no other thread sees. It talks to the rest of the process only over
 //! the bounded flume channels in [`ShardChannels`], made at start-up: batches of
 //! results to the sink, reports to the coordinator, control messages from it.
+//!
+//! A job is the whole job ([`job::run`]) except under `bench --stages`, where
+//! the run's [`StageMode`] makes it one stage alone: the fetch, the infer on a
+//! payload the shard fetched once, or a synthetic row for the sink; the choice
+//! is one match per job in `run_job`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
