@@ -22,6 +22,7 @@ fn parse_args() -> Result<(BenchOptions, Level), String> {
         payload_bytes: 1024,
         devices: 100_000,
         external: None,
+        sink_commit_delay: Duration::ZERO,
         scratch_dir: std::env::temp_dir().join(format!("percore-bench-{}", std::process::id())),
     };
     let mut level = Level::Concurrency(64);

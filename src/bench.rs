@@ -1,5 +1,6 @@
 //! Load generation against mock or real nodes: one level, a sweep of levels, or a
-//! search for the highest rate that keeps p99 under a latency bound.
+//! search for the highest rate that keeps p99 under a latency bound (the search's
+//! decisions are in [`crate::search`]; each stage alone is [`crate::stages`]).
 //!
 //! Used by `percore bench` and `benches/pipeline.rs`. A level is a closed loop
 //! (C jobs always in flight, like perf_analyzer's `--concurrency-range`) or an
@@ -14,8 +15,9 @@ use std::time::Duration;
 use crate::config::{Class, Config, GrpcConfig, SinkConfig};
 use crate::demo::{self, MockPair};
 use crate::devices::Fleet;
-use crate::dispatcher::{self, Load, RunError, RunOptions};
+use crate::dispatcher::{self, Load, RunError, RunOptions, StageMode};
 use crate::mock::{MockOptions, ServiceTime};
+use crate::search::{self, Measure, Probe, SearchOutcome, SearchSettings};
 use crate::summary::RunSummary;
 use crate::tuning::{allowed_cpus, Tuning};
 
@@ -73,7 +75,14 @@ pub struct BenchOptions {
     pub external: Option<Class>,
     /// Where the SQLite file goes; removed after each level.
     pub scratch_dir: PathBuf,
+    /// A testing aid that simulates a slow database: the sink writer sleeps this
+    /// long after each commit (`[sink] commit_delay_ms`); zero in real benches.
+    pub sink_commit_delay: Duration,
 }
+
+/// The longest warm-up level before a search: long enough to open every
+/// connection and warm the nodes, short next to the levels measured after it.
+pub const WARM_UP: Duration = Duration::from_secs(1);
 
 /// Runs levels one after another against one set of nodes.
 pub struct Bench {
@@ -156,7 +165,15 @@ impl Bench {
             path: PathBuf::from("<bench>"),
             classes: vec![class],
             fleet: Fleet::generate(self.options.devices, &[(0, 1)]),
-            sink: SinkConfig::sqlite(db),
+            sink: match SinkConfig::sqlite(db) {
+                SinkConfig::Sqlite {
+                    path, busy_timeout, ..
+                } => SinkConfig::Sqlite {
+                    path,
+                    busy_timeout,
+                    commit_delay: self.options.sink_commit_delay,
+                },
+            },
             grpc: GrpcConfig::default(),
             tuning: self.tuning.clone(),
         }
@@ -179,12 +196,23 @@ impl Bench {
     /// jobs failed or were skipped, read from the level's rows before the scratch
     /// database is removed.
     pub fn run_level(&self, level: Level) -> Result<LevelRun, RunError> {
+        self.run_stage(level, StageMode::Whole, self.options.duration)
+    }
+
+    /// Runs one level of `stage` alone (or the whole job) for `duration`.
+    pub fn run_stage(
+        &self,
+        level: Level,
+        stage: StageMode,
+        duration: Duration,
+    ) -> Result<LevelRun, RunError> {
         let db = self
             .options
             .scratch_dir
             .join(format!("bench-{}.db", std::process::id()));
         let options = RunOptions {
-            duration: Some(self.options.duration),
+            duration: Some(duration),
+            stage,
             load: match level {
                 Level::Concurrency(concurrency) => Load::ClosedLoop { concurrency },
                 Level::Rate(rate) => Load::OpenLoop {
@@ -194,6 +222,8 @@ impl Bench {
                 Level::TickRate(_) => Load::Ticks,
             },
             interval_log: Some(self.next_interval_log()),
+            // The report's configuration names the mocks' service time and payload.
+            mocks: self.mocks.as_ref().map(|mocks| mocks.description.clone()),
             ..RunOptions::default()
         };
         let period_ms = match level {
@@ -213,29 +243,31 @@ impl Bench {
         result.map(|summary| LevelRun { summary, failures })
     }
 
-    /// The highest rate between `low` and `high` whose p99 end-to-end latency stays
-    /// under `bound_us` with no failed or skipped job, by binary search to within
-    /// 5 %. Returns every level tried, and the best passing one.
+    /// The highest open-loop rate of `stage` that meets `settings.bound_us`
+    /// by [`stage_measure`]'s criterion, found by [`search::search`]: a warm-up
+    /// of at most [`WARM_UP`] first, close levels run again. `on_level` sees
+    /// every measured level.
     pub fn max_rate_under(
         &self,
-        bound_us: u64,
-        mut low: f64,
-        mut high: f64,
+        settings: SearchSettings,
+        stage: StageMode,
         mut on_level: impl FnMut(Level, &LevelRun),
-    ) -> Result<Option<(f64, LevelRun)>, RunError> {
-        let mut best = None;
-        while high > low * 1.05 {
-            let rate = ((low + high) / 2.0).round();
-            let run = self.run_level(Level::Rate(rate))?;
-            on_level(Level::Rate(rate), &run);
-            if passes(&run.summary, bound_us) {
-                low = rate;
-                best = Some((rate, run));
-            } else {
-                high = rate;
+    ) -> Result<SearchOutcome, RunError> {
+        search::search(settings, |probe| match probe {
+            Probe::WarmUp(rate) => {
+                let warm_up = self.options.duration.min(WARM_UP);
+                self.run_stage(Level::Rate(rate), stage, warm_up)?;
+                Ok(Measure {
+                    p99_us: None,
+                    clean: true,
+                })
             }
-        }
-        Ok(best)
+            Probe::Level(rate) => {
+                let run = self.run_stage(Level::Rate(rate), stage, self.options.duration)?;
+                on_level(Level::Rate(rate), &run);
+                Ok(stage_measure(&run.summary, stage))
+            }
+        })
     }
 
     pub fn stop(mut self) {
@@ -336,7 +368,7 @@ pub fn level_line(level: Level, summary: &RunSummary) -> String {
 
 /// The reasons of each level with failed or skipped jobs, most frequent first;
 /// empty when every job of every level was ok.
-pub fn failure_table(rows: &[(Level, LevelRun)]) -> String {
+pub fn failure_table(rows: &[(String, LevelRun)]) -> String {
     let mut out = String::new();
     for (level, run) in rows {
         if run.failures.is_empty() {
@@ -364,54 +396,88 @@ pub fn failure_table(rows: &[(Level, LevelRun)]) -> String {
 
 /// Whether a level meets a p99 bound: every job ok and p99 end-to-end ≤ bound.
 pub fn passes(summary: &RunSummary, bound_us: u64) -> bool {
-    summary.counters.failed == 0
-        && summary.counters.skipped == 0
-        && summary.counters.ok > 0
-        && summary.latency.end_to_end.value_at_quantile(0.99) <= bound_us
+    stage_measure(summary, StageMode::Whole).passes(bound_us)
 }
 
-/// The sweep table: one row per level, like perf_analyzer's. `ok/s` is the
-/// throughput (jobs that ended ok), `tried/s` every job started; the latencies
-/// are of ok jobs, `–` when there was none.
-pub fn table(rows: &[(Level, RunSummary)]) -> String {
+/// What a level of `stage` says about a latency bound: each stage's pass
+/// criterion.
+/// - **fetch**, **infer**, **job**: every job ok (none failed, no tick skipped),
+///   and the p99 end-to-end latency (planned start → result ready: the stage's
+///   call alone for fetch and infer) measured against the bound.
+/// - **sink**: every synthetic row ok and committed (no tick skipped: a skip
+///   here is `sink backlog`, the shards' results piling up), and the p99 *sink
+///   lag* (row ready → committed) measured against the bound.
+pub fn stage_measure(summary: &RunSummary, stage: StageMode) -> Measure {
+    let counters = &summary.counters;
+    let mut clean = counters.failed == 0 && counters.skipped == 0 && counters.ok > 0;
+    let latency = match stage {
+        StageMode::SinkOnly => {
+            clean = clean && summary.sink_error.is_none() && summary.rows_written >= counters.ok;
+            &summary.latency.sink_lag
+        }
+        _ => &summary.latency.end_to_end,
+    };
+    Measure {
+        p99_us: (!latency.is_empty()).then(|| latency.value_at_quantile(0.99)),
+        clean,
+    }
+}
+
+/// The sweep table: one row per level (named by the caller), like
+/// perf_analyzer's. `ok/s` is the throughput (jobs that ended ok), `tried/s`
+/// every job started; each latency column names its stage (`e2e`: planned
+/// start → result ready; `fetch`, `infer`: the call alone; `sink`: sink lag,
+/// ready → committed), all of ok jobs, µs, `–` when there was none.
+pub fn table(rows: &[(String, RunSummary)]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<18} {:>10} {:>10} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "{:<24} {:>10} {:>10} {:>8} {:>8} {:>8} {:>11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "level",
         "ok/s",
         "tried/s",
         "cpu µs",
         "failed",
         "skipped",
-        "p50 µs",
-        "p99 µs",
-        "p99.9 µs",
-        "max µs"
+        "e2e p50 µs",
+        "e2e p90",
+        "e2e p99",
+        "e2e p99.9",
+        "e2e max",
+        "e2e mean",
+        "fetch p99",
+        "infer p99",
+        "sink p99",
     );
     for (level, summary) in rows {
-        let e2e = &summary.latency.end_to_end;
-        let at = |quantile: f64| match e2e.len() {
+        let latency = &summary.latency;
+        let at = |histogram: &hdrhistogram::Histogram<u64>, quantile: f64| match histogram.len() {
             0 => "–".to_string(),
-            _ => e2e.value_at_quantile(quantile).to_string(),
+            _ => histogram.value_at_quantile(quantile).to_string(),
         };
-        let max = match e2e.len() {
-            0 => "–".to_string(),
-            _ => e2e.max().to_string(),
+        let e2e = &latency.end_to_end;
+        let (max, mean) = match e2e.len() {
+            0 => ("–".to_string(), "–".to_string()),
+            _ => (e2e.max().to_string(), format!("{:.0}", e2e.mean())),
         };
         let _ = writeln!(
             out,
-            "{:<18} {:>10.0} {:>10.0} {:>8.1} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10}",
-            level.to_string(),
+            "{:<24} {:>10.0} {:>10.0} {:>8.1} {:>8} {:>8} {:>11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            level,
             ok_per_s(summary),
             summary.jobs_per_s(),
             summary.cpu_us_per_job(),
             summary.counters.failed,
             summary.counters.skipped,
-            at(0.5),
-            at(0.99),
-            at(0.999),
+            at(e2e, 0.5),
+            at(e2e, 0.9),
+            at(e2e, 0.99),
+            at(e2e, 0.999),
             max,
+            mean,
+            at(&latency.fetch, 0.99),
+            at(&latency.infer, 0.99),
+            at(&latency.sink_lag, 0.99),
         );
     }
     out

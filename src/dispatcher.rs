@@ -76,6 +76,35 @@ pub enum Load {
     OpenLoop { rate: f64, poisson: bool },
 }
 
+/// Which part of a job the shards run: the whole job (always, outside
+/// `percore bench --stages`), or one stage alone so that stage alone is loaded.
+/// Chosen once per run; the shard matches on it once per job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StageMode {
+    /// Fetch, then ModelInfer: the production job.
+    #[default]
+    Whole,
+    /// Only the Fetch (its deadline, retries and check); the row's output is empty.
+    FetchOnly,
+    /// Only the ModelInfer, on a payload each shard fetched once at its start.
+    InferOnly,
+    /// No call at all: each job is an ok row made at once, so only the sink
+    /// (the real writer and database) is loaded.
+    SinkOnly,
+}
+
+impl StageMode {
+    /// The stage's name in tables, file names and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            StageMode::Whole => "job",
+            StageMode::FetchOnly => "fetch",
+            StageMode::InferOnly => "infer",
+            StageMode::SinkOnly => "sink",
+        }
+    }
+}
+
 /// Options of one run beyond the config.
 #[derive(Default)]
 pub struct RunOptions {
@@ -98,6 +127,8 @@ pub struct RunOptions {
     /// [`describe_mocks`](crate::demo::describe_mocks) words them: the report's
     /// configuration shows their service time and payload. `None` for real nodes.
     pub mocks: Option<serde_json::Value>,
+    /// Which part of each job runs: the whole job, or (benchmarks) one stage alone.
+    pub stage: StageMode,
 }
 
 /// Why a run could not start or did not complete.
@@ -171,7 +202,9 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
             .collect(),
     });
     let target = match &config.sink {
-        SinkConfig::Sqlite { path, busy_timeout } => SinkTarget::Sqlite {
+        SinkConfig::Sqlite {
+            path, busy_timeout, ..
+        } => SinkTarget::Sqlite {
             path: path.clone(),
             busy_timeout: *busy_timeout,
         },
@@ -196,8 +229,9 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
         events: sink_events_tx,
         progress: progress.clone(),
     };
-    let writer = sink::spawn_writer(sink, writer_channels, run_start)
-        .map_err(|error| RunError(format!("cannot start the sink writer thread: {error}")))?;
+    let writer =
+        sink::spawn_writer(sink, writer_channels, run_start, config.sink.commit_delay())
+            .map_err(|error| RunError(format!("cannot start the sink writer thread: {error}")))?;
     let (reports_tx, reports_rx) = flume::bounded(shard_count * 64);
     let limits = ShardLimits {
         max_in_flight: config.tuning.max_in_flight_per_shard,
@@ -227,6 +261,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
             classes: classes.clone(),
             clock,
             workload: shard_workload(options.load, index, shard_count, start_ms, end_ms),
+            stage: options.stage,
             limits: limits.clone(),
             channels: ShardChannels {
                 results: results_tx.clone(),

@@ -362,3 +362,194 @@ async fn send<Req: Message, Resp: Message + Default>(
         .await
         .unwrap_or(Err(ErrorKind::DeadlineExceeded))
 }
+
+/// A data source's answer to one Fetch, kept by a shard for the infer-only
+/// stage of `percore bench --stages`: fetched once per class at the shard's
+/// start, then sent to ModelInfer by every job, so only the compute node is
+/// loaded.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    /// The tensor's KServe v2 datatype, as the data source named it.
+    pub datatype: String,
+    /// The tensor's shape, as the data source gave it.
+    pub shape: Vec<i64>,
+    /// The tensor's bytes; a `Bytes` so each job's request shares them.
+    pub raw: Bytes,
+}
+
+/// Fetches one device's data and checks it, as the first half of [`run`] does,
+/// to keep as the infer-only stage's [`Payload`].
+pub async fn fetch_payload(
+    route: &ClassRoute,
+    device_id: &str,
+    tick_ms: i64,
+) -> Result<Payload, JobError> {
+    let deadline = Instant::now() + route.deadline;
+    let mut latency = StageLatency::default();
+    let mut tally = Tally::default();
+    let fetched = fetch(
+        route,
+        device_id,
+        tick_ms,
+        deadline,
+        &mut latency,
+        &mut tally,
+    )
+    .await?;
+    Ok(Payload {
+        datatype: fetched.datatype,
+        shape: fetched.shape,
+        raw: fetched.raw,
+    })
+}
+
+/// The fetch-only stage of `percore bench --stages`: the job's Fetch (with its
+/// deadline, retries and check), and no ModelInfer. The output is empty.
+pub async fn run_fetch_only(
+    route: &ClassRoute,
+    device_id: &str,
+    tick_ms: i64,
+    planned: Instant,
+) -> Finished {
+    let started = Instant::now();
+    let deadline = started + route.deadline;
+    let mut latency = StageLatency {
+        schedule_lag_us: micros(started.saturating_duration_since(planned)),
+        ..StageLatency::default()
+    };
+    let mut tally = Tally::default();
+    let result = fetch(
+        route,
+        device_id,
+        tick_ms,
+        deadline,
+        &mut latency,
+        &mut tally,
+    )
+    .await
+    .map(|_| Bytes::new());
+    latency.end_to_end_us = Some(micros(planned.elapsed()));
+    Finished {
+        result,
+        latency,
+        retries: tally.retries,
+        attempts: tally.attempts,
+        compute_node: None,
+    }
+}
+
+/// The infer-only stage of `percore bench --stages`: the job's ModelInfer (with
+/// its deadline, retries, hedges and output check) on a cached `payload`, and no
+/// Fetch.
+pub async fn run_infer_only(route: &ClassRoute, payload: &Payload, planned: Instant) -> Finished {
+    let started = Instant::now();
+    let deadline = started + route.deadline;
+    let mut latency = StageLatency {
+        schedule_lag_us: micros(started.saturating_duration_since(planned)),
+        ..StageLatency::default()
+    };
+    let mut tally = Tally::default();
+    let result = infer(route, payload, deadline, &mut latency, &mut tally).await;
+    latency.end_to_end_us = Some(micros(planned.elapsed()));
+    Finished {
+        result,
+        latency,
+        retries: tally.retries,
+        attempts: tally.attempts,
+        compute_node: tally.compute_node,
+    }
+}
+
+/// The output every synthetic row of the sink-only stage carries: the size of
+/// the mock model's output (two FP32 values), so rows weigh what real ones do.
+const SYNTHETIC_OUTPUT: &[u8] = &[0; 8];
+
+/// The sink-only stage of `percore bench --stages`: no call at all, an ok
+/// result with a fixed output, ready at once, so only the sink is loaded.
+pub fn synthetic(planned: Instant) -> Finished {
+    let lag = micros(planned.elapsed());
+    Finished {
+        result: Ok(Bytes::from_static(SYNTHETIC_OUTPUT)),
+        latency: StageLatency {
+            schedule_lag_us: lag,
+            end_to_end_us: Some(lag),
+            ..StageLatency::default()
+        },
+        retries: 0,
+        attempts: 0,
+        compute_node: None,
+    }
+}
+
+/// A job that failed before any call, with `error`: the infer-only stage when
+/// its payload could not be fetched.
+pub fn failed_at_once(error: JobError, planned: Instant) -> Finished {
+    let lag = micros(planned.elapsed());
+    Finished {
+        result: Err(error),
+        latency: StageLatency {
+            schedule_lag_us: lag,
+            end_to_end_us: Some(lag),
+            ..StageLatency::default()
+        },
+        retries: 0,
+        attempts: 0,
+        compute_node: None,
+    }
+}
+
+/// The Fetch of one job and its check, timing it in `latency.fetch_us`.
+async fn fetch(
+    route: &ClassRoute,
+    device_id: &str,
+    tick_ms: i64,
+    deadline: Instant,
+    latency: &mut StageLatency,
+    tally: &mut Tally,
+) -> Result<FetchResponse, JobError> {
+    let fetch_started = Instant::now();
+    let request = FetchRequest {
+        device_id: device_id.to_owned(),
+        class: route.name.clone(),
+        tick_unix_ms: tick_ms,
+    };
+    let fetched: FetchResponse = call(Method::Fetch, &request, deadline, route, tally).await?;
+    latency.fetch_us = Some(micros(fetch_started.elapsed()));
+    tensor::check_raw(&fetched.datatype, &fetched.shape, &fetched.raw)
+        .map_err(|detail| JobError::new(Stage::Fetch, ErrorKind::BadResponse(detail.into())))?;
+    Ok(fetched)
+}
+
+/// The ModelInfer of one job on `payload` and its output check, timing it in
+/// `latency.infer_us`.
+async fn infer(
+    route: &ClassRoute,
+    payload: &Payload,
+    deadline: Instant,
+    latency: &mut StageLatency,
+    tally: &mut Tally,
+) -> Result<Bytes, JobError> {
+    let infer_started = Instant::now();
+    let request = ModelInferRequest {
+        model_name: route.model.clone(),
+        model_version: route.model_version.clone(),
+        inputs: vec![InferInputTensor {
+            name: route.input_name.clone(),
+            datatype: payload.datatype.clone(),
+            shape: payload.shape.clone(),
+            ..Default::default()
+        }],
+        raw_input_contents: vec![payload.raw.clone()],
+        ..Default::default()
+    };
+    let response: ModelInferResponse =
+        call(Method::Infer, &request, deadline, route, tally).await?;
+    latency.infer_us = Some(micros(infer_started.elapsed()));
+    let bad = |detail: String| JobError::new(Stage::Infer, ErrorKind::BadResponse(detail.into()));
+    let output = tensor::first_output(response).map_err(bad)?;
+    if let Some(spec) = &route.output {
+        spec.check(&output.name, &output.datatype, &output.shape)
+            .map_err(bad)?;
+    }
+    Ok(output.bytes)
+}

@@ -50,7 +50,8 @@
 //!   per-thread CPU accounting.
 //! - [`report`]: report files (`.hgrm`, the HdrHistogram interval log,
 //!   `summary.json`, a self-contained `report.html`), reading them back, and
-//!   comparing two runs. [`admin`]: `/metrics` (OpenMetrics, rendered by
+//!   comparing two runs; [`report::stages`] writes `bench --stages`'s
+//!   `stages.html`. [`admin`]: `/metrics` (OpenMetrics, rendered by
 //!   [`admin::exposition`]) and `/healthz` (503 while the sink fails) from a
 //!   thread of its own, reading the newest snapshot.
 //!   [`console`]: stdout and stderr written without ever failing the process.
@@ -58,8 +59,13 @@
 //!   hang and reset rates, protocol faults (garbage, HTTP/1.1, cut frames,
 //!   oversized replies), KServe readiness and `grpc.health.v1`, all switchable
 //!   at run time through [`mock::MockControl`]. [`demo`]: the self-contained demo run.
-//!   [`bench`]: closed- and open-loop load levels, sweeps and the search for the
-//!   highest rate under a latency bound.
+//!   [`bench`]: closed- and open-loop load levels and sweeps. [`search`]: the
+//!   search for the highest rate under a latency bound (warm-up, rising then
+//!   bisecting, close levels run again, the answer's confidence), generic over
+//!   what runs a level so it is unit-tested on made-up ones. [`stages`]:
+//!   `bench --stages`, each stage alone (fetch, infer on a cached payload, the
+//!   sink on synthetic rows, the whole job) searched in turn, and the verdict on
+//!   which limits the pipeline; its page is [`report::stages`].
 //! - [`runtime`]: the only module that names glommio (executors, tasks, timers,
 //!   TCP), so the runtime could be swapped. [`error`]: the job error taxonomy.
 //! - [`proto`]: prost messages generated from `proto/` at build time.
@@ -87,8 +93,10 @@ pub mod mock;
 pub mod record;
 pub mod report;
 pub mod runtime;
+pub mod search;
 pub mod shard;
 pub mod sink;
+pub mod stages;
 pub mod stats;
 pub mod summary;
 pub mod tensor;

@@ -6,6 +6,11 @@
 //! state that no other thread sees. It talks to the rest of the process only over
 //! the bounded flume channels in [`ShardChannels`], made at start-up: batches of
 //! results to the sink, reports to the coordinator, control messages from it.
+//!
+//! A job is the whole job ([`job::run`]) except under `bench --stages`, where
+//! the run's [`StageMode`] makes it one stage alone: the fetch, the infer on a
+//! payload the shard fetched once, or a synthetic row for the sink; the choice
+//! is one match per job in `run_job`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -18,8 +23,9 @@ use bytes::Bytes;
 
 use crate::config::{Class, HealthCheck, Upstream};
 use crate::devices::{stable_hash, Fleet};
+use crate::dispatcher::StageMode;
 use crate::grpc::client::ClientSettings;
-use crate::job::{self, ClassRoute};
+use crate::job::{self, ClassRoute, Payload};
 use crate::record::{DeviceIndex, JobRecord, Outcome, SkipReason, StageLatency};
 use crate::runtime;
 use crate::stats::{Counters, ShardReport, ShardStats, UpstreamStats};
@@ -139,6 +145,8 @@ pub struct ShardPlan {
     pub clock: Clock,
     /// What drives jobs, and the run's window.
     pub workload: Workload,
+    /// Which part of each job runs (the whole job outside `bench --stages`).
+    pub stage: StageMode,
     /// Limits shared by every shard.
     pub limits: ShardLimits,
     /// This shard's ends of the start-up channels.
@@ -197,6 +205,11 @@ struct Shard {
     closed_loop_cursor: Cell<usize>,
     /// The run's shared Unix-to-monotonic mapping.
     clock: Clock,
+    /// Which part of each job runs: matched once per job in [`run_job`].
+    stage: StageMode,
+    /// Infer-only stage: per class, the payload fetched once at the start (or
+    /// by the first job of the class whose fetch succeeded); empty otherwise.
+    payloads: RefCell<Vec<Option<Rc<Payload>>>>,
 }
 
 /// The executor's main future: runs the shard's workload, drains, reports, and
@@ -209,6 +222,7 @@ pub async fn run(plan: ShardPlan) {
         classes,
         clock,
         workload,
+        stage,
         limits,
         channels,
         mut exit_notice,
@@ -248,7 +262,12 @@ pub async fn run(plan: ShardPlan) {
         clock,
         control: channels.control,
         reports: channels.reports,
+        stage,
+        payloads: RefCell::new(Vec::new()),
     });
+    if stage == StageMode::InferOnly {
+        fetch_payloads(&shard).await;
+    }
 
     start_probes(&shard);
     let flusher = runtime::spawn(flush_results(
@@ -571,11 +590,70 @@ async fn open_loop(shard: &Rc<Shard>, mut arrivals: Arrivals, start_ms: i64, end
     }
 }
 
+/// Infer-only stage: fetches one payload per class, with a device of that class
+/// this shard owns, before the first job is due. A class whose fetch fails is
+/// fetched again by its first job.
+async fn fetch_payloads(shard: &Shard) {
+    let mut payloads = vec![None; shard.routes.len()];
+    for (class, slot) in payloads.iter_mut().enumerate() {
+        let device = shard
+            .devices
+            .iter()
+            .copied()
+            .find(|&device| shard.fleet.class(device) as usize == class);
+        if let Some(device) = device {
+            let id = shard.fleet.id(device);
+            let tick_ms = shard.clock.now_ms();
+            if let Ok(payload) = job::fetch_payload(&shard.routes[class], id, tick_ms).await {
+                *slot = Some(Rc::new(payload));
+            }
+        }
+    }
+    *shard.payloads.borrow_mut() = payloads;
+}
+
+/// Infer-only stage: the class's cached payload and its ModelInfer, or, while
+/// no payload is cached, a fetch of one first (kept for the jobs after it).
+async fn run_infer_only(
+    shard: &Shard,
+    class: usize,
+    route: &ClassRoute,
+    device_id: &str,
+    tick_ms: i64,
+    planned: Instant,
+) -> job::Finished {
+    let cached = shard.payloads.borrow().get(class).cloned().flatten();
+    let payload = match cached {
+        Some(payload) => payload,
+        None => match job::fetch_payload(route, device_id, tick_ms).await {
+            Ok(payload) => {
+                let payload = Rc::new(payload);
+                let mut payloads = shard.payloads.borrow_mut();
+                if payloads.len() <= class {
+                    payloads.resize(class + 1, None);
+                }
+                payloads[class] = Some(payload.clone());
+                payload
+            }
+            Err(error) => return job::failed_at_once(error, planned),
+        },
+    };
+    job::run_infer_only(route, &payload, planned).await
+}
+
 async fn run_job(shard: &Shard, local: u32, tick_ms: i64, planned: Instant) {
     let device = shard.devices[local as usize];
     let class = shard.fleet.class(device);
     let route = &shard.routes[class as usize];
-    let finished = job::run(route, shard.fleet.id(device), tick_ms, planned).await;
+    let device_id = shard.fleet.id(device);
+    let finished = match shard.stage {
+        StageMode::Whole => job::run(route, device_id, tick_ms, planned).await,
+        StageMode::FetchOnly => job::run_fetch_only(route, device_id, tick_ms, planned).await,
+        StageMode::InferOnly => {
+            run_infer_only(shard, class as usize, route, device_id, tick_ms, planned).await
+        }
+        StageMode::SinkOnly => job::synthetic(planned),
+    };
     shard
         .retries
         .set(shard.retries.get() + finished.retries as u64);

@@ -38,6 +38,9 @@ fn help_lists_every_command_and_flag() {
         "--rate",
         "--poisson",
         "--latency-bound-us",
+        "--stages",
+        "--sink-commit-delay-ms",
+        "--search-precision-pct",
         "--report",
         "--source",
     ] {
@@ -195,4 +198,25 @@ fn each_mock_lists_and_takes_only_its_own_flags() {
             "{command} {flag}: {text}"
         );
     }
+}
+
+#[test]
+fn bench_search_limits_are_checked_before_anything_starts() {
+    for (args, message) in [
+        (
+            &["bench", "--stages", "--search-precision-pct", "0"][..],
+            "error: --search-precision-pct: 0 must be greater than 0\n",
+        ),
+        (
+            &["bench", "--latency-bound-us", "0"][..],
+            "error: --latency-bound-us must be greater than 0\n",
+        ),
+    ] {
+        let output = percore(args);
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        assert_eq!(stderr(&output), message, "{args:?}");
+    }
+    let output = percore(&["bench", "--stages", "--concurrency", "8"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("'--stages' cannot be used with '--concurrency"));
 }

@@ -41,10 +41,15 @@ fn field(json: &Value, path: &[&str], who: &str) -> Result<f64, String> {
 }
 
 impl Measured {
-    /// From `percore bench --summary-json`: its figures count the dispatcher's
-    /// threads over its run.
+    /// From `percore bench --summary-json` (`{"levels": [{level, slug,
+    /// summary}]}`; the one level's summary is read): its figures count the
+    /// dispatcher's threads over its run.
     pub fn from_percore(json: Value, process_cpu: std::time::Duration) -> Result<Measured, String> {
         let who = "percore bench summary";
+        let json = match json["levels"].as_array().map(Vec::as_slice) {
+            Some([level]) => level["summary"].clone(),
+            _ => return Err(format!("{who}: no one level in {json}")),
+        };
         let jobs = field(&json, &["jobs"], who)? as u64;
         let latency = |key: &str| field(&json, &["latency_us", "end_to_end", key], who);
         Ok(Measured {

@@ -262,6 +262,11 @@ pub enum SinkConfig {
         /// How long one write waits for a lock held by another connection before
         /// the writer backs off and tries it again (`busy_timeout_ms`).
         busy_timeout: std::time::Duration,
+        /// A testing aid that simulates a slow database: the writer sleeps this
+        /// long after each commit (`commit_delay_ms`, default 0). It exists so a
+        /// test or `percore bench --stages` can make the sink the bottleneck on
+        /// purpose; never set it in production.
+        commit_delay: std::time::Duration,
     },
 }
 
@@ -271,6 +276,14 @@ impl SinkConfig {
         SinkConfig::Sqlite {
             path: path.into(),
             busy_timeout: crate::sink::sqlite::DEFAULT_BUSY_TIMEOUT,
+            commit_delay: std::time::Duration::ZERO,
+        }
+    }
+
+    /// The testing aid's sleep after each commit (zero unless asked for).
+    pub fn commit_delay(&self) -> std::time::Duration {
+        match self {
+            SinkConfig::Sqlite { commit_delay, .. } => *commit_delay,
         }
     }
 }
@@ -417,6 +430,10 @@ enum SinkFile {
         /// See [`SinkConfig::Sqlite::busy_timeout`]; default 5000.
         #[serde(default)]
         busy_timeout_ms: Option<u64>,
+        /// See [`SinkConfig::Sqlite::commit_delay`]: a testing aid that
+        /// simulates a slow database; default 0.
+        #[serde(default)]
+        commit_delay_ms: u64,
     },
 }
 
@@ -750,6 +767,7 @@ fn validate_sink(
         SinkFile::Sqlite {
             path,
             busy_timeout_ms,
+            commit_delay_ms,
         } => {
             if path.trim().is_empty() {
                 return Err(source.error(sink.span(), "sink.path", "must not be empty"));
@@ -765,6 +783,7 @@ fn validate_sink(
             Ok(SinkConfig::Sqlite {
                 path: base.join(path),
                 busy_timeout,
+                commit_delay: std::time::Duration::from_millis(*commit_delay_ms),
             })
         }
     }
@@ -1257,6 +1276,21 @@ input_name = "series"
         assert_eq!(
             error_of(&text),
             "conf/fleet.toml:2: grpc.connect_timeout_ms: must be greater than 0"
+        );
+    }
+
+    #[test]
+    fn sink_commit_delay_is_a_testing_aid_off_by_default() {
+        let config = parse(VALID).unwrap();
+        assert_eq!(config.sink.commit_delay(), std::time::Duration::ZERO);
+        let text = VALID.replace(
+            "path = \"out/percore.db\"",
+            "path = \"out/percore.db\"\ncommit_delay_ms = 25",
+        );
+        let config = parse(&text).unwrap();
+        assert_eq!(
+            config.sink.commit_delay(),
+            std::time::Duration::from_millis(25)
         );
     }
 

@@ -28,6 +28,7 @@ use serde_json::Value;
 pub mod hgrm;
 pub mod hlog;
 pub mod html;
+pub mod stages;
 
 pub use html::{render_comparison_html, render_html};
 

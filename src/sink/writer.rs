@@ -197,17 +197,21 @@ pub fn spawn_writer(
     sink: Box<dyn Sink>,
     channels: WriterChannels,
     run_start: Instant,
+    commit_delay: Duration,
 ) -> std::io::Result<JoinHandle<WriterReport>> {
     std::thread::Builder::new()
         .name(WRITER_THREAD_NAME.to_owned())
-        .spawn(move || run_writer(sink, &channels, run_start))
+        .spawn(move || run_writer(sink, &channels, run_start, commit_delay))
 }
 
 /// The writer thread's body: one transaction per group of queued batches.
+/// `commit_delay` is `[sink] commit_delay_ms`, a testing aid that simulates a
+/// slow database by sleeping after each commit (zero: no sleep).
 fn run_writer(
     mut sink: Box<dyn Sink>,
     channels: &WriterChannels,
     run_start: Instant,
+    commit_delay: Duration,
 ) -> WriterReport {
     let mut report = WriterReport {
         rows: 0,
@@ -259,6 +263,9 @@ fn run_writer(
             .committed
             .store(report.rows, Ordering::Relaxed);
         group.clear();
+        if !commit_delay.is_zero() {
+            std::thread::sleep(commit_delay);
+        }
     }
     report.cpu = crate::cpu::current_thread();
     report
@@ -362,7 +369,7 @@ mod tests {
         let (recycle_tx, recycle_rx) = flume::bounded(1024);
         let (channels, _events) = channels(batch_rx, recycle_tx);
         let progress = channels.progress.clone();
-        let writer = spawn_writer(sink, channels, Instant::now()).unwrap();
+        let writer = spawn_writer(sink, channels, Instant::now(), Duration::ZERO).unwrap();
         assert_eq!(writer.thread().name(), Some(WRITER_THREAD_NAME));
 
         let senders: Vec<_> = (0..SENDERS)
@@ -486,7 +493,7 @@ mod tests {
         let (recycle_tx, _recycle_rx) = flume::bounded(4);
         let (channels, events) = channels(batch_rx, recycle_tx);
         let progress = channels.progress.clone();
-        let writer = spawn_writer(sink, channels, Instant::now()).unwrap();
+        let writer = spawn_writer(sink, channels, Instant::now(), Duration::ZERO).unwrap();
         batch_tx
             .send((0..5).map(|d| record(d, 1)).collect())
             .unwrap();
@@ -520,7 +527,7 @@ mod tests {
         let (batch_tx, batch_rx) = flume::bounded(4);
         let (recycle_tx, _recycle_rx) = flume::bounded(4);
         let (channels, events) = channels(batch_rx, recycle_tx);
-        let writer = spawn_writer(sink, channels, Instant::now()).unwrap();
+        let writer = spawn_writer(sink, channels, Instant::now(), Duration::ZERO).unwrap();
         batch_tx
             .send((5..10).map(|d| record(d, 1)).collect())
             .unwrap();
