@@ -59,10 +59,10 @@
 //!   hang and reset rates, protocol faults (garbage, HTTP/1.1, cut frames,
 //!   oversized replies), KServe readiness and `grpc.health.v1`, all switchable
 //!   at run time through [`mock::MockControl`]. [`demo`]: the self-contained demo run.
-//!   [`bench`]: closed- and open-loop load levels and sweeps. [`search`]: the
+//!   [`mod@bench`]: closed- and open-loop load levels and sweeps. [`bench::search`]: the
 //!   search for the highest rate under a latency bound (warm-up, rising then
 //!   bisecting, close levels run again, the answer's confidence), generic over
-//!   what runs a level so it is unit-tested on made-up ones. [`stages`]:
+//!   what runs a level so it is unit-tested on made-up ones. [`bench::stages`]:
 //!   `bench --stages`, each stage alone (fetch, infer on a cached payload, the
 //!   sink on synthetic rows, the whole job) searched in turn, and the verdict on
 //!   which limits the pipeline; its page is [`report::stages`].
@@ -93,10 +93,8 @@ pub mod mock;
 pub mod record;
 pub mod report;
 pub mod runtime;
-pub mod search;
 pub mod shard;
 pub mod sink;
-pub mod stages;
 pub mod stats;
 pub mod summary;
 pub mod tensor;

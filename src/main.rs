@@ -8,6 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use percore::admin::AdminServer;
+use percore::bench::search::{Measure, SearchSettings};
+use percore::bench::stages;
 use percore::bench::{self, Bench, BenchOptions, Level};
 use percore::config::Config;
 use percore::console;
@@ -15,8 +17,6 @@ use percore::demo;
 use percore::dispatcher::{self, Load, RunOptions, StageMode};
 use percore::mock::{MockKind, MockNode, MockOptions, ServiceTime};
 use percore::report;
-use percore::search::{Measure, SearchSettings};
-use percore::stages;
 use percore::summary::RunSummary;
 use percore::tuning::{parse_cpu_list, Tuning};
 

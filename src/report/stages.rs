@@ -4,8 +4,8 @@
 
 use std::fmt::Write;
 
-use crate::search::thousands;
-use crate::stages::{criterion, StagesReport};
+use crate::bench::search::thousands;
+use crate::bench::stages::{criterion, StagesReport};
 
 /// The page for `report`.
 pub fn render_stages_html(report: &StagesReport) -> String {
@@ -105,9 +105,9 @@ footer { color: var(--muted); font-size: 12px; margin-top: 36px; }
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::search::{Measure, RateVerdict, SearchOutcome, SearchSettings};
+    use crate::bench::stages::StageResult;
     use crate::dispatcher::StageMode;
-    use crate::search::{Measure, RateVerdict, SearchOutcome, SearchSettings};
-    use crate::stages::StageResult;
 
     #[test]
     fn the_page_carries_the_table_and_the_verdict() {

@@ -2,7 +2,7 @@
 //! from what runs a level, so its decisions can be tested on made-up levels.
 //!
 //! Used by `percore bench --latency-bound-us` and by each stage of
-//! `percore bench --stages` (see [`crate::stages`]). The search:
+//! `percore bench --stages` (see [`crate::bench::stages`]). The search:
 //! 1. runs one untimed warm-up level at the lowest rate and discards it
 //!    (connections, caches and the page cache are then warm for the first
 //!    measured level);

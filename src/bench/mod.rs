@@ -1,12 +1,15 @@
 //! Load generation against mock or real nodes: one level, a sweep of levels, or a
 //! search for the highest rate that keeps p99 under a latency bound (the search's
-//! decisions are in [`crate::search`]; each stage alone is [`crate::stages`]).
+//! decisions are in [`search`]; each stage alone is [`stages`]).
 //!
 //! Used by `percore bench` and `benches/pipeline.rs`. A level is a closed loop
 //! (C jobs always in flight, like perf_analyzer's `--concurrency-range`) or an
 //! open loop (R jobs/s arriving whatever is in flight, constant or Poisson, like
 //! wrk2 and perf_analyzer's `--request-rate-range`); latency always counts from
 //! the planned start, so a dispatcher that falls behind shows it.
+
+pub mod search;
+pub mod stages;
 
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -17,9 +20,9 @@ use crate::demo::{self, MockPair};
 use crate::devices::Fleet;
 use crate::dispatcher::{self, Load, RunError, RunOptions, StageMode};
 use crate::mock::{MockOptions, ServiceTime};
-use crate::search::{self, Measure, Probe, SearchOutcome, SearchSettings};
 use crate::summary::RunSummary;
 use crate::tuning::{allowed_cpus, Tuning};
+use search::{Measure, Probe, SearchOutcome, SearchSettings};
 
 /// One load level.
 #[derive(Debug, Clone, Copy, PartialEq)]

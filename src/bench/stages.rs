@@ -1,9 +1,9 @@
 //! `percore bench --stages`: each stage of a job alone at rising load, to find
 //! which one limits the pipeline and by how much.
 //!
-//! The stages, in order, each searched by [`crate::search`] for its highest
+//! The stages, in order, each searched by [`crate::bench::search`] for its highest
 //! open-loop rate under the latency bound (its pass criterion is
-//! [`bench::stage_measure`]'s and [`criterion`]'s):
+//! [`super::stage_measure`]'s and [`criterion`]'s):
 //! - **fetch**: the data source alone — each job is the Fetch only;
 //! - **infer**: the compute node alone — each shard fetches one payload at its
 //!   start, then every job sends it to ModelInfer;
@@ -19,9 +19,9 @@ use std::fmt::Write;
 
 use serde_json::{json, Value};
 
+use crate::bench::search::{thousands, SearchOutcome, SearchSettings};
 use crate::bench::{Bench, Level, LevelRun};
 use crate::dispatcher::{RunError, StageMode};
-use crate::search::{thousands, SearchOutcome, SearchSettings};
 
 /// The stages in the order they run and are shown.
 pub const STAGES: [StageMode; 4] = [
@@ -298,7 +298,7 @@ impl StagesReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::search::{Measure, RateVerdict};
+    use crate::bench::search::{Measure, RateVerdict};
 
     fn result(stage: StageMode, best: Option<f64>, failing: Option<f64>) -> StageResult {
         let settings = SearchSettings {
