@@ -8,6 +8,7 @@
 //! result reached the sink, and measures the dispatcher's CPU time. It never
 //! touches a shard's state: everything arrives as messages.
 
+pub use crate::shard::StageMode;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::BufWriter;
@@ -74,35 +75,6 @@ pub enum Load {
     /// Benchmarks: jobs arrive at this rate (per second, all shards together),
     /// evenly spaced or as a Poisson process, however many are in flight.
     OpenLoop { rate: f64, poisson: bool },
-}
-
-/// Which part of a job the shards run: the whole job (always, outside
-/// `percore bench --stages`), or one stage alone so that stage alone is loaded.
-/// Chosen once per run; the shard matches on it once per job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum StageMode {
-    /// Fetch, then ModelInfer: the production job.
-    #[default]
-    Whole,
-    /// Only the Fetch (its deadline, retries and check); the row's output is empty.
-    FetchOnly,
-    /// Only the ModelInfer, on a payload each shard fetched once at its start.
-    InferOnly,
-    /// No call at all: each job is an ok row made at once, so only the sink
-    /// (the real writer and database) is loaded.
-    SinkOnly,
-}
-
-impl StageMode {
-    /// The stage's name in tables, file names and JSON.
-    pub fn name(self) -> &'static str {
-        match self {
-            StageMode::Whole => "job",
-            StageMode::FetchOnly => "fetch",
-            StageMode::InferOnly => "infer",
-            StageMode::SinkOnly => "sink",
-        }
-    }
 }
 
 /// Options of one run beyond the config.

@@ -23,7 +23,6 @@ use bytes::Bytes;
 
 use crate::config::{Class, HealthCheck, Upstream};
 use crate::devices::{stable_hash, Fleet};
-use crate::dispatcher::StageMode;
 use crate::grpc::client::ClientSettings;
 use crate::job::{self, ClassRoute, Payload};
 use crate::record::{DeviceIndex, JobRecord, Outcome, SkipReason, StageLatency};
@@ -79,6 +78,35 @@ impl Workload {
             | Workload::OpenLoop {
                 start_ms, end_ms, ..
             } => (start_ms, end_ms),
+        }
+    }
+}
+
+/// Which part of a job the shards run: the whole job (always, outside
+/// `percore bench --stages`), or one stage alone so that stage alone is loaded.
+/// Chosen once per run; the shard matches on it once per job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StageMode {
+    /// Fetch, then ModelInfer: the production job.
+    #[default]
+    Whole,
+    /// Only the Fetch (its deadline, retries and check); the row's output is empty.
+    FetchOnly,
+    /// Only the ModelInfer, on a payload each shard fetched once at its start.
+    InferOnly,
+    /// No call at all: each job is an ok row made at once, so only the sink
+    /// (the real writer and database) is loaded.
+    SinkOnly,
+}
+
+impl StageMode {
+    /// The stage's name in tables, file names and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            StageMode::Whole => "job",
+            StageMode::FetchOnly => "fetch",
+            StageMode::InferOnly => "infer",
+            StageMode::SinkOnly => "sink",
         }
     }
 }
