@@ -214,6 +214,10 @@ struct Shard {
     stats: RefCell<ShardStats>,
     /// Set once no new jobs will start; the flusher then drains and stops.
     no_more_jobs: Cell<bool>,
+    /// The flusher while it waits for a first result (nothing to hand to the
+    /// sink): woken by the push that ends the wait, or when no more jobs will
+    /// start. An idle shard so sleeps instead of waking every FLUSH_INTERVAL.
+    flusher_waiting: Cell<Option<std::task::Waker>>,
     /// Set when the shard is done: its health probes stop.
     probes_stopped: Rc<Cell<bool>>,
     /// Stop and release from the coordinator.
@@ -281,6 +285,7 @@ pub async fn run(plan: ShardPlan) {
         results: RefCell::new(Vec::with_capacity(1024)),
         stats: RefCell::new(ShardStats::new(classes.len())),
         no_more_jobs: Cell::new(false),
+        flusher_waiting: Cell::new(None),
         probes_stopped: Rc::new(Cell::new(false)),
         stop_at_ms: Cell::new(None),
         aborted: Cell::new(false),
@@ -323,6 +328,7 @@ pub async fn run(plan: ShardPlan) {
         shard.poll_control();
     }
     shard.no_more_jobs.set(true);
+    shard.wake_flusher();
     shard.probes_stopped.set(true);
     let error = flusher.await.err();
     let interval = Box::new(shard.stats.borrow_mut().take_interval());
@@ -705,14 +711,26 @@ async fn run_job(shard: &Shard, local: u32, tick_ms: i64, planned: Instant) {
     });
 }
 
-/// Hands results to the sink every FLUSH_INTERVAL until the shard is done and
-/// drained. Awaiting a full channel is the sink's backpressure.
+/// Hands results to the sink every FLUSH_INTERVAL while there are any, until
+/// the shard is done and drained; with none it sleeps until the next one.
+/// Awaiting a full channel is the sink's backpressure.
 async fn flush_results(
     shard: Rc<Shard>,
     results: flume::Sender<Vec<JobRecord>>,
     recycled: flume::Receiver<Vec<JobRecord>>,
 ) -> Result<(), String> {
     loop {
+        // Park until there is something to flush (or the end); then give the
+        // batch FLUSH_INTERVAL to fill.
+        std::future::poll_fn(|cx| {
+            if shard.no_more_jobs.get() || !shard.results.borrow().is_empty() {
+                std::task::Poll::Ready(())
+            } else {
+                shard.flusher_waiting.set(Some(cx.waker().clone()));
+                std::task::Poll::Pending
+            }
+        })
+        .await;
         runtime::sleep(FLUSH_INTERVAL).await;
         let last_round = shard.no_more_jobs.get();
         if !shard.results.borrow().is_empty() {
@@ -790,6 +808,15 @@ impl Shard {
     fn push(&self, record: JobRecord) {
         self.stats.borrow_mut().record(&record);
         self.results.borrow_mut().push(record);
+        self.wake_flusher();
+    }
+
+    /// Wakes the flusher if it is parked waiting for a result (under load it
+    /// never is, and this is one `Cell` read).
+    fn wake_flusher(&self) {
+        if let Some(waker) = self.flusher_waiting.take() {
+            waker.wake();
+        }
     }
 
     /// The next device in turn, busy or not (open loop: a busy one is skipped and
