@@ -161,7 +161,12 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
             }
         }
     }
+    // Who writes the rows: the run's id goes on every row and into `runs`.
+    let description = config_description(config, options);
+    let run = sink::run::RunIdentity::new(sink::run::config_digest(&description.to_string()));
+    let run_id = run.run_id.clone();
     let names = Arc::new(RowNames {
+        run,
         fleet: fleet.clone(),
         classes: config
             .classes
@@ -180,6 +185,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
             path: path.clone(),
             busy_timeout: *busy_timeout,
         },
+        SinkConfig::Postgres(options) => SinkTarget::Postgres(options.clone()),
     };
     let sink = sink::open(&target, names).map_err(|error| RunError(error.to_string()))?;
 
@@ -356,7 +362,8 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
         upstream: UpstreamTotals::merge(finished.iter().map(|report| &report.upstream)),
         failures: Vec::new(),
         interval_log,
-        config: config_description(config, options),
+        config: description,
+        run_id,
     };
     for (index, report) in finished.iter().enumerate() {
         let mut latency = report.stats.latency.clone();

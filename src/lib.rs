@@ -37,9 +37,13 @@
 //!   budget ([`upstream::retry`]) and the readiness probes ([`upstream::probe`]).
 //! - [`grpc`]: gRPC on `h2`: message framing, status trailers, the unary client
 //!   and the server the mock nodes use. [`tensor`]: KServe v2 tensor checks.
-//! - [`sink`]: the `Sink` trait and its errors (transient or permanent), the
-//!   SQLite implementation, and [`sink::writer`], the thread that turns batches
-//!   into transactions, retries transient errors and tells the coordinator.
+//! - [`sink`]: the `Sink` trait and its errors (transient or permanent); the
+//!   one row shape every backend writes ([`sink::row`]); the run's id on every
+//!   row and its `runs` row ([`sink::run`]); the SQLite implementation and the
+//!   PostgreSQL one ([`sink::postgres`]: binary COPY into a staging table, then
+//!   `INSERT … ON CONFLICT DO NOTHING`, schema checked at start, reconnects);
+//!   and [`sink::writer`], the thread that groups batches into transactions,
+//!   retries transient errors, tells the coordinator and ends the run's row.
 //! - [`stats`]: per-shard counters and HDR histograms (totals, per class, per
 //!   second; ok jobs' stages, failed jobs' time to failure apart, skipped
 //!   ticks' lag) and each shard's view of its replicas, merged off the shards.

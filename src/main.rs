@@ -543,6 +543,7 @@ fn finish(summary: &RunSummary, output: &OutputArgs) -> Result<i32> {
     say!("{}", summary.replica_table());
     say!("{}", summary.failure_table());
     say!("results: {}\n", summary.sink_location);
+    say!("run id: {}\n", summary.run_id);
     written?;
     match &summary.sink_error {
         None if summary.every_job_failed() => {

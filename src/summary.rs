@@ -55,6 +55,8 @@ pub struct RunSummary {
     pub interval_log: Option<PathBuf>,
     /// What was run: load, fleet, classes, tuning — for reports.
     pub config: Value,
+    /// The run's id, as every row's `run_id` and the `runs` table hold it.
+    pub run_id: String,
 }
 
 /// One shard's share of a run.
@@ -134,6 +136,7 @@ impl RunSummary {
         let jobs = self.counters.jobs().max(1) as f64;
         let per_job = |cpu: Duration| cpu.as_secs_f64() * 1e6 / jobs;
         json!({
+            "run_id": self.run_id,
             "jobs": self.counters.jobs(),
             "ok": self.counters.ok,
             "failed": self.counters.failed,
@@ -359,6 +362,7 @@ mod tests {
             rows_written: 5_000,
             sink_location: "x.db".into(),
             sink_error: None,
+            run_id: "6f1c2d3e-0000-4000-8000-000000000001".into(),
             counters: Counters {
                 ok: 4_000,
                 failed: 900,

@@ -168,14 +168,10 @@ impl Bench {
             path: PathBuf::from("<bench>"),
             classes: vec![class],
             fleet: Fleet::generate(self.options.devices, &[(0, 1)]),
-            sink: match SinkConfig::sqlite(db) {
-                SinkConfig::Sqlite {
-                    path, busy_timeout, ..
-                } => SinkConfig::Sqlite {
-                    path,
-                    busy_timeout,
-                    commit_delay: self.options.sink_commit_delay,
-                },
+            sink: SinkConfig::Sqlite {
+                path: db,
+                busy_timeout: crate::sink::sqlite::DEFAULT_BUSY_TIMEOUT,
+                commit_delay: self.options.sink_commit_delay,
             },
             grpc: GrpcConfig::default(),
             tuning: self.tuning.clone(),

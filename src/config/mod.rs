@@ -268,6 +268,9 @@ pub enum SinkConfig {
         /// purpose; never set it in production.
         commit_delay: std::time::Duration,
     },
+    /// A PostgreSQL database (`kind = "postgres"`): where, which table, how rows
+    /// are batched, TLS and connect timeout. See [`crate::sink::postgres`].
+    Postgres(crate::sink::postgres::PostgresOptions),
 }
 
 impl SinkConfig {
@@ -284,6 +287,7 @@ impl SinkConfig {
     pub fn commit_delay(&self) -> std::time::Duration {
         match self {
             SinkConfig::Sqlite { commit_delay, .. } => *commit_delay,
+            SinkConfig::Postgres(_) => std::time::Duration::ZERO,
         }
     }
 }
@@ -435,6 +439,9 @@ enum SinkFile {
         #[serde(default)]
         commit_delay_ms: u64,
     },
+    /// `kind = "postgres"`; validated by [`validate_postgres_sink`].
+    #[serde(rename = "postgres")]
+    Postgres(PostgresSinkFile),
 }
 
 /// `[grpc]`.
@@ -786,7 +793,100 @@ fn validate_sink(
                 commit_delay: std::time::Duration::from_millis(*commit_delay_ms),
             })
         }
+        SinkFile::Postgres(file) => {
+            let env_url = std::env::var(PG_URL_ENV).ok();
+            validate_postgres_sink(file, env_url.as_deref())
+                .map(SinkConfig::Postgres)
+                .map_err(|(field, message)| source.error(sink.span(), field, message))
+        }
     }
+}
+
+// ---------------------------------------------------------------------------------
+// [sink] kind = "postgres" (the PostgreSQL sink's keys; kept apart from the SQLite
+// and journal keys so each part can change without touching the others).
+// ---------------------------------------------------------------------------------
+
+/// The environment variable read for the database URL when `[sink] url` is
+/// absent: keeps a password out of the config file.
+pub const PG_URL_ENV: &str = "PERCORE_PG_URL";
+
+/// `[sink]` for `kind = "postgres"`, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostgresSinkFile {
+    /// `postgresql://user[:password]@host:port/db`; absent: [`PG_URL_ENV`].
+    url: Option<String>,
+    /// The jobs table; default `jobs`.
+    table: Option<String>,
+    /// Most rows per transaction; default the writer's 8192.
+    batch_rows: Option<usize>,
+    /// Wait for more rows before writing a smaller batch; default 0.
+    linger_ms: Option<u64>,
+    /// `disable` or `prefer` (default); `require` is refused (no TLS in this build).
+    sslmode: Option<String>,
+    /// Time to open a connection; default 5000.
+    connect_timeout_ms: Option<u64>,
+}
+
+/// Checks the PostgreSQL `[sink]` keys; `env_url` is [`PG_URL_ENV`]'s value (a
+/// parameter, so tests need not touch the process environment). Errors are
+/// (field, message) for [`Source::error`].
+fn validate_postgres_sink(
+    file: &PostgresSinkFile,
+    env_url: Option<&str>,
+) -> Result<crate::sink::postgres::PostgresOptions, (&'static str, String)> {
+    use crate::sink::postgres::{self as pg, PgUrl, PostgresOptions, SslMode};
+    let url = match (&file.url, env_url) {
+        (Some(url), _) => PgUrl::parse(url).map_err(|why| ("sink.url", why))?,
+        (None, Some(url)) => {
+            PgUrl::parse(url).map_err(|why| ("sink.url", format!("{PG_URL_ENV} {why}")))?
+        }
+        (None, None) => {
+            let why =
+                format!("missing: set url = \"postgresql://user@host:port/db\" or {PG_URL_ENV}");
+            return Err(("sink.url", why));
+        }
+    };
+    let mut options = PostgresOptions::new(url);
+    if let Some(table) = &file.table {
+        pg::check_table_name(table).map_err(|why| ("sink.table", why))?;
+        options.table = table.clone();
+    }
+    if let Some(rows) = file.batch_rows {
+        if rows == 0 || rows > pg::MAX_BATCH_ROWS {
+            let why = format!("must be from 1 to {}", pg::MAX_BATCH_ROWS);
+            return Err(("sink.batch_rows", why));
+        }
+        options.batch_rows = rows;
+    }
+    if let Some(ms) = file.linger_ms {
+        if ms > 10_000 {
+            return Err(("sink.linger_ms", "must be at most 10000".into()));
+        }
+        options.linger = std::time::Duration::from_millis(ms);
+    }
+    options.ssl_mode = match file.sslmode.as_deref() {
+        None | Some("prefer") => SslMode::Prefer,
+        Some("disable") => SslMode::Disable,
+        Some("require") => {
+            let why = "\"require\" is not supported: this build has no TLS connector \
+                       (use \"disable\" or \"prefer\", or reach the server through a \
+                       TLS tunnel on loopback)";
+            return Err(("sink.sslmode", why.into()));
+        }
+        Some(other) => {
+            let why = format!("{other:?} is not one of \"disable\", \"prefer\"");
+            return Err(("sink.sslmode", why));
+        }
+    };
+    if let Some(ms) = file.connect_timeout_ms {
+        if ms == 0 {
+            return Err(("sink.connect_timeout_ms", "must be greater than 0".into()));
+        }
+        options.connect_timeout = std::time::Duration::from_millis(ms);
+    }
+    Ok(options)
 }
 
 impl GrpcFile {
@@ -1296,16 +1396,99 @@ input_name = "series"
 
     #[test]
     fn sink_kind_is_checked() {
-        let text = VALID.replace("kind = \"sqlite\"", "kind = \"postgres\"");
+        let text = VALID.replace("kind = \"sqlite\"", "kind = \"mysql\"");
         assert_eq!(
             error_of(&text),
-            "conf/fleet.toml:6: kind: unknown variant `postgres`, expected `sqlite`"
+            "conf/fleet.toml:6: kind: unknown variant `mysql`, expected `sqlite` or `postgres`"
         );
         let text = VALID.replace("path = \"out/percore.db\"", "path = \"\"");
         assert_eq!(
             error_of(&text),
             "conf/fleet.toml:5: sink.path: must not be empty"
         );
+    }
+
+    #[test]
+    fn postgres_sink_keys_are_read_with_their_defaults() {
+        use crate::sink::postgres::{SslMode, DEFAULT_CONNECT_TIMEOUT};
+        let sink = "kind = \"postgres\"\nurl = \"postgresql://percore:pw@127.0.0.1:5433/results\"";
+        let text = VALID.replace("kind = \"sqlite\"\npath = \"out/percore.db\"", sink);
+        let config = parse(&text).unwrap();
+        let SinkConfig::Postgres(options) = &config.sink else {
+            panic!("expected a postgres sink, got {:?}", config.sink);
+        };
+        assert_eq!(
+            options.url.location(),
+            "postgresql://percore@127.0.0.1:5433/results"
+        );
+        assert!(options.url.has_password());
+        assert_eq!(options.table, "jobs");
+        assert_eq!(options.batch_rows, crate::sink::writer::MAX_GROUP_ROWS);
+        assert_eq!(options.linger, std::time::Duration::ZERO);
+        assert_eq!(options.ssl_mode, SslMode::Prefer);
+        assert_eq!(options.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert!(
+            !format!("{config:?}").contains(":pw@"),
+            "Debug shows no password"
+        );
+
+        let sink = format!(
+            "{sink}\ntable = \"jobs_b\"\nbatch_rows = 1000\nlinger_ms = 20\n\
+             sslmode = \"disable\"\nconnect_timeout_ms = 300"
+        );
+        let text = VALID.replace("kind = \"sqlite\"\npath = \"out/percore.db\"", &sink);
+        let SinkConfig::Postgres(options) = parse(&text).unwrap().sink else {
+            panic!("expected a postgres sink");
+        };
+        assert_eq!(options.table, "jobs_b");
+        assert_eq!(options.batch_rows, 1000);
+        assert_eq!(options.linger, std::time::Duration::from_millis(20));
+        assert_eq!(options.ssl_mode, SslMode::Disable);
+        assert_eq!(
+            options.connect_timeout,
+            std::time::Duration::from_millis(300)
+        );
+    }
+
+    #[test]
+    fn postgres_sink_errors_name_the_key() {
+        let file = |extra: &str| -> PostgresSinkFile {
+            toml::from_str(&format!("url = \"postgresql://u@h/db\"\n{extra}")).unwrap()
+        };
+        let error = |file: PostgresSinkFile, env: Option<&str>| {
+            let (field, why) = validate_postgres_sink(&file, env).unwrap_err();
+            format!("{field}: {why}")
+        };
+        let no_url: PostgresSinkFile = toml::from_str("").unwrap();
+        assert!(error(no_url, None).starts_with("sink.url: missing: set url"));
+        let no_url: PostgresSinkFile = toml::from_str("").unwrap();
+        let options = validate_postgres_sink(&no_url, Some("postgresql://e@h:1/d")).unwrap();
+        assert_eq!(
+            options.url.location(),
+            "postgresql://e@h:1/d",
+            "the env var is read"
+        );
+        let no_url: PostgresSinkFile = toml::from_str("").unwrap();
+        assert!(
+            error(no_url, Some("mysql://x")).starts_with("sink.url: PERCORE_PG_URL must start"),
+        );
+        assert!(error(file("sslmode = \"require\""), None)
+            .starts_with("sink.sslmode: \"require\" is not supported: this build has no TLS"));
+        assert!(error(file("sslmode = \"verify-full\""), None).contains("not one of"));
+        assert!(error(file("table = \"Jobs\""), None).starts_with("sink.table:"));
+        assert!(error(file("table = \"runs\""), None).contains("percore's own tables"));
+        assert!(error(file("batch_rows = 0"), None).starts_with("sink.batch_rows: must be from 1"));
+        assert!(error(file("connect_timeout_ms = 0"), None).starts_with("sink.connect_timeout_ms"));
+        assert!(error(file("linger_ms = 60000"), None).starts_with("sink.linger_ms"));
+        // The file's line is named for a bad key too.
+        let sink = "kind = \"postgres\"\nurl = \"postgresql://u:secret@h/\"";
+        let text = VALID.replace("kind = \"sqlite\"\npath = \"out/percore.db\"", sink);
+        let text = error_of(&text);
+        assert!(
+            text.starts_with("conf/fleet.toml:5: sink.url: has no database"),
+            "{text}"
+        );
+        assert!(!text.contains("secret"), "{text}");
     }
 
     #[test]

@@ -1,17 +1,23 @@
 //! The sink: where every [`JobRecord`] becomes one persisted row.
 //!
 //! Owns the [`Sink`] trait (one implementation per database: SQLite in [`sqlite`],
-//! PostgreSQL may follow), [`SinkError`] with its transient/permanent verdict, and
-//! the names records are resolved against ([`RowNames`]). [`row`] holds the one
-//! row shape and column list every backend writes. The single writer thread
-//! that drives a sink is in [`writer`].
+//! PostgreSQL in [`postgres`]), [`SinkError`] with its transient/permanent
+//! verdict, and the names records are resolved against ([`RowNames`], which also
+//! carries the run's [`run::RunIdentity`]). [`row`] holds the one row shape and
+//! column list every backend writes; [`run`] the run id stamped on every row and
+//! the `runs` table's row. The single writer thread that drives a sink is in
+//! [`writer`].
 //!
-//! Start-up calls [`open`] on the configured [`SinkTarget`], then
-//! [`writer::spawn_writer`] with the receiving end of the bounded channel every
-//! shard sends its batches on. Shutdown drops the senders and joins the thread for
-//! its [`writer::WriterReport`].
+//! Start-up calls [`open`] on the configured [`SinkTarget`] (which creates the
+//! schema, checks it, and inserts the run's `runs` row with `ended_at_ms` NULL),
+//! then [`writer::spawn_writer`] with the receiving end of the bounded channel
+//! every shard sends its batches on. Shutdown drops the senders; the writer
+//! commits what is left, completes the `runs` row ([`Sink::end_run`]) and ends
+//! with its [`writer::WriterReport`].
 
+pub mod postgres;
 pub mod row;
+pub mod run;
 pub mod sqlite;
 pub mod writer;
 
@@ -35,6 +41,9 @@ pub struct RowNames {
     /// Class and model names by [`ClassIndex`](crate::record::ClassIndex), in the
     /// config's class order; built once at start-up.
     pub classes: Vec<ClassNames>,
+    /// The run writing the rows: its id goes into every row's `run_id`, and the
+    /// sink inserts its `runs` row when it opens.
+    pub run: run::RunIdentity,
 }
 
 /// The names written to a row's `class` and `model` columns for one class.
@@ -58,6 +67,37 @@ pub trait Sink: Send {
     fn write_rows(&mut self, rows: &[row::Row<'_>]) -> Result<(), SinkError>;
     /// Human-readable location, e.g. the SQLite file path (printed at the end of a run).
     fn location(&self) -> String;
+    /// Completes this run's `runs` row (inserted at open): `ended_at_ms` and the
+    /// counts of what was committed. Called once, by the writer, after its last
+    /// commit; a run that never gets here keeps `ended_at_ms` NULL.
+    fn end_run(&mut self, counts: &run::RunCounts) -> Result<(), SinkError>;
+    /// How the writer should group batches into one write for this sink; the
+    /// default writes whatever is queued, up to [`writer::MAX_GROUP_ROWS`] rows,
+    /// without waiting for more.
+    fn grouping(&self) -> Grouping {
+        Grouping::default()
+    }
+}
+
+/// How the writer groups the shards' batches into one [`Sink::write_batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grouping {
+    /// Most rows in one write (a group may pass it by the last batch taken,
+    /// never by more). Bounds the writer's memory and what one failure takes with it.
+    pub max_rows: usize,
+    /// How long the writer waits for more batches after the first one of a
+    /// group, until `max_rows` are there; zero writes whatever is queued at once
+    /// (under load groups still grow, because batches queue while a write runs).
+    pub linger: Duration,
+}
+
+impl Default for Grouping {
+    fn default() -> Grouping {
+        Grouping {
+            max_rows: writer::MAX_GROUP_ROWS,
+            linger: Duration::ZERO,
+        }
+    }
 }
 
 /// What to open; the config maps onto this.
@@ -71,6 +111,8 @@ pub enum SinkTarget {
         /// as transient (and the writer retries it).
         busy_timeout: Duration,
     },
+    /// A PostgreSQL database, written with binary `COPY` through a staging table.
+    Postgres(postgres::PostgresOptions),
 }
 
 impl SinkTarget {
@@ -92,6 +134,9 @@ pub fn open(target: &SinkTarget, names: Arc<RowNames>) -> Result<Box<dyn Sink>, 
             *busy_timeout,
             names,
         )?)),
+        SinkTarget::Postgres(options) => {
+            Ok(Box::new(postgres::PostgresSink::open(options, names)?))
+        }
     }
 }
 
@@ -104,7 +149,8 @@ pub struct SinkError {
     /// What the sink was doing, e.g. "opening the database" or "committing a
     /// transaction", so an operator knows which step to look at.
     pub operation: Cow<'static, str>,
-    /// Where: the sink's location as [`Sink::location`] gives it (the file path).
+    /// Where: the sink's location as [`Sink::location`] gives it (the file path,
+    /// or `postgresql://user@host:port/db`, never with the password).
     pub location: String,
     /// Rows the writer thread had persisted before this failure; set by the writer,
     /// `None` when the error did not come from it (e.g. from [`open`]).

@@ -20,7 +20,7 @@ use crate::record::{JobRecord, Outcome};
 
 /// The columns of the `jobs` table, in the order [`Row`] lists them and every
 /// backend writes them.
-pub const COLUMNS: [&str; 14] = [
+pub const COLUMNS: [&str; 15] = [
     "device_id",
     "tick_ms",
     "class",
@@ -35,6 +35,7 @@ pub const COLUMNS: [&str; 14] = [
     "shard",
     "compute_node",
     "attempts",
+    "run_id",
 ];
 
 /// One row of the `jobs` table. Keyed by (`device_id`, `tick_ms`).
@@ -68,6 +69,9 @@ pub struct Row<'a> {
     pub compute_node: Option<Cow<'a, str>>,
     /// Attempts sent, fetch and infer together.
     pub attempts: i64,
+    /// The run that computed the row ([`super::run::RunIdentity::run_id`]); a row
+    /// replayed from a journal keeps the run it came from.
+    pub run_id: Cow<'a, str>,
 }
 
 impl Row<'_> {
@@ -90,6 +94,7 @@ impl Row<'_> {
             shard: self.shard,
             compute_node: self.compute_node.map(own),
             attempts: self.attempts,
+            run_id: own(self.run_id),
         }
     }
 
@@ -204,6 +209,7 @@ impl Resolver {
                         .and_then(|index| class.compute_nodes.get(usize::from(index)))
                         .map(|node| Cow::Borrowed(node.as_str())),
                     attempts: i64::from(record.attempts),
+                    run_id: Cow::Borrowed(&names.run.run_id),
                 })
             })
             .collect()
@@ -244,6 +250,7 @@ mod tests {
                     compute_nodes: Vec::new(),
                 },
             ],
+            run: crate::sink::run::RunIdentity::new("row-test"),
         })
     }
 
@@ -300,6 +307,8 @@ mod tests {
             "saturated, not failed"
         );
         assert_eq!(rows[0].attempts, 3);
+        assert_eq!(rows[0].run_id, rows[2].run_id);
+        assert_eq!(rows[0].run_id.len(), 36, "{}", rows[0].run_id);
         assert_eq!(rows[1].outcome, "failed");
         assert_eq!(
             rows[1].reason.as_deref(),

@@ -4,6 +4,7 @@
 //! from then on only the writer thread touches it. Each `write_batch` is one
 //! transaction of `INSERT … ON CONFLICT DO UPDATE` through a cached statement, so
 //! writing the same (device, tick) again replaces the row (last write wins).
+//! The `runs` table gets the run's row at open and its end at [`Sink::end_run`].
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use rusqlite::{params, Connection, TransactionBehavior};
 
 use super::row::{Resolver, Row};
+use super::run::{now_ms, RunCounts};
 use super::{RowNames, Sink, SinkError};
 use crate::record::JobRecord;
 
@@ -25,27 +27,37 @@ pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS jobs (
   device_id TEXT NOT NULL, tick_ms INTEGER NOT NULL, class TEXT NOT NULL, model TEXT NOT NULL,
   outcome TEXT NOT NULL CHECK (outcome IN ('ok','failed','skipped')), reason TEXT,
   output BLOB, schedule_lag_us INTEGER NOT NULL, fetch_us INTEGER, infer_us INTEGER, end_to_end_us INTEGER,
-  shard INTEGER NOT NULL, compute_node TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+  shard INTEGER NOT NULL, compute_node TEXT, attempts INTEGER NOT NULL DEFAULT 0, run_id TEXT,
   PRIMARY KEY (tick_ms, device_id)) WITHOUT ROWID;";
+
+/// The `runs` table: one row per run, inserted at open with `ended_at_ms` and
+/// the counts NULL, completed by [`Sink::end_run`]; a NULL `ended_at_ms` is a
+/// run that did not finish. Times are Unix ms.
+pub const RUNS_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS runs (
+  run_id TEXT PRIMARY KEY, host TEXT NOT NULL, started_at_ms INTEGER NOT NULL,
+  ended_at_ms INTEGER, config_digest TEXT NOT NULL,
+  jobs INTEGER, ok INTEGER, failed INTEGER, skipped INTEGER);";
 
 /// Columns added after the first release, with their definitions: a database
 /// made before them gets them added at open, so an existing file keeps working.
-const ADDED_COLUMNS: [(&str, &str); 2] = [
+const ADDED_COLUMNS: [(&str, &str); 3] = [
     ("compute_node", "compute_node TEXT"),
     ("attempts", "attempts INTEGER NOT NULL DEFAULT 0"),
+    ("run_id", "run_id TEXT"),
 ];
 
 /// Writes one row; a second write of the same (device, tick) replaces every column.
 pub const UPSERT: &str =
     "INSERT INTO jobs (device_id, tick_ms, class, model, outcome, reason, output,
-  schedule_lag_us, fetch_us, infer_us, end_to_end_us, shard, compute_node, attempts)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+  schedule_lag_us, fetch_us, infer_us, end_to_end_us, shard, compute_node, attempts, run_id)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
 ON CONFLICT(tick_ms, device_id) DO UPDATE SET
   class = excluded.class, model = excluded.model, outcome = excluded.outcome,
   reason = excluded.reason, output = excluded.output,
   schedule_lag_us = excluded.schedule_lag_us, fetch_us = excluded.fetch_us,
   infer_us = excluded.infer_us, end_to_end_us = excluded.end_to_end_us,
-  shard = excluded.shard, compute_node = excluded.compute_node, attempts = excluded.attempts";
+  shard = excluded.shard, compute_node = excluded.compute_node, attempts = excluded.attempts,
+  run_id = excluded.run_id";
 
 /// How long a write waits for a lock held by another connection (an operator's
 /// `sqlite3` shell, a checkpoint) before the try fails as transient and the
@@ -75,6 +87,8 @@ pub struct SqliteSink {
     location: String,
     /// Turns each batch of records into the table's rows.
     resolver: Resolver,
+    /// This run's id, the key of its `runs` row, which [`Sink::end_run`] completes.
+    run_id: String,
 }
 
 impl SqliteSink {
@@ -117,9 +131,18 @@ impl SqliteSink {
         conn.prepare_cached(UPSERT)
             .map_err(failed("preparing the upsert into jobs", at))?;
         check_writable(&conn, at)?;
+        conn.execute_batch(RUNS_SCHEMA)
+            .map_err(failed("creating table runs", at))?;
+        let run = &names.run;
+        conn.execute(
+            "INSERT INTO runs (run_id, host, started_at_ms, config_digest) VALUES (?1, ?2, ?3, ?4)",
+            params![run.run_id, run.host, run.started_at_ms, run.config_digest],
+        )
+        .map_err(failed("inserting the run into runs", at))?;
         Ok(SqliteSink {
             conn,
             location,
+            run_id: run.run_id.clone(),
             resolver: Resolver::new(names),
         })
     }
@@ -158,6 +181,25 @@ impl Sink for SqliteSink {
 
     fn location(&self) -> String {
         self.location.clone()
+    }
+
+    fn end_run(&mut self, counts: &RunCounts) -> Result<(), SinkError> {
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.conn
+            .execute(
+                "UPDATE runs SET ended_at_ms = ?2, jobs = ?3, ok = ?4, failed = ?5, skipped = ?6
+                 WHERE run_id = ?1",
+                params![
+                    self.run_id,
+                    now_ms(),
+                    count(counts.jobs),
+                    count(counts.ok),
+                    count(counts.failed),
+                    count(counts.skipped)
+                ],
+            )
+            .map(drop)
+            .map_err(failed("recording the run's end in runs", &self.location))
     }
 }
 
@@ -201,6 +243,7 @@ fn write_rows(conn: &mut Connection, at: &str, rows: &[Row<'_>]) -> Result<(), S
                     row.shard,
                     row.compute_node,
                     row.attempts,
+                    row.run_id,
                 ])
                 .map_err(|error| {
                     let operation = format!(
@@ -316,6 +359,7 @@ mod tests {
                     compute_nodes: Vec::new(),
                 },
             ],
+            run: crate::sink::run::RunIdentity::new("sqlite-test"),
         })
     }
 
@@ -551,6 +595,61 @@ mod tests {
         let mut sink = SqliteSink::open(&path, DEFAULT_BUSY_TIMEOUT, names()).unwrap();
         sink.write_batch(&[skipped_row()]).unwrap();
         assert_eq!(count(&path), 2);
+    }
+
+    #[test]
+    fn an_older_file_gets_run_ids_and_a_runs_row_that_ends_with_the_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.db");
+        // The first release's table: no compute_node, attempts, run_id; no runs table.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE jobs (device_id TEXT NOT NULL, tick_ms INTEGER NOT NULL,
+                 class TEXT NOT NULL, model TEXT NOT NULL, outcome TEXT NOT NULL, reason TEXT,
+                 output BLOB, schedule_lag_us INTEGER NOT NULL, fetch_us INTEGER,
+                 infer_us INTEGER, end_to_end_us INTEGER, shard INTEGER NOT NULL,
+                 PRIMARY KEY (tick_ms, device_id)) WITHOUT ROWID;",
+            )
+            .unwrap();
+        let names = names();
+        let run_id = names.run.run_id.clone();
+        let mut sink = SqliteSink::open(&path, DEFAULT_BUSY_TIMEOUT, names).unwrap();
+        let db = Connection::open(&path).unwrap();
+        let ended: Option<i64> = db
+            .query_row(
+                "SELECT ended_at_ms FROM runs WHERE run_id = ?1",
+                [&run_id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(ended, None, "a run still going has no end");
+        sink.write_batch(&[ok_row(), failed_row(), skipped_row()])
+            .unwrap();
+        let ids: Vec<String> = db
+            .prepare("SELECT run_id FROM jobs")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(ids, vec![run_id.clone(); 3]);
+        let counts = RunCounts {
+            jobs: 3,
+            ok: 1,
+            failed: 1,
+            skipped: 1,
+        };
+        sink.end_run(&counts).unwrap();
+        let (ended, jobs, ok, failed, skipped): (Option<i64>, i64, i64, i64, i64) = db
+            .query_row(
+                "SELECT ended_at_ms, jobs, ok, failed, skipped FROM runs WHERE run_id = ?1",
+                [&run_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .unwrap();
+        assert!(ended.is_some_and(|ms| ms >= 1_600_000_000_000), "{ended:?}");
+        assert_eq!((jobs, ok, failed, skipped), (3, 1, 1, 1));
     }
 
     #[test]

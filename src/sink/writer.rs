@@ -1,7 +1,9 @@
 //! The sink's writer thread: batches from the shards become transactions.
 //!
 //! One plain thread (never a shard) owns the [`Sink`]. It takes whatever batches
-//! are queued, up to [`MAX_GROUP_ROWS`] rows, and writes them in one call. What
+//! are queued, up to the sink's [`Grouping`](super::Grouping) (by default [`MAX_GROUP_ROWS`] rows,
+//! no waiting; PostgreSQL's `batch_rows` and `linger_ms`), and writes them in one
+//! call. What
 //! happens to a failed write is decided by the error:
 //! - **transient** (another connection holds the lock): the same rows are written
 //!   again after a backoff, for as long as it takes; the coordinator hears
@@ -12,7 +14,9 @@
 //!
 //! Rows committed so far are counted in [`SinkProgress`], which the coordinator
 //! reads whenever it prints or publishes, so "computed" and "committed" can be told
-//! apart while the run lasts.
+//! apart while the run lasts. When the shards are done and everything is
+//! committed, the writer completes the run's `runs` row ([`Sink::end_run`]) with
+//! the counts of what it committed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use super::run::RunCounts;
 use super::{Sink, SinkError};
 use crate::record::JobRecord;
 use crate::stats::new_histogram;
@@ -32,7 +37,11 @@ pub const WRITER_THREAD_NAME: &str = "pc-sink";
 /// Most rows the writer gathers into one transaction. A commit costs tens of µs
 /// whatever its size, so a few thousand rows make it negligible per row; the cap
 /// bounds the writer's staging memory and how much one failed commit takes with it.
-const MAX_GROUP_ROWS: usize = 8192;
+pub const MAX_GROUP_ROWS: usize = 8192;
+
+/// Tries of the end-of-run update of the `runs` row when they fail transiently
+/// (the database restarting just then), with the retry waits in between.
+const END_RUN_TRIES: u32 = 5;
 
 /// First wait before writing again after a transient failure; doubled up to
 /// [`MAX_RETRY_WAIT`]. Short, because a lock is usually held for milliseconds.
@@ -111,8 +120,11 @@ pub struct WriterReport {
     /// in the dispatcher's CPU per job, and the thread is gone when that is summed.
     pub cpu: Duration,
     /// The permanent error that ended the writer early, if one did; `rows` is then
-    /// what was committed before it.
+    /// what was committed before it. A failed end-of-run update of the `runs`
+    /// row is reported here too.
     pub failure: Option<SinkError>,
+    /// Committed rows by outcome: what the run's `runs` row records at the end.
+    pub counts: RunCounts,
 }
 
 /// Sink lag (result ready on the shard → row committed), in µs, recorded by the
@@ -221,17 +233,26 @@ fn run_writer(
         sink_lag: SinkLag::new(run_start),
         cpu: Duration::ZERO,
         failure: None,
+        counts: RunCounts::default(),
     };
-    // Rows of the next transaction; sized once so grouping never reallocates.
-    let mut group: Vec<JobRecord> = Vec::with_capacity(MAX_GROUP_ROWS);
+    let grouping = sink.grouping();
+    // Rows of the next transaction; sized once so grouping rarely reallocates.
+    let mut group: Vec<JobRecord> = Vec::with_capacity(grouping.max_rows);
     // `recv` fails only once every sender is gone and the queue is empty, so the
     // loop ends exactly when the shards are done and nothing is left behind.
     while let Ok(batch) = channels.batches.recv() {
         take_batch(&mut group, batch, &channels.recycle);
-        while group.len() < MAX_GROUP_ROWS {
-            match channels.batches.try_recv() {
-                Ok(batch) => take_batch(&mut group, batch, &channels.recycle),
-                Err(_) => break,
+        let linger_until = Instant::now() + grouping.linger;
+        while group.len() < grouping.max_rows {
+            let next = if grouping.linger.is_zero() {
+                channels.batches.try_recv().ok()
+            } else {
+                // Timeout or every sender gone: write what is there.
+                channels.batches.recv_deadline(linger_until).ok()
+            };
+            match next {
+                Some(batch) => take_batch(&mut group, batch, &channels.recycle),
+                None => break,
             }
         }
         if group.is_empty() {
@@ -257,6 +278,7 @@ fn run_writer(
                 .try_send(SinkEvent::LagSecond { second, histogram });
         }
         report.rows += group.len() as u64;
+        report.counts.add(&group);
         report.transactions += 1;
         channels
             .progress
@@ -267,8 +289,33 @@ fn run_writer(
             std::thread::sleep(commit_delay);
         }
     }
+    if report.failure.is_none() {
+        if let Err(error) = end_run(&mut *sink, &report.counts) {
+            let error = error.after_rows(report.rows);
+            let _ = channels.events.try_send(SinkEvent::Failed {
+                error: error.to_string(),
+            });
+            report.failure = Some(error);
+        }
+    }
     report.cpu = crate::cpu::current_thread();
     report
+}
+
+/// Completes the run's `runs` row, trying a transient failure a few times.
+fn end_run(sink: &mut dyn Sink, counts: &RunCounts) -> Result<(), SinkError> {
+    let mut wait = FIRST_RETRY_WAIT;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match sink.end_run(counts) {
+            Err(error) if error.transient && tries < END_RUN_TRIES => {
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(MAX_RETRY_WAIT);
+            }
+            done => return done,
+        }
+    }
 }
 
 /// Writes `group`, trying again after transient errors with a growing wait;
@@ -321,6 +368,7 @@ mod tests {
     use super::*;
     use crate::devices::Fleet;
     use crate::record::{Outcome, StageLatency};
+    use crate::sink::run::RunIdentity;
     use crate::sink::{open, ClassNames, RowNames, SinkTarget};
     use bytes::Bytes;
 
@@ -353,6 +401,7 @@ mod tests {
                 model: "yolo".into(),
                 compute_nodes: Vec::new(),
             }],
+            run: RunIdentity::new("writer-test"),
         })
     }
 
@@ -419,6 +468,15 @@ mod tests {
             .query_row("SELECT count(*) FROM jobs", [], |row| row.get(0))
             .unwrap();
         assert_eq!(count, 10_000);
+        // The run's row was completed with what was committed.
+        let (ended, jobs, ok): (Option<i64>, i64, i64) = db
+            .query_row("SELECT ended_at_ms, jobs, ok FROM runs", [], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .unwrap();
+        assert!(ended.is_some());
+        assert_eq!((jobs, ok), (10_000, 10_000));
+        assert_eq!(report.counts.jobs, 10_000);
         let recycled: Vec<_> = recycle_rx.try_iter().collect();
         assert!(!recycled.is_empty());
         assert!(recycled.iter().all(|batch| batch.is_empty()));
@@ -477,6 +535,10 @@ mod tests {
 
         fn location(&self) -> String {
             "flaky://test".into()
+        }
+
+        fn end_run(&mut self, _counts: &RunCounts) -> Result<(), SinkError> {
+            Ok(())
         }
     }
 
@@ -542,6 +604,73 @@ mod tests {
                 if error.contains("database is locked")),
             "{events:?}"
         );
+    }
+
+    /// Records the size of each write; groups as it is told.
+    struct GroupingSink {
+        /// What [`Sink::grouping`] answers.
+        grouping: super::super::Grouping,
+        /// Rows of each write, in order.
+        written: flume::Sender<usize>,
+    }
+
+    impl Sink for GroupingSink {
+        fn write_batch(&mut self, rows: &[JobRecord]) -> Result<(), SinkError> {
+            let _ = self.written.send(rows.len());
+            Ok(())
+        }
+
+        fn write_rows(&mut self, rows: &[super::super::row::Row<'_>]) -> Result<(), SinkError> {
+            let _ = self.written.send(rows.len());
+            Ok(())
+        }
+
+        fn location(&self) -> String {
+            "grouping://test".into()
+        }
+
+        fn end_run(&mut self, _counts: &RunCounts) -> Result<(), SinkError> {
+            Ok(())
+        }
+
+        fn grouping(&self) -> super::super::Grouping {
+            self.grouping
+        }
+    }
+
+    #[test]
+    fn a_linger_gathers_batches_until_the_row_limit() {
+        let (written_tx, written_rx) = flume::unbounded();
+        let sink = Box::new(GroupingSink {
+            grouping: super::super::Grouping {
+                max_rows: 6,
+                linger: Duration::from_secs(5),
+            },
+            written: written_tx,
+        });
+        let (batch_tx, batch_rx) = flume::bounded(16);
+        let (recycle_tx, _recycle_rx) = flume::bounded(16);
+        let (channels, _events) = channels(batch_rx, recycle_tx);
+        let writer = spawn_writer(sink, channels, Instant::now(), Duration::ZERO).unwrap();
+        // Three batches of two, apart in time: one write of six, long before the linger ends.
+        let started = Instant::now();
+        for tick in 0..3 {
+            batch_tx
+                .send(vec![record(1, tick), record(2, tick)])
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(written_rx.recv_timeout(Duration::from_secs(10)), Ok(6));
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "the row limit ended the wait"
+        );
+        // Closing the channel ends a linger at once: the rest is written.
+        batch_tx.send(vec![record(3, 9)]).unwrap();
+        drop(batch_tx);
+        let report = writer.join().unwrap();
+        assert_eq!(written_rx.try_iter().collect::<Vec<_>>(), [1]);
+        assert_eq!((report.rows, report.transactions), (7, 2));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod pg;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
