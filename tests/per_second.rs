@@ -23,14 +23,17 @@ const METER: ClassSpec = ClassSpec {
 #[test]
 fn each_logged_second_holds_the_rows_ready_in_it() {
     let (rows, intervals, window) = flat_run(MockOptions::default());
-    let from_rows = rows_per_second(&rows, window.0, "ok");
-    let from_log = log_per_second(&intervals, "end_to_end");
-    assert_same_per_second("ok", &from_rows, &from_log);
-    assert!(
-        log_per_second(&intervals, "failed_end_to_end").is_empty()
-            && log_per_second(&intervals, "skipped").is_empty(),
-        "a run without failures logs no failed or skipped samples"
-    );
+    // A loaded machine may still skip or fail a few jobs: whatever the rows
+    // say of each outcome, the log says the same (nothing, when all were ok).
+    for (outcome, tag) in [
+        ("ok", "end_to_end"),
+        ("failed", "failed_end_to_end"),
+        ("skipped", "skipped"),
+    ] {
+        let from_rows = rows_per_second(&rows, window.0, outcome);
+        let from_log = log_per_second(&intervals, tag);
+        assert_same_per_second(outcome, &from_rows, &from_log);
+    }
 }
 
 #[test]
