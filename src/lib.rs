@@ -38,8 +38,12 @@
 //! - [`grpc`]: gRPC on `h2`: message framing, status trailers, the unary client
 //!   and the server the mock nodes use. [`tensor`]: KServe v2 tensor checks.
 //! - [`sink`]: the `Sink` trait and its errors (transient or permanent), the
-//!   SQLite implementation, and [`sink::writer`], the thread that turns batches
-//!   into transactions, retries transient errors and tells the coordinator.
+//!   shared row shape ([`sink::row`]), the SQLite implementation,
+//!   [`sink::writer`], the thread that turns batches into transactions, retries
+//!   transient errors and tells the coordinator, and [`sink::journal`], the
+//!   spill journal on local disk (segmented, checksummed records; torn tails
+//!   cut) the writer puts batches in while the database cannot take them and
+//!   replays, in order, once it can — a leftover one first, at start.
 //! - [`stats`]: per-shard counters and HDR histograms (totals, per class, per
 //!   second; ok jobs' stages, failed jobs' time to failure apart, skipped
 //!   ticks' lag) and each shard's view of its replicas, merged off the shards.
@@ -117,5 +121,10 @@ pub mod proto {
     /// The standard gRPC health check (`grpc.health.v1.Health/Check`).
     pub mod health {
         include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
+    }
+    /// The spill journal's record payload (`percore.journal.v1.Batch`): rows
+    /// of the `jobs` table, written by [`crate::sink::journal`].
+    pub mod journal {
+        include!(concat!(env!("OUT_DIR"), "/percore.journal.v1.rs"));
     }
 }

@@ -4,13 +4,18 @@
 //! PostgreSQL may follow), [`SinkError`] with its transient/permanent verdict, and
 //! the names records are resolved against ([`RowNames`]). [`row`] holds the one
 //! row shape and column list every backend writes. The single writer thread
-//! that drives a sink is in [`writer`].
+//! that drives a sink is in [`writer`]; [`journal`] is the spill journal it
+//! writes batches to while the database cannot take them (`[sink] journal_dir`),
+//! and replays from, in order, once it can.
 //!
-//! Start-up calls [`open`] on the configured [`SinkTarget`], then
-//! [`writer::spawn_writer`] with the receiving end of the bounded channel every
-//! shard sends its batches on. Shutdown drops the senders and joins the thread for
-//! its [`writer::WriterReport`].
+//! Start-up calls [`open`] on the configured [`SinkTarget`] (and
+//! [`journal::Journal::open`] when a journal is configured, which reports what an
+//! earlier run left in it), then [`writer::spawn_writer`] with the receiving end
+//! of the bounded channel every shard sends its batches on. Shutdown drops the
+//! senders and joins the thread for its [`writer::WriterReport`]; with a journal,
+//! the writer first tries, for a bounded time, to replay what is still in it.
 
+pub mod journal;
 pub mod row;
 pub mod sqlite;
 pub mod writer;
