@@ -167,11 +167,15 @@ impl Bench {
             fleet: Fleet::generate(self.options.devices, &[(0, 1)]),
             sink: match SinkConfig::sqlite(db) {
                 SinkConfig::Sqlite {
-                    path, busy_timeout, ..
+                    path,
+                    busy_timeout,
+                    journal,
+                    ..
                 } => SinkConfig::Sqlite {
                     path,
                     busy_timeout,
                     commit_delay: self.options.sink_commit_delay,
+                    journal,
                 },
             },
             grpc: GrpcConfig::default(),
