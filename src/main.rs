@@ -543,6 +543,9 @@ fn finish(summary: &RunSummary, output: &OutputArgs) -> Result<i32> {
     say!("{}", summary.replica_table());
     say!("{}", summary.failure_table());
     say!("results: {}\n", summary.sink_location);
+    if let Some(line) = summary.journal_line() {
+        say!("{line}\n");
+    }
     written?;
     match &summary.sink_error {
         None if summary.every_job_failed() => {
