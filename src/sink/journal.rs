@@ -648,7 +648,7 @@ impl Journal {
         }
         if segment.records == 0 {
             // Only a header: nothing to replay, nothing to keep.
-            if !self.cuts.last().is_some_and(|cut| cut.file == segment.path) {
+            if self.cuts.last().is_none_or(|cut| cut.file != segment.path) {
                 std::fs::remove_file(&segment.path)
                     .map_err(io_error("removing an empty segment", &segment.path))?;
             }
