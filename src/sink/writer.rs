@@ -1113,6 +1113,25 @@ mod tests {
         Arc<SinkProgress>,
         JoinHandle<WriterReport>,
     ) {
+        let bound = crate::sink::journal::DEFAULT_MAX_BYTES;
+        journaled_writer_bounded(dir, drain_limit, bound)
+    }
+
+    /// [`journaled_writer`] with a journal bounded to `max_bytes`.
+    #[allow(clippy::type_complexity)]
+    fn journaled_writer_bounded(
+        dir: &std::path::Path,
+        drain_limit: Duration,
+        max_bytes: u64,
+    ) -> (
+        flume::Sender<Vec<JobRecord>>,
+        Arc<std::sync::atomic::AtomicBool>,
+        Arc<std::sync::atomic::AtomicBool>,
+        Arc<std::sync::Mutex<Vec<(i64, String)>>>,
+        flume::Receiver<SinkEvent>,
+        Arc<SinkProgress>,
+        JoinHandle<WriterReport>,
+    ) {
         let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let written = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -1123,6 +1142,7 @@ mod tests {
         });
         let config = crate::sink::journal::JournalConfig {
             segment_bytes: crate::sink::journal::MIN_SEGMENT_BYTES,
+            max_bytes,
             ..crate::sink::journal::JournalConfig::new(dir)
         };
         let (journal, leftover) = Journal::open(config).unwrap();
@@ -1265,6 +1285,51 @@ mod tests {
             *ticks.last().unwrap(),
             100,
             "the leftover came first: {ticks:?}"
+        );
+    }
+
+    #[test]
+    fn a_full_journal_and_a_down_database_push_back_on_the_senders_and_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("journal");
+        let (batch_tx, down, _broken, written, events, progress, writer) =
+            journaled_writer_bounded(&folder, Duration::from_secs(5), 4096);
+        down.store(true, Ordering::Relaxed);
+        // Send until a send waits: the journal is full, the writer waits for
+        // the database, the channel fills and the sender is held up (a shard
+        // would skip ticks with `sink backlog` meanwhile).
+        let mut sent = 0;
+        let held_up = loop {
+            assert!(sent < 1_000, "the senders were never held up");
+            let batch = (0..10).map(|d| record(d, sent)).collect();
+            match batch_tx.send_timeout(batch, Duration::from_millis(300)) {
+                Ok(()) => sent += 1,
+                Err(flume::SendTimeoutError::Timeout(batch)) => break batch,
+                Err(error) => panic!("{error}"),
+            }
+        };
+        assert!(progress.rows_journaled() > 0);
+        assert!(progress.journal_bytes() <= 4096);
+        assert_eq!(progress.committed(), 0);
+        down.store(false, Ordering::Relaxed);
+        batch_tx.send(held_up).unwrap();
+        drop(batch_tx);
+        let report = writer.join().unwrap();
+        assert!(report.failure.is_none(), "{:?}", report.failure);
+        let total = 10 * (sent as u64 + 1);
+        assert_eq!(report.rows, total);
+        assert_eq!(report.journal.rows_left, 0);
+        let ticks: Vec<i64> = written.lock().unwrap().iter().map(|(t, _)| *t).collect();
+        assert_eq!(ticks.len() as u64, total);
+        assert!(
+            ticks.windows(2).all(|w| w[0] <= w[1]),
+            "order kept: {ticks:?}"
+        );
+        assert!(
+            events.try_iter().any(
+                |e| matches!(e, SinkEvent::JournalRefused { error } if error.contains("is full"))
+            ),
+            "the refusal is told"
         );
     }
 
