@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/grpc_predict_v2.proto",
         "proto/percore_source.proto",
         "proto/grpc_health_v1.proto",
+        "proto/percore_journal.proto",
     ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");

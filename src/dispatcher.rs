@@ -27,7 +27,8 @@ use crate::record::DeviceIndex;
 use crate::report::hlog::LogWriter;
 use crate::runtime::{self, ExecutorSpec};
 use crate::shard::{self, Control, ExitNotice, ShardChannels, ShardLimits, ShardPlan, Workload};
-use crate::sink::writer::WriterChannels;
+use crate::sink::journal::Journal;
+use crate::sink::writer::{WriterChannels, WriterJournal};
 use crate::sink::{self, ClassNames, RowNames, SinkEvent, SinkProgress, SinkTarget};
 use crate::stats::{
     ClassStats, Counters, Interval, ShardReport, ShardStats, StageHistograms, UpstreamStats,
@@ -187,7 +188,11 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
         },
         SinkConfig::Postgres(options) => SinkTarget::Postgres(options.clone()),
     };
-    let sink = sink::open(&target, names).map_err(|error| RunError(error.to_string()))?;
+    let sink = sink::open(&target, names.clone()).map_err(|error| RunError(error.to_string()))?;
+    let journal = match config.sink.journal() {
+        None => None,
+        Some(journal) => Some(open_journal(journal.clone(), names)?),
+    };
 
     let clock = Clock::now_from_system();
     let start_ms = clock.now_ms() + START_LEAD.as_millis() as i64;
@@ -207,9 +212,14 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
         events: sink_events_tx,
         progress: progress.clone(),
     };
-    let writer =
-        sink::spawn_writer(sink, writer_channels, run_start, config.sink.commit_delay())
-            .map_err(|error| RunError(format!("cannot start the sink writer thread: {error}")))?;
+    let writer = sink::spawn_writer(
+        sink,
+        writer_channels,
+        run_start,
+        config.sink.commit_delay(),
+        journal,
+    )
+    .map_err(|error| RunError(format!("cannot start the sink writer thread: {error}")))?;
     let (reports_tx, reports_rx) = flume::bounded(shard_count * 64);
     let limits = ShardLimits {
         max_in_flight: config.tuning.max_in_flight_per_shard,
@@ -345,6 +355,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
         shard_cpu,
         writer_cpu: writer_report.cpu,
         rows_written: writer_report.rows,
+        journal: writer_report.journal.clone(),
         sink_location: writer_report.location.clone(),
         sink_error,
         counters: Counters::default(),
@@ -391,14 +402,51 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
         fleet.id(device).to_string()
     });
     supervisor.publish_final(&summary);
-    if summary.sink_error.is_none() && summary.counters.jobs() != summary.rows_written {
+    // Rows still in the journal are safe on disk: the next run replays them.
+    let kept = summary.rows_written + summary.journal.run_rows_left;
+    if summary.sink_error.is_none() && summary.counters.jobs() != kept {
         return Err(RunError(format!(
-            "shards counted {} jobs but the sink wrote {} rows",
+            "shards counted {} jobs but the sink wrote {} rows{}",
             summary.counters.jobs(),
-            summary.rows_written
+            summary.rows_written,
+            match &summary.journal.dir {
+                Some(_) => format!(
+                    " and {} are still in the journal ({} lost to damaged journal records)",
+                    summary.journal.run_rows_left, summary.journal.rows_lost
+                ),
+                None => String::new(),
+            }
         )));
     }
     Ok(summary)
+}
+
+/// Opens the spill journal and says what an earlier run left in it (the
+/// writer replays that before any new result) and what was cut from it.
+fn open_journal(
+    config: crate::sink::journal::JournalConfig,
+    names: Arc<RowNames>,
+) -> Result<WriterJournal, RunError> {
+    let (journal, leftover) = Journal::open(config).map_err(|error| RunError(error.to_string()))?;
+    for cut in &leftover.cuts {
+        crate::console::err(format_args!("warning: {cut}"));
+    }
+    if leftover.batches > 0 {
+        crate::console::err(format_args!(
+            "journal {}: an earlier run left {} rows ({} batches, {} bytes in {} segment(s)); replaying them before new results",
+            journal.dir().display(),
+            leftover.rows,
+            leftover.batches,
+            leftover.bytes,
+            leftover.segments
+        ));
+    }
+    Ok(WriterJournal {
+        journal,
+        leftover_rows: leftover.rows,
+        names,
+        drain_limit: sink::writer::SHUTDOWN_DRAIN_LIMIT,
+    })
 }
 
 /// This shard's share of the load: closed-loop concurrency and open-loop rate are
@@ -723,6 +771,28 @@ impl<'a> Supervisor<'a> {
                 }
                 self.publish();
             }
+            SinkEvent::Journaling { error, dir } => {
+                crate::console::err(format_args!(
+                    "warning: {error}; results go to the spill journal in {dir} until the database answers"
+                ));
+                self.health = Health::Failing(error);
+                self.publish();
+            }
+            SinkEvent::JournalRefused { error } => {
+                crate::console::err(format_args!(
+                    "warning: {error}; waiting for the database (ticks are skipped meanwhile)"
+                ));
+                self.publish();
+            }
+            SinkEvent::JournalCut { cut } => {
+                crate::console::err(format_args!("warning: {cut}"));
+            }
+            SinkEvent::JournalReplayed { rows } => {
+                crate::console::err(format_args!(
+                    "sink: the spill journal is replayed ({rows} rows); writing directly again"
+                ));
+                self.publish();
+            }
             SinkEvent::LagSecond { second, histogram } => {
                 self.per_second.add_sink_lag(second, &histogram);
                 let _ = self.so_far.sink_lag.add(&*histogram);
@@ -899,6 +969,9 @@ impl<'a> Supervisor<'a> {
             metrics.publish(MetricsSnapshot {
                 per_shard: self.latest.clone(),
                 rows_committed: self.progress.committed(),
+                rows_journaled: self.progress.rows_journaled(),
+                rows_replayed: self.progress.rows_replayed(),
+                journal_bytes: self.progress.journal_bytes(),
                 latency: self.so_far.clone(),
                 upstream: UpstreamTotals::merge(&self.upstream),
                 failures: self.failures.clone(),
@@ -918,6 +991,9 @@ impl<'a> Supervisor<'a> {
                     .map(|shard| shard.counters)
                     .collect(),
                 rows_committed: summary.rows_written,
+                rows_journaled: summary.journal.rows_journaled,
+                rows_replayed: summary.journal.rows_replayed,
+                journal_bytes: summary.journal.bytes,
                 latency: summary.latency.clone(),
                 upstream: summary.upstream.clone(),
                 failures: summary

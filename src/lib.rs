@@ -42,8 +42,12 @@
 //!   row and its `runs` row ([`sink::run`]); the SQLite implementation and the
 //!   PostgreSQL one ([`sink::postgres`]: binary COPY into a staging table, then
 //!   `INSERT … ON CONFLICT DO NOTHING`, schema checked at start, reconnects);
-//!   and [`sink::writer`], the thread that groups batches into transactions,
-//!   retries transient errors, tells the coordinator and ends the run's row.
+//!   [`sink::writer`], the thread that groups batches into transactions,
+//!   retries transient errors, tells the coordinator and ends the run's row;
+//!   and [`sink::journal`], the spill journal on local disk (segmented,
+//!   checksummed records; torn tails cut) the writer puts batches in while the
+//!   database cannot take them and replays, in order, once it can — a leftover
+//!   one first, at start.
 //! - [`stats`]: per-shard counters and HDR histograms (totals, per class, per
 //!   second; ok jobs' stages, failed jobs' time to failure apart, skipped
 //!   ticks' lag) and each shard's view of its replicas, merged off the shards.
@@ -119,5 +123,10 @@ pub mod proto {
     /// The standard gRPC health check (`grpc.health.v1.Health/Check`).
     pub mod health {
         include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
+    }
+    /// The spill journal's record payload (`percore.journal.v1.Batch`): rows
+    /// of the `jobs` table, written by [`crate::sink::journal`].
+    pub mod journal {
+        include!(concat!(env!("OUT_DIR"), "/percore.journal.v1.rs"));
     }
 }

@@ -544,6 +544,9 @@ fn finish(summary: &RunSummary, output: &OutputArgs) -> Result<i32> {
     say!("{}", summary.failure_table());
     say!("results: {}\n", summary.sink_location);
     say!("run id: {}\n", summary.run_id);
+    if let Some(line) = summary.journal_line() {
+        say!("{line}\n");
+    }
     written?;
     match &summary.sink_error {
         None if summary.every_job_failed() => {

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use crate::failures::FailureBreakdown;
 use crate::record::DeviceIndex;
 use crate::report::{self, hlog, FailureRow, ReasonTextRow, Recording, ReplicaRow, ReportError};
+use crate::sink::writer::JournalTotals;
 use crate::stats::{ClassStats, Counters, StageHistograms, UpstreamTotals};
 
 /// The merged result of one run.
@@ -30,6 +31,10 @@ pub struct RunSummary {
     /// Rows the sink committed in this run; equals `counters.jobs()` unless the
     /// sink failed, when it is what was committed before the failure.
     pub rows_written: u64,
+    /// What went through the spill journal and what is still in it (all 0,
+    /// `dir` `None`, without a journal). `rows_written` plus
+    /// `journal.run_rows_left` equals `counters.jobs()` unless the sink failed.
+    pub journal: JournalTotals,
     /// Where the rows are (e.g. the SQLite file).
     pub sink_location: String,
     /// The error that stopped the sink for good, if one did: the run was stopped
@@ -145,6 +150,12 @@ impl RunSummary {
             "rows_written": self.rows_written,
             "results_not_written": self.counters.jobs().saturating_sub(self.rows_written),
             "sink_error": self.sink_error,
+            "sink_journal_dir": self.journal.dir.as_ref().map(|dir| dir.display().to_string()),
+            "sink_rows_journaled": self.journal.rows_journaled,
+            "sink_rows_replayed": self.journal.rows_replayed,
+            "sink_leftover_rows_replayed": self.journal.leftover_rows_replayed,
+            "sink_journal_bytes": self.journal.bytes,
+            "sink_journal_rows_left": self.journal.rows_left,
             "elapsed_s": self.elapsed.as_secs_f64(),
             "jobs_per_s": self.jobs_per_s(),
             "cpu_us_per_job": self.cpu_us_per_job(),
@@ -246,6 +257,41 @@ impl RunSummary {
             summary: self.to_json(),
             intervals,
         })
+    }
+
+    /// One line on the spill journal, when rows went through it or are left
+    /// in it: how many were journaled and replayed, and what stays on disk.
+    pub fn journal_line(&self) -> Option<String> {
+        let journal = &self.journal;
+        let dir = journal.dir.as_ref()?;
+        if journal.rows_journaled == 0 && journal.rows_replayed == 0 && journal.rows_left == 0 {
+            return None;
+        }
+        let mut line = format!(
+            "journal {}: {} rows journaled, {} replayed",
+            dir.display(),
+            journal.rows_journaled,
+            journal.rows_replayed
+        );
+        if journal.leftover_rows_replayed > 0 {
+            line.push_str(&format!(
+                " ({} of them left by an earlier run)",
+                journal.leftover_rows_replayed
+            ));
+        }
+        if journal.rows_left > 0 {
+            line.push_str(&format!(
+                "; {} rows ({} bytes) are still in it and are replayed at the next start",
+                journal.rows_left, journal.bytes
+            ));
+        }
+        if journal.rows_lost > 0 {
+            line.push_str(&format!(
+                "; {} rows lost to damaged journal records",
+                journal.rows_lost
+            ));
+        }
+        Some(line)
     }
 
     /// One line with the totals.
@@ -360,6 +406,14 @@ mod tests {
             shard_cpu: Duration::from_millis(30),
             writer_cpu: Duration::from_millis(15),
             rows_written: 5_000,
+            journal: JournalTotals {
+                dir: Some("spill".into()),
+                rows_journaled: 300,
+                rows_replayed: 320,
+                leftover_rows_replayed: 20,
+                leftover_rows: 20,
+                ..JournalTotals::default()
+            },
             sink_location: "x.db".into(),
             sink_error: None,
             run_id: "6f1c2d3e-0000-4000-8000-000000000001".into(),
@@ -421,6 +475,15 @@ mod tests {
         };
         let json = summary.to_json();
         assert_eq!(json["jobs"], 5_000);
+        assert_eq!(json["sink_rows_journaled"], 300);
+        assert_eq!(json["sink_rows_replayed"], 320);
+        assert_eq!(json["sink_leftover_rows_replayed"], 20);
+        assert_eq!(json["sink_journal_bytes"], 0);
+        assert_eq!(json["sink_journal_dir"], "spill");
+        assert_eq!(
+            summary.journal_line().as_deref(),
+            Some("journal spill: 300 rows journaled, 320 replayed (20 of them left by an earlier run)")
+        );
         assert_eq!(json["jobs_per_s"], 500.0);
         assert_eq!(json["cpu_us_per_job"], 10.0);
         assert_eq!(json["cpu_us_per_job_by_thread"]["shards"], 6.0);

@@ -200,6 +200,7 @@ fn a_lock_held_past_the_busy_timeout_is_retried_until_every_row_is_written() {
         path: db.clone(),
         busy_timeout: Duration::from_millis(100),
         commit_delay: Duration::ZERO,
+        journal: None,
     };
     let admin = AdminServer::start("127.0.0.1:0".parse().expect("an address")).expect("admin");
     let admin_addr = admin.addr();

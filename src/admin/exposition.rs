@@ -147,6 +147,30 @@ impl Collector for Snapshot {
                 MetricType::Counter,
             )?
             .encode_counter::<NoLabelSet, _, u64>(&snapshot.rows_committed, None)?;
+        for (name, help, value) in [
+            (
+                "percore_sink_rows_journaled",
+                "Rows written to the spill journal because the database could not take them.",
+                snapshot.rows_journaled,
+            ),
+            (
+                "percore_sink_rows_replayed",
+                "Rows replayed from the spill journal into the database (an earlier run's included).",
+                snapshot.rows_replayed,
+            ),
+        ] {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Counter)?
+                .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+        }
+        encoder
+            .encode_descriptor(
+                "percore_sink_journal_bytes",
+                "Bytes the spill journal's files hold now.",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&snapshot.journal_bytes)?;
         encoder
             .encode_descriptor(
                 "percore_healthy",
@@ -339,6 +363,9 @@ mod tests {
             ],
             latency: StageHistograms::default(),
             rows_committed: 11,
+            rows_journaled: 7,
+            rows_replayed: 5,
+            journal_bytes: 4096,
             health: Health::Ok,
             ..MetricsSnapshot::default()
         };
@@ -406,6 +433,20 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("\npercore_healthy 1\n"), "{text}");
+        assert!(
+            text.contains("\npercore_sink_rows_journaled_total 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\npercore_sink_rows_replayed_total 5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "# TYPE percore_sink_journal_bytes gauge\npercore_sink_journal_bytes 4096\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

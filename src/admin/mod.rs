@@ -23,6 +23,14 @@ pub struct MetricsSnapshot {
     pub per_shard: Vec<Counters>,
     /// Rows the sink has *committed* so far (all shards).
     pub rows_committed: u64,
+    /// Rows written to the spill journal so far because the database could
+    /// not take them (0 without a journal).
+    pub rows_journaled: u64,
+    /// Rows replayed from the journal into the database so far, an earlier
+    /// run's included.
+    pub rows_replayed: u64,
+    /// Bytes the journal's files hold now.
+    pub journal_bytes: u64,
     /// Latencies of the whole run so far, all shards merged.
     pub latency: StageHistograms,
     /// Every replica's counters and gauges, and the retry budgets' refusals,

@@ -172,6 +172,7 @@ impl Bench {
                 path: db,
                 busy_timeout: crate::sink::sqlite::DEFAULT_BUSY_TIMEOUT,
                 commit_delay: self.options.sink_commit_delay,
+                journal: None,
             },
             grpc: GrpcConfig::default(),
             tuning: self.tuning.clone(),

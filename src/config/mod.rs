@@ -267,6 +267,10 @@ pub enum SinkConfig {
         /// test or `percore bench --stages` can make the sink the bottleneck on
         /// purpose; never set it in production.
         commit_delay: std::time::Duration,
+        /// The spill journal (`journal_dir` and the other `journal_*` keys):
+        /// where batches go while the database cannot take them. Off (`None`)
+        /// unless `journal_dir` is set.
+        journal: Option<JournalConfig>,
     },
     /// A PostgreSQL database (`kind = "postgres"`): where, which table, how rows
     /// are batched, TLS and connect timeout. See [`crate::sink::postgres`].
@@ -280,6 +284,16 @@ impl SinkConfig {
             path: path.into(),
             busy_timeout: crate::sink::sqlite::DEFAULT_BUSY_TIMEOUT,
             commit_delay: std::time::Duration::ZERO,
+            journal: None,
+        }
+    }
+
+    /// The spill journal, if one is configured.
+    pub fn journal(&self) -> Option<&JournalConfig> {
+        match self {
+            SinkConfig::Sqlite { journal, .. } => journal.as_ref(),
+            // Not wired for PostgreSQL yet: its writes wait out an outage.
+            SinkConfig::Postgres(_) => None,
         }
     }
 
@@ -438,6 +452,16 @@ enum SinkFile {
         /// simulates a slow database; default 0.
         #[serde(default)]
         commit_delay_ms: u64,
+        /// See [`JournalKeys`]: the spill journal's folder; no journal when absent.
+        journal_dir: Option<String>,
+        /// See [`JournalKeys`]: `"always"` (default), `"interval"` or `"never"`.
+        journal_fsync: Option<String>,
+        /// See [`JournalKeys`]: with `journal_fsync = "interval"`; default 100.
+        journal_fsync_interval_ms: Option<u64>,
+        /// See [`JournalKeys`]: the journal's size bound; default 1 GiB.
+        journal_max_bytes: Option<u64>,
+        /// See [`JournalKeys`]: a segment file's size; default 64 MiB.
+        journal_segment_bytes: Option<u64>,
     },
     /// `kind = "postgres"`; validated by [`validate_postgres_sink`].
     #[serde(rename = "postgres")]
@@ -775,6 +799,11 @@ fn validate_sink(
             path,
             busy_timeout_ms,
             commit_delay_ms,
+            journal_dir,
+            journal_fsync,
+            journal_fsync_interval_ms,
+            journal_max_bytes,
+            journal_segment_bytes,
         } => {
             if path.trim().is_empty() {
                 return Err(source.error(sink.span(), "sink.path", "must not be empty"));
@@ -787,10 +816,19 @@ fn validate_sink(
                 }
                 Some(ms) => std::time::Duration::from_millis(*ms),
             };
+            let journal = JournalKeys {
+                dir: journal_dir.as_deref(),
+                fsync: journal_fsync.as_deref(),
+                fsync_interval_ms: *journal_fsync_interval_ms,
+                max_bytes: *journal_max_bytes,
+                segment_bytes: *journal_segment_bytes,
+            }
+            .validate(sink.span(), base, source)?;
             Ok(SinkConfig::Sqlite {
                 path: base.join(path),
                 busy_timeout,
                 commit_delay: std::time::Duration::from_millis(*commit_delay_ms),
+                journal,
             })
         }
         SinkFile::Postgres(file) => {
@@ -887,6 +925,144 @@ fn validate_postgres_sink(
         options.connect_timeout = std::time::Duration::from_millis(ms);
     }
     Ok(options)
+}
+
+// ---------------------------------------------------------------------------------
+// The spill journal's keys, in `[sink]` whatever its kind. Kept together here so a
+// new sink kind adds the same five fields to its `SinkFile` variant and calls
+// `JournalKeys::validate` (a kind that journals by default uses
+// `JournalConfig::new(dir)` when it returns `None`).
+// ---------------------------------------------------------------------------------
+
+pub use crate::sink::journal::{FsyncPolicy, JournalConfig};
+
+/// The `journal_*` keys of one `[sink]` table, as written.
+struct JournalKeys<'a> {
+    /// `journal_dir`: the folder of the segment files, relative to the config
+    /// file; the journal is off without it.
+    dir: Option<&'a str>,
+    /// `journal_fsync`: `"always"` (after every batch, the default), `"interval"`
+    /// (at most every `journal_fsync_interval_ms`) or `"never"` (left to the OS).
+    fsync: Option<&'a str>,
+    /// `journal_fsync_interval_ms`: only with `journal_fsync = "interval"`.
+    fsync_interval_ms: Option<u64>,
+    /// `journal_max_bytes`: the bound past which the writer pushes back instead.
+    max_bytes: Option<u64>,
+    /// `journal_segment_bytes`: size past which a new segment file is started.
+    segment_bytes: Option<u64>,
+}
+
+impl JournalKeys<'_> {
+    /// The journal these keys describe; `None` when `journal_dir` is absent, an
+    /// error naming the key's line when a value is wrong or a key is set
+    /// without `journal_dir`.
+    fn validate(
+        &self,
+        table: Range<usize>,
+        base: &Path,
+        source: &Source,
+    ) -> Result<Option<JournalConfig>, ConfigError> {
+        let error = |key: &str, message: String| {
+            let span = key_line(source, table.clone(), key);
+            source.error(span, format!("sink.{key}"), message)
+        };
+        let Some(dir) = self.dir else {
+            let set = [
+                ("journal_fsync", self.fsync.is_some()),
+                (
+                    "journal_fsync_interval_ms",
+                    self.fsync_interval_ms.is_some(),
+                ),
+                ("journal_max_bytes", self.max_bytes.is_some()),
+                ("journal_segment_bytes", self.segment_bytes.is_some()),
+            ];
+            return match set.iter().find(|(_, set)| *set) {
+                Some((key, _)) => Err(error(
+                    key,
+                    "has no effect without sink.journal_dir (the journal is off)".into(),
+                )),
+                None => Ok(None),
+            };
+        };
+        if dir.trim().is_empty() {
+            return Err(error("journal_dir", "must not be empty".into()));
+        }
+        let mut journal = JournalConfig::new(base.join(dir));
+        journal.fsync = match (self.fsync, self.fsync_interval_ms) {
+            (None | Some("always"), None) => FsyncPolicy::Always,
+            (Some("never"), None) => FsyncPolicy::Never,
+            (Some("interval"), None) => {
+                FsyncPolicy::Interval(crate::sink::journal::DEFAULT_FSYNC_INTERVAL)
+            }
+            (Some("interval"), Some(0)) => {
+                return Err(error(
+                    "journal_fsync_interval_ms",
+                    "must be greater than 0".into(),
+                ))
+            }
+            (Some("interval"), Some(ms)) => {
+                FsyncPolicy::Interval(std::time::Duration::from_millis(ms))
+            }
+            (None | Some("always" | "never"), Some(_)) => {
+                return Err(error(
+                    "journal_fsync_interval_ms",
+                    "needs journal_fsync = \"interval\"".into(),
+                ))
+            }
+            (Some(other), _) => {
+                return Err(error(
+                    "journal_fsync",
+                    format!("must be \"always\", \"interval\" or \"never\", found {other:?}"),
+                ))
+            }
+        };
+        if let Some(bytes) = self.segment_bytes {
+            let min = crate::sink::journal::MIN_SEGMENT_BYTES;
+            if bytes < min {
+                return Err(error(
+                    "journal_segment_bytes",
+                    format!("must be at least {min}"),
+                ));
+            }
+            journal.segment_bytes = bytes;
+        }
+        if let Some(bytes) = self.max_bytes {
+            journal.max_bytes = bytes;
+        }
+        if journal.max_bytes < journal.segment_bytes {
+            return Err(error(
+                "journal_max_bytes",
+                format!(
+                    "must be at least journal_segment_bytes ({})",
+                    journal.segment_bytes
+                ),
+            ));
+        }
+        Ok(Some(journal))
+    }
+}
+
+/// The span of the line of the `[sink]` table (starting at `table`) that sets
+/// `key`, so an error points at the key itself: fields of the internally tagged
+/// `[sink]` carry no span. The table's own span when no line sets it.
+fn key_line(source: &Source, table: Range<usize>, key: &str) -> Range<usize> {
+    let Some(text) = source.text.get(table.start..) else {
+        return table;
+    };
+    let mut start = table.start;
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        let trimmed = line.trim_start();
+        // The next table's header ends this one.
+        if index > 0 && trimmed.starts_with('[') {
+            break;
+        }
+        let rest = trimmed.strip_prefix(key).map(str::trim_start);
+        if rest.is_some_and(|rest| rest.starts_with('=')) {
+            return start..start + line.len();
+        }
+        start += line.len();
+    }
+    table
 }
 
 impl GrpcFile {
@@ -1489,6 +1665,74 @@ input_name = "series"
             "{text}"
         );
         assert!(!text.contains("secret"), "{text}");
+    }
+
+    #[test]
+    fn the_spill_journal_is_off_by_default_and_its_keys_are_checked() {
+        let config = parse(VALID).unwrap();
+        assert_eq!(config.sink.journal(), None);
+        let with = |keys: &str| {
+            VALID.replace(
+                "path = \"out/percore.db\"",
+                &format!("path = \"out/percore.db\"\n{keys}"),
+            )
+        };
+        let config = parse(&with("journal_dir = \"spill\"")).unwrap();
+        assert_eq!(
+            config.sink.journal(),
+            Some(&JournalConfig::new("conf/spill")),
+            "relative to the config file, with the defaults"
+        );
+        let config = parse(&with(
+            "journal_dir = \"/var/spill\"\njournal_fsync = \"interval\"\njournal_fsync_interval_ms = 250\njournal_max_bytes = 1048576\njournal_segment_bytes = 65536",
+        ))
+        .unwrap();
+        assert_eq!(
+            config.sink.journal(),
+            Some(&JournalConfig {
+                dir: "/var/spill".into(),
+                fsync: FsyncPolicy::Interval(std::time::Duration::from_millis(250)),
+                max_bytes: 1_048_576,
+                segment_bytes: 65_536,
+            })
+        );
+        let config = parse(&with("journal_dir = \"j\"\njournal_fsync = \"never\"")).unwrap();
+        assert_eq!(config.sink.journal().unwrap().fsync, FsyncPolicy::Never);
+
+        // Each bad value is named with its own line (the [sink] table is line 5).
+        let cases = [
+            (
+                "journal_dir = \"j\"\njournal_fsync = \"sometimes\"",
+                "conf/fleet.toml:9: sink.journal_fsync: must be \"always\", \"interval\" or \"never\", found \"sometimes\"",
+            ),
+            (
+                "journal_dir = \"j\"\njournal_fsync = \"interval\"\njournal_fsync_interval_ms = 0",
+                "conf/fleet.toml:10: sink.journal_fsync_interval_ms: must be greater than 0",
+            ),
+            (
+                "journal_dir = \"j\"\njournal_fsync_interval_ms = 10",
+                "conf/fleet.toml:9: sink.journal_fsync_interval_ms: needs journal_fsync = \"interval\"",
+            ),
+            (
+                "journal_dir = \"j\"\njournal_segment_bytes = 100",
+                "conf/fleet.toml:9: sink.journal_segment_bytes: must be at least 4096",
+            ),
+            (
+                "journal_dir = \"j\"\njournal_max_bytes = 5000",
+                "conf/fleet.toml:9: sink.journal_max_bytes: must be at least journal_segment_bytes (67108864)",
+            ),
+            (
+                "journal_dir = \" \"",
+                "conf/fleet.toml:8: sink.journal_dir: must not be empty",
+            ),
+            (
+                "journal_max_bytes = 5000",
+                "conf/fleet.toml:8: sink.journal_max_bytes: has no effect without sink.journal_dir (the journal is off)",
+            ),
+        ];
+        for (keys, expected) in cases {
+            assert_eq!(error_of(&with(keys)), expected, "{keys}");
+        }
     }
 
     #[test]

@@ -6,15 +6,20 @@
 //! carries the run's [`run::RunIdentity`]). [`row`] holds the one row shape and
 //! column list every backend writes; [`run`] the run id stamped on every row and
 //! the `runs` table's row. The single writer thread that drives a sink is in
-//! [`writer`].
+//! [`writer`]; [`journal`] is the spill journal it writes batches to while the
+//! database cannot take them (`[sink] journal_dir`), and replays from, in
+//! order, once it can.
 //!
 //! Start-up calls [`open`] on the configured [`SinkTarget`] (which creates the
 //! schema, checks it, and inserts the run's `runs` row with `ended_at_ms` NULL),
-//! then [`writer::spawn_writer`] with the receiving end of the bounded channel
-//! every shard sends its batches on. Shutdown drops the senders; the writer
-//! commits what is left, completes the `runs` row ([`Sink::end_run`]) and ends
-//! with its [`writer::WriterReport`].
+//! and [`journal::Journal::open`] when a journal is configured (it reports what
+//! an earlier run left in it), then [`writer::spawn_writer`] with the receiving
+//! end of the bounded channel every shard sends its batches on. Shutdown drops
+//! the senders; with a journal the writer first tries, for a bounded time, to
+//! replay what is still in it; it commits what is left, completes the `runs`
+//! row ([`Sink::end_run`]) and ends with its [`writer::WriterReport`].
 
+pub mod journal;
 pub mod postgres;
 pub mod row;
 pub mod run;
