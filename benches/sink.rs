@@ -127,8 +127,9 @@ fn run() -> Result<Vec<Measurement>, String> {
     std::fs::create_dir_all(&scratch).map_err(|error| format!("{}: {error}", scratch.display()))?;
     for batch in BATCH_SIZES {
         let path = scratch.join(format!("sink-{batch}.db"));
-        let mut sink = sink::open(&SinkTarget::sqlite(&path), names(devices))
-            .map_err(|error| error.to_string())?;
+        let mut sink = sink::open(&SinkTarget::sqlite(&path), names(devices), false)
+            .map_err(|error| error.to_string())?
+            .sink;
         results.push(measure("sqlite", &mut *sink, batch, rows, devices)?);
     }
     let _ = std::fs::remove_dir_all(&scratch);
@@ -145,9 +146,9 @@ fn run() -> Result<Vec<Measurement>, String> {
     options.table = table.clone();
     let mut measured = Ok(());
     for batch in BATCH_SIZES {
-        let result = sink::open(&SinkTarget::Postgres(options.clone()), names(devices))
+        let result = sink::open(&SinkTarget::Postgres(options.clone()), names(devices), false)
             .map_err(|error| error.to_string())
-            .and_then(|mut sink| measure("postgres", &mut *sink, batch, rows, devices));
+            .and_then(|mut opened| measure("postgres", &mut *opened.sink, batch, rows, devices));
         match result {
             Ok(measurement) => results.push(measurement),
             Err(error) => {

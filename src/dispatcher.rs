@@ -20,6 +20,7 @@ use hdrhistogram::Histogram;
 
 use crate::admin::{Health, MetricsPublisher, MetricsSnapshot};
 use crate::config::{Config, SinkConfig};
+use crate::console;
 use crate::cpu;
 use crate::devices::shard_of;
 use crate::failures::FailureBreakdown;
@@ -186,13 +187,22 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
             path: path.clone(),
             busy_timeout: *busy_timeout,
         },
-        SinkConfig::Postgres(options) => SinkTarget::Postgres(options.clone()),
+        SinkConfig::Postgres { options, .. } => SinkTarget::Postgres(options.clone()),
     };
-    let sink = sink::open(&target, names.clone()).map_err(|error| RunError(error.to_string()))?;
+    let opened = sink::open(&target, names.clone(), config.sink.journal().is_some())
+        .map_err(|error| RunError(error.to_string()))?;
     let journal = match config.sink.journal() {
         None => None,
         Some(journal) => Some(open_journal(journal.clone(), names)?),
     };
+    if let (Some(error), Some(journal)) = (&opened.unreachable, config.sink.journal()) {
+        console::err(format_args!(
+            "warning: {error}; the run goes on: results go to the journal in {} and \
+             into the database once it answers",
+            journal.dir.display()
+        ));
+    }
+    let sink = opened.sink;
 
     let clock = Clock::now_from_system();
     let start_ms = clock.now_ms() + START_LEAD.as_millis() as i64;

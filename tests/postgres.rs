@@ -67,11 +67,13 @@ fn open(url: &PgUrl) -> Result<Box<dyn Sink>, SinkError> {
     sink::open(
         &SinkTarget::Postgres(PostgresOptions::new(url.clone())),
         names(),
+        false,
     )
+    .map(|opened| opened.sink)
 }
 
 fn open_error(options: PostgresOptions) -> SinkError {
-    match sink::open(&SinkTarget::Postgres(options), names()) {
+    match sink::open(&SinkTarget::Postgres(options), names(), false) {
         Ok(_) => panic!("the open should have been refused"),
         Err(error) => error,
     }
@@ -96,7 +98,10 @@ fn a_run_lands_every_due_tick_once_under_its_run_id() {
         dir.path().join("unused.db"),
         GrpcConfig::default(),
     );
-    config.sink = SinkConfig::Postgres(PostgresOptions::new(url.clone()));
+    config.sink = SinkConfig::Postgres {
+        options: PostgresOptions::new(url.clone()),
+        journal: None,
+    };
 
     let summary = common::run(&config, Duration::from_secs(3));
     source.stop();
@@ -384,7 +389,7 @@ fn an_incompatible_table_is_refused_naming_the_column() {
         &url,
         "ALTER TABLE jobs_nokey ADD PRIMARY KEY (device_id, tick_ms)",
     );
-    sink::open(&SinkTarget::Postgres(options), names()).expect("with a key it opens");
+    sink::open(&SinkTarget::Postgres(options), names(), false).expect("with a key it opens");
 }
 
 #[test]
@@ -399,7 +404,10 @@ fn a_restart_against_the_same_database_adds_a_second_run() {
         dir.path().join("unused.db"),
         GrpcConfig::default(),
     );
-    config.sink = SinkConfig::Postgres(PostgresOptions::new(url.clone()));
+    config.sink = SinkConfig::Postgres {
+        options: PostgresOptions::new(url.clone()),
+        journal: None,
+    };
     let first = common::run(&config, Duration::from_secs(1));
     let second = common::run(&config, Duration::from_secs(1));
     source.stop();

@@ -272,9 +272,15 @@ pub enum SinkConfig {
         /// unless `journal_dir` is set.
         journal: Option<JournalConfig>,
     },
-    /// A PostgreSQL database (`kind = "postgres"`): where, which table, how rows
-    /// are batched, TLS and connect timeout. See [`crate::sink::postgres`].
-    Postgres(crate::sink::postgres::PostgresOptions),
+    /// A PostgreSQL database (`kind = "postgres"`). See [`crate::sink::postgres`].
+    Postgres {
+        /// Where, which table, how rows are batched, TLS and connect timeout.
+        options: crate::sink::postgres::PostgresOptions,
+        /// The spill journal: on by default (in [`DEFAULT_JOURNAL_DIR`] beside
+        /// the config file), so an outage of the database costs no result;
+        /// `journal = false` turns it off.
+        journal: Option<JournalConfig>,
+    },
 }
 
 impl SinkConfig {
@@ -291,9 +297,9 @@ impl SinkConfig {
     /// The spill journal, if one is configured.
     pub fn journal(&self) -> Option<&JournalConfig> {
         match self {
-            SinkConfig::Sqlite { journal, .. } => journal.as_ref(),
-            // Not wired for PostgreSQL yet: its writes wait out an outage.
-            SinkConfig::Postgres(_) => None,
+            SinkConfig::Sqlite { journal, .. } | SinkConfig::Postgres { journal, .. } => {
+                journal.as_ref()
+            }
         }
     }
 
@@ -301,7 +307,7 @@ impl SinkConfig {
     pub fn commit_delay(&self) -> std::time::Duration {
         match self {
             SinkConfig::Sqlite { commit_delay, .. } => *commit_delay,
-            SinkConfig::Postgres(_) => std::time::Duration::ZERO,
+            SinkConfig::Postgres { .. } => std::time::Duration::ZERO,
         }
     }
 }
@@ -452,6 +458,8 @@ enum SinkFile {
         /// simulates a slow database; default 0.
         #[serde(default)]
         commit_delay_ms: u64,
+        /// See [`JournalKeys`]: `true` journals in the default folder.
+        journal: Option<bool>,
         /// See [`JournalKeys`]: the spill journal's folder; no journal when absent.
         journal_dir: Option<String>,
         /// See [`JournalKeys`]: `"always"` (default), `"interval"` or `"never"`.
@@ -799,6 +807,7 @@ fn validate_sink(
             path,
             busy_timeout_ms,
             commit_delay_ms,
+            journal: journal_on,
             journal_dir,
             journal_fsync,
             journal_fsync_interval_ms,
@@ -817,6 +826,8 @@ fn validate_sink(
                 Some(ms) => std::time::Duration::from_millis(*ms),
             };
             let journal = JournalKeys {
+                enabled: *journal_on,
+                default_on: false,
                 dir: journal_dir.as_deref(),
                 fsync: journal_fsync.as_deref(),
                 fsync_interval_ms: *journal_fsync_interval_ms,
@@ -833,9 +844,19 @@ fn validate_sink(
         }
         SinkFile::Postgres(file) => {
             let env_url = std::env::var(PG_URL_ENV).ok();
-            validate_postgres_sink(file, env_url.as_deref())
-                .map(SinkConfig::Postgres)
-                .map_err(|(field, message)| source.error(sink.span(), field, message))
+            let options = validate_postgres_sink(file, env_url.as_deref())
+                .map_err(|(field, message)| source.error(sink.span(), field, message))?;
+            let journal = JournalKeys {
+                enabled: file.journal,
+                default_on: true,
+                dir: file.journal_dir.as_deref(),
+                fsync: file.journal_fsync.as_deref(),
+                fsync_interval_ms: file.journal_fsync_interval_ms,
+                max_bytes: file.journal_max_bytes,
+                segment_bytes: file.journal_segment_bytes,
+            }
+            .validate(sink.span(), base, source)?;
+            Ok(SinkConfig::Postgres { options, journal })
         }
     }
 }
@@ -865,6 +886,18 @@ struct PostgresSinkFile {
     sslmode: Option<String>,
     /// Time to open a connection; default 5000.
     connect_timeout_ms: Option<u64>,
+    /// See [`JournalKeys`]: on unless `false`.
+    journal: Option<bool>,
+    /// See [`JournalKeys`]: default [`DEFAULT_JOURNAL_DIR`].
+    journal_dir: Option<String>,
+    /// See [`JournalKeys`].
+    journal_fsync: Option<String>,
+    /// See [`JournalKeys`].
+    journal_fsync_interval_ms: Option<u64>,
+    /// See [`JournalKeys`].
+    journal_max_bytes: Option<u64>,
+    /// See [`JournalKeys`].
+    journal_segment_bytes: Option<u64>,
 }
 
 /// Checks the PostgreSQL `[sink]` keys; `env_url` is [`PG_URL_ENV`]'s value (a
@@ -929,17 +962,27 @@ fn validate_postgres_sink(
 
 // ---------------------------------------------------------------------------------
 // The spill journal's keys, in `[sink]` whatever its kind. Kept together here so a
-// new sink kind adds the same five fields to its `SinkFile` variant and calls
-// `JournalKeys::validate` (a kind that journals by default uses
-// `JournalConfig::new(dir)` when it returns `None`).
+// new sink kind adds the same six fields to its `SinkFile` variant and calls
+// `JournalKeys::validate`, saying whether it journals by default.
 // ---------------------------------------------------------------------------------
 
 pub use crate::sink::journal::{FsyncPolicy, JournalConfig};
 
+/// The journal's folder, relative to the config file, when `journal_dir` is not
+/// written and the journal is on (PostgreSQL's default, or `journal = true`).
+pub const DEFAULT_JOURNAL_DIR: &str = "percore-journal";
+
 /// The `journal_*` keys of one `[sink]` table, as written.
 struct JournalKeys<'a> {
+    /// `journal`: `false` turns the journal off, `true` turns it on (in
+    /// [`DEFAULT_JOURNAL_DIR`] unless `journal_dir` says where); absent: on
+    /// when `default_on` or `journal_dir` is set.
+    enabled: Option<bool>,
+    /// Whether this sink kind journals when `journal` is not written
+    /// (PostgreSQL does; SQLite, a local file itself, does not).
+    default_on: bool,
     /// `journal_dir`: the folder of the segment files, relative to the config
-    /// file; the journal is off without it.
+    /// file.
     dir: Option<&'a str>,
     /// `journal_fsync`: `"always"` (after every batch, the default), `"interval"`
     /// (at most every `journal_fsync_interval_ms`) or `"never"` (left to the OS).
@@ -953,9 +996,8 @@ struct JournalKeys<'a> {
 }
 
 impl JournalKeys<'_> {
-    /// The journal these keys describe; `None` when `journal_dir` is absent, an
-    /// error naming the key's line when a value is wrong or a key is set
-    /// without `journal_dir`.
+    /// The journal these keys describe; `None` when it is off, an error naming
+    /// the key's line when a value is wrong or a key is set while it is off.
     fn validate(
         &self,
         table: Range<usize>,
@@ -966,8 +1008,17 @@ impl JournalKeys<'_> {
             let span = key_line(source, table.clone(), key);
             source.error(span, format!("sink.{key}"), message)
         };
-        let Some(dir) = self.dir else {
+        let on = self
+            .enabled
+            .unwrap_or(self.default_on || self.dir.is_some());
+        let dir = match (on, self.dir) {
+            (true, Some(dir)) => Some(dir),
+            (true, None) => Some(DEFAULT_JOURNAL_DIR),
+            (false, _) => None,
+        };
+        let Some(dir) = dir else {
             let set = [
+                ("journal_dir", self.dir.is_some()),
                 ("journal_fsync", self.fsync.is_some()),
                 (
                     "journal_fsync_interval_ms",
@@ -979,7 +1030,13 @@ impl JournalKeys<'_> {
             return match set.iter().find(|(_, set)| *set) {
                 Some((key, _)) => Err(error(
                     key,
-                    "has no effect without sink.journal_dir (the journal is off)".into(),
+                    if self.enabled == Some(false) {
+                        "has no effect: sink.journal = false turns the journal off".into()
+                    } else {
+                        "has no effect without sink.journal_dir or sink.journal = true \
+                         (the journal is off)"
+                            .into()
+                    },
                 )),
                 None => Ok(None),
             };
@@ -1590,9 +1647,12 @@ input_name = "series"
         let sink = "kind = \"postgres\"\nurl = \"postgresql://percore:pw@127.0.0.1:5433/results\"";
         let text = VALID.replace("kind = \"sqlite\"\npath = \"out/percore.db\"", sink);
         let config = parse(&text).unwrap();
-        let SinkConfig::Postgres(options) = &config.sink else {
+        let SinkConfig::Postgres { options, journal } = &config.sink else {
             panic!("expected a postgres sink, got {:?}", config.sink);
         };
+        let journal = journal.as_ref().expect("the journal is on by default");
+        assert_eq!(journal.dir, Path::new("conf").join(DEFAULT_JOURNAL_DIR));
+        assert_eq!(journal.fsync, FsyncPolicy::Always);
         assert_eq!(
             options.url.location(),
             "postgresql://percore@127.0.0.1:5433/results"
@@ -1610,12 +1670,13 @@ input_name = "series"
 
         let sink = format!(
             "{sink}\ntable = \"jobs_b\"\nbatch_rows = 1000\nlinger_ms = 20\n\
-             sslmode = \"disable\"\nconnect_timeout_ms = 300"
+             sslmode = \"disable\"\nconnect_timeout_ms = 300\njournal = false"
         );
         let text = VALID.replace("kind = \"sqlite\"\npath = \"out/percore.db\"", &sink);
-        let SinkConfig::Postgres(options) = parse(&text).unwrap().sink else {
+        let SinkConfig::Postgres { options, journal } = parse(&text).unwrap().sink else {
             panic!("expected a postgres sink");
         };
+        assert_eq!(journal, None, "journal = false turns it off");
         assert_eq!(options.table, "jobs_b");
         assert_eq!(options.batch_rows, 1000);
         assert_eq!(options.linger, std::time::Duration::from_millis(20));
@@ -1624,6 +1685,33 @@ input_name = "series"
             options.connect_timeout,
             std::time::Duration::from_millis(300)
         );
+    }
+
+    #[test]
+    fn the_postgres_journal_takes_the_journal_keys_and_can_be_turned_off() {
+        let sink = "kind = \"postgres\"\nurl = \"postgresql://percore@127.0.0.1/results\"";
+        let with = |keys: &str| {
+            VALID.replace(
+                "kind = \"sqlite\"\npath = \"out/percore.db\"",
+                &format!("{sink}\n{keys}"),
+            )
+        };
+        let config = parse(&with("journal_dir = \"spill\"\njournal_fsync = \"never\"")).unwrap();
+        let journal = config.sink.journal().expect("on");
+        assert_eq!(journal.dir, Path::new("conf/spill"));
+        assert_eq!(journal.fsync, FsyncPolicy::Never);
+        assert_eq!(
+            error_of(&with("journal = false\njournal_dir = \"spill\"")),
+            "conf/fleet.toml:9: sink.journal_dir: has no effect: sink.journal = false turns \
+             the journal off"
+        );
+        // SQLite journals only when asked, in the same default folder.
+        let text = VALID.replace(
+            "path = \"out/percore.db\"",
+            "path = \"out/percore.db\"\njournal = true",
+        );
+        let journal = parse(&text).unwrap().sink.journal().cloned().expect("on");
+        assert_eq!(journal.dir, Path::new("conf").join(DEFAULT_JOURNAL_DIR));
     }
 
     #[test]
@@ -1727,7 +1815,8 @@ input_name = "series"
             ),
             (
                 "journal_max_bytes = 5000",
-                "conf/fleet.toml:8: sink.journal_max_bytes: has no effect without sink.journal_dir (the journal is off)",
+                "conf/fleet.toml:8: sink.journal_max_bytes: has no effect without sink.journal_dir \
+                 or sink.journal = true (the journal is off)",
             ),
         ];
         for (keys, expected) in cases {

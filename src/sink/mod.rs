@@ -130,18 +130,36 @@ impl SinkTarget {
     }
 }
 
+/// A sink [`open`] returned.
+pub struct Opened {
+    /// The sink, for the writer thread.
+    pub sink: Box<dyn Sink>,
+    /// Why the database was not reached, when it was opened without it (a
+    /// journal takes the rows until it answers); `None` when it is connected.
+    pub unreachable: Option<SinkError>,
+}
+
 /// Opens the sink `target` names, creating its schema if missing and checking that
 /// it can be written to: a sink that cannot take rows fails the start, not the run.
-pub fn open(target: &SinkTarget, names: Arc<RowNames>) -> Result<Box<dyn Sink>, SinkError> {
+/// With `journal` (the writer has one to spill to), a database server that
+/// cannot be reached yet does not fail the start: see [`Opened::unreachable`].
+pub fn open(target: &SinkTarget, names: Arc<RowNames>, journal: bool) -> Result<Opened, SinkError> {
     match target {
-        SinkTarget::Sqlite { path, busy_timeout } => Ok(Box::new(sqlite::SqliteSink::open(
-            path,
-            *busy_timeout,
-            names,
-        )?)),
-        SinkTarget::Postgres(options) => {
-            Ok(Box::new(postgres::PostgresSink::open(options, names)?))
+        SinkTarget::Sqlite { path, busy_timeout } => Ok(Opened {
+            sink: Box::new(sqlite::SqliteSink::open(path, *busy_timeout, names)?),
+            unreachable: None,
+        }),
+        SinkTarget::Postgres(options) if journal => {
+            let (sink, unreachable) = postgres::PostgresSink::open_or_wait(options, names)?;
+            Ok(Opened {
+                sink: Box::new(sink),
+                unreachable,
+            })
         }
+        SinkTarget::Postgres(options) => Ok(Opened {
+            sink: Box::new(postgres::PostgresSink::open(options, names)?),
+            unreachable: None,
+        }),
     }
 }
 

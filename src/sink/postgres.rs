@@ -519,6 +519,10 @@ impl Reconnect {
 pub struct PostgresSink {
     /// The open connection; `None` after it was lost, until a write reconnects.
     client: Option<Client>,
+    /// Whether the schema is still to be created or checked and the run still to
+    /// be recorded in `runs`: set when the sink was opened while the server was
+    /// unreachable ([`PostgresSink::open_or_wait`]); the first connection does it.
+    set_up_pending: bool,
     /// What to connect to and how, kept to reconnect.
     options: PostgresOptions,
     /// `postgresql://user@host:port/db` (no password), for every message.
@@ -548,29 +552,48 @@ impl PostgresSink {
             .map_err(|cause| SinkError::new("checking [sink] table", at, cause))?;
         let statements = Statements::new(&options.table);
         let mut client = connect(options, &statements, at)?;
-        prepare_schema(&mut client, &options.table, &statements, at)?;
-        // An empty insert is planned like a real one: a table without a key on
-        // (device_id, tick_ms) for ON CONFLICT, or without INSERT privilege,
-        // fails here and not on the first batch.
-        client
-            .execute(statements.insert.as_str(), &[])
-            .map_err(failed("checking that the jobs table takes inserts", at))?;
-        let run = &names.run;
-        client
-            .execute(
-                "INSERT INTO runs (run_id, host, started_at_ms, config_digest) VALUES ($1, $2, $3, $4)",
-                &[&run.run_id, &run.host, &run.started_at_ms, &run.config_digest],
-            )
-            .map_err(failed("inserting the run into runs", at))?;
+        set_up(&mut client, &options.table, &statements, &names, at)?;
         Ok(PostgresSink {
             client: Some(client),
+            set_up_pending: false,
             options: options.clone(),
             location,
             statements,
-            run_id: run.run_id.clone(),
+            run_id: names.run.run_id.clone(),
             resolver: Resolver::new(names),
             reconnect: Reconnect::new(),
         })
+    }
+
+    /// As [`PostgresSink::open`], but a server that cannot be reached (a
+    /// transient failure) does not fail the start: the sink is returned
+    /// unconnected with that failure, for a writer with a journal to spill to.
+    /// Its writes fail as transient until a connection succeeds, which then
+    /// creates or checks the schema and records the run first; a server that
+    /// answers but refuses (credentials, database, schema) still fails the start.
+    pub fn open_or_wait(
+        options: &PostgresOptions,
+        names: Arc<RowNames>,
+    ) -> Result<(PostgresSink, Option<SinkError>), SinkError> {
+        match PostgresSink::open(options, names.clone()) {
+            Ok(sink) => Ok((sink, None)),
+            Err(error) if error.transient => {
+                let mut reconnect = Reconnect::new();
+                reconnect.failed(&error);
+                let sink = PostgresSink {
+                    client: None,
+                    set_up_pending: true,
+                    options: options.clone(),
+                    location: options.url.location(),
+                    statements: Statements::new(&options.table),
+                    run_id: names.run.run_id.clone(),
+                    resolver: Resolver::new(names),
+                    reconnect,
+                };
+                Ok((sink, Some(error)))
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// Makes sure there is an open connection, connecting again if the last one
@@ -595,7 +618,18 @@ impl PostgresSink {
                 SinkError::new("reconnecting", self.location.clone(), cause).transient(true)
             );
         }
-        match connect(&self.options, &self.statements, &self.location) {
+        let connected = connect(&self.options, &self.statements, &self.location).and_then(
+            |mut client| {
+                if self.set_up_pending {
+                    let names = self.resolver.names();
+                    let at = self.location.as_str();
+                    set_up(&mut client, &self.options.table, &self.statements, names, at)?;
+                    self.set_up_pending = false;
+                }
+                Ok(client)
+            },
+        );
+        match connected {
             Ok(client) => {
                 self.client = Some(client);
                 self.reconnect.connected();
@@ -697,6 +731,34 @@ fn write_on(
             Err(failed(format!("writing {} rows", rows.len()), at)(error))
         }
     }
+}
+
+/// Creates or checks the schema on a new connection, checks that the jobs table
+/// takes inserts, and records the run in `runs` (once: a setup repeated after a
+/// lost connection keeps the first row).
+fn set_up(
+    client: &mut Client,
+    table: &str,
+    statements: &Statements,
+    names: &RowNames,
+    at: &str,
+) -> Result<(), SinkError> {
+    prepare_schema(client, table, statements, at)?;
+    // An empty insert is planned like a real one: a table without a key on
+    // (device_id, tick_ms) for ON CONFLICT, or without INSERT privilege,
+    // fails here and not on the first batch.
+    client
+        .execute(statements.insert.as_str(), &[])
+        .map_err(failed("checking that the jobs table takes inserts", at))?;
+    let run = &names.run;
+    client
+        .execute(
+            "INSERT INTO runs (run_id, host, started_at_ms, config_digest) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (run_id) DO NOTHING",
+            &[&run.run_id, &run.host, &run.started_at_ms, &run.config_digest],
+        )
+        .map_err(failed("inserting the run into runs", at))?;
+    Ok(())
 }
 
 /// Opens a connection and its staging table.

@@ -145,6 +145,11 @@ impl Resolver {
         }
     }
 
+    /// The names the records are resolved against.
+    pub fn names(&self) -> &RowNames {
+        &self.names
+    }
+
     /// The rows of `records`, in the same order; fails on the first record
     /// whose device or class index is out of range.
     pub fn resolve<'s>(&'s mut self, records: &[JobRecord]) -> Result<Vec<Row<'s>>, ResolveError> {

@@ -918,7 +918,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jobs.db");
         let target = SinkTarget::sqlite(&path);
-        let sink = open(&target, names(DEVICES)).unwrap();
+        let sink = open(&target, names(DEVICES), false).unwrap().sink;
         let (batch_tx, batch_rx) = flume::bounded(4);
         let (recycle_tx, recycle_rx) = flume::bounded(1024);
         let (channels, _events) = channels(batch_rx, recycle_tx);

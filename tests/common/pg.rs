@@ -134,3 +134,168 @@ pub fn read_runs(url: &PgUrl) -> Vec<RunRow> {
         })
         .collect()
 }
+
+/// `pg_ctl`, the data folder of the shared server and the OS user it runs as.
+pub const CTL_ENV: &str = "PERCORE_TEST_PG_CTL";
+pub const OS_USER_ENV: &str = "PERCORE_TEST_PG_OS_USER";
+
+/// A PostgreSQL server of one test's own, in a temporary folder on a free
+/// loopback port, for tests that stop and start it (an outage must not take
+/// the shared server from the tests running beside it) or configure it (TLS).
+/// Built from the same binaries as the shared server; stopped when dropped.
+pub struct PrivateServer {
+    /// Holds the data folder, the log and the socket; removed when dropped.
+    dir: tempfile::TempDir,
+    /// `pg_ctl`, beside `initdb` and `postgres`.
+    ctl: std::path::PathBuf,
+    /// The OS user the server runs as (`postgres` when the tests run as root).
+    os_user: String,
+    /// The loopback port it listens on.
+    pub port: u16,
+}
+
+impl PrivateServer {
+    /// initdb, `extra_conf` appended to its configuration, and a start. The
+    /// superuser `percore_admin` logs in by trust over TCP.
+    pub fn start(extra_conf: &str) -> PrivateServer {
+        let ctl = std::path::PathBuf::from(env(CTL_ENV));
+        let os_user = env(OS_USER_ENV);
+        let dir = tempfile::Builder::new()
+            .prefix("percore-pg-private.")
+            .tempdir_in("/tmp")
+            .expect("a temporary folder");
+        let chown = std::process::Command::new("chown")
+            .arg(format!("{os_user}:"))
+            .arg(dir.path())
+            .status()
+            .expect("chown runs");
+        assert!(chown.success(), "cannot give {:?} to {os_user}", dir.path());
+        let initdb = ctl.with_file_name("initdb");
+        let data = dir.path().join("data");
+        let server = PrivateServer {
+            port: free_port(),
+            dir,
+            ctl,
+            os_user,
+        };
+        let output = server
+            .command(&initdb)
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "percore_admin", "-A", "trust", "--no-sync"])
+            .output()
+            .expect("initdb runs");
+        assert!(
+            output.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let conf = format!(
+            "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\n\
+             fsync = off\n{extra_conf}\n",
+            server.port,
+            server.dir.path().display()
+        );
+        std::fs::write(data.join("percore-test.conf"), conf).expect("the server's config");
+        let mut main_conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .expect("postgresql.conf");
+        std::io::Write::write_all(&mut main_conf, b"include 'percore-test.conf'\n")
+            .expect("postgresql.conf");
+        server.start_again();
+        server
+    }
+
+    /// The folder the data, the log and anything a test puts beside them
+    /// (certificates) live in; readable by the server's OS user.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// The superuser's URL, database `postgres`.
+    pub fn url(&self) -> PgUrl {
+        PgUrl::parse(&format!(
+            "postgresql://percore_admin@127.0.0.1:{}/postgres",
+            self.port
+        ))
+        .expect("a url")
+    }
+
+    /// Stops the server (`fast`: connections are closed, nothing committed is lost).
+    pub fn stop(&self) {
+        self.ctl(&["-m", "fast", "-w", "stop"]);
+    }
+
+    /// Starts the stopped server again, on the same port, and waits for it.
+    pub fn start_again(&self) {
+        let log = self.dir.path().join("server.log");
+        let log = log.to_string_lossy().into_owned();
+        self.ctl(&["-l", &log, "-w", "-t", "30", "start"]);
+    }
+
+    /// The server's log so far, for a failure message.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    fn ctl(&self, args: &[&str]) {
+        let data = self.dir.path().join("data");
+        let output = self
+            .command(&self.ctl)
+            .arg("-D")
+            .arg(&data)
+            .args(args)
+            .output()
+            .expect("pg_ctl runs");
+        assert!(
+            output.status.success(),
+            "pg_ctl {args:?} failed: {}{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            self.log()
+        );
+    }
+
+    /// `program` as the server's OS user, from `/` (which that user can enter).
+    fn command(&self, program: &std::path::Path) -> std::process::Command {
+        let mut command = if self.os_user == whoami() {
+            std::process::Command::new(program)
+        } else {
+            let mut command = std::process::Command::new("runuser");
+            command.args(["-u", &self.os_user, "--"]).arg(program);
+            command
+        };
+        command.current_dir("/");
+        command
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = self
+            .command(&self.ctl)
+            .arg("-D")
+            .arg(&data)
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+/// This process's OS user name.
+fn whoami() -> String {
+    std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// A loopback port nothing listens on (bound, then let go).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
