@@ -146,9 +146,13 @@ fn run() -> Result<Vec<Measurement>, String> {
     options.table = table.clone();
     let mut measured = Ok(());
     for batch in BATCH_SIZES {
-        let result = sink::open(&SinkTarget::Postgres(options.clone()), names(devices), false)
-            .map_err(|error| error.to_string())
-            .and_then(|mut opened| measure("postgres", &mut *opened.sink, batch, rows, devices));
+        let result = sink::open(
+            &SinkTarget::Postgres(options.clone()),
+            names(devices),
+            false,
+        )
+        .map_err(|error| error.to_string())
+        .and_then(|mut opened| measure("postgres", &mut *opened.sink, batch, rows, devices));
         match result {
             Ok(measurement) => results.push(measurement),
             Err(error) => {

@@ -34,7 +34,9 @@
 //! an extra `NOT NULL` column without a default is refused at start with a
 //! message naming each difference, as is a recorded version this build does
 //! not write. The `runs` table gets this run's row at open (`ended_at_ms` NULL)
-//! and its end from [`Sink::end_run`].
+//! and its end from [`Sink::end_run`]. Opened for a writer with a journal
+//! ([`PostgresSink::open_or_wait`]), a server that cannot be reached yet does not
+//! fail the start: the first connection that succeeds does all of this first.
 //!
 //! **Errors.** A lost connection, `08…` (connection exception), `57P01`–`57P03`
 //! (the server shutting down or starting), `40001`/`40P01` (serialization
@@ -618,17 +620,22 @@ impl PostgresSink {
                 SinkError::new("reconnecting", self.location.clone(), cause).transient(true)
             );
         }
-        let connected = connect(&self.options, &self.statements, &self.location).and_then(
-            |mut client| {
+        let connected =
+            connect(&self.options, &self.statements, &self.location).and_then(|mut client| {
                 if self.set_up_pending {
                     let names = self.resolver.names();
                     let at = self.location.as_str();
-                    set_up(&mut client, &self.options.table, &self.statements, names, at)?;
+                    set_up(
+                        &mut client,
+                        &self.options.table,
+                        &self.statements,
+                        names,
+                        at,
+                    )?;
                     self.set_up_pending = false;
                 }
                 Ok(client)
-            },
-        );
+            });
         match connected {
             Ok(client) => {
                 self.client = Some(client);
@@ -755,7 +762,12 @@ fn set_up(
         .execute(
             "INSERT INTO runs (run_id, host, started_at_ms, config_digest) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (run_id) DO NOTHING",
-            &[&run.run_id, &run.host, &run.started_at_ms, &run.config_digest],
+            &[
+                &run.run_id,
+                &run.host,
+                &run.started_at_ms,
+                &run.config_digest,
+            ],
         )
         .map_err(failed("inserting the run into runs", at))?;
     Ok(())

@@ -659,7 +659,8 @@ mod tests {
         let a_directory = dir.path().to_path_buf();
         for path in [missing_dir, a_directory] {
             let target = super::super::SinkTarget::sqlite(&path);
-            let error = match super::super::open(&target, names(), false).map(|opened| opened.sink) {
+            let error = match super::super::open(&target, names(), false).map(|opened| opened.sink)
+            {
                 Ok(_) => panic!("opening {} should fail", path.display()),
                 Err(error) => error,
             };
