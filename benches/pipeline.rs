@@ -4,14 +4,17 @@
 //! ```text
 //! cargo bench --bench pipeline -- [--shards N] [--service-time-us U]
 //!     [--concurrency C | --rate R [--poisson] | --tick-rate R] [--duration SECS]
-//!     [--payload-bytes B] [--devices N]
+//!     [--payload-bytes B] [--devices N] [--postgres postgresql://user@host:port/db]
 //! ```
+//! With `--postgres` the rows go into that database (a table per level, dropped
+//! after it) instead of a scratch SQLite file.
 //! Shards take the first N allowed CPUs; mock nodes take the CPUs left over (or
 //! share when none are). CPU per job counts dispatcher threads only.
 
 use std::time::Duration;
 
 use percore::bench::{Bench, BenchOptions, Level};
+use percore::sink::postgres::{PgUrl, PostgresOptions};
 
 fn parse_args() -> Result<(BenchOptions, Level), String> {
     let mut options = BenchOptions {
@@ -23,6 +26,7 @@ fn parse_args() -> Result<(BenchOptions, Level), String> {
         devices: 100_000,
         external: None,
         sink_commit_delay: Duration::ZERO,
+        postgres: None,
         scratch_dir: std::env::temp_dir().join(format!("percore-bench-{}", std::process::id())),
     };
     let mut level = Level::Concurrency(64);
@@ -51,6 +55,12 @@ fn parse_args() -> Result<(BenchOptions, Level), String> {
             "--duration" => options.duration = Duration::from_secs(number()?),
             "--payload-bytes" => options.payload_bytes = number()? as usize,
             "--devices" => options.devices = number()? as usize,
+            "--postgres" => {
+                let url = PgUrl::parse(&value).map_err(|why| format!("--postgres {why}"))?;
+                let mut postgres = PostgresOptions::new(url);
+                postgres.table = format!("bench_pipeline_{}", std::process::id());
+                options.postgres = Some(postgres);
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }

@@ -630,6 +630,7 @@ fn bench_command(args: BenchArgs) -> Result<()> {
         devices: args.devices,
         external: external_class(&args)?,
         scratch_dir: scratch_dir.clone(),
+        postgres: None,
         sink_commit_delay: Duration::from_millis(args.sink_commit_delay_ms),
     })?;
     let result = run_bench(&bench, &args, &levels, settings);

@@ -19,6 +19,7 @@ fn bench(shards: usize, poisson: bool) -> (Bench, tempfile::TempDir) {
         payload_bytes: 64,
         devices: 10_000,
         external: None,
+        postgres: None,
         sink_commit_delay: Duration::ZERO,
         scratch_dir: scratch.path().to_path_buf(),
     })

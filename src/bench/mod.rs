@@ -78,6 +78,11 @@ pub struct BenchOptions {
     pub external: Option<Class>,
     /// Where the SQLite file goes; removed after each level.
     pub scratch_dir: PathBuf,
+    /// Write the rows into this PostgreSQL database instead of a scratch SQLite
+    /// file: each level into a table of its own (`table` then `_<level>`, no
+    /// journal), dropped after the level; for the pipeline's rate with the
+    /// production sink.
+    pub postgres: Option<crate::sink::postgres::PostgresOptions>,
     /// A testing aid that simulates a slow database: the sink writer sleeps this
     /// long after each commit (`[sink] commit_delay_ms`); zero in real benches.
     pub sink_commit_delay: Duration,
@@ -158,7 +163,7 @@ impl Bench {
     /// The config of one level: one class whose period spreads the fleet's ticks
     /// over time (ticks are not used by closed or open loops but must be valid),
     /// and whose deadline is cut to the period if longer.
-    fn config(&self, db: PathBuf, period_ms: u64) -> Config {
+    fn config(&self, sink: SinkConfig, period_ms: u64) -> Config {
         let class = Class {
             period_ms,
             deadline_ms: self.class.deadline_ms.min(period_ms),
@@ -168,12 +173,7 @@ impl Bench {
             path: PathBuf::from("<bench>"),
             classes: vec![class],
             fleet: Fleet::generate(self.options.devices, &[(0, 1)]),
-            sink: SinkConfig::Sqlite {
-                path: db,
-                busy_timeout: crate::sink::sqlite::DEFAULT_BUSY_TIMEOUT,
-                commit_delay: self.options.sink_commit_delay,
-                journal: None,
-            },
+            sink,
             grpc: GrpcConfig::default(),
             tuning: self.tuning.clone(),
         }
@@ -181,10 +181,11 @@ impl Bench {
 
     /// A fresh interval-log file in the scratch folder for the next level; it
     /// stays there until the caller has written the level's report.
-    fn next_interval_log(&self) -> PathBuf {
+    fn next_interval_log(&self) -> (usize, PathBuf) {
         let level = self.levels_run.get();
         self.levels_run.set(level + 1);
-        self.options.scratch_dir.join(format!("level-{level}.hlog"))
+        let path = self.options.scratch_dir.join(format!("level-{level}.hlog"));
+        (level, path)
     }
 
     /// Runs one level and returns its summary.
@@ -210,6 +211,23 @@ impl Bench {
             .options
             .scratch_dir
             .join(format!("bench-{}.db", std::process::id()));
+        let (level_index, interval_log) = self.next_interval_log();
+        let sink = match &self.options.postgres {
+            Some(postgres) => {
+                let mut options = postgres.clone();
+                options.table = format!("{}_{level_index}", postgres.table);
+                SinkConfig::Postgres {
+                    options,
+                    journal: None,
+                }
+            }
+            None => SinkConfig::Sqlite {
+                path: db.clone(),
+                busy_timeout: crate::sink::sqlite::DEFAULT_BUSY_TIMEOUT,
+                commit_delay: self.options.sink_commit_delay,
+                journal: None,
+            },
+        };
         let options = RunOptions {
             duration: Some(duration),
             stage,
@@ -221,7 +239,7 @@ impl Bench {
                 },
                 Level::TickRate(_) => Load::Ticks,
             },
-            interval_log: Some(self.next_interval_log()),
+            interval_log: Some(interval_log),
             // The report's configuration names the mocks' service time and payload.
             mocks: self.mocks.as_ref().map(|mocks| mocks.description.clone()),
             ..RunOptions::default()
@@ -230,15 +248,29 @@ impl Bench {
             Level::TickRate(rate) => ((self.options.devices as f64 * 1000.0 / rate) as u64).max(1),
             _ => 10_000,
         };
-        let result = dispatcher::run(&self.config(db.clone(), period_ms), &options);
-        let failures = match &result {
-            Ok(summary) if summary.counters.failed + summary.counters.skipped > 0 => {
-                failure_reasons(&db, TOP_REASONS)
+        let config = self.config(sink, period_ms);
+        let result = dispatcher::run(&config, &options);
+        let not_ok = result
+            .as_ref()
+            .is_ok_and(|summary| summary.counters.failed + summary.counters.skipped > 0);
+        let mut failures = Vec::new();
+        match &config.sink {
+            SinkConfig::Postgres { options, .. } => {
+                if not_ok {
+                    failures = postgres_failure_reasons(options, TOP_REASONS);
+                }
+                if let Err(error) = crate::sink::postgres::drop_table(options) {
+                    crate::console::err(format_args!("warning: {error}"));
+                }
             }
-            _ => Vec::new(),
-        };
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+            SinkConfig::Sqlite { .. } => {
+                if not_ok {
+                    failures = failure_reasons(&db, TOP_REASONS);
+                }
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+                }
+            }
         }
         result.map(|summary| LevelRun { summary, failures })
     }
@@ -338,6 +370,28 @@ pub fn failure_reasons(db: &Path, limit: usize) -> Vec<FailureReason> {
             jobs: 0,
         }]
     })
+}
+
+/// As [`failure_reasons`], from a level's PostgreSQL table.
+fn postgres_failure_reasons(
+    options: &crate::sink::postgres::PostgresOptions,
+    limit: usize,
+) -> Vec<FailureReason> {
+    match crate::sink::postgres::failure_reasons(options, limit) {
+        Ok(reasons) => reasons
+            .into_iter()
+            .map(|(outcome, reason, jobs)| FailureReason {
+                outcome,
+                reason,
+                jobs,
+            })
+            .collect(),
+        Err(error) => vec![FailureReason {
+            outcome: "unknown".to_string(),
+            reason: format!("cannot read the reasons: {error}"),
+            jobs: 0,
+        }],
+    }
 }
 
 /// Jobs per second that ended ok: the throughput a level delivered. Failed and

@@ -1056,6 +1056,50 @@ fn failed<'a>(
     }
 }
 
+/// The `limit` most frequent (outcome, reason) pairs among the rows of
+/// `options.table` that are not ok, most frequent first, with their counts: a
+/// benchmark's diagnostic of why jobs failed.
+pub fn failure_reasons(
+    options: &PostgresOptions,
+    limit: usize,
+) -> Result<Vec<(String, String, u64)>, SinkError> {
+    let at = options.url.location();
+    check_table_name(&options.table)
+        .map_err(|cause| SinkError::new("checking [sink] table", at.as_str(), cause))?;
+    let mut client = connect(options, &Statements::new(&options.table), &at)?;
+    let sql = format!(
+        "SELECT outcome, coalesce(reason, ''), count(*) FROM {} WHERE outcome != 'ok' \
+         GROUP BY outcome, reason ORDER BY count(*) DESC, outcome, reason LIMIT $1",
+        options.table
+    );
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = client
+        .query(sql.as_str(), &[&limit])
+        .map_err(failed("reading the failure reasons", &at))?;
+    rows.iter()
+        .map(|row| {
+            let count: i64 = row.try_get(2)?;
+            Ok((row.try_get(0)?, row.try_get(1)?, count.max(0) as u64))
+        })
+        .collect::<Result<_, postgres::Error>>()
+        .map_err(failed("reading the failure reasons", &at))
+}
+
+/// Drops `options.table` and its `percore_schema` row: a benchmark's scratch
+/// table, written by one level and read back.
+pub fn drop_table(options: &PostgresOptions) -> Result<(), SinkError> {
+    let at = options.url.location();
+    check_table_name(&options.table)
+        .map_err(|cause| SinkError::new("checking [sink] table", at.as_str(), cause))?;
+    let mut client = connect(options, &Statements::new(&options.table), &at)?;
+    client
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}; DELETE FROM percore_schema WHERE table_name = '{table}'",
+            table = options.table
+        ))
+        .map_err(failed("dropping the table", &at))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
