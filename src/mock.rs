@@ -471,6 +471,7 @@ impl Mock {
             captured_unix_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64),
+            inputs: Vec::new(),
         };
         encoded(&response)
     }
@@ -735,6 +736,7 @@ mod tests {
             shape: vec![1, 4],
             raw: Bytes::from_static(&[1, 2, 3, 4]),
             captured_unix_ms: 7,
+            inputs: Vec::new(),
         };
         let message: Bytes = response.encode_to_vec().into();
         // Around each length-prefix boundary of the padding, and far past it.

@@ -350,6 +350,7 @@ fn a_response_over_the_maximum_message_size_fails_the_fetch() {
         shape: vec![1, PAYLOAD as i64],
         raw: mock_payload("dev-0000001", PAYLOAD),
         captured_unix_ms: now_ms,
+        inputs: Vec::new(),
     };
     let len = reply.encoded_len();
     assert!(len > PAYLOAD);

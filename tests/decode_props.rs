@@ -1008,6 +1008,7 @@ fn damaged_responses_decode_or_fail_without_panicking() {
                     .cloned()
                     .unwrap_or_default(),
                 captured_unix_ms: 1_700_000_000_000,
+                inputs: Vec::new(),
             };
             let damaged = damage(fetched.encode_to_vec(), &damages);
             if let Ok(fetched) = FetchResponse::decode(&damaged[..]) {
