@@ -2,7 +2,8 @@
 //! each test starts a server of its own with `ssl = on` and a certificate made
 //! here by a CA made here (rcgen), or uses the shared server, which has TLS
 //! off. `verify-full` with the right CA and `require` without one encrypt (the
-//! server's `pg_stat_ssl` says so for the sink's own connection); another CA,
+//! server's `pg_stat_ssl` says so for the sink's own connection), as does
+//! `prefer` when the server offers TLS; another CA,
 //! a host the certificate does not name, and `require` against a server
 //! without TLS are refused at open, permanently, in words; `prefer` against
 //! that server writes in plain text.
@@ -129,12 +130,19 @@ fn verify_full_with_the_right_ca_encrypts_and_the_rows_land() {
 }
 
 #[test]
-fn require_without_sslrootcert_encrypts() {
+fn require_without_sslrootcert_and_prefer_encrypt() {
     let ca = new_ca("percore test CA");
     let server = tls_server(&ca, &["127.0.0.1"]);
     let url = server.url();
     let mut sink = open_sink(options(&url, SslMode::Require, None))
         .unwrap_or_else(|error| panic!("require opens: {error}\n{}", server.log()));
+    write_and_read_back(sink.as_mut(), &url);
+    assert_encrypted(&url);
+    // prefer takes the TLS the server offers (in a database of its own, so the
+    // require sink's connection is not counted).
+    pg::execute(&url, "CREATE DATABASE prefer_db");
+    let url = url.with_dbname("prefer_db");
+    let mut sink = open_sink(options(&url, SslMode::Prefer, None)).expect("prefer opens");
     write_and_read_back(sink.as_mut(), &url);
     assert_encrypted(&url);
 }
