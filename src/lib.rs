@@ -41,7 +41,8 @@
 //!   one row shape every backend writes ([`sink::row`]); the run's id on every
 //!   row and its `runs` row ([`sink::run`]); the SQLite implementation and the
 //!   PostgreSQL one ([`sink::postgres`]: binary COPY into a staging table, then
-//!   `INSERT … ON CONFLICT DO NOTHING`, schema checked at start, reconnects);
+//!   `INSERT … ON CONFLICT DO NOTHING`, schema checked at start, reconnects;
+//!   its `sslmode` TLS on rustls in [`sink::postgres::tls`]);
 //!   [`sink::writer`], the thread that groups batches into transactions,
 //!   retries transient errors, tells the coordinator and ends the run's row;
 //!   and [`sink::journal`], the spill journal on local disk (segmented,

@@ -6,19 +6,15 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use common::pg;
+use common::pg::{self, names, open_error, record};
 use common::ClassSpec;
 use percore::config::{GrpcConfig, SinkConfig};
-use percore::devices::Fleet;
 use percore::mock::{MockKind, MockOptions};
-use percore::record::{JobRecord, Outcome, SkipReason, StageLatency};
+use percore::record::{Outcome, SkipReason};
 use percore::sink::postgres::{PgUrl, PostgresOptions};
-use percore::sink::run::RunIdentity;
-use percore::sink::{self, ClassNames, RowNames, Sink, SinkError, SinkTarget};
+use percore::sink::{self, Sink, SinkError, SinkTarget};
 
 const METER: ClassSpec = ClassSpec {
     name: "meter",
@@ -27,56 +23,8 @@ const METER: ClassSpec = ClassSpec {
     deadline_ms: 200,
 };
 
-/// The names a directly opened sink resolves records against: two devices, one class.
-fn names() -> Arc<RowNames> {
-    Arc::new(RowNames {
-        fleet: Arc::new(Fleet::from_parts(vec![
-            ("dev-a".into(), 0),
-            ("dev-b".into(), 0),
-        ])),
-        classes: vec![ClassNames {
-            class: "meter".into(),
-            model: "mock".into(),
-            compute_nodes: vec!["127.0.0.1:1".into()],
-        }],
-        run: RunIdentity::new("tests/postgres.rs"),
-    })
-}
-
-fn record(device: u32, tick_ms: i64, outcome: Outcome, output: &'static [u8]) -> JobRecord {
-    JobRecord {
-        device,
-        tick_ms,
-        class: 0,
-        shard: 1,
-        outcome,
-        output: Bytes::from_static(output),
-        latency: StageLatency {
-            schedule_lag_us: 3,
-            fetch_us: Some(100),
-            infer_us: Some(200),
-            end_to_end_us: Some(310),
-        },
-        compute_node: Some(0),
-        attempts: 2,
-        ready_at: Instant::now(),
-    }
-}
-
 fn open(url: &PgUrl) -> Result<Box<dyn Sink>, SinkError> {
-    sink::open(
-        &SinkTarget::Postgres(PostgresOptions::new(url.clone())),
-        names(),
-        false,
-    )
-    .map(|opened| opened.sink)
-}
-
-fn open_error(options: PostgresOptions) -> SinkError {
-    match sink::open(&SinkTarget::Postgres(options), names(), false) {
-        Ok(_) => panic!("the open should have been refused"),
-        Err(error) => error,
-    }
+    pg::open_sink(PostgresOptions::new(url.clone()))
 }
 
 fn count(url: &PgUrl, sql: &str) -> i64 {

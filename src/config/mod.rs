@@ -844,7 +844,7 @@ fn validate_sink(
         }
         SinkFile::Postgres(file) => {
             let env_url = std::env::var(PG_URL_ENV).ok();
-            let options = validate_postgres_sink(file, env_url.as_deref())
+            let options = validate_postgres_sink(file, base, env_url.as_deref())
                 .map_err(|(field, message)| source.error(sink.span(), field, message))?;
             let journal = JournalKeys {
                 enabled: file.journal,
@@ -882,8 +882,12 @@ struct PostgresSinkFile {
     batch_rows: Option<usize>,
     /// Wait for more rows before writing a smaller batch; default 0.
     linger_ms: Option<u64>,
-    /// `disable` or `prefer` (default); `require` is refused (no TLS in this build).
+    /// libpq's `disable`, `prefer` (default), `require`, `verify-ca` or
+    /// `verify-full`: how much TLS the connection insists on.
     sslmode: Option<String>,
+    /// The CA certificates (PEM) the server's certificate must chain to,
+    /// relative to the config file; needed by `verify-ca` and `verify-full`.
+    sslrootcert: Option<String>,
     /// Time to open a connection; default 5000.
     connect_timeout_ms: Option<u64>,
     /// See [`JournalKeys`]: on unless `false`.
@@ -900,11 +904,13 @@ struct PostgresSinkFile {
     journal_segment_bytes: Option<u64>,
 }
 
-/// Checks the PostgreSQL `[sink]` keys; `env_url` is [`PG_URL_ENV`]'s value (a
-/// parameter, so tests need not touch the process environment). Errors are
-/// (field, message) for [`Source::error`].
+/// Checks the PostgreSQL `[sink]` keys (reading the `sslrootcert` file, which
+/// is relative to `base`, the config file's folder); `env_url` is
+/// [`PG_URL_ENV`]'s value (a parameter, so tests need not touch the process
+/// environment). Errors are (field, message) for [`Source::error`].
 fn validate_postgres_sink(
     file: &PostgresSinkFile,
+    base: &Path,
     env_url: Option<&str>,
 ) -> Result<crate::sink::postgres::PostgresOptions, (&'static str, String)> {
     use crate::sink::postgres::{self as pg, PgUrl, PostgresOptions, SslMode};
@@ -937,20 +943,41 @@ fn validate_postgres_sink(
         }
         options.linger = std::time::Duration::from_millis(ms);
     }
-    options.ssl_mode = match file.sslmode.as_deref() {
-        None | Some("prefer") => SslMode::Prefer,
-        Some("disable") => SslMode::Disable,
-        Some("require") => {
-            let why = "\"require\" is not supported: this build has no TLS connector \
-                       (use \"disable\" or \"prefer\", or reach the server through a \
-                       TLS tunnel on loopback)";
-            return Err(("sink.sslmode", why.into()));
+    if let Some(text) = &file.sslmode {
+        options.ssl_mode = SslMode::parse(text).ok_or_else(|| {
+            let names: Vec<String> = SslMode::ALL
+                .iter()
+                .map(|m| format!("{:?}", m.name()))
+                .collect();
+            (
+                "sink.sslmode",
+                format!("{text:?} is not one of {}", names.join(", ")),
+            )
+        })?;
+    }
+    let mode = options.ssl_mode;
+    match &file.sslrootcert {
+        Some(_) if !mode.reads_root_cert() => {
+            let why = format!(
+                "is not read with sslmode = \"{mode}\" (which checks no certificate): \
+                 set sslmode = \"verify-full\" (or \"verify-ca\", \"require\") to use it"
+            );
+            return Err(("sink.sslrootcert", why));
         }
-        Some(other) => {
-            let why = format!("{other:?} is not one of \"disable\", \"prefer\"");
-            return Err(("sink.sslmode", why));
+        Some(path) => {
+            let path = base.join(path);
+            pg::tls::load_root_certs(&path).map_err(|why| ("sink.sslrootcert", why))?;
+            options.ssl_root_cert = Some(path);
         }
-    };
+        None if mode.needs_root_cert() => {
+            let why = format!(
+                "missing: sslmode = \"{mode}\" checks the server's certificate against \
+                 the CAs in this PEM file (the system's CAs are not read)"
+            );
+            return Err(("sink.sslrootcert", why));
+        }
+        None => {}
+    }
     if let Some(ms) = file.connect_timeout_ms {
         if ms == 0 {
             return Err(("sink.connect_timeout_ms", "must be greater than 0".into()));
@@ -1662,6 +1689,7 @@ input_name = "series"
         assert_eq!(options.batch_rows, crate::sink::writer::MAX_GROUP_ROWS);
         assert_eq!(options.linger, std::time::Duration::ZERO);
         assert_eq!(options.ssl_mode, SslMode::Prefer);
+        assert_eq!(options.ssl_root_cert, None);
         assert_eq!(options.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         assert!(
             !format!("{config:?}").contains(":pw@"),
@@ -1685,6 +1713,35 @@ input_name = "series"
             options.connect_timeout,
             std::time::Duration::from_millis(300)
         );
+
+        // sslrootcert is read relative to the config file's folder.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tls")).unwrap();
+        std::fs::write(dir.path().join("tls/ca.pem"), test_ca_pem()).unwrap();
+        for mode in ["require", "verify-ca", "verify-full"] {
+            let file: PostgresSinkFile = toml::from_str(&format!(
+                "url = \"postgresql://u@h/db\"\nsslmode = \"{mode}\"\nsslrootcert = \"tls/ca.pem\""
+            ))
+            .unwrap();
+            let options = validate_postgres_sink(&file, dir.path(), None).unwrap();
+            assert_eq!(options.ssl_mode.name(), mode);
+            assert_eq!(options.ssl_root_cert, Some(dir.path().join("tls/ca.pem")));
+        }
+        let file: PostgresSinkFile =
+            toml::from_str("url = \"postgresql://u@h/db\"\nsslmode = \"require\"").unwrap();
+        let options = validate_postgres_sink(&file, dir.path(), None).unwrap();
+        assert_eq!(
+            (options.ssl_mode, options.ssl_root_cert),
+            (SslMode::Require, None)
+        );
+    }
+
+    /// A self-signed CA certificate, PEM.
+    fn test_ca_pem() -> String {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().pem()
     }
 
     #[test]
@@ -1720,13 +1777,15 @@ input_name = "series"
             toml::from_str(&format!("url = \"postgresql://u@h/db\"\n{extra}")).unwrap()
         };
         let error = |file: PostgresSinkFile, env: Option<&str>| {
-            let (field, why) = validate_postgres_sink(&file, env).unwrap_err();
+            let (field, why) = validate_postgres_sink(&file, Path::new("conf"), env).unwrap_err();
             format!("{field}: {why}")
         };
         let no_url: PostgresSinkFile = toml::from_str("").unwrap();
         assert!(error(no_url, None).starts_with("sink.url: missing: set url"));
         let no_url: PostgresSinkFile = toml::from_str("").unwrap();
-        let options = validate_postgres_sink(&no_url, Some("postgresql://e@h:1/d")).unwrap();
+        let options =
+            validate_postgres_sink(&no_url, Path::new("conf"), Some("postgresql://e@h:1/d"))
+                .unwrap();
         assert_eq!(
             options.url.location(),
             "postgresql://e@h:1/d",
@@ -1736,9 +1795,77 @@ input_name = "series"
         assert!(
             error(no_url, Some("mysql://x")).starts_with("sink.url: PERCORE_PG_URL must start"),
         );
-        assert!(error(file("sslmode = \"require\""), None)
-            .starts_with("sink.sslmode: \"require\" is not supported: this build has no TLS"));
-        assert!(error(file("sslmode = \"verify-full\""), None).contains("not one of"));
+        assert_eq!(
+            error(file("sslmode = \"verify_full\""), None),
+            "sink.sslmode: \"verify_full\" is not one of \"disable\", \"prefer\", \
+             \"require\", \"verify-ca\", \"verify-full\""
+        );
+        assert!(error(file("sslmode = \"verify-full\""), None)
+            .starts_with("sink.sslrootcert: missing: sslmode = \"verify-full\" checks"));
+        assert!(
+            error(file("sslmode = \"verify-ca\""), None).starts_with("sink.sslrootcert: missing")
+        );
+        assert!(
+            error(file("sslmode = \"prefer\"\nsslrootcert = \"ca.pem\""), None)
+                .starts_with("sink.sslrootcert: is not read with sslmode = \"prefer\"")
+        );
+        assert!(error(
+            file("sslmode = \"disable\"\nsslrootcert = \"ca.pem\""),
+            None
+        )
+        .starts_with("sink.sslrootcert: is not read with sslmode = \"disable\""));
+        // A missing, empty or non-PEM file is named with its path under the config's folder.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+        std::fs::write(
+            dir.path().join("junk.pem"),
+            "-----BEGIN CERTIFICATE-----\nnot base64!\n",
+        )
+        .unwrap();
+        let tls_error = |root: &str| {
+            let file = file(&format!(
+                "sslmode = \"verify-full\"\nsslrootcert = \"{root}\""
+            ));
+            let (field, why) = validate_postgres_sink(&file, dir.path(), None).unwrap_err();
+            format!("{field}: {why}")
+        };
+        let shown = |name: &str| dir.path().join(name).display().to_string();
+        let text = tls_error("missing.pem");
+        assert!(
+            text.starts_with(&format!(
+                "sink.sslrootcert: cannot read {}: ",
+                shown("missing.pem")
+            )),
+            "{text}"
+        );
+        let text = tls_error("empty.pem");
+        assert!(
+            text.starts_with(&format!(
+                "sink.sslrootcert: {} holds no certificate",
+                shown("empty.pem")
+            )),
+            "{text}"
+        );
+        let text = tls_error("junk.pem");
+        assert!(
+            text.starts_with(&format!(
+                "sink.sslrootcert: {} is not valid PEM",
+                shown("junk.pem")
+            )),
+            "{text}"
+        );
+        // At load the error names the config file and line, like every other key.
+        let sink =
+            "kind = \"postgres\"\nurl = \"postgresql://u@h/db\"\nsslmode = \"verify-full\"\n\
+                    sslrootcert = \"nowhere/ca.pem\"";
+        let text = VALID.replace("kind = \"sqlite\"\npath = \"out/percore.db\"", sink);
+        let text = error_of(&text);
+        assert!(
+            text.starts_with(
+                "conf/fleet.toml:5: sink.sslrootcert: cannot read conf/nowhere/ca.pem"
+            ),
+            "{text}"
+        );
         assert!(error(file("table = \"Jobs\""), None).starts_with("sink.table:"));
         assert!(error(file("table = \"runs\""), None).contains("percore's own tables"));
         assert!(error(file("batch_rows = 0"), None).starts_with("sink.batch_rows: must be from 1"));

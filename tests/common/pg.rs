@@ -5,7 +5,15 @@
 //! Without `PERCORE_TEST_PG_URL` every helper fails the test with how to run it:
 //! a test that needs PostgreSQL never passes by skipping.
 
-use percore::sink::postgres::PgUrl;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use percore::devices::Fleet;
+use percore::record::{JobRecord, Outcome, StageLatency};
+use percore::sink::postgres::{PgUrl, PostgresOptions};
+use percore::sink::run::RunIdentity;
+use percore::sink::{self, ClassNames, RowNames, Sink, SinkError, SinkTarget};
 use postgres::{Client, NoTls};
 
 use super::Row;
@@ -38,6 +46,56 @@ pub fn connect(url: &PgUrl) -> Client {
     url.client_config()
         .connect(NoTls)
         .unwrap_or_else(|error| panic!("cannot connect to {}: {error:?}", url.location()))
+}
+
+/// The names a directly opened sink resolves records against: two devices, one class.
+pub fn names() -> Arc<RowNames> {
+    Arc::new(RowNames {
+        fleet: Arc::new(Fleet::from_parts(vec![
+            ("dev-a".into(), 0),
+            ("dev-b".into(), 0),
+        ])),
+        classes: vec![ClassNames {
+            class: "meter".into(),
+            model: "mock".into(),
+            compute_nodes: vec!["127.0.0.1:1".into()],
+        }],
+        run: RunIdentity::new("tests/common/pg.rs"),
+    })
+}
+
+/// A record of device `device` (an index into [`names`]' fleet) at `tick_ms`.
+pub fn record(device: u32, tick_ms: i64, outcome: Outcome, output: &'static [u8]) -> JobRecord {
+    JobRecord {
+        device,
+        tick_ms,
+        class: 0,
+        shard: 1,
+        outcome,
+        output: Bytes::from_static(output),
+        latency: StageLatency {
+            schedule_lag_us: 3,
+            fetch_us: Some(100),
+            infer_us: Some(200),
+            end_to_end_us: Some(310),
+        },
+        compute_node: Some(0),
+        attempts: 2,
+        ready_at: Instant::now(),
+    }
+}
+
+/// The sink `options` open (no journal), or why the open was refused.
+pub fn open_sink(options: PostgresOptions) -> Result<Box<dyn Sink>, SinkError> {
+    sink::open(&SinkTarget::Postgres(options), names(), false).map(|opened| opened.sink)
+}
+
+/// Why opening the sink with `options` is refused; an open that succeeds fails the test.
+pub fn open_error(options: PostgresOptions) -> SinkError {
+    match open_sink(options) {
+        Ok(_) => panic!("the open should have been refused"),
+        Err(error) => error,
+    }
 }
 
 /// A new, empty database named `percore_test_<name>` (a leftover of an earlier
@@ -158,18 +216,28 @@ impl PrivateServer {
     /// initdb, `extra_conf` appended to its configuration, and a start. The
     /// superuser `percore_admin` logs in by trust over TCP.
     pub fn start(extra_conf: &str) -> PrivateServer {
+        PrivateServer::start_with_files(&[], extra_conf)
+    }
+
+    /// As [`PrivateServer::start`], with `files` (name, contents) written into
+    /// [`PrivateServer::dir`] first, mode 0600 and owned by the server's OS user
+    /// (PostgreSQL refuses a key file others can read). `extra_conf` names
+    /// them relative to the data folder: `ssl_key_file = '../server.key'`.
+    pub fn start_with_files(files: &[(&str, &str)], extra_conf: &str) -> PrivateServer {
         let ctl = std::path::PathBuf::from(env(CTL_ENV));
         let os_user = env(OS_USER_ENV);
         let dir = tempfile::Builder::new()
             .prefix("percore-pg-private.")
             .tempdir_in("/tmp")
             .expect("a temporary folder");
-        let chown = std::process::Command::new("chown")
-            .arg(format!("{os_user}:"))
-            .arg(dir.path())
-            .status()
-            .expect("chown runs");
-        assert!(chown.success(), "cannot give {:?} to {os_user}", dir.path());
+        give(dir.path(), &os_user);
+        for (name, contents) in files {
+            let path = dir.path().join(name);
+            std::fs::write(&path, contents).expect("a file for the server");
+            let private = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+            std::fs::set_permissions(&path, private).expect("mode 0600");
+            give(&path, &os_user);
+        }
         let initdb = ctl.with_file_name("initdb");
         let data = dir.path().join("data");
         let server = PrivateServer {
@@ -281,6 +349,16 @@ impl Drop for PrivateServer {
             .args(["-m", "immediate", "stop"])
             .output();
     }
+}
+
+/// Makes `os_user` the owner of `path` (the server runs as that user).
+fn give(path: &std::path::Path, os_user: &str) {
+    let chown = std::process::Command::new("chown")
+        .arg(format!("{os_user}:"))
+        .arg(path)
+        .status()
+        .expect("chown runs");
+    assert!(chown.success(), "cannot give {path:?} to {os_user}");
 }
 
 /// This process's OS user name.

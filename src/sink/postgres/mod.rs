@@ -49,20 +49,32 @@
 //! [`MAX_RECONNECT_WAIT`]); before that wait is over a write fails at once as
 //! transient, so the writer (or the journal) is never blocked on the database.
 //!
-//! **TLS.** This build has no TLS connector: `native-tls`/`openssl` would need
-//! the system's OpenSSL headers at build time (or a vendored OpenSSL build of
-//! minutes), which a fresh machine does not have. [`SslMode::Disable`] and
-//! [`SslMode::Prefer`] (which, without a connector, connects in plain text, as
-//! libpq's `prefer` does when TLS is unavailable) are accepted; `require` is
-//! refused when the config is read, with that reason.
+//! **TLS.** `[sink] sslmode` has libpq's five modes and `sslrootcert` names the
+//! CA file (PEM) to trust; the connector is rustls with the `ring` provider
+//! (nothing to build against OpenSSL), made once at open from that file and
+//! reused on every reconnect. `prefer` (the default) encrypts when the server
+//! offers TLS and checks no certificate; `require` insists on TLS and checks
+//! the chain only when `sslrootcert` is given; `verify-ca` checks the chain;
+//! `verify-full` the chain and the URL's host name or IP. Handshake signatures
+//! are checked in every mode. A TLS failure at connect (no TLS on the server
+//! under `require`, a certificate not signed by `sslrootcert`, a host name it
+//! does not list) is permanent, told in words by [`tls::failure`]. Details and
+//! the table of modes: [`tls`]. Every connection says `application_name =
+//! percore`, so an operator finds it in `pg_stat_activity` and `pg_stat_ssl`.
+
+pub mod tls;
 
 use std::hash::{BuildHasher, Hasher};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{ToSql, Type};
-use postgres::{Client, NoTls};
+use postgres::Client;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+pub use tls::SslMode;
 
 use super::row::{Resolver, Row, COLUMNS};
 use super::run::{now_ms, RunCounts};
@@ -160,16 +172,6 @@ const COLUMN_TYPES: [(ColumnType, bool); COLUMNS.len()] = [
     (ColumnType::Text, false),   // run_id
 ];
 
-/// `sslmode`: whether the connection is encrypted. See the module's TLS note.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SslMode {
-    /// Plain text, never TLS.
-    Disable,
-    /// TLS if possible; this build has no TLS connector, so plain text.
-    #[default]
-    Prefer,
-}
-
 /// Everything [`PostgresSink::open`] needs: the config's `[sink]` for `kind = "postgres"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostgresOptions {
@@ -185,15 +187,20 @@ pub struct PostgresOptions {
     /// than `batch_rows` (`linger_ms`, default 0: write whatever is queued);
     /// becomes [`Grouping::linger`].
     pub linger: Duration,
-    /// `sslmode`.
+    /// `sslmode`: whether the connection must be encrypted and what of the
+    /// server's certificate is checked (see [`tls`]).
     pub ssl_mode: SslMode,
+    /// `sslrootcert`: the PEM file of the CAs the server's certificate must
+    /// chain to (already resolved against the config file's folder); read by
+    /// `require`, `verify-ca` and `verify-full`, needed by the last two.
+    pub ssl_root_cert: Option<PathBuf>,
     /// How long opening a connection may take (`connect_timeout_ms`).
     pub connect_timeout: Duration,
 }
 
 impl PostgresOptions {
     /// Options for `url` with every default: table `jobs`, the writer's usual
-    /// batches, no linger, `prefer`, a 5 s connect timeout.
+    /// batches, no linger, `prefer` without `sslrootcert`, a 5 s connect timeout.
     pub fn new(url: PgUrl) -> PostgresOptions {
         PostgresOptions {
             url,
@@ -201,6 +208,7 @@ impl PostgresOptions {
             batch_rows: super::writer::MAX_GROUP_ROWS,
             linger: Duration::ZERO,
             ssl_mode: SslMode::default(),
+            ssl_root_cert: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         }
     }
@@ -527,6 +535,9 @@ pub struct PostgresSink {
     set_up_pending: bool,
     /// What to connect to and how, kept to reconnect.
     options: PostgresOptions,
+    /// The TLS connector for [`PostgresOptions::ssl_mode`], with the
+    /// `sslrootcert` CAs read at open, so a reconnect does not read the file again.
+    tls: MakeRustlsConnect,
     /// `postgresql://user@host:port/db` (no password), for every message.
     location: String,
     /// The statements for [`PostgresOptions::table`].
@@ -553,12 +564,14 @@ impl PostgresSink {
         check_table_name(&options.table)
             .map_err(|cause| SinkError::new("checking [sink] table", at, cause))?;
         let statements = Statements::new(&options.table);
-        let mut client = connect(options, &statements, at)?;
+        let tls = tls_connector(options, at)?;
+        let mut client = connect(options, &tls, &statements, at)?;
         set_up(&mut client, &options.table, &statements, &names, at)?;
         Ok(PostgresSink {
             client: Some(client),
             set_up_pending: false,
             options: options.clone(),
+            tls,
             location,
             statements,
             run_id: names.run.run_id.clone(),
@@ -586,6 +599,8 @@ impl PostgresSink {
                     client: None,
                     set_up_pending: true,
                     options: options.clone(),
+                    // open got as far as connecting, so this was built once already.
+                    tls: tls_connector(options, &options.url.location())?,
                     location: options.url.location(),
                     statements: Statements::new(&options.table),
                     run_id: names.run.run_id.clone(),
@@ -620,8 +635,8 @@ impl PostgresSink {
                 SinkError::new("reconnecting", self.location.clone(), cause).transient(true)
             );
         }
-        let connected =
-            connect(&self.options, &self.statements, &self.location).and_then(|mut client| {
+        let connected = connect(&self.options, &self.tls, &self.statements, &self.location)
+            .and_then(|mut client| {
                 if self.set_up_pending {
                     let names = self.resolver.names();
                     let at = self.location.as_str();
@@ -773,9 +788,17 @@ fn set_up(
     Ok(())
 }
 
-/// Opens a connection and its staging table.
+/// The TLS connector for `options` (reads `sslrootcert`); a file that cannot
+/// be used is a permanent failure naming it.
+fn tls_connector(options: &PostgresOptions, at: &str) -> Result<MakeRustlsConnect, SinkError> {
+    tls::connector(options.ssl_mode, options.ssl_root_cert.as_deref())
+        .map_err(|cause| SinkError::new("setting up TLS ([sink] sslmode, sslrootcert)", at, cause))
+}
+
+/// Opens a connection (TLS through `tls` as `sslmode` says) and its staging table.
 fn connect(
     options: &PostgresOptions,
+    tls: &MakeRustlsConnect,
     statements: &Statements,
     at: &str,
 ) -> Result<Client, SinkError> {
@@ -784,11 +807,12 @@ fn connect(
         .connect_timeout(options.connect_timeout)
         .tcp_user_timeout(TCP_USER_TIMEOUT)
         .keepalives(true)
-        .ssl_mode(match options.ssl_mode {
-            SslMode::Disable => postgres::config::SslMode::Disable,
-            SslMode::Prefer => postgres::config::SslMode::Prefer,
-        });
-    let mut client = config.connect(NoTls).map_err(|error| {
+        .ssl_mode(options.ssl_mode.driver());
+    let mut client = config.connect(tls.clone()).map_err(|error| {
+        let root_cert = options.ssl_root_cert.as_deref();
+        if let Some(cause) = tls::failure(&error, options.ssl_mode, root_cert, &options.url.host) {
+            return SinkError::new("connecting with TLS", at, cause);
+        }
         let transient = is_transient(&error);
         let mut cause = describe(&error);
         if transient {
@@ -1066,7 +1090,8 @@ pub fn failure_reasons(
     let at = options.url.location();
     check_table_name(&options.table)
         .map_err(|cause| SinkError::new("checking [sink] table", at.as_str(), cause))?;
-    let mut client = connect(options, &Statements::new(&options.table), &at)?;
+    let tls = tls_connector(options, &at)?;
+    let mut client = connect(options, &tls, &Statements::new(&options.table), &at)?;
     let sql = format!(
         "SELECT outcome, coalesce(reason, ''), count(*) FROM {} WHERE outcome != 'ok' \
          GROUP BY outcome, reason ORDER BY count(*) DESC, outcome, reason LIMIT $1",
@@ -1091,7 +1116,8 @@ pub fn drop_table(options: &PostgresOptions) -> Result<(), SinkError> {
     let at = options.url.location();
     check_table_name(&options.table)
         .map_err(|cause| SinkError::new("checking [sink] table", at.as_str(), cause))?;
-    let mut client = connect(options, &Statements::new(&options.table), &at)?;
+    let tls = tls_connector(options, &at)?;
+    let mut client = connect(options, &tls, &Statements::new(&options.table), &at)?;
     client
         .batch_execute(&format!(
             "DROP TABLE IF EXISTS {table}; DELETE FROM percore_schema WHERE table_name = '{table}'",
