@@ -1,6 +1,7 @@
 //! The sink benchmark: synthetic records through the real sink path
 //! (`Sink::write_batch`: resolving names, then SQLite's upsert or PostgreSQL's
-//! binary COPY + INSERT … ON CONFLICT) at batch sizes of 1,000 and 10,000 rows,
+//! binary COPY + INSERT … ON CONFLICT; each record with one output, so also its
+//! `job_outputs` row) at batch sizes of 1,000 and 10,000 rows,
 //! printing rows/s and the writer thread's CPU per row.
 //!
 //! ```text
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use percore::devices::Fleet;
-use percore::record::{JobRecord, Outcome, StageLatency};
+use percore::record::{JobRecord, Outcome, Output, StageLatency};
 use percore::sink::postgres::{PgUrl, PostgresOptions};
 use percore::sink::run::RunIdentity;
 use percore::sink::{self, ClassNames, RowNames, Sink, SinkTarget};
@@ -79,7 +80,14 @@ fn measure(
     rows: usize,
     devices: usize,
 ) -> Result<Measurement, String> {
-    let output = Bytes::from_static(&[7; 16]);
+    // One FP32 [1, 4] output, as a small model answers: a `jobs` row and a
+    // `job_outputs` row per record.
+    let output = Output {
+        name: "OUTPUT0".to_string(),
+        datatype: "FP32".to_string(),
+        shape: vec![1, 4],
+        bytes: Bytes::from_static(&[7; 16]),
+    };
     let mut records = Vec::with_capacity(batch);
     let cpu_start = percore::cpu::current_thread();
     let start = Instant::now();
@@ -95,7 +103,7 @@ fn measure(
                 class: 0,
                 shard: (index % 2) as u16,
                 outcome: Outcome::Ok,
-                output: output.clone(),
+                outputs: vec![output.clone()],
                 latency: StageLatency {
                     schedule_lag_us: 12,
                     fetch_us: Some(300),

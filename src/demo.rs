@@ -126,6 +126,9 @@ pub fn mock_class(
         data_sources: vec![source],
         compute_nodes: vec![compute],
         input_name: "INPUT0".to_string(),
+        requested_outputs: Vec::new(),
+        parameters: Default::default(),
+        request_id: false,
         output: Some(OutputSpec {
             name: Some("OUTPUT0".to_string()),
             datatype: "FP32".to_string(),

@@ -1130,7 +1130,7 @@ mod tests {
                 class: 0,
                 shard: 0,
                 outcome,
-                output: bytes::Bytes::new(),
+                outputs: Vec::new(),
                 latency: StageLatency::default(),
                 compute_node: None,
                 attempts: 1,

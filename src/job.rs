@@ -11,6 +11,7 @@
 //! other is cancelled). Every path ends in a [`JobRecord`](crate::record::JobRecord):
 //! a job never panics and is never lost.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::pin;
 use std::rc::Rc;
@@ -20,12 +21,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use prost::Message;
 
-use crate::config::OutputSpec;
+use crate::config::{OutputSpec, Parameter};
 use crate::error::{ErrorKind, JobError, Stage};
-use crate::proto::inference::model_infer_request::InferInputTensor;
-use crate::proto::inference::{ModelInferRequest, ModelInferResponse};
+use crate::proto::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+use crate::proto::inference::{InferParameter, ModelInferRequest, ModelInferResponse};
 use crate::proto::source::{FetchRequest, FetchResponse};
-use crate::record::StageLatency;
+use crate::record::{Output, StageLatency};
 use crate::runtime;
 use crate::tensor;
 use crate::upstream::{NodePool, ReplicaSet};
@@ -39,8 +40,17 @@ pub struct ClassRoute {
     pub model: String,
     /// Model version for ModelInfer; empty lets the server choose.
     pub model_version: String,
-    /// Name of the model's input tensor.
+    /// Name of the model's input tensor when the data source sends one unnamed
+    /// tensor (a source naming its tensors in `inputs` names them itself).
     pub input_name: String,
+    /// The outputs every request asks for, by name (`outputs` in the config);
+    /// empty asks for all the model has.
+    pub requested_outputs: Vec<InferRequestedOutputTensor>,
+    /// Request `parameters` from the config, sent with every ModelInfer.
+    pub parameters: HashMap<String, InferParameter>,
+    /// Whether each request carries an `id` of `<device>@<tick_ms>`, for
+    /// servers that log or trace by request id.
+    pub request_id: bool,
     /// Time allowed for one job, from its start.
     pub deadline: Duration,
     /// What the output must look like, if the config says.
@@ -59,10 +69,10 @@ pub struct ClassRoute {
 /// more than `[grpc] retries` allows, so never a limit in practice.
 const MAX_TRIED: usize = 16;
 
-/// The result of a job that ran: its output or why it failed, and its timings.
+/// The result of a job that ran: its outputs or why it failed, and its timings.
 pub struct Finished {
-    /// The output tensor's bytes, or why the job failed.
-    pub result: Result<Bytes, JobError>,
+    /// Every output tensor the model answered, or why the job failed.
+    pub result: Result<Vec<Output>, JobError>,
     /// Per-stage timings of this job.
     pub latency: StageLatency,
     /// Attempts made again after a retryable failure, and hedges.
@@ -130,47 +140,11 @@ async fn fetch_and_infer(
     deadline: Instant,
     latency: &mut StageLatency,
     tally: &mut Tally,
-) -> Result<Bytes, JobError> {
-    let fetch_started = Instant::now();
-    let request = FetchRequest {
-        device_id: device_id.to_owned(),
-        class: route.name.clone(),
-        tick_unix_ms: tick_ms,
-    };
-    // Timed whether it succeeds or not: a failed call's time is its time to
-    // failure, which the shard keeps apart from the ok jobs' latencies.
-    let fetched = call::<_, FetchResponse>(Method::Fetch, &request, deadline, route, tally).await;
-    latency.fetch_us = Some(micros(fetch_started.elapsed()));
-    let fetched = fetched?;
-    tensor::check_raw(&fetched.datatype, &fetched.shape, &fetched.raw)
-        .map_err(|detail| JobError::new(Stage::Fetch, ErrorKind::BadResponse(detail.into())))?;
-
-    let infer_started = Instant::now();
-    let request = ModelInferRequest {
-        model_name: route.model.clone(),
-        model_version: route.model_version.clone(),
-        inputs: vec![InferInputTensor {
-            name: route.input_name.clone(),
-            datatype: fetched.datatype,
-            shape: fetched.shape,
-            ..Default::default()
-        }],
-        // Forwarded as received: a slice of the fetch response's buffer.
-        raw_input_contents: vec![fetched.raw],
-        ..Default::default()
-    };
-    let response =
-        call::<_, ModelInferResponse>(Method::Infer, &request, deadline, route, tally).await;
-    latency.infer_us = Some(micros(infer_started.elapsed()));
-    let response = response?;
-
-    let bad = |detail: String| JobError::new(Stage::Infer, ErrorKind::BadResponse(detail.into()));
-    let output = tensor::first_output(response).map_err(bad)?;
-    if let Some(spec) = &route.output {
-        spec.check(&output.name, &output.datatype, &output.shape)
-            .map_err(bad)?;
-    }
-    Ok(output.bytes)
+) -> Result<Vec<Output>, JobError> {
+    let fetched = fetch(route, device_id, tick_ms, deadline, latency, tally).await?;
+    let inputs = model_inputs(route, fetched)?;
+    let request = infer_request(route, device_id, tick_ms, inputs);
+    infer(route, &request, deadline, latency, tally).await
 }
 
 /// One unary call: attempts on replicas the set picks, until one answers, the
@@ -369,12 +343,9 @@ async fn send<Req: Message, Resp: Message + Default>(
 /// loaded.
 #[derive(Debug, Clone)]
 pub struct Payload {
-    /// The tensor's KServe v2 datatype, as the data source named it.
-    pub datatype: String,
-    /// The tensor's shape, as the data source gave it.
-    pub shape: Vec<i64>,
-    /// The tensor's bytes; a `Bytes` so each job's request shares them.
-    pub raw: Bytes,
+    /// The model inputs one fetch gave, checked; each job's request clones them
+    /// (the bytes are shared).
+    pub inputs: ModelInputs,
 }
 
 /// Fetches one device's data and checks it, as the first half of [`run`] does,
@@ -397,9 +368,7 @@ pub async fn fetch_payload(
     )
     .await?;
     Ok(Payload {
-        datatype: fetched.datatype,
-        shape: fetched.shape,
-        raw: fetched.raw,
+        inputs: model_inputs(route, fetched)?,
     })
 }
 
@@ -427,7 +396,8 @@ pub async fn run_fetch_only(
         &mut tally,
     )
     .await
-    .map(|_| Bytes::new());
+    .and_then(|fetched| model_inputs(route, fetched))
+    .map(|_| Vec::new());
     latency.end_to_end_us = Some(micros(planned.elapsed()));
     Finished {
         result,
@@ -449,7 +419,8 @@ pub async fn run_infer_only(route: &ClassRoute, payload: &Payload, planned: Inst
         ..StageLatency::default()
     };
     let mut tally = Tally::default();
-    let result = infer(route, payload, deadline, &mut latency, &mut tally).await;
+    let request = infer_request(route, "", 0, payload.inputs.clone());
+    let result = infer(route, &request, deadline, &mut latency, &mut tally).await;
     latency.end_to_end_us = Some(micros(planned.elapsed()));
     Finished {
         result,
@@ -464,12 +435,22 @@ pub async fn run_infer_only(route: &ClassRoute, payload: &Payload, planned: Inst
 /// the mock model's output (two FP32 values), so rows weigh what real ones do.
 const SYNTHETIC_OUTPUT: &[u8] = &[0; 8];
 
+/// The sink-only stage's output tensor: [`SYNTHETIC_OUTPUT`] as the mock's FP32 [1, 2].
+fn synthetic_output() -> Output {
+    Output {
+        name: "OUTPUT0".to_string(),
+        datatype: "FP32".to_string(),
+        shape: vec![1, 2],
+        bytes: Bytes::from_static(SYNTHETIC_OUTPUT),
+    }
+}
+
 /// The sink-only stage of `percore bench --stages`: no call at all, an ok
 /// result with a fixed output, ready at once, so only the sink is loaded.
 pub fn synthetic(planned: Instant) -> Finished {
     let lag = micros(planned.elapsed());
     Finished {
-        result: Ok(Bytes::from_static(SYNTHETIC_OUTPUT)),
+        result: Ok(vec![synthetic_output()]),
         latency: StageLatency {
             schedule_lag_us: lag,
             end_to_end_us: Some(lag),
@@ -513,43 +494,140 @@ async fn fetch(
         class: route.name.clone(),
         tick_unix_ms: tick_ms,
     };
-    let fetched: FetchResponse = call(Method::Fetch, &request, deadline, route, tally).await?;
+    // Timed whether it succeeds or not: a failed call's time is its time to
+    // failure, which the shard keeps apart from the ok jobs' latencies.
+    let fetched = call::<_, FetchResponse>(Method::Fetch, &request, deadline, route, tally).await;
     latency.fetch_us = Some(micros(fetch_started.elapsed()));
-    tensor::check_raw(&fetched.datatype, &fetched.shape, &fetched.raw)
-        .map_err(|detail| JobError::new(Stage::Fetch, ErrorKind::BadResponse(detail.into())))?;
-    Ok(fetched)
+    fetched
 }
 
-/// The ModelInfer of one job on `payload` and its output check, timing it in
+/// A fetch's tensors as the model's inputs: `datatype`, `shape` and `raw` as one
+/// input named by the class's `input_name`, or each of `inputs` under its own
+/// name; every one checked (its bytes must fill its shape). The bytes are
+/// forwarded as received: slices of the fetch response's buffer.
+fn model_inputs(route: &ClassRoute, fetched: FetchResponse) -> Result<ModelInputs, JobError> {
+    let bad = |detail: String| JobError::new(Stage::Fetch, ErrorKind::BadResponse(detail.into()));
+    if fetched.inputs.is_empty() {
+        tensor::check_raw(&fetched.datatype, &fetched.shape, &fetched.raw).map_err(bad)?;
+        return Ok(ModelInputs {
+            tensors: vec![InferInputTensor {
+                name: route.input_name.clone(),
+                datatype: fetched.datatype,
+                shape: fetched.shape,
+                ..Default::default()
+            }],
+            raw: vec![fetched.raw],
+        });
+    }
+    let mut inputs = ModelInputs {
+        tensors: Vec::with_capacity(fetched.inputs.len()),
+        raw: Vec::with_capacity(fetched.inputs.len()),
+    };
+    for input in fetched.inputs {
+        tensor::check_raw(&input.datatype, &input.shape, &input.raw)
+            .map_err(|detail| bad(format!("input {:?}: {detail}", input.name)))?;
+        inputs.tensors.push(InferInputTensor {
+            name: input.name,
+            datatype: input.datatype,
+            shape: input.shape,
+            ..Default::default()
+        });
+        inputs.raw.push(input.raw);
+    }
+    Ok(inputs)
+}
+
+/// A requested output of the ModelInfer request, by name.
+pub fn requested_output(name: &str) -> InferRequestedOutputTensor {
+    InferRequestedOutputTensor {
+        name: name.to_string(),
+        parameters: HashMap::new(),
+    }
+}
+
+/// A config parameter as the request carries it.
+pub fn parameter(value: &Parameter) -> InferParameter {
+    use crate::proto::inference::infer_parameter::ParameterChoice;
+    let choice = match value {
+        Parameter::Bool(value) => ParameterChoice::BoolParam(*value),
+        Parameter::Int(value) => ParameterChoice::Int64Param(*value),
+        Parameter::Text(value) => ParameterChoice::StringParam(value.clone()),
+    };
+    InferParameter {
+        parameter_choice: Some(choice),
+    }
+}
+
+/// A ModelInfer request's inputs: their descriptions and, in the same order,
+/// their raw bytes.
+#[derive(Debug, Clone)]
+pub struct ModelInputs {
+    /// Name, datatype and shape of each input.
+    pub tensors: Vec<InferInputTensor>,
+    /// Each input's little-endian bytes (`raw_input_contents`).
+    pub raw: Vec<Bytes>,
+}
+
+/// The ModelInfer request of one job: the class's model, version, requested
+/// outputs, parameters and (if asked for) an id naming the device and tick.
+fn infer_request(
+    route: &ClassRoute,
+    device_id: &str,
+    tick_ms: i64,
+    inputs: ModelInputs,
+) -> ModelInferRequest {
+    ModelInferRequest {
+        model_name: route.model.clone(),
+        model_version: route.model_version.clone(),
+        id: if route.request_id {
+            format!("{device_id}@{tick_ms}")
+        } else {
+            String::new()
+        },
+        parameters: route.parameters.clone(),
+        inputs: inputs.tensors,
+        outputs: route.requested_outputs.clone(),
+        raw_input_contents: inputs.raw,
+    }
+}
+
+/// The ModelInfer of one job and the check of its outputs, timing it in
 /// `latency.infer_us`.
 async fn infer(
     route: &ClassRoute,
-    payload: &Payload,
+    request: &ModelInferRequest,
     deadline: Instant,
     latency: &mut StageLatency,
     tally: &mut Tally,
-) -> Result<Bytes, JobError> {
+) -> Result<Vec<Output>, JobError> {
     let infer_started = Instant::now();
-    let request = ModelInferRequest {
-        model_name: route.model.clone(),
-        model_version: route.model_version.clone(),
-        inputs: vec![InferInputTensor {
-            name: route.input_name.clone(),
-            datatype: payload.datatype.clone(),
-            shape: payload.shape.clone(),
-            ..Default::default()
-        }],
-        raw_input_contents: vec![payload.raw.clone()],
-        ..Default::default()
-    };
-    let response: ModelInferResponse =
-        call(Method::Infer, &request, deadline, route, tally).await?;
+    let response =
+        call::<_, ModelInferResponse>(Method::Infer, request, deadline, route, tally).await;
     latency.infer_us = Some(micros(infer_started.elapsed()));
     let bad = |detail: String| JobError::new(Stage::Infer, ErrorKind::BadResponse(detail.into()));
-    let output = tensor::first_output(response).map_err(bad)?;
-    if let Some(spec) = &route.output {
-        spec.check(&output.name, &output.datatype, &output.shape)
-            .map_err(bad)?;
+    let outputs = tensor::outputs(response?).map_err(bad)?;
+    for requested in &route.requested_outputs {
+        if !outputs.iter().any(|output| output.name == requested.name) {
+            return Err(bad(format!(
+                "output {:?} was asked for but not answered",
+                requested.name
+            )));
+        }
     }
-    Ok(output.bytes)
+    if let Some(spec) = &route.output {
+        let checked = match &spec.name {
+            Some(name) => outputs.iter().find(|output| &output.name == name),
+            None => outputs.first(),
+        };
+        match checked {
+            Some(output) => spec
+                .check(&output.name, &output.datatype, &output.shape)
+                .map_err(bad)?,
+            None => {
+                let name = spec.name.as_deref().unwrap_or_default();
+                return Err(bad(format!("no output named {name:?} in the answer")));
+            }
+        }
+    }
+    Ok(outputs)
 }

@@ -682,6 +682,9 @@ fn external_class(args: &BenchArgs) -> Result<Option<percore::config::Class>> {
     Ok(Some(percore::config::Class {
         model_version: args.model_version.clone(),
         input_name: args.input_name.clone(),
+        requested_outputs: Vec::new(),
+        parameters: Default::default(),
+        request_id: false,
         output,
         ..demo::mock_class("bench", &args.model, 10_000, 2_000, source, compute)
     }))

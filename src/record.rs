@@ -3,12 +3,12 @@
 //! A `JobRecord` is built on the shard that owns the device, crosses to the sink
 //! thread inside a batch over a bounded flume channel, and becomes exactly one row
 //! keyed by (device, tick). It carries indexes, not names, so building one on the
-//! hot path allocates nothing; the sink resolves names from the shared, immutable
+//! hot path allocates nothing but its outputs' list; the sink resolves names from the shared, immutable
 //! [`Fleet`](crate::devices::Fleet) and class table.
 
 use std::time::Instant;
 
-use bytes::Bytes;
+pub use crate::tensor::Output;
 
 /// Index of a device in the [`Fleet`](crate::devices::Fleet), stable for a run.
 pub type DeviceIndex = u32;
@@ -30,9 +30,11 @@ pub struct JobRecord {
     pub shard: u16,
     /// ok, failed with a reason, or skipped with a reason.
     pub outcome: Outcome,
-    /// The model's output tensor bytes (empty unless the job succeeded); a slice of the
-    /// received HTTP/2 buffer, so no copy is made on the shard.
-    pub output: Bytes,
+    /// Every output tensor the model answered, in its order, each with its name,
+    /// datatype and shape (empty unless the job succeeded). The `jobs` table's
+    /// `output` column is the first one's bytes, `job_outputs` has them all. The
+    /// bytes are slices of the received HTTP/2 buffer: no copy on the shard.
+    pub outputs: Vec<Output>,
     /// Per-stage latencies, in microseconds.
     pub latency: StageLatency,
     /// Index in the class's `compute_nodes` of the replica that gave the job's

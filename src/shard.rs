@@ -19,8 +19,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
 use crate::config::{Class, HealthCheck, Upstream};
 use crate::devices::{stable_hash, Fleet};
 use crate::grpc::client::ClientSettings;
@@ -457,6 +455,17 @@ fn build_routes(classes: &[Class], limits: &ShardLimits, shard: u16) -> Result<R
             model: class.model.clone(),
             model_version: class.model_version.clone(),
             input_name: class.input_name.clone(),
+            requested_outputs: class
+                .requested_outputs
+                .iter()
+                .map(|name| job::requested_output(name))
+                .collect(),
+            parameters: class
+                .parameters
+                .iter()
+                .map(|(name, value)| (name.clone(), job::parameter(value)))
+                .collect(),
+            request_id: class.request_id,
             deadline: Duration::from_millis(class.deadline_ms),
             output: class.output.clone(),
             sources: replica_set(class, Role::DataSource)?,
@@ -691,9 +700,9 @@ async fn run_job(shard: &Shard, local: u32, tick_ms: i64, planned: Instant) {
     shard
         .retries
         .set(shard.retries.get() + finished.retries as u64);
-    let (outcome, output) = match finished.result {
-        Ok(output) => (Outcome::Ok, output),
-        Err(error) => (Outcome::Failed(error), Bytes::new()),
+    let (outcome, outputs) = match finished.result {
+        Ok(outputs) => (Outcome::Ok, outputs),
+        Err(error) => (Outcome::Failed(error), Vec::new()),
     };
     shard.busy[local as usize].set(false);
     shard.in_flight.set(shard.in_flight.get() - 1);
@@ -703,7 +712,7 @@ async fn run_job(shard: &Shard, local: u32, tick_ms: i64, planned: Instant) {
         class,
         shard: shard.index,
         outcome,
-        output,
+        outputs,
         latency: finished.latency,
         compute_node: finished.compute_node,
         attempts: finished.attempts,
@@ -778,7 +787,7 @@ impl Shard {
                 class: self.fleet.class(device),
                 shard: self.index,
                 outcome: Outcome::Skipped(reason),
-                output: Bytes::new(),
+                outputs: Vec::new(),
                 latency: StageLatency {
                     schedule_lag_us: planned.elapsed().as_micros() as u64,
                     ..StageLatency::default()

@@ -609,7 +609,7 @@ mod tests {
             class,
             shard: 0,
             outcome,
-            output: bytes::Bytes::new(),
+            outputs: Vec::new(),
             latency: StageLatency {
                 schedule_lag_us: 5,
                 fetch_us: Some(10),
@@ -818,6 +818,9 @@ mod tests {
             model: "m".into(),
             model_version: String::new(),
             input_name: "INPUT0".into(),
+            requested_outputs: Vec::new(),
+            parameters: Default::default(),
+            request_id: false,
             deadline: std::time::Duration::from_secs(1),
             output: None,
             sources: set(Role::DataSource, &[9000]),

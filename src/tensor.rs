@@ -85,8 +85,8 @@ fn bytes_elements(mut raw: &[u8]) -> Option<usize> {
     raw.is_empty().then_some(count)
 }
 
-/// The first output of a ModelInfer response, as stored.
-#[derive(Debug, Clone, PartialEq)]
+/// One output tensor of a ModelInfer response, as stored (a `job_outputs` row).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {
     /// Name, as the server labelled it; checked against the class's output spec.
     pub name: String,
@@ -98,25 +98,75 @@ pub struct Output {
     pub bytes: Bytes,
 }
 
-/// Takes the first output tensor from a response, raw or typed.
-pub fn first_output(mut response: ModelInferResponse) -> Result<Output, String> {
+impl Output {
+    /// A UINT8 vector output of `bytes` named `name`: what a test or a
+    /// synthetic row stores when the tensor's layout does not matter.
+    pub fn uint8(name: &str, bytes: Bytes) -> Output {
+        Output {
+            name: name.to_string(),
+            datatype: "UINT8".to_string(),
+            shape: vec![bytes.len() as i64],
+            bytes,
+        }
+    }
+
+    /// The shape as the `job_outputs.shape` column writes it: `1,256`.
+    pub fn shape_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut text = String::with_capacity(self.shape.len() * 4);
+        for (index, dim) in self.shape.iter().enumerate() {
+            if index > 0 {
+                text.push(',');
+            }
+            let _ = write!(text, "{dim}");
+        }
+        text
+    }
+}
+
+/// Every output tensor of a response, in the order the server answered, each
+/// turned into raw little-endian bytes (from `raw_output_contents`, or from typed
+/// `contents`) and checked against its datatype and shape. A response must give
+/// raw contents for all its outputs or for none (KServe v2); one without any
+/// output is refused.
+pub fn outputs(response: ModelInferResponse) -> Result<Vec<Output>, String> {
     if response.outputs.is_empty() {
         return Err("response has no output tensor".into());
     }
-    let tensor = response.outputs.swap_remove(0);
-    let bytes = if let Some(raw) = response.raw_output_contents.into_iter().next() {
-        raw
-    } else {
-        let contents = tensor.contents.unwrap_or_default();
-        typed_to_raw(&tensor.datatype, &contents)?
-    };
-    check_raw(&tensor.datatype, &tensor.shape, &bytes)?;
-    Ok(Output {
-        name: tensor.name,
-        datatype: tensor.datatype,
-        shape: tensor.shape,
-        bytes,
-    })
+    let raw_count = response.raw_output_contents.len();
+    if raw_count != 0 && raw_count != response.outputs.len() {
+        return Err(format!(
+            "response has {} outputs but {raw_count} raw_output_contents (all or none)",
+            response.outputs.len()
+        ));
+    }
+    let mut raw = response.raw_output_contents.into_iter();
+    response
+        .outputs
+        .into_iter()
+        .map(|tensor| {
+            let bytes = match raw.next() {
+                Some(bytes) => bytes,
+                None => typed_to_raw(&tensor.datatype, &tensor.contents.unwrap_or_default())?,
+            };
+            check_raw(&tensor.datatype, &tensor.shape, &bytes)
+                .map_err(|detail| format!("output {:?}: {detail}", tensor.name))?;
+            Ok(Output {
+                name: tensor.name,
+                datatype: tensor.datatype,
+                shape: tensor.shape,
+                bytes,
+            })
+        })
+        .collect()
+}
+
+/// The first output tensor of a response, raw or typed (see [`outputs`]).
+pub fn first_output(response: ModelInferResponse) -> Result<Output, String> {
+    outputs(response)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| "response has no output tensor".into())
 }
 
 /// Serialises typed `contents` to the raw little-endian layout.
@@ -337,7 +387,7 @@ mod tests {
         };
         assert_eq!(
             first_output(response).unwrap_err(),
-            "tensor of FP32 [1, 3] needs 12 bytes, got 8"
+            "output \"OUTPUT0\": tensor of FP32 [1, 3] needs 12 bytes, got 8"
         );
         assert_eq!(
             first_output(ModelInferResponse::default()).unwrap_err(),

@@ -126,7 +126,7 @@ fn an_unknown_field_is_named_with_its_line() {
         format!(
             "{}:12: unknown field `perod_ms`, expected one of `name`, `model`, \
              `model_version`, `period_ms`, `deadline_ms`, `data_sources`, `compute_nodes`, \
-             `input_name`, `output`, `upstream`",
+             `input_name`, `output`, `outputs`, `parameters`, `request_id`, `upstream`",
             config_path.display()
         )
     );
@@ -390,7 +390,7 @@ fn an_output_of_the_wrong_shape_is_refused() {
     // the tensor's own inconsistency is reported before the class's expected shape.
     assert_all_failed_with(
         &rows,
-        "infer: bad response: tensor of FP32 [1, 3] needs 12 bytes, got 8",
+        "infer: bad response: output \"OUTPUT0\": tensor of FP32 [1, 3] needs 12 bytes, got 8",
         BOTH_ANSWERED,
     );
 }

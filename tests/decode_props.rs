@@ -598,7 +598,7 @@ fn contents() -> impl Strategy<Value = InferTensorContents> {
         )
 }
 
-/// Parameters, which first_output ignores but prost must get through.
+/// Parameters, which outputs ignores but prost must get through.
 fn parameters() -> impl Strategy<Value = std::collections::HashMap<String, InferParameter>> {
     let choice = prop_oneof![
         any::<bool>().prop_map(ParameterChoice::BoolParam),
@@ -662,41 +662,40 @@ fn response() -> impl Strategy<Value = ModelInferResponse> {
 fn response_often_consistent() -> impl Strategy<Value = ModelInferResponse> {
     (response(), any::<bool>(), vec(0u8..4, 1..6)).prop_map(|(mut response, fix, filler)| {
         if fix {
-            fill_first_output(&mut response, &filler);
+            fill_outputs(&mut response, &filler);
         }
         response
     })
 }
 
-/// Resizes the first output's bytes to what its datatype and shape call for,
-/// when that is at most 64 elements; `filler` gives BYTES elements' lengths.
-fn fill_first_output(response: &mut ModelInferResponse, filler: &[u8]) {
-    let Some(output) = response.outputs.first_mut() else {
-        return;
-    };
-    let Some(count) = element_count(&output.shape).filter(|&n| n <= 64) else {
-        return;
-    };
-    let count = count as usize;
-    if let Some(raw) = response.raw_output_contents.first_mut() {
-        let mut bytes = raw.to_vec();
-        fill(&mut bytes, &output.datatype, &output.shape, filler);
-        *raw = Bytes::from(bytes);
-        return;
-    }
-    let contents = output.contents.get_or_insert_with(Default::default);
-    match output.datatype.as_str() {
-        "BOOL" => contents.bool_contents.resize(count, true),
-        "INT8" | "INT16" | "INT32" => contents.int_contents.resize(count, -3),
-        "INT64" => contents.int64_contents.resize(count, i64::MIN),
-        "UINT8" | "UINT16" | "UINT32" => contents.uint_contents.resize(count, 200),
-        "UINT64" => contents.uint64_contents.resize(count, u64::MAX),
-        "FP32" => contents.fp32_contents.resize(count, -0.5),
-        "FP64" => contents.fp64_contents.resize(count, 1e300),
-        "BYTES" => contents
-            .bytes_contents
-            .resize(count, Bytes::from_static(b"ok")),
-        _ => {}
+/// Resizes every output's bytes to what its datatype and shape call for, when
+/// that is at most 64 elements; `filler` gives BYTES elements' lengths.
+fn fill_outputs(response: &mut ModelInferResponse, filler: &[u8]) {
+    for (index, output) in response.outputs.iter_mut().enumerate() {
+        let Some(count) = element_count(&output.shape).filter(|&n| n <= 64) else {
+            continue;
+        };
+        let count = count as usize;
+        if let Some(raw) = response.raw_output_contents.get_mut(index) {
+            let mut bytes = raw.to_vec();
+            fill(&mut bytes, &output.datatype, &output.shape, filler);
+            *raw = Bytes::from(bytes);
+            continue;
+        }
+        let contents = output.contents.get_or_insert_with(Default::default);
+        match output.datatype.as_str() {
+            "BOOL" => contents.bool_contents.resize(count, true),
+            "INT8" | "INT16" | "INT32" => contents.int_contents.resize(count, -3),
+            "INT64" => contents.int64_contents.resize(count, i64::MIN),
+            "UINT8" | "UINT16" | "UINT32" => contents.uint_contents.resize(count, 200),
+            "UINT64" => contents.uint64_contents.resize(count, u64::MAX),
+            "FP32" => contents.fp32_contents.resize(count, -0.5),
+            "FP64" => contents.fp64_contents.resize(count, 1e300),
+            "BYTES" => contents
+                .bytes_contents
+                .resize(count, Bytes::from_static(b"ok")),
+            _ => {}
+        }
     }
 }
 
@@ -799,34 +798,49 @@ fn typed_bytes(datatype: &str, contents: &InferTensorContents) -> Option<Vec<u8>
     }
 }
 
-/// The oracle for `first_output`: the first output with the first raw buffer if
-/// there is one, else its typed contents, kept only if self-consistent.
-fn expected_output(response: &ModelInferResponse) -> Option<Output> {
-    let tensor = response.outputs.first()?;
-    let bytes = match response.raw_output_contents.first() {
-        Some(raw) => raw.to_vec(),
-        None => typed_bytes(
-            &tensor.datatype,
-            &tensor.contents.clone().unwrap_or_default(),
-        )?,
-    };
-    is_consistent(&tensor.datatype, &tensor.shape, &bytes).then(|| Output {
-        name: tensor.name.clone(),
-        datatype: tensor.datatype.clone(),
-        shape: tensor.shape.clone(),
-        bytes: Bytes::from(bytes),
-    })
+/// The oracle for `outputs`: every output, each with its raw buffer when the
+/// response gives one per output, else with its typed contents; the whole
+/// answer refused when any output is not self-consistent, when raw buffers are
+/// given for some outputs only, or when there is no output.
+fn expected_outputs(response: &ModelInferResponse) -> Option<Vec<Output>> {
+    if response.outputs.is_empty() {
+        return None;
+    }
+    let raw = &response.raw_output_contents;
+    if !raw.is_empty() && raw.len() != response.outputs.len() {
+        return None;
+    }
+    let mut expected = Vec::new();
+    for (index, tensor) in response.outputs.iter().enumerate() {
+        let bytes = match raw.get(index) {
+            Some(raw) => raw.to_vec(),
+            None => typed_bytes(
+                &tensor.datatype,
+                &tensor.contents.clone().unwrap_or_default(),
+            )?,
+        };
+        if !is_consistent(&tensor.datatype, &tensor.shape, &bytes) {
+            return None;
+        }
+        expected.push(Output {
+            name: tensor.name.clone(),
+            datatype: tensor.datatype.clone(),
+            shape: tensor.shape.clone(),
+            bytes: Bytes::from(bytes),
+        });
+    }
+    Some(expected)
 }
 
-/// Compares `first_output` with the oracle; an error must say something.
-fn first_output_agrees(response: ModelInferResponse) -> TestCaseResult {
-    let expected = expected_output(&response);
-    let got = tensor::first_output(response);
+/// Compares `outputs` with the oracle; an error must say something.
+fn outputs_agree(response: ModelInferResponse) -> TestCaseResult {
+    let expected = expected_outputs(&response);
+    let got = tensor::outputs(response);
     match (got, expected) {
         (Ok(got), Some(expected)) => prop_assert_eq!(got, expected),
         (Err(reason), None) => prop_assert!(!reason.is_empty()),
         (got, expected) => {
-            prop_assert!(false, "first_output gave {got:?}, the oracle {expected:?}")
+            prop_assert!(false, "outputs gave {got:?}, the oracle {expected:?}")
         }
     }
     Ok(())
@@ -838,7 +852,7 @@ fn hostile_responses_give_exactly_the_self_consistent_outputs() {
         "hostile_responses_give_exactly_the_self_consistent_outputs",
         20000,
         response_often_consistent(),
-        first_output_agrees,
+        outputs_agree,
     );
 }
 
@@ -920,7 +934,7 @@ fn any_bytes_decode_as_messages_without_panicking() {
         raw,
         |raw| {
             if let Ok(response) = ModelInferResponse::decode(&raw[..]) {
-                first_output_agrees(response)?;
+                outputs_agree(response)?;
             }
             if let Ok(fetched) = FetchResponse::decode(&raw[..]) {
                 let result = tensor::check_raw(&fetched.datatype, &fetched.shape, &fetched.raw);
@@ -989,7 +1003,7 @@ fn damaged_responses_decode_or_fail_without_panicking() {
         |(response, damages)| {
             let damaged = damage(response.encode_to_vec(), &damages);
             if let Ok(response) = ModelInferResponse::decode(&damaged[..]) {
-                first_output_agrees(response)?;
+                outputs_agree(response)?;
             }
             let fetched = FetchResponse {
                 datatype: response
@@ -1038,7 +1052,7 @@ fn the_whole_path_from_chunks_to_output_matches_the_oracle() {
             if let Ok(message) = decoded.result {
                 let decoded = ModelInferResponse::decode(&message[..]);
                 prop_assert_eq!(decoded.as_ref(), Ok(&response));
-                first_output_agrees(response)?;
+                outputs_agree(response)?;
             }
             Ok(())
         },

@@ -143,6 +143,7 @@ fn leftover_row(device: usize, tick_ms: i64) -> Row<'static> {
         outcome: Cow::Borrowed("ok"),
         reason: None,
         output: bytes::Bytes::from(vec![device as u8; 8]),
+        outputs: Cow::Borrowed(&[]),
         schedule_lag_us: 10,
         fetch_us: Some(100),
         infer_us: Some(200),

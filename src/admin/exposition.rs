@@ -386,7 +386,7 @@ mod tests {
                     message: "no model".into(),
                 },
             )),
-            output: bytes::Bytes::new(),
+            outputs: Vec::new(),
             latency: crate::record::StageLatency::default(),
             compute_node: None,
             attempts: 1,

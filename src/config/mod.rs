@@ -206,9 +206,32 @@ pub struct Class {
     pub input_name: String,
     /// What every response's output must look like; `None` accepts any output.
     pub output: Option<OutputSpec>,
+    /// The outputs every request asks for by name (`outputs = ["max", "l2"]`), in
+    /// that order; empty asks for every output the model has. Each must be in
+    /// the answer, or the job fails saying which is missing.
+    pub requested_outputs: Vec<String>,
+    /// Request parameters sent with every ModelInfer (`[classes.parameters]`),
+    /// for servers that take options per request.
+    pub parameters: BTreeMap<String, Parameter>,
+    /// Whether every ModelInfer carries an `id` of `<device_id>@<tick_ms>`
+    /// (`request_id = true`), for servers that log or trace by request id.
+    pub request_id: bool,
     /// Balancing, admission, retries, hedging, health checks and ejection over
     /// the class's replicas (`[classes.upstream]`).
     pub upstream: Upstream,
+}
+
+/// One request parameter's value: KServe v2 parameters are booleans, integers
+/// or strings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Parameter {
+    /// `true` / `false`.
+    Bool(bool),
+    /// A whole number.
+    Int(i64),
+    /// Text.
+    Text(String),
 }
 
 /// The expected output tensor of a class's model, checked on every response.
@@ -530,6 +553,11 @@ fn default_input_name() -> Spanned<String> {
     Spanned::new(0..0, DEFAULT_INPUT_NAME.to_string())
 }
 
+/// `outputs` when absent: ask for every output.
+fn no_outputs() -> Spanned<Vec<Spanned<String>>> {
+    Spanned::new(0..0, Vec::new())
+}
+
 /// One `[[classes]]` table; see [`Class`] for what each field means.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -545,6 +573,12 @@ struct ClassFile {
     #[serde(default = "default_input_name")]
     input_name: Spanned<String>,
     output: Option<OutputFile>,
+    #[serde(default = "no_outputs")]
+    outputs: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    parameters: BTreeMap<String, Parameter>,
+    #[serde(default)]
+    request_id: bool,
     #[serde(default)]
     upstream: upstream::UpstreamFile,
 }
@@ -688,6 +722,27 @@ impl ClassFile {
             None => None,
             Some(output) => Some(output.validate(&field("output"), source)?),
         };
+        let mut requested_outputs: Vec<String> = Vec::new();
+        for name in self.outputs.get_ref() {
+            non_empty(name, &field("outputs"), source)?;
+            if requested_outputs.contains(name.get_ref()) {
+                let why = format!("{:?} is listed twice", name.get_ref());
+                return Err(source.error(name.span(), field("outputs"), why));
+            }
+            requested_outputs.push(name.get_ref().clone());
+        }
+        if let Some(OutputSpec {
+            name: Some(name), ..
+        }) = &output
+        {
+            if !requested_outputs.is_empty() && !requested_outputs.contains(name) {
+                let why = format!(
+                    "output.name {name:?} is not among the requested outputs {requested_outputs:?}: \
+                     no answer would have it"
+                );
+                return Err(source.error(self.outputs.span(), field("outputs"), why));
+            }
+        }
         let compute_nodes = resolve_nodes(&self.compute_nodes, &field("compute_nodes"), source)?;
         let upstream = self.upstream.validate(
             &field("upstream"),
@@ -711,6 +766,9 @@ impl ClassFile {
                 .collect(),
             input_name: self.input_name.get_ref().clone(),
             output,
+            requested_outputs,
+            parameters: self.parameters.clone(),
+            request_id: self.request_id,
             upstream,
         })
     }
@@ -1462,7 +1520,7 @@ input_name = "series"
             error_of(&text),
             "conf/fleet.toml:13: unknown field `period`, expected one of `name`, `model`, \
              `model_version`, `period_ms`, `deadline_ms`, `data_sources`, `compute_nodes`, \
-             `input_name`, `output`, `upstream`"
+             `input_name`, `output`, `outputs`, `parameters`, `request_id`, `upstream`"
         );
         let text = format!("{VALID}\n[extra]\n");
         assert_eq!(

@@ -43,10 +43,12 @@ use std::os::unix::io::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use prost::Message as _;
 
 use super::row::Row;
 use crate::proto::journal as pb;
+use crate::record::Output;
 
 /// The first bytes of every segment: says the file is a percore journal.
 pub const MAGIC: [u8; 8] = *b"PCJOURNL";
@@ -445,7 +447,22 @@ fn to_message(row: &Row<'_>) -> pb::Row {
         model: row.model.to_string(),
         outcome: row.outcome.to_string(),
         reason: row.reason.as_ref().map(|reason| reason.to_string()),
-        output: row.output.clone(),
+        // The first of `outputs` is the column's value: stored once.
+        output: if row.outputs.is_empty() {
+            row.output.clone()
+        } else {
+            Bytes::new()
+        },
+        outputs: row
+            .outputs
+            .iter()
+            .map(|output| pb::Output {
+                name: output.name.clone(),
+                datatype: output.datatype.clone(),
+                shape: output.shape.clone(),
+                data: output.bytes.clone(),
+            })
+            .collect(),
         schedule_lag_us: row.schedule_lag_us,
         fetch_us: row.fetch_us,
         infer_us: row.infer_us,
@@ -466,7 +483,21 @@ fn from_message(row: pb::Row) -> Row<'static> {
         model: Cow::Owned(row.model),
         outcome: Cow::Owned(row.outcome),
         reason: row.reason.map(Cow::Owned),
-        output: row.output,
+        output: match row.outputs.first() {
+            Some(first) => first.data.clone(),
+            None => row.output,
+        },
+        outputs: Cow::Owned(
+            row.outputs
+                .into_iter()
+                .map(|output| Output {
+                    name: output.name,
+                    datatype: output.datatype,
+                    shape: output.shape,
+                    bytes: output.data,
+                })
+                .collect(),
+        ),
         schedule_lag_us: row.schedule_lag_us,
         fetch_us: row.fetch_us,
         infer_us: row.infer_us,
@@ -1039,6 +1070,7 @@ mod tests {
             outcome: Cow::Borrowed("ok"),
             reason: None,
             output: Bytes::from(vec![device as u8; 16]),
+            outputs: std::borrow::Cow::Borrowed(&[]),
             schedule_lag_us: 5,
             fetch_us: Some(100),
             infer_us: Some(200),

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::RowNames;
-use crate::record::{JobRecord, Outcome};
+use crate::record::{JobRecord, Outcome, Output};
 
 /// The columns of the `jobs` table, in the order [`Row`] lists them and every
 /// backend writes them.
@@ -53,8 +53,11 @@ pub struct Row<'a> {
     pub outcome: Cow<'a, str>,
     /// Why a job failed or a tick was skipped; `None` for an ok job.
     pub reason: Option<Cow<'a, str>>,
-    /// The output tensor's bytes; empty (NULL in the table) unless ok.
+    /// The first output tensor's bytes; empty (NULL in the table) unless ok.
     pub output: Bytes,
+    /// Every output tensor, the first included: the `job_outputs` rows of this
+    /// (device, tick). Empty unless ok.
+    pub outputs: Cow<'a, [Output]>,
     /// Planned tick → job start, µs.
     pub schedule_lag_us: i64,
     /// The fetch's time (to its answer or its failure), µs; `None` if not run.
@@ -87,6 +90,7 @@ impl Row<'_> {
             outcome: own(self.outcome),
             reason: self.reason.map(own),
             output: self.output,
+            outputs: Cow::Owned(self.outputs.into_owned()),
             schedule_lag_us: self.schedule_lag_us,
             fetch_us: self.fetch_us,
             infer_us: self.infer_us,
@@ -152,7 +156,10 @@ impl Resolver {
 
     /// The rows of `records`, in the same order; fails on the first record
     /// whose device or class index is out of range.
-    pub fn resolve<'s>(&'s mut self, records: &[JobRecord]) -> Result<Vec<Row<'s>>, ResolveError> {
+    pub fn resolve<'s>(
+        &'s mut self,
+        records: &'s [JobRecord],
+    ) -> Result<Vec<Row<'s>>, ResolveError> {
         self.text.clear();
         self.spans.clear();
         for record in records {
@@ -203,7 +210,12 @@ impl Resolver {
                     model: Cow::Borrowed(&class.model),
                     outcome: Cow::Borrowed(record.outcome.label()),
                     reason: span.clone().map(|span| Cow::Borrowed(&text[span])),
-                    output: record.output.clone(),
+                    output: record
+                        .outputs
+                        .first()
+                        .map(|output| output.bytes.clone())
+                        .unwrap_or_default(),
+                    outputs: Cow::Borrowed(&record.outputs),
                     schedule_lag_us: micros(latency.schedule_lag_us),
                     fetch_us: latency.fetch_us.map(micros),
                     infer_us: latency.infer_us.map(micros),
@@ -266,7 +278,7 @@ mod tests {
             class,
             shard: 1,
             outcome,
-            output: Bytes::new(),
+            outputs: Vec::new(),
             latency: StageLatency {
                 schedule_lag_us: 5,
                 fetch_us: Some(300),
@@ -290,7 +302,10 @@ mod tests {
         ));
         let records = [
             JobRecord {
-                output: Bytes::from_static(b"out"),
+                outputs: vec![crate::record::Output::uint8(
+                    "OUTPUT0",
+                    Bytes::from_static(b"out"),
+                )],
                 ..record(0, 0, Outcome::Ok)
             },
             record(1, 1, failed),

@@ -4,6 +4,8 @@
 //! from then on only the writer thread touches it. Each `write_batch` is one
 //! transaction of `INSERT … ON CONFLICT DO UPDATE` through a cached statement, so
 //! writing the same (device, tick) again replaces the row (last write wins).
+//! Every output tensor of an ok job is a row of `job_outputs` in the same
+//! transaction ([`OUTPUTS_SCHEMA`]); `jobs.output` keeps the first one's bytes.
 //! The `runs` table gets the run's row at open and its end at [`Sink::end_run`].
 
 use std::path::Path;
@@ -29,6 +31,23 @@ pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS jobs (
   output BLOB, schedule_lag_us INTEGER NOT NULL, fetch_us INTEGER, infer_us INTEGER, end_to_end_us INTEGER,
   shard INTEGER NOT NULL, compute_node TEXT, attempts INTEGER NOT NULL DEFAULT 0, run_id TEXT,
   PRIMARY KEY (tick_ms, device_id)) WITHOUT ROWID;";
+
+/// The `job_outputs` table: every output tensor of every ok job, one row per
+/// (device, tick, output name); `shape` is text like `1,256`, `data` the raw
+/// little-endian bytes. Keyed time first like `jobs`, for the same reason.
+/// One output of one job: `SELECT data FROM job_outputs WHERE device_id = ?
+/// AND tick_ms = ? AND name = 'l2'`.
+pub const OUTPUTS_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS job_outputs (
+  device_id TEXT NOT NULL, tick_ms INTEGER NOT NULL, name TEXT NOT NULL,
+  datatype TEXT NOT NULL, shape TEXT NOT NULL, data BLOB NOT NULL,
+  PRIMARY KEY (tick_ms, device_id, name)) WITHOUT ROWID;";
+
+/// Writes one output; a second write of the same (device, tick, name) replaces it.
+const OUTPUT_UPSERT: &str =
+    "INSERT INTO job_outputs (device_id, tick_ms, name, datatype, shape, data)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+ON CONFLICT(tick_ms, device_id, name) DO UPDATE SET
+  datatype = excluded.datatype, shape = excluded.shape, data = excluded.data";
 
 /// The `runs` table: one row per run, inserted at open with `ended_at_ms` and
 /// the counts NULL, completed by [`Sink::end_run`]; a NULL `ended_at_ms` is a
@@ -130,6 +149,10 @@ impl SqliteSink {
         // on the first batch, if an existing `jobs` table has a different shape.
         conn.prepare_cached(UPSERT)
             .map_err(failed("preparing the upsert into jobs", at))?;
+        conn.execute_batch(OUTPUTS_SCHEMA)
+            .map_err(failed("creating table job_outputs", at))?;
+        conn.prepare_cached(OUTPUT_UPSERT)
+            .map_err(failed("preparing the upsert into job_outputs", at))?;
         check_writable(&conn, at)?;
         conn.execute_batch(RUNS_SCHEMA)
             .map_err(failed("creating table runs", at))?;
@@ -217,6 +240,9 @@ fn write_rows(conn: &mut Connection, at: &str, rows: &[Row<'_>]) -> Result<(), S
         let mut upsert = tx
             .prepare_cached(UPSERT)
             .map_err(failed("preparing the upsert into jobs", at))?;
+        let mut output_upsert = tx
+            .prepare_cached(OUTPUT_UPSERT)
+            .map_err(failed("preparing the upsert into job_outputs", at))?;
         // Rows in key order walk the primary-key B-tree from one leaf to the
         // next instead of jumping around it (shards' batches interleave).
         let mut order: Vec<(i64, &str, usize)> = rows
@@ -253,6 +279,25 @@ fn write_rows(conn: &mut Connection, at: &str, rows: &[Row<'_>]) -> Result<(), S
                     let transient = is_transient(&error);
                     SinkError::new(operation, at, error).transient(transient)
                 })?;
+            for output in row.outputs.iter() {
+                output_upsert
+                    .execute(params![
+                        row.device_id,
+                        row.tick_ms,
+                        output.name,
+                        output.datatype,
+                        output.shape_text(),
+                        &output.bytes[..],
+                    ])
+                    .map_err(|error| {
+                        let operation = format!(
+                            "writing output {:?} (device {}, tick {})",
+                            output.name, row.device_id, row.tick_ms
+                        );
+                        let transient = is_transient(&error);
+                        SinkError::new(operation, at, error).transient(transient)
+                    })?;
+            }
         }
     }
     // An early return above drops `tx`, which rolls the whole batch back.
@@ -370,7 +415,10 @@ mod tests {
             class: 0,
             shard: 3,
             outcome: Outcome::Ok,
-            output: Bytes::from_static(&[0, 1, 2, 255]),
+            outputs: vec![crate::record::Output::uint8(
+                "OUTPUT0",
+                Bytes::from_static(&[0, 1, 2, 255]),
+            )],
             latency: StageLatency {
                 schedule_lag_us: 12,
                 fetch_us: Some(340),
@@ -396,7 +444,7 @@ mod tests {
                     message: "overloaded".into(),
                 },
             )),
-            output: Bytes::new(),
+            outputs: Vec::new(),
             latency: StageLatency {
                 schedule_lag_us: 40,
                 fetch_us: Some(300),
@@ -416,7 +464,7 @@ mod tests {
             class: 1,
             shard: 1,
             outcome: Outcome::Skipped(SkipReason::PreviousJobRunning),
-            output: Bytes::new(),
+            outputs: Vec::new(),
             latency: StageLatency {
                 schedule_lag_us: 7,
                 ..StageLatency::default()
@@ -548,7 +596,10 @@ mod tests {
         let first = failed_row();
         let second = JobRecord {
             outcome: Outcome::Ok,
-            output: Bytes::from_static(b"tensor"),
+            outputs: vec![crate::record::Output::uint8(
+                "OUTPUT0",
+                Bytes::from_static(b"tensor"),
+            )],
             shard: 2,
             latency: StageLatency {
                 schedule_lag_us: 1,

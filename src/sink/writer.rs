@@ -884,7 +884,10 @@ mod tests {
             class: 0,
             shard: (device % 3) as u16,
             outcome: Outcome::Ok,
-            output: Bytes::from_static(b"\x01\x02"),
+            outputs: vec![crate::record::Output::uint8(
+                "OUTPUT0",
+                Bytes::from_static(b"\x01\x02"),
+            )],
             latency: StageLatency {
                 schedule_lag_us: 5,
                 fetch_us: Some(100),
@@ -1352,7 +1355,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let folder = dir.path().join("journal");
         let (batch_tx, down, _broken, written, events, progress, writer) =
-            journaled_writer_bounded(&folder, Duration::from_secs(5), 4096);
+            // Room for a few groups: a loaded writer takes up to three queued
+            // batches as one group, and the first group must fit.
+            journaled_writer_bounded(&folder, Duration::from_secs(5), 4 * 4096);
         down.store(true, Ordering::Relaxed);
         // Send until a send waits: the journal is full, the writer waits for
         // the database, the channel fills and the sender is held up (a shard
@@ -1382,7 +1387,7 @@ mod tests {
             }
         };
         assert!(progress.rows_journaled() > 0);
-        assert!(progress.journal_bytes() <= 4096);
+        assert!(progress.journal_bytes() <= 4 * 4096);
         assert_eq!(progress.committed(), 0);
         down.store(false, Ordering::Relaxed);
         batch_tx.send(held_up).unwrap();

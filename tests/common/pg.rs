@@ -72,7 +72,10 @@ pub fn record(device: u32, tick_ms: i64, outcome: Outcome, output: &'static [u8]
         class: 0,
         shard: 1,
         outcome,
-        output: Bytes::from_static(output),
+        outputs: vec![percore::record::Output::uint8(
+            "OUTPUT0",
+            Bytes::from_static(output),
+        )],
         latency: StageLatency {
             schedule_lag_us: 3,
             fetch_us: Some(100),

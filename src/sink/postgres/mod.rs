@@ -113,8 +113,38 @@ const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 /// The per-connection staging table every batch is copied into first.
 const STAGING_TABLE: &str = "percore_staging";
 
+/// The per-connection staging table every batch's outputs are copied into first.
+const OUTPUTS_STAGING_TABLE: &str = "percore_outputs_staging";
+
 /// Tables of percore's own beside the jobs table, which `[sink] table` may not name.
-const RESERVED_TABLES: [&str; 3] = ["runs", "percore_schema", STAGING_TABLE];
+const RESERVED_TABLES: [&str; 5] = [
+    "runs",
+    "percore_schema",
+    STAGING_TABLE,
+    OUTPUTS_STAGING_TABLE,
+    "job_outputs",
+];
+
+/// The outputs table of jobs table `table`: `job_outputs` beside the default
+/// `jobs`, `<table>_outputs` beside any other, so two jobs tables in one
+/// database keep their outputs apart.
+pub fn outputs_table(table: &str) -> String {
+    if table == DEFAULT_TABLE {
+        "job_outputs".to_string()
+    } else {
+        format!("{table}_outputs")
+    }
+}
+
+/// Columns of the outputs table and their types, in COPY order.
+const OUTPUT_COLUMNS: [(&str, ColumnType); 6] = [
+    ("device_id", ColumnType::Text),
+    ("tick_ms", ColumnType::BigInt),
+    ("name", ColumnType::Text),
+    ("datatype", ColumnType::Text),
+    ("shape", ColumnType::Text),
+    ("data", ColumnType::Bytea),
+];
 
 /// Key of the advisory lock taken while the schema is created or checked, so two
 /// writers starting at once do not race in `CREATE TABLE IF NOT EXISTS` (which
@@ -426,11 +456,28 @@ struct Statements {
     create_staging: String,
     /// `CREATE TABLE IF NOT EXISTS jobs (…)`.
     create_table: String,
+    /// `COPY percore_outputs_staging (…) FROM STDIN (FORMAT binary)`.
+    copy_outputs: String,
+    /// `INSERT INTO job_outputs … ON CONFLICT DO NOTHING`, after the jobs insert.
+    insert_outputs: String,
+    /// The outputs' staging table, created with the jobs' one.
+    create_outputs_staging: String,
+    /// `CREATE TABLE IF NOT EXISTS job_outputs (…)`: every output of every ok
+    /// job, keyed (tick_ms, device_id, name).
+    create_outputs_table: String,
 }
 
 impl Statements {
     fn new(table: &str) -> Statements {
         let columns = COLUMNS.join(", ");
+        let outputs = outputs_table(table);
+        let output_columns = OUTPUT_COLUMNS.map(|(name, _)| name).join(", ");
+        let output_typed = OUTPUT_COLUMNS
+            .map(|(name, kind)| format!("{name} {}", kind.sql()))
+            .join(", ");
+        let output_typed_not_null = OUTPUT_COLUMNS
+            .map(|(name, kind)| format!("{name} {} NOT NULL", kind.sql()))
+            .join(", ");
         let typed = |not_null: bool| {
             COLUMNS
                 .iter()
@@ -461,6 +508,21 @@ impl Statements {
                  CHECK (outcome IN ('ok', 'failed', 'skipped')), \
                  PRIMARY KEY (tick_ms, device_id))",
                 typed(true)
+            ),
+            copy_outputs: format!(
+                "COPY {OUTPUTS_STAGING_TABLE} ({output_columns}) FROM STDIN (FORMAT binary)"
+            ),
+            insert_outputs: format!(
+                "INSERT INTO \"{outputs}\" ({output_columns}) SELECT {output_columns} \
+                 FROM {OUTPUTS_STAGING_TABLE} ON CONFLICT (tick_ms, device_id, name) DO NOTHING"
+            ),
+            create_outputs_staging: format!(
+                "CREATE TEMPORARY TABLE IF NOT EXISTS {OUTPUTS_STAGING_TABLE} ({output_typed}) \
+                 ON COMMIT DELETE ROWS"
+            ),
+            create_outputs_table: format!(
+                "CREATE TABLE IF NOT EXISTS \"{outputs}\" ({output_typed_not_null}, \
+                 PRIMARY KEY (tick_ms, device_id, name))"
             ),
         }
     }
@@ -771,6 +833,7 @@ fn set_up(
     // fails here and not on the first batch.
     client
         .execute(statements.insert.as_str(), &[])
+        .and_then(|_| client.execute(statements.insert_outputs.as_str(), &[]))
         .map_err(failed("checking that the jobs table takes inserts", at))?;
     let run = &names.run;
     client
@@ -821,7 +884,10 @@ fn connect(
         SinkError::new("connecting", at, cause).transient(transient)
     })?;
     client
-        .batch_execute(&statements.create_staging)
+        .batch_execute(&format!(
+            "{}; {}",
+            statements.create_staging, statements.create_outputs_staging
+        ))
         .map_err(failed("creating the staging table", at))?;
     Ok(client)
 }
@@ -863,6 +929,8 @@ fn prepare_schema(
         })
         .collect::<Result<Vec<_>, postgres::Error>>()
         .map_err(failed("reading the columns of the jobs table", at))?;
+    tx.batch_execute(&statements.create_outputs_table)
+        .map_err(failed("creating the outputs table", at))?;
     if existing.is_empty() {
         tx.batch_execute(&statements.create_table)
             .map_err(failed("creating the jobs table", at))?;
@@ -979,7 +1047,28 @@ fn copy_rows(
         writer.write(&values)?;
     }
     writer.finish()?;
+    if rows.iter().any(|row| !row.outputs.is_empty()) {
+        let types = OUTPUT_COLUMNS.map(|(_, kind)| kind.wire());
+        let copy = tx.copy_in(statements.copy_outputs.as_str())?;
+        let mut writer = BinaryCopyInWriter::new(copy, &types);
+        for row in rows {
+            for output in row.outputs.iter() {
+                let shape = output.shape_text();
+                let data = &output.bytes[..];
+                writer.write(&[
+                    &row.device_id,
+                    &row.tick_ms,
+                    &output.name,
+                    &output.datatype,
+                    &shape,
+                    &data,
+                ])?;
+            }
+        }
+        writer.finish()?;
+    }
     let inserted = tx.execute(statements.insert.as_str(), &[])?;
+    tx.execute(statements.insert_outputs.as_str(), &[])?;
     tx.commit()?;
     Ok(inserted)
 }
@@ -1110,7 +1199,7 @@ pub fn failure_reasons(
         .map_err(failed("reading the failure reasons", &at))
 }
 
-/// Drops `options.table` and its `percore_schema` row: a benchmark's scratch
+/// Drops `options.table`, its outputs table and its `percore_schema` row: a benchmark's scratch
 /// table, written by one level and read back.
 pub fn drop_table(options: &PostgresOptions) -> Result<(), SinkError> {
     let at = options.url.location();
@@ -1120,8 +1209,10 @@ pub fn drop_table(options: &PostgresOptions) -> Result<(), SinkError> {
     let mut client = connect(options, &tls, &Statements::new(&options.table), &at)?;
     client
         .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {table}; DELETE FROM percore_schema WHERE table_name = '{table}'",
-            table = options.table
+            "DROP TABLE IF EXISTS {table}, {outputs}; \
+             DELETE FROM percore_schema WHERE table_name = '{table}'",
+            table = options.table,
+            outputs = outputs_table(&options.table)
         ))
         .map_err(failed("dropping the table", &at))
 }
