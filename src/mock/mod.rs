@@ -17,11 +17,10 @@
 //!   GOAWAY, or bytes that are not HTTP/2 after some calls, or an HTTP/1.1
 //!   answer to the preface.
 //! - **Health and readiness**: the compute mock answers KServe v2 `ServerLive`,
-//!   `ServerReady`, `ModelReady` and `ModelMetadata`, both mocks answer `grpc.health.v1.Health/Check`.
-//!   Readiness follows [`MockControl::set_ready`] and `set_model_ready`, and is
-//!   off while `not_ready_file` exists. Probes are answered at once, without
-//!   faults, and are not counted in [`MockControl::calls`].
-//!
+//!   `ServerReady`, `ModelReady` and `ModelMetadata`, both mocks answer
+//!   `grpc.health.v1.Health/Check`. Readiness follows [`MockControl::set_ready`]
+//!   and `set_model_ready`, and is off while `not_ready_file` exists. Probes are
+//!   answered at once, without faults, and are not counted in [`MockControl::calls`].
 //! - **Real tensors** ([`content`], [`compute`]): the source answers any
 //!   datatype and shape, or several named inputs, whose content is a documented
 //!   function of device, tick and element index ([`tensor_content`]); the
