@@ -67,7 +67,11 @@
 //! - [`mock`]: built-in data-source and compute nodes with service times, error,
 //!   hang and reset rates, protocol faults (garbage, HTTP/1.1, cut frames,
 //!   oversized replies), KServe readiness and `grpc.health.v1`, all switchable
-//!   at run time through [`mock::MockControl`]. [`demo`]: the self-contained demo run.
+//!   at run time through [`mock::MockControl`]; real tensors in
+//!   [`mock::content`] (any datatype and shape, several named inputs, content
+//!   a documented function of device, tick and index: [`mock::tensor_content`])
+//!   and [`mock::compute`] (`max-l2`, `echo`, requested outputs, typed
+//!   contents, `ModelMetadata`). [`demo`]: the self-contained demo run.
 //!   [`mod@bench`]: closed- and open-loop load levels and sweeps. [`bench::search`]: the
 //!   search for the highest rate under a latency bound (warm-up, rising then
 //!   bisecting, close levels run again, the answer's confidence), generic over

@@ -250,9 +250,22 @@ struct MockSourceArgs {
     /// Listening, timing, failure and fault flags shared with `mock-compute`.
     #[command(flatten)]
     common: MockArgs,
-    /// Bytes of raw data per fetch.
+    /// Bytes of raw data per fetch: UINT8 [1, N] (without --datatype or --input).
     #[arg(long, default_value_t = 1_024)]
     payload_bytes: usize,
+    /// Answer one tensor of this KServe v2 datatype (BOOL, UINT8…UINT64,
+    /// INT8…INT64, FP16, BF16, FP32, FP64, BYTES) and --shape, its content a
+    /// documented function of device, tick and element (see README).
+    #[arg(long, requires = "shape", value_parser = percore::mock::parse_datatype)]
+    datatype: Option<String>,
+    /// The shape of --datatype's tensor: comma-separated dimensions, e.g. 1,256.
+    #[arg(long, requires = "datatype", allow_hyphen_values = true)]
+    shape: Option<String>,
+    /// Answer several named tensors (FetchResponse.inputs), one per flag, in
+    /// order: name:DATATYPE:shape, e.g. --input image:FP32:1,3,8,8 --input mask:BOOL:1,8.
+    #[arg(long = "input", value_name = "NAME:DATATYPE:SHAPE",
+          conflicts_with_all = ["datatype", "shape"], value_parser = percore::mock::parse_input)]
+    inputs: Vec<percore::mock::TensorSpec>,
 }
 
 /// `mock-compute`: the flags both mocks take, and the compute node's own (the
@@ -277,6 +290,17 @@ struct MockComputeArgs {
         conflicts_with = "truncated_frame"
     )]
     output_shape: Option<Vec<i64>>,
+    /// What the node computes: byte-sum (the default: FP32 [1,2] OUTPUT0 = sum and
+    /// count of the input's bytes), max-l2 (outputs max and l2, FP32 [rows,1], of an
+    /// FP32 [rows,cols] input) or echo (every input back under its name).
+    #[arg(long, default_value = "byte-sum", value_parser = percore::mock::Computation::parse)]
+    compute: percore::mock::Computation,
+    /// The input max-l2 reads and ModelMetadata names.
+    #[arg(long, default_value = "INPUT0")]
+    input_name: String,
+    /// Answer outputs as typed contents (fp32_contents, …) instead of raw_output_contents.
+    #[arg(long)]
+    outputs_as_contents: bool,
 }
 
 /// The flags both mock nodes take.
@@ -407,8 +431,23 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Bench(args) => done(bench_command(args)),
         Command::Report(args) => done(report_command(args)),
         Command::MockSource(args) => {
+            let source_tensors = match (args.datatype, args.shape, args.inputs) {
+                (Some(datatype), Some(shape), _) => {
+                    let spec = percore::mock::parse_shape(&shape)
+                        .and_then(|dims| percore::mock::TensorSpec::new("", &datatype, dims));
+                    match spec {
+                        Ok(spec) => percore::mock::SourceTensors::Tensor(spec),
+                        Err(error) => bail!("--datatype {datatype} --shape {shape}: {error}"),
+                    }
+                }
+                (_, _, inputs) if !inputs.is_empty() => {
+                    percore::mock::SourceTensors::Inputs(inputs)
+                }
+                _ => percore::mock::SourceTensors::Payload,
+            };
             let options = MockOptions {
                 payload_bytes: args.payload_bytes,
+                source_tensors,
                 ..MockOptions::default()
             };
             done(mock_command(MockKind::Source, args.common, options, stop))
@@ -422,6 +461,9 @@ fn run(cli: Cli) -> Result<i32> {
             let options = MockOptions {
                 model: args.model,
                 fault,
+                computation: args.compute,
+                input_name: args.input_name,
+                outputs_as_contents: args.outputs_as_contents,
                 ..MockOptions::default()
             };
             done(mock_command(MockKind::Compute, args.common, options, stop))
@@ -990,6 +1032,10 @@ fn mock_command(
             ServiceTime::Fixed(service_time)
         },
         payload_bytes: own.payload_bytes,
+        source_tensors: own.source_tensors,
+        computation: own.computation,
+        input_name: own.input_name,
+        outputs_as_contents: own.outputs_as_contents,
         error_rate: args.error_rate,
         error_code: args.error_code,
         hang_rate: args.hang_rate,

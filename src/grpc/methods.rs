@@ -10,5 +10,7 @@ pub const SERVER_LIVE: &str = "/inference.GRPCInferenceService/ServerLive";
 pub const SERVER_READY: &str = "/inference.GRPCInferenceService/ServerReady";
 /// KServe v2: whether one model (and version) is loaded and ready.
 pub const MODEL_READY: &str = "/inference.GRPCInferenceService/ModelReady";
+/// KServe v2: a model's name, versions, inputs and outputs (datatypes, shapes).
+pub const MODEL_METADATA: &str = "/inference.GRPCInferenceService/ModelMetadata";
 /// The standard gRPC health check, for nodes that implement it.
 pub const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";

@@ -17,10 +17,15 @@
 //!   GOAWAY, or bytes that are not HTTP/2 after some calls, or an HTTP/1.1
 //!   answer to the preface.
 //! - **Health and readiness**: the compute mock answers KServe v2 `ServerLive`,
-//!   `ServerReady` and `ModelReady`, both mocks answer `grpc.health.v1.Health/Check`.
-//!   Readiness follows [`MockControl::set_ready`] and `set_model_ready`, and is
-//!   off while `not_ready_file` exists. Probes are answered at once, without
-//!   faults, and are not counted in [`MockControl::calls`].
+//!   `ServerReady`, `ModelReady` and `ModelMetadata`, both mocks answer
+//!   `grpc.health.v1.Health/Check`. Readiness follows [`MockControl::set_ready`]
+//!   and `set_model_ready`, and is off while `not_ready_file` exists. Probes are
+//!   answered at once, without faults, and are not counted in [`MockControl::calls`].
+//! - **Real tensors** ([`content`], [`compute`]): the source answers any
+//!   datatype and shape, or several named inputs, whose content is a documented
+//!   function of device, tick and element index ([`tensor_content`]); the
+//!   compute node computes `max-l2` or `echo`, answers only the outputs a
+//!   request names, typed `contents` on demand, and `ModelMetadata`.
 //!
 //! [`MockNode::control`] changes rates, latency and readiness of a running node,
 //! and counts the calls each replica took, so tests can check balancing and
@@ -38,18 +43,25 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
+pub mod compute;
+pub mod content;
+
+pub use compute::{max_l2, Computation};
+pub use content::{
+    parse_datatype, parse_input, parse_shape, tensor_content, SourceTensors, TensorSpec,
+};
+
 use crate::devices::stable_hash;
 use crate::grpc::methods;
 use crate::grpc::server::{self, Reply, ServerSettings, Service};
 use crate::grpc::status::Code;
 use crate::proto::health::health_check_response::ServingStatus;
 use crate::proto::health::{HealthCheckRequest, HealthCheckResponse};
-use crate::proto::inference::model_infer_response::InferOutputTensor;
 use crate::proto::inference::{
-    ModelInferRequest, ModelInferResponse, ModelReadyRequest, ModelReadyResponse,
-    ServerLiveResponse, ServerReadyResponse,
+    ModelInferRequest, ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse,
+    ModelReadyRequest, ModelReadyResponse, ServerLiveResponse, ServerReadyResponse,
 };
-use crate::proto::source::{FetchRequest, FetchResponse};
+use crate::proto::source::{FetchRequest, FetchResponse, NamedTensor};
 use crate::runtime::{self, Executor, ExecutorSpec, Listener, RuntimeError};
 use crate::tensor;
 
@@ -81,8 +93,18 @@ pub enum Fault {
 pub struct MockOptions {
     /// Time before each answer (not taken by hung calls).
     pub service_time: ServiceTime,
-    /// Data source: bytes of UINT8 tensor per fetch.
+    /// Data source: bytes of UINT8 tensor per fetch (with the default
+    /// [`SourceTensors::Payload`]).
     pub payload_bytes: usize,
+    /// Data source: which tensors a fetch answers, and so their content.
+    pub source_tensors: SourceTensors,
+    /// Compute node: what it computes from the inputs.
+    pub computation: Computation,
+    /// Compute node: the input `max-l2` reads and ModelMetadata names.
+    pub input_name: String,
+    /// Compute node: answer outputs as typed `contents` instead of
+    /// `raw_output_contents`, to test a client's reading of typed answers.
+    pub outputs_as_contents: bool,
     /// Fraction of calls answered with `error_code`.
     pub error_rate: f64,
     /// The status of the calls `error_rate` fails: INTERNAL by default, or
@@ -128,6 +150,10 @@ impl Default for MockOptions {
         MockOptions {
             service_time: ServiceTime::Fixed(Duration::ZERO),
             payload_bytes: 1024,
+            source_tensors: SourceTensors::Payload,
+            computation: Computation::ByteSum,
+            input_name: "INPUT0".to_string(),
+            outputs_as_contents: false,
             error_rate: 0.0,
             error_code: Code::INTERNAL,
             hang_rate: 0.0,
@@ -442,6 +468,26 @@ impl Mock {
                 ready: self.control.is_ready(),
             }),
             methods::SERVER_LIVE => encoded(&ServerLiveResponse { live: true }),
+            methods::MODEL_METADATA => {
+                let Ok(request) = ModelMetadataRequest::decode(message) else {
+                    return status(Code::INVALID_ARGUMENT, "undecodable ModelMetadataRequest");
+                };
+                if !self.serves_model(&request.name) {
+                    return status(
+                        Code::NOT_FOUND,
+                        &format!("model {:?} not found", request.name),
+                    );
+                }
+                let (inputs, outputs) =
+                    compute::metadata(self.options.computation, &self.options.input_name);
+                encoded(&ModelMetadataResponse {
+                    name: self.options.model.clone().unwrap_or(request.name),
+                    versions: vec!["1".to_string()],
+                    platform: "percore-mock".to_string(),
+                    inputs,
+                    outputs,
+                })
+            }
             methods::MODEL_READY => {
                 let Ok(request) = ModelReadyRequest::decode(message) else {
                     return status(Code::INVALID_ARGUMENT, "undecodable ModelReadyRequest");
@@ -464,15 +510,42 @@ impl Mock {
         let Ok(request) = FetchRequest::decode(message) else {
             return status(Code::INVALID_ARGUMENT, "undecodable FetchRequest");
         };
-        let response = FetchResponse {
-            datatype: "UINT8".into(),
-            shape: vec![1, self.options.payload_bytes as i64],
-            raw: mock_payload(&request.device_id, self.options.payload_bytes),
+        let mut response = FetchResponse {
             captured_unix_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64),
-            inputs: Vec::new(),
+            ..FetchResponse::default()
         };
+        let content = |spec: &TensorSpec| spec.content(&request.device_id, request.tick_unix_ms);
+        match &self.options.source_tensors {
+            SourceTensors::Payload => {
+                response.datatype = "UINT8".into();
+                response.shape = vec![1, self.options.payload_bytes as i64];
+                response.raw = mock_payload(&request.device_id, self.options.payload_bytes);
+            }
+            SourceTensors::Tensor(spec) => {
+                response.raw = match content(spec) {
+                    Ok(raw) => raw,
+                    Err(error) => return status(Code::INTERNAL, &error),
+                };
+                response.datatype = spec.datatype.clone();
+                response.shape = spec.shape.clone();
+            }
+            SourceTensors::Inputs(specs) => {
+                for spec in specs {
+                    let raw = match content(spec) {
+                        Ok(raw) => raw,
+                        Err(error) => return status(Code::INTERNAL, &error),
+                    };
+                    response.inputs.push(NamedTensor {
+                        name: spec.name.clone(),
+                        datatype: spec.datatype.clone(),
+                        shape: spec.shape.clone(),
+                        raw,
+                    });
+                }
+            }
+        }
         encoded(&response)
     }
 
@@ -488,43 +561,48 @@ impl Mock {
                 );
             }
         }
-        let (Some(input), Some(raw)) = (request.inputs.first(), request.raw_input_contents.first())
-        else {
-            return status(Code::INTERNAL, "request has no raw input tensor");
-        };
-        if let Err(detail) = tensor::check_raw(&input.datatype, &input.shape, raw) {
-            return status(Code::INTERNAL, &detail);
-        }
-        let [sum, len] = mock_model_output(raw);
-        let mut output = BytesMut::with_capacity(8);
-        output.put_f32_le(sum);
-        output.put_f32_le(len);
-        let (datatype, shape) = match &self.options.fault {
-            Some(Fault::OutputDatatype(datatype)) => {
-                // Two elements of the named type, so the tensor is self-consistent
-                // and only its datatype is wrong.
-                if let Some(size) = tensor::element_size(datatype) {
-                    output = BytesMut::zeroed(2 * size);
-                }
-                (datatype.clone(), vec![1, 2])
-            }
-            Some(Fault::OutputShape(shape)) => ("FP32".to_string(), shape.clone()),
-            _ => ("FP32".to_string(), vec![1, 2]),
-        };
-        let response = ModelInferResponse {
+        let outputs =
+            match compute::compute(self.options.computation, &self.options.input_name, &request) {
+                Ok(outputs) => outputs,
+                Err((code, message)) => return status(code, &message),
+            };
+        let outputs = outputs.into_iter().map(|output| self.mislabelled(output));
+        let mut response = ModelInferResponse {
             model_name: request.model_name,
             model_version: request.model_version,
             id: request.id,
-            outputs: vec![InferOutputTensor {
-                name: "OUTPUT0".into(),
-                datatype,
-                shape,
-                ..Default::default()
-            }],
-            raw_output_contents: vec![output.freeze()],
             ..Default::default()
         };
+        for output in outputs {
+            let mut label = compute::label(&output);
+            if self.options.outputs_as_contents {
+                match compute::typed_contents(&output.datatype, &output.raw) {
+                    Ok(contents) => label.contents = Some(contents),
+                    Err(error) => return status(Code::INVALID_ARGUMENT, &error),
+                }
+            } else {
+                response.raw_output_contents.push(output.raw);
+            }
+            response.outputs.push(label);
+        }
         encoded(&response)
+    }
+
+    /// An output as the node's label fault has it: another datatype (with as
+    /// many zeroed elements of it, so only the label is wrong) or another shape.
+    fn mislabelled(&self, mut output: compute::Computed) -> compute::Computed {
+        match &self.options.fault {
+            Some(Fault::OutputDatatype(datatype)) => {
+                if let Some(size) = tensor::element_size(datatype) {
+                    let count: i64 = output.shape.iter().product();
+                    output.raw = Bytes::from(vec![0; count.max(0) as usize * size]);
+                }
+                output.datatype = datatype.clone();
+            }
+            Some(Fault::OutputShape(shape)) => output.shape = shape.clone(),
+            _ => {}
+        }
+        output
     }
 }
 
@@ -596,6 +674,7 @@ impl Service for Mock {
                     | methods::SERVER_READY
                     | methods::MODEL_READY
                     | methods::SERVER_LIVE
+                    | methods::MODEL_METADATA
             ),
         }
     }
