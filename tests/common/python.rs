@@ -230,3 +230,53 @@ pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     let _ = stream.read_to_string(&mut response);
     response.split(' ').nth(1)?.parse().ok()
 }
+
+/// One HTTP/1.1 POST of a JSON body; the status code and the response body.
+pub fn http_post_json(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .unwrap_or_else(|error| panic!("cannot connect to {addr}: {error}"));
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap_or_else(|error| panic!("cannot send POST {path}: {error}"));
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Held by a test that puts load through MLServer, so that no two such tests
+/// share the CPUs at once (nextest runs each test in a process of its own): on a
+/// 2-core machine two MLServers and two Python sources at a few hundred jobs/s
+/// each are more than it has, and deadlines would fail for want of CPU. An
+/// exclusive `flock` on `target/percore-mlserver.lock`, let go on drop.
+pub struct Exclusive(#[allow(dead_code)] std::fs::File);
+
+/// Waits for, then takes, the [`Exclusive`] lock.
+pub fn exclusive() -> Exclusive {
+    use std::os::fd::AsRawFd;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/percore-mlserver.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|error| panic!("cannot open {}: {error}", path.display()));
+    // SAFETY: flock(2) on a descriptor this File owns and keeps open.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(locked, 0, "flock {}", path.display());
+    Exclusive(file)
+}
