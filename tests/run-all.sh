@@ -26,11 +26,11 @@ fi
 # in Python (examples/python/): a venv in this checkout's target/, with the pins of
 # examples/python/requirements.txt, made again only when they change, and the gRPC
 # stubs generated into examples/python/generated/. The tests find it by
-# PERCORE_TEST_VENV.
+# PERCORE_TEST_VENV; one given that way is used as it is, never rebuilt here.
 venv="${PERCORE_TEST_VENV:-$PWD/target/percore-venv}"
 requirements=examples/python/requirements.txt
 venv_stamp="$venv/.percore-requirements"
-if [ ! -x "$venv/bin/python" ] || ! cmp -s "$requirements" "$venv_stamp"; then
+if [ -z "${PERCORE_TEST_VENV:-}" ] && { [ ! -x "$venv/bin/python" ] || ! cmp -s "$requirements" "$venv_stamp"; }; then
   echo "setting up $venv for tests/mlserver.rs:" $(grep -v '^#' "$requirements") >&2
   rm -rf "$venv"
   venv_python=python3
