@@ -22,6 +22,36 @@ if [ ! -x /usr/bin/chromium ]; then
   apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
 
+# tests/mlserver.rs runs a real inference server (MLServer) and a data source written
+# in Python (examples/python/): a venv in this checkout's target/, with the pins of
+# examples/python/requirements.txt, made again only when they change, and the gRPC
+# stubs generated into examples/python/generated/. The tests find it by
+# PERCORE_TEST_VENV; one given that way is used as it is, never rebuilt here.
+venv="${PERCORE_TEST_VENV:-$PWD/target/percore-venv}"
+requirements=examples/python/requirements.txt
+venv_stamp="$venv/.percore-requirements"
+if [ -z "${PERCORE_TEST_VENV:-}" ] && { [ ! -x "$venv/bin/python" ] || ! cmp -s "$requirements" "$venv_stamp"; }; then
+  echo "setting up $venv for tests/mlserver.rs:" $(grep -v '^#' "$requirements") >&2
+  rm -rf "$venv"
+  venv_python=python3
+  # Debian's python3 makes no venv without python3-venv (no ensurepip).
+  if ! "$venv_python" -m venv "$venv" >/dev/null 2>&1; then
+    echo "installing python3-venv for tests/mlserver.rs" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
+    rm -rf "$venv"
+    venv_python=/usr/bin/python3
+    "$venv_python" -m venv "$venv"
+  fi
+  venv_started=$SECONDS
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$requirements" >&2
+  cp "$requirements" "$venv_stamp"
+  echo "venv ready in $((SECONDS - venv_started)) s" >&2
+fi
+"$venv/bin/python" examples/python/generate_stubs.py
+export PERCORE_TEST_VENV="$venv"
+
 # tests/postgres.rs runs against a real PostgreSQL: a throwaway server started here,
 # as the unprivileged `postgres` user the Debian package creates, in a temporary
 # directory, on a free loopback port; stopped and removed when this script exits.

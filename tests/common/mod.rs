@@ -7,6 +7,7 @@
 
 pub mod browser;
 pub mod pg;
+pub mod python;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
