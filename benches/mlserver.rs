@@ -92,6 +92,9 @@ fn percore_run(args: &Args, source: &PythonSource, server: &MlServer) -> Result<
             datatype: "FP32".to_string(),
             shape: vec![4, 1],
         }),
+        requested_outputs: Vec::new(),
+        parameters: Default::default(),
+        request_id: false,
         upstream: Upstream::default(),
     };
     let scratch =

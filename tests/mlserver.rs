@@ -43,11 +43,16 @@ fn splitmix64(x: u64) -> u64 {
 
 /// The source's tensor for (device, tick), row-major:
 /// seed = FNV-1a 64 of "{device_id}@{tick_unix_ms}";
-/// element i = (splitmix64(seed + i mod 2^64) >> 40) / 2^24 (exact in FP32).
+/// element i = (splitmix64(seed + i * 0x9e3779b97f4a7c15 mod 2^64) >> 40) / 2^24
+/// (exact in FP32): the i-th output of SplitMix64 seeded with `seed`, which is
+/// also what `percore mock-source --datatype FP32` sends.
 fn input(device_id: &str, tick_ms: i64) -> Vec<f32> {
     let seed = fnv1a64(format!("{device_id}@{tick_ms}").as_bytes());
     (0..(ROWS * COLS) as u64)
-        .map(|i| (splitmix64(seed.wrapping_add(i)) >> 40) as f32 / (1u32 << 24) as f32)
+        .map(|i| {
+            let state = seed.wrapping_add(i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            (splitmix64(state) >> 40) as f32 / (1u32 << 24) as f32
+        })
         .collect()
 }
 
@@ -76,9 +81,6 @@ fn expected_output(name: &str, x: &[f32]) -> Vec<u8> {
 }
 
 /// Checks one stored output tensor of (device, tick) against the recomputation.
-/// Takes the output's name so that, once every output tensor is stored (the
-/// coming `job_outputs` table), the check of `l2`, the second output, is one
-/// more call; today only `jobs.output`, the first output (`max`), is stored.
 fn check_output(device_id: &str, tick_ms: i64, name: &str, bytes: &[u8]) {
     let expected = expected_output(name, &input(device_id, tick_ms));
     assert_eq!(
@@ -116,6 +118,41 @@ fn the_recomputation_matches_the_documented_functions() {
     let x = input("dev-0000001", 1_000);
     assert!(x.iter().all(|v| (0.0..1.0).contains(v)), "{x:?}");
     assert_eq!(expected_output("max", &x).len(), ROWS * 4);
+    // The Python source sends what `percore mock-source --datatype FP32` sends.
+    for (device, tick) in [("dev-0000001", 1_000), ("meter-7", 1_700_000_000_123)] {
+        let bytes: Vec<u8> = input(device, tick)
+            .iter()
+            .flat_map(|value| value.to_le_bytes())
+            .collect();
+        let mock =
+            percore::mock::tensor_content("FP32", &[ROWS as i64, COLS as i64], device, tick, "")
+                .expect("the mock's content");
+        assert_eq!(&mock[..], &bytes[..], "{device}@{tick}");
+    }
+}
+
+/// Every `job_outputs` row of `db`: (device, tick, name, datatype, shape, data).
+fn read_outputs(db: &Path) -> Vec<(String, i64, String, String, String, Vec<u8>)> {
+    let conn = rusqlite::Connection::open(db).expect("the database");
+    let mut statement = conn
+        .prepare(
+            "SELECT device_id, tick_ms, name, datatype, shape, data FROM job_outputs \
+             ORDER BY device_id, tick_ms, name",
+        )
+        .expect("job_outputs");
+    let rows = statement
+        .query_map([], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+                row.get(5)?,
+            ))
+        })
+        .expect("the outputs");
+    rows.collect::<Result<_, _>>().expect("the outputs")
 }
 
 #[test]
@@ -293,6 +330,14 @@ fn every_tick_through_mlserver_is_a_row_with_the_models_output() {
         assert_eq!(row.compute_node, Some(server.grpc.to_string()));
     }
     assert_eq!(summary["ok"].as_u64(), Some(rows.len() as u64));
+    // Both outputs of every job, each with its datatype and shape.
+    let outputs = read_outputs(&dir.path().join("jobs.db"));
+    assert_eq!(outputs.len(), 2 * rows.len());
+    for (device, tick, name, datatype, shape, data) in &outputs {
+        assert!(name == "max" || name == "l2", "{name}");
+        assert_eq!((datatype.as_str(), shape.as_str()), ("FP32", "4,1"));
+        check_output(device, *tick, name, data);
+    }
     eprintln!(
         "{} rows, all ok; {:.0} jobs/s, {:.1} µs of percore CPU per job",
         rows.len(),

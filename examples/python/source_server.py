@@ -10,10 +10,12 @@ FP32 tensor of the `--shape` given, little-endian, row-major, whose content is a
 deterministic function of (device id, tick), so anyone can recompute it:
 
     seed       = fnv1a64(f"{device_id}@{tick_unix_ms}".encode("utf-8"))
-    x_i        = splitmix64((seed + i) mod 2**64)        for element i = 0, 1, ...
+    x_i        = splitmix64((seed + i * 0x9e3779b97f4a7c15) mod 2**64)   for element i = 0, 1, ...
     element_i  = float32((x_i >> 40) / 2**24)            # 24 bits: exact, in [0, 1)
 
-with FNV-1a 64 and splitmix64 as written below (the usual constants).
+with FNV-1a 64 and splitmix64 as written below (the usual constants): x_i is
+the i-th output of a SplitMix64 generator seeded with `seed`, the same content
+`percore mock-source --datatype FP32` sends (README "Real tensors").
 `captured_unix_ms` is the tick itself. The class in the request is not looked at.
 """
 import argparse
@@ -54,7 +56,10 @@ def splitmix64(x: int) -> int:
 def tensor_values(device_id: str, tick_unix_ms: int, count: int) -> list:
     """The `count` float values of (device_id, tick_unix_ms)'s tensor, in order."""
     seed = fnv1a64(f"{device_id}@{tick_unix_ms}".encode("utf-8"))
-    return [(splitmix64((seed + i) & MASK64) >> 40) / float(1 << 24) for i in range(count)]
+    return [
+        (splitmix64((seed + i * 0x9E3779B97F4A7C15) & MASK64) >> 40) / float(1 << 24)
+        for i in range(count)
+    ]
 
 
 def tensor_bytes(device_id: str, tick_unix_ms: int, count: int) -> bytes:
