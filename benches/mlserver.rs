@@ -95,6 +95,7 @@ fn percore_run(args: &Args, source: &PythonSource, server: &MlServer) -> Result<
         requested_outputs: Vec::new(),
         parameters: Default::default(),
         request_id: false,
+        store_all_outputs: true,
         upstream: Upstream::default(),
     };
     let scratch =

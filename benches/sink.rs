@@ -59,11 +59,14 @@ fn parse_args() -> Result<(usize, usize), String> {
     Ok((rows, devices))
 }
 
-fn names(devices: usize) -> Arc<RowNames> {
+/// `all_outputs`: whether rows carry their output for `job_outputs`
+/// (`store_outputs = "all"`) or only `jobs.output` (`"first"`).
+fn names(devices: usize, all_outputs: bool) -> Arc<RowNames> {
     let entries = (0..devices).map(|d| (format!("bench-{d:06}"), 0)).collect();
     Arc::new(RowNames {
         fleet: Arc::new(Fleet::from_parts(entries)),
         classes: vec![ClassNames {
+            all_outputs,
             class: "camera".into(),
             model: "resnet50".into(),
             compute_nodes: vec!["127.0.0.1:8001".into()],
@@ -93,7 +96,9 @@ fn measure(
     let start = Instant::now();
     let mut written = 0;
     // Each batch size starts on ticks of its own, so nothing conflicts.
-    let base_ms = 1_700_000_000_000 + batch as i64 * 1_000_000_000;
+    let base_ms = 1_700_000_000_000
+        + batch as i64 * 1_000_000_000
+        + i64::from(backend.contains("1st")) * 100_000_000_000;
     while written < rows {
         records.clear();
         for index in written..(written + batch).min(rows) {
@@ -133,12 +138,18 @@ fn run() -> Result<Vec<Measurement>, String> {
     let mut results = Vec::new();
     let scratch = std::env::temp_dir().join(format!("percore-bench-sink-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).map_err(|error| format!("{}: {error}", scratch.display()))?;
-    for batch in BATCH_SIZES {
-        let path = scratch.join(format!("sink-{batch}.db"));
-        let mut sink = sink::open(&SinkTarget::sqlite(&path), names(devices), false)
+    for (all_outputs, backend) in [(true, "sqlite"), (false, "sqlite/1st")] {
+        for batch in BATCH_SIZES {
+            let path = scratch.join(format!("sink-{all_outputs}-{batch}.db"));
+            let mut sink = sink::open(
+                &SinkTarget::sqlite(&path),
+                names(devices, all_outputs),
+                false,
+            )
             .map_err(|error| error.to_string())?
             .sink;
-        results.push(measure("sqlite", &mut *sink, batch, rows, devices)?);
+            results.push(measure(backend, &mut *sink, batch, rows, devices)?);
+        }
     }
     let _ = std::fs::remove_dir_all(&scratch);
 
@@ -153,19 +164,21 @@ fn run() -> Result<Vec<Measurement>, String> {
     let mut options = PostgresOptions::new(url.clone());
     options.table = table.clone();
     let mut measured = Ok(());
-    for batch in BATCH_SIZES {
-        let result = sink::open(
-            &SinkTarget::Postgres(options.clone()),
-            names(devices),
-            false,
-        )
-        .map_err(|error| error.to_string())
-        .and_then(|mut opened| measure("postgres", &mut *opened.sink, batch, rows, devices));
-        match result {
-            Ok(measurement) => results.push(measurement),
-            Err(error) => {
-                measured = Err(error);
-                break;
+    'levels: for (all_outputs, backend) in [(true, "postgres"), (false, "pg/1st")] {
+        for batch in BATCH_SIZES {
+            let result = sink::open(
+                &SinkTarget::Postgres(options.clone()),
+                names(devices, all_outputs),
+                false,
+            )
+            .map_err(|error| error.to_string())
+            .and_then(|mut opened| measure(backend, &mut *opened.sink, batch, rows, devices));
+            match result {
+                Ok(measurement) => results.push(measurement),
+                Err(error) => {
+                    measured = Err(error);
+                    break 'levels;
+                }
             }
         }
     }
@@ -175,7 +188,7 @@ fn run() -> Result<Vec<Measurement>, String> {
         .connect(postgres::NoTls)
         .and_then(|mut client| {
             client.batch_execute(&format!(
-                "DROP TABLE IF EXISTS {table}; DELETE FROM percore_schema WHERE table_name = '{table}';
+                "DROP TABLE IF EXISTS {table}, {table}_outputs; DELETE FROM percore_schema WHERE table_name = '{table}';
                  DELETE FROM runs WHERE config_digest = 'benches/sink.rs'"
             ))
         });

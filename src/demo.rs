@@ -129,6 +129,7 @@ pub fn mock_class(
         requested_outputs: Vec::new(),
         parameters: Default::default(),
         request_id: false,
+        store_all_outputs: true,
         output: Some(OutputSpec {
             name: Some("OUTPUT0".to_string()),
             datatype: "FP32".to_string(),

@@ -174,6 +174,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
             .classes
             .iter()
             .map(|class| ClassNames {
+                all_outputs: class.store_all_outputs,
                 class: class.name.clone(),
                 model: class.model.clone(),
                 compute_nodes: class.compute_nodes.iter().map(|n| n.to_string()).collect(),

@@ -727,6 +727,7 @@ fn external_class(args: &BenchArgs) -> Result<Option<percore::config::Class>> {
         requested_outputs: Vec::new(),
         parameters: Default::default(),
         request_id: false,
+        store_all_outputs: true,
         output,
         ..demo::mock_class("bench", &args.model, 10_000, 2_000, source, compute)
     }))

@@ -71,6 +71,21 @@ fn a_run_lands_every_due_tick_once_under_its_run_id() {
         summary.run_id
     );
     assert_eq!(summary.to_json()["run_id"], summary.run_id.as_str());
+    // Every ok job's output is in job_outputs too, with its datatype and shape.
+    let outputs = pg::connect(&url)
+        .query(
+            "SELECT o.name, o.datatype, o.shape, o.data = j.output FROM job_outputs o \
+             JOIN jobs j USING (device_id, tick_ms) ORDER BY o.tick_ms, o.device_id",
+            &[],
+        )
+        .expect("job_outputs");
+    let ok = rows.iter().filter(|row| row.outcome == "ok").count();
+    assert_eq!(outputs.len(), ok);
+    for output in &outputs {
+        let read: (String, String, String, bool) =
+            (output.get(0), output.get(1), output.get(2), output.get(3));
+        assert_eq!(read, ("OUTPUT0".into(), "FP32".into(), "1,2".into(), true));
+    }
 
     let runs = pg::read_runs(&url);
     assert_eq!(runs.len(), 1, "{runs:?}");

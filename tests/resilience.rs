@@ -178,9 +178,24 @@ fn a_replica_ten_times_slower_gets_a_small_share_and_leaves_p99_alone() {
         .collect();
     let p99 = percentile(ok, 0.99);
     eprintln!("slow replica: share {slow_share:.4} ({shares:?}), p99 {p99} µs");
+    // For a failure: which replicas the slow jobs went to, and when.
+    let slow_jobs: Vec<(Option<&str>, i64, Option<i64>, Option<i64>, Option<i64>)> = rows
+        .iter()
+        .filter(|row| row.outcome == "ok" && row.end_to_end_us.is_some_and(|us| us >= 20_000))
+        .map(|row| {
+            (
+                row.compute_node.as_deref(),
+                row.tick_ms,
+                row.fetch_us,
+                row.infer_us,
+                row.end_to_end_us,
+            )
+        })
+        .collect();
     assert!(
         p99 < 20_000,
-        "p99 end-to-end {p99} µs is near the slow replica's 40 ms"
+        "p99 end-to-end {p99} µs is near the slow replica's 40 ms; jobs of 20 ms or more \
+         (node, tick, fetch, infer, end to end): {slow_jobs:?}"
     );
 }
 

@@ -216,6 +216,12 @@ pub struct Class {
     /// Whether every ModelInfer carries an `id` of `<device_id>@<tick_ms>`
     /// (`request_id = true`), for servers that log or trace by request id.
     pub request_id: bool,
+    /// Whether every output goes into `job_outputs` with its name, datatype and
+    /// shape (`store_outputs = "all"`, the default), or only the first one's
+    /// bytes into `jobs.output` (`"first"`): a `job_outputs` row costs the
+    /// writer about as much again as the `jobs` row, which a single-output
+    /// class at a high rate may not want to pay.
+    pub store_all_outputs: bool,
     /// Balancing, admission, retries, hedging, health checks and ejection over
     /// the class's replicas (`[classes.upstream]`).
     pub upstream: Upstream,
@@ -579,6 +585,7 @@ struct ClassFile {
     parameters: BTreeMap<String, Parameter>,
     #[serde(default)]
     request_id: bool,
+    store_outputs: Option<Spanned<String>>,
     #[serde(default)]
     upstream: upstream::UpstreamFile,
 }
@@ -743,6 +750,17 @@ impl ClassFile {
                 return Err(source.error(self.outputs.span(), field("outputs"), why));
             }
         }
+        let store_all_outputs = match &self.store_outputs {
+            None => true,
+            Some(store) => match store.get_ref().as_str() {
+                "all" => true,
+                "first" => false,
+                other => {
+                    let why = format!("must be \"all\" or \"first\", found {other:?}");
+                    return Err(source.error(store.span(), field("store_outputs"), why));
+                }
+            },
+        };
         let compute_nodes = resolve_nodes(&self.compute_nodes, &field("compute_nodes"), source)?;
         let upstream = self.upstream.validate(
             &field("upstream"),
@@ -769,6 +787,7 @@ impl ClassFile {
             requested_outputs,
             parameters: self.parameters.clone(),
             request_id: self.request_id,
+            store_all_outputs,
             upstream,
         })
     }
@@ -1520,7 +1539,7 @@ input_name = "series"
             error_of(&text),
             "conf/fleet.toml:13: unknown field `period`, expected one of `name`, `model`, \
              `model_version`, `period_ms`, `deadline_ms`, `data_sources`, `compute_nodes`, \
-             `input_name`, `output`, `outputs`, `parameters`, `request_id`, `upstream`"
+             `input_name`, `output`, `outputs`, `parameters`, `request_id`, `store_outputs`, `upstream`"
         );
         let text = format!("{VALID}\n[extra]\n");
         assert_eq!(
@@ -1676,6 +1695,45 @@ input_name = "series"
         );
         let any_name = OutputSpec { name: None, ..spec };
         assert_eq!(any_name.check("whatever", "FP32", &[1, 0, 2]), Ok(()));
+    }
+
+    #[test]
+    fn requested_outputs_parameters_and_request_ids_are_read_and_checked() {
+        let with =
+            |keys: &str| VALID.replace("[classes.output]", &format!("{keys}\n[classes.output]"));
+        let config = parse(&with(
+            "outputs = [\"max\", \"l2\"]\nrequest_id = true\nstore_outputs = \"first\"\n\
+             [classes.parameters]\npriority = 2\nfast = true\nmode = \"x\"",
+        ))
+        .unwrap();
+        let class = &config.classes[0];
+        assert_eq!(class.requested_outputs, ["max", "l2"]);
+        assert!(class.request_id && !class.store_all_outputs);
+        assert_eq!(
+            class.parameters.values().cloned().collect::<Vec<_>>(),
+            [
+                Parameter::Bool(true),
+                Parameter::Text("x".into()),
+                Parameter::Int(2)
+            ]
+        );
+        assert!(
+            config.classes[1].store_all_outputs,
+            "the default keeps every output"
+        );
+        assert!(error_of(&with("outputs = [\"a\", \"a\"]")).contains("\"a\" is listed twice"));
+        assert!(error_of(&with("store_outputs = \"some\""))
+            .contains("classes[0].store_outputs: must be \"all\" or \"first\", found \"some\""));
+        // An output spec naming an output no request asks for could never pass.
+        let text = with("outputs = [\"max\"]").replace(
+            "datatype = \"FP32\"\nshape = [1, -1]",
+            "name = \"l2\"\ndatatype = \"FP32\"\nshape = [1, -1]",
+        );
+        assert!(
+            error_of(&text).contains("output.name \"l2\" is not among the requested outputs"),
+            "{}",
+            error_of(&text)
+        );
     }
 
     #[test]

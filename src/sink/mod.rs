@@ -53,6 +53,9 @@ pub struct RowNames {
 
 /// The names written to a row's `class` and `model` columns for one class.
 pub struct ClassNames {
+    /// Whether rows of the class carry every output for `job_outputs`
+    /// ([`Class::store_all_outputs`](crate::config::Class::store_all_outputs)).
+    pub all_outputs: bool,
     /// The class name as the config spells it.
     pub class: String,
     /// The model the class's jobs run, as sent in `ModelInfer`.

@@ -215,7 +215,11 @@ impl Resolver {
                         .first()
                         .map(|output| output.bytes.clone())
                         .unwrap_or_default(),
-                    outputs: Cow::Borrowed(&record.outputs),
+                    outputs: if class.all_outputs {
+                        Cow::Borrowed(&record.outputs)
+                    } else {
+                        Cow::Borrowed(&[])
+                    },
                     schedule_lag_us: micros(latency.schedule_lag_us),
                     fetch_us: latency.fetch_us.map(micros),
                     infer_us: latency.infer_us.map(micros),
@@ -257,11 +261,13 @@ mod tests {
             ])),
             classes: vec![
                 ClassNames {
+                    all_outputs: true,
                     class: "camera".into(),
                     model: "yolo".into(),
                     compute_nodes: vec!["10.0.0.1:8001".into(), "10.0.0.2:8001".into()],
                 },
                 ClassNames {
+                    all_outputs: true,
                     class: "thermostat".into(),
                     model: "anomaly".into(),
                     compute_nodes: Vec::new(),

@@ -394,11 +394,13 @@ mod tests {
             ])),
             classes: vec![
                 ClassNames {
+                    all_outputs: true,
                     class: "camera".into(),
                     model: "yolo-v8".into(),
                     compute_nodes: Vec::new(),
                 },
                 ClassNames {
+                    all_outputs: true,
                     class: "thermostat".into(),
                     model: "anomaly".into(),
                     compute_nodes: Vec::new(),

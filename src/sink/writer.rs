@@ -905,6 +905,7 @@ mod tests {
         Arc::new(RowNames {
             fleet: Arc::new(Fleet::from_parts(entries)),
             classes: vec![ClassNames {
+                all_outputs: true,
                 class: "camera".into(),
                 model: "yolo".into(),
                 compute_nodes: Vec::new(),

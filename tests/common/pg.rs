@@ -56,6 +56,7 @@ pub fn names() -> Arc<RowNames> {
             ("dev-b".into(), 0),
         ])),
         classes: vec![ClassNames {
+            all_outputs: true,
             class: "meter".into(),
             model: "mock".into(),
             compute_nodes: vec!["127.0.0.1:1".into()],
