@@ -190,7 +190,6 @@ fn max_and_l2_are_stored_with_their_values_and_a_missing_output_fails_the_job() 
 
     // Asking for an output the model does not have fails every job, saying so.
     let db = dir.path().join("missing.db");
-    let mut class = class;
     class.requested_outputs = vec!["max".into(), "mean".into()];
     let config = common::config(vec![class], 10, db.clone(), GrpcConfig::default());
     common::run(&config, Duration::from_secs(1));

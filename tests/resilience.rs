@@ -179,7 +179,7 @@ fn a_replica_ten_times_slower_gets_a_small_share_and_leaves_p99_alone() {
     let p99 = percentile(ok, 0.99);
     eprintln!("slow replica: share {slow_share:.4} ({shares:?}), p99 {p99} µs");
     // For a failure: which replicas the slow jobs went to, and when.
-    let slow_jobs: Vec<(Option<&str>, i64, Option<i64>, Option<i64>, Option<i64>)> = rows
+    let slow_jobs: Vec<_> = rows
         .iter()
         .filter(|row| row.outcome == "ok" && row.end_to_end_us.is_some_and(|us| us >= 20_000))
         .map(|row| {
