@@ -131,30 +131,6 @@ fn the_recomputation_matches_the_documented_functions() {
     }
 }
 
-/// Every `job_outputs` row of `db`: (device, tick, name, datatype, shape, data).
-fn read_outputs(db: &Path) -> Vec<(String, i64, String, String, String, Vec<u8>)> {
-    let conn = rusqlite::Connection::open(db).expect("the database");
-    let mut statement = conn
-        .prepare(
-            "SELECT device_id, tick_ms, name, datatype, shape, data FROM job_outputs \
-             ORDER BY device_id, tick_ms, name",
-        )
-        .expect("job_outputs");
-    let rows = statement
-        .query_map([], |row| {
-            Ok((
-                row.get(0)?,
-                row.get(1)?,
-                row.get(2)?,
-                row.get(3)?,
-                row.get(4)?,
-                row.get(5)?,
-            ))
-        })
-        .expect("the outputs");
-    rows.collect::<Result<_, _>>().expect("the outputs")
-}
-
 #[test]
 fn both_outputs_of_the_model_match_the_recomputation() {
     // Straight to MLServer over REST, percore left out: both outputs, `l2` too,
@@ -331,7 +307,7 @@ fn every_tick_through_mlserver_is_a_row_with_the_models_output() {
     }
     assert_eq!(summary["ok"].as_u64(), Some(rows.len() as u64));
     // Both outputs of every job, each with its datatype and shape.
-    let outputs = read_outputs(&dir.path().join("jobs.db"));
+    let outputs = common::read_job_outputs(&dir.path().join("jobs.db"));
     assert_eq!(outputs.len(), 2 * rows.len());
     for (device, tick, name, datatype, shape, data) in &outputs {
         assert!(name == "max" || name == "l2", "{name}");

@@ -28,25 +28,12 @@ const METER: ClassSpec = ClassSpec {
 type Outputs = BTreeMap<(String, i64), Vec<(String, String, String, Vec<u8>)>>;
 
 fn read_outputs(db: &Path) -> Outputs {
-    let conn = rusqlite::Connection::open(db).expect("the database");
-    let mut statement = conn
-        .prepare(
-            "SELECT device_id, tick_ms, name, datatype, shape, data FROM job_outputs \
-             ORDER BY device_id, tick_ms, name",
-        )
-        .expect("job_outputs");
     let mut outputs = Outputs::new();
-    let rows = statement
-        .query_map([], |row| {
-            Ok((
-                (row.get::<_, String>(0)?, row.get::<_, i64>(1)?),
-                (row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?),
-            ))
-        })
-        .expect("the outputs");
-    for row in rows {
-        let (key, output) = row.expect("an output");
-        outputs.entry(key).or_default().push(output);
+    for (device, tick, name, datatype, shape, data) in common::read_job_outputs(db) {
+        outputs
+            .entry((device, tick))
+            .or_default()
+            .push((name, datatype, shape, data));
     }
     outputs
 }

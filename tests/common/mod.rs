@@ -441,6 +441,34 @@ pub fn samples(exposition: &str, name: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// One `job_outputs` row: device, tick, output name, datatype, shape text, data.
+pub type OutputRow = (String, i64, String, String, String, Vec<u8>);
+
+/// Every `job_outputs` row of the SQLite database `db`, by device, tick and name.
+pub fn read_job_outputs(db: &Path) -> Vec<OutputRow> {
+    let conn = rusqlite::Connection::open(db)
+        .unwrap_or_else(|error| panic!("cannot open {}: {error}", db.display()));
+    let mut statement = conn
+        .prepare(
+            "SELECT device_id, tick_ms, name, datatype, shape, data FROM job_outputs \
+             ORDER BY device_id, tick_ms, name",
+        )
+        .expect("job_outputs");
+    let rows = statement
+        .query_map([], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+                row.get(5)?,
+            ))
+        })
+        .expect("the outputs");
+    rows.collect::<Result<_, _>>().expect("the outputs")
+}
+
 /// A `percore mock-…` process, killed when dropped (a failed test included), so
 /// a test can kill -9 or freeze a node for real.
 pub struct MockProcess {
@@ -454,24 +482,13 @@ impl MockProcess {
     /// Runs `percore` with `args` (`["mock-compute", "--listen", …]`) and waits
     /// for the line that says where it listens.
     pub fn start(args: &[&str]) -> MockProcess {
-        use std::io::Read;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_percore"))
             .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .spawn()
             .expect("the binary starts");
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        if let Some(stdout) = child.stdout.as_mut() {
-            while stdout.read(&mut byte).is_ok_and(|n| n == 1) && byte[0] != b'\n' {
-                line.push(byte[0]);
-            }
-        }
-        let line = String::from_utf8_lossy(&line).into_owned();
-        let addr = line
-            .strip_prefix("listening on ")
-            .and_then(|a| a.parse().ok());
+        let (addr, line) = python::read_listening_line(&mut child);
         match addr {
             Some(addr) => MockProcess { child, addr },
             None => {

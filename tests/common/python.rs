@@ -66,26 +66,32 @@ impl PythonSource {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("python starts");
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        if let Some(stdout) = child.stdout.as_mut() {
-            while stdout.read(&mut byte).is_ok_and(|n| n == 1) && byte[0] != b'\n' {
-                line.push(byte[0]);
-            }
-        }
-        let line = String::from_utf8_lossy(&line).into_owned();
-        match line
-            .strip_prefix("listening on ")
-            .and_then(|addr| addr.parse().ok())
-        {
-            Some(addr) => PythonSource { child, addr },
-            None => {
+        match read_listening_line(&mut child) {
+            (Some(addr), _) => PythonSource { child, addr },
+            (None, line) => {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!("source_server.py printed {line:?}, not its address");
             }
         }
     }
+}
+/// Reads a child's first line of stdout, `listening on ADDR` (what the mocks and
+/// the Python source print once they take calls): the address, and the line
+/// itself for a failure message.
+pub fn read_listening_line(child: &mut Child) -> (Option<SocketAddr>, String) {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    if let Some(stdout) = child.stdout.as_mut() {
+        while stdout.read(&mut byte).is_ok_and(|n| n == 1) && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+    }
+    let line = String::from_utf8_lossy(&line).into_owned();
+    let addr = line
+        .strip_prefix("listening on ")
+        .and_then(|addr| addr.parse().ok());
+    (addr, line)
 }
 
 impl Drop for PythonSource {
