@@ -196,6 +196,8 @@ deadline_ms = 1000
 data_sources = ["{source}"]
 compute_nodes = ["{compute}"]
 input_name = "INPUT0"
+outputs = ["max", "l2"]
+request_id = true
 
 [classes.output]
 name = "max"
