@@ -120,17 +120,26 @@ pub struct MlServer {
 impl MlServer {
     /// Starts MLServer on free loopback ports and waits until it and the model
     /// are ready.
+    /// A port found free may be taken by another process before MLServer binds
+    /// it: then it starts again on other free ports, up to 5 times.
     pub fn start() -> MlServer {
-        let mut server = MlServer {
-            child: None,
-            grpc: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            metrics_port: free_port(),
-            dir: tempfile::tempdir().expect("a temporary directory"),
-            starts: 0,
-        };
-        server.start_again();
-        server
+        let mut last_log = String::new();
+        for _ in 0..5 {
+            let mut server = MlServer {
+                child: None,
+                grpc: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                metrics_port: free_port(),
+                dir: tempfile::tempdir().expect("a temporary directory"),
+                starts: 0,
+            };
+            match server.try_start() {
+                Ok(_) => return server,
+                Err(log) if log.contains("address already in use") => last_log = log,
+                Err(log) => panic!("MLServer exited before it was ready; its log:\n{log}"),
+            }
+        }
+        panic!("MLServer found its ports taken 5 times; the last log:\n{last_log}")
     }
 
     /// The log of the latest start.
@@ -156,6 +165,13 @@ impl MlServer {
     /// Starts the server (again) on the same ports and waits until it is ready;
     /// returns how long that took.
     pub fn start_again(&mut self) -> Duration {
+        self.try_start()
+            .unwrap_or_else(|log| panic!("MLServer exited before it was ready; its log:\n{log}"))
+    }
+
+    /// Starts the server on its ports and waits until it is ready; an `Err`
+    /// with its log when it exits first.
+    fn try_start(&mut self) -> Result<Duration, String> {
         assert!(self.child.is_none(), "MLServer is already running");
         let began = Instant::now();
         self.starts += 1;
@@ -175,14 +191,14 @@ impl MlServer {
             .spawn()
             .expect("mlserver starts");
         self.child = Some(child);
-        self.wait_ready(began);
-        began.elapsed()
+        self.wait_ready(began)?;
+        Ok(began.elapsed())
     }
 
     /// Polls `/v2/health/ready` and the model's `/ready` on the REST port and a
     /// connect to the gRPC port until all answer, the process exits, or
     /// [`MLSERVER_START_TIMEOUT`] passes; the last two fail with the log.
-    fn wait_ready(&mut self, began: Instant) {
+    fn wait_ready(&mut self, began: Instant) -> Result<(), String> {
         let ready = format!("/v2/models/{MODEL}/ready");
         loop {
             if let Some(status) = self
@@ -191,16 +207,13 @@ impl MlServer {
                 .and_then(|child| child.try_wait().ok().flatten())
             {
                 self.child = None;
-                panic!(
-                    "MLServer exited with {status} before it was ready; its log:\n{}",
-                    self.log()
-                );
+                return Err(format!("(exit status {status})\n{}", self.log()));
             }
             let up = http_status(self.http, "/v2/health/ready") == Some(200)
                 && http_status(self.http, &ready) == Some(200)
                 && TcpStream::connect_timeout(&self.grpc, Duration::from_millis(200)).is_ok();
             if up {
-                return;
+                return Ok(());
             }
             if began.elapsed() > MLSERVER_START_TIMEOUT {
                 self.stop();
