@@ -96,6 +96,7 @@ fn percore_run(args: &Args, source: &PythonSource, server: &MlServer) -> Result<
         parameters: Default::default(),
         request_id: false,
         store_all_outputs: true,
+        contract: percore::config::ContractConfig::default(),
         upstream: Upstream::default(),
     };
     let scratch =

@@ -130,6 +130,7 @@ pub fn mock_class(
         parameters: Default::default(),
         request_id: false,
         store_all_outputs: true,
+        contract: crate::config::ContractConfig::default(),
         output: Some(OutputSpec {
             name: Some("OUTPUT0".to_string()),
             datatype: "FP32".to_string(),

@@ -73,6 +73,14 @@ pub enum ErrorKind {
     /// The response decoded but its content is not what the class expects
     /// (wrong datatype, wrong shape, missing tensor).
     BadResponse(Box<str>),
+    /// No replica can serve the class's model: the one picked last is up but
+    /// its server said, at its last probe, that it cannot (the model unknown
+    /// or not ready, another version, a contract that does not fit). The call
+    /// was not sent.
+    ModelUnavailable { node: SocketAddr, reason: Box<str> },
+    /// What the job would send, or what the model answered, breaks the class's
+    /// model contract (see [`crate::contract`]).
+    Contract(Box<str>),
 }
 
 /// Why a connection to a node could not be opened. The text goes into the
@@ -168,9 +176,11 @@ impl ErrorKind {
                     | Code::CANCELLED
                     | Code::DEADLINE_EXCEEDED
             ),
-            ErrorKind::Refused { .. } | ErrorKind::NoReplica(_) | ErrorKind::BadResponse(_) => {
-                false
-            }
+            ErrorKind::Refused { .. }
+            | ErrorKind::NoReplica(_)
+            | ErrorKind::BadResponse(_)
+            | ErrorKind::ModelUnavailable { .. }
+            | ErrorKind::Contract(_) => false,
         }
     }
 }
@@ -212,6 +222,10 @@ impl std::fmt::Display for ErrorKind {
             ErrorKind::Protocol(detail) => write!(f, "protocol error: {detail}"),
             ErrorKind::Decode(detail) => write!(f, "undecodable response: {detail}"),
             ErrorKind::BadResponse(detail) => write!(f, "bad response: {detail}"),
+            ErrorKind::ModelUnavailable { node, reason } => {
+                write!(f, "model unavailable on {node}: {reason}")
+            }
+            ErrorKind::Contract(detail) => write!(f, "model contract: {detail}"),
         }
     }
 }

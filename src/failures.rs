@@ -78,6 +78,10 @@ pub enum ReasonClass {
     TensorCheck,
     /// No replica could take the call.
     NoReplica,
+    /// The servers up cannot serve the class's model (see the probe).
+    ModelUnavailable,
+    /// The request or the answer broke the model's contract.
+    Contract,
     /// A tick that was not run, and why.
     Skipped(SkipReason),
 }
@@ -97,6 +101,8 @@ impl ReasonClass {
             ErrorKind::MessageTooLarge { .. } => ReasonClass::MessageTooLarge,
             ErrorKind::BadResponse(_) => ReasonClass::TensorCheck,
             ErrorKind::NoReplica(_) => ReasonClass::NoReplica,
+            ErrorKind::ModelUnavailable { .. } => ReasonClass::ModelUnavailable,
+            ErrorKind::Contract(_) => ReasonClass::Contract,
         }
     }
 
@@ -124,6 +130,8 @@ impl ReasonClass {
             ReasonClass::MessageTooLarge => "message too large",
             ReasonClass::TensorCheck => "tensor check",
             ReasonClass::NoReplica => "no replica",
+            ReasonClass::ModelUnavailable => "model unavailable",
+            ReasonClass::Contract => "model contract",
             ReasonClass::Skipped(reason) => match reason {
                 SkipReason::PreviousJobRunning => "previous job running",
                 SkipReason::ShardAtCapacity => "shard at capacity",
@@ -363,6 +371,14 @@ mod tests {
             ),
             (ErrorKind::BadResponse("shape".into()), "tensor check"),
             (ErrorKind::NoReplica("all ejected"), "no replica"),
+            (
+                ErrorKind::ModelUnavailable {
+                    node,
+                    reason: "ModelReady answered false".into(),
+                },
+                "model unavailable",
+            ),
+            (ErrorKind::Contract("input".into()), "model contract"),
         ];
         for (kind, label) in cases {
             assert_eq!(ReasonClass::of_error(&kind).label(), label, "{kind}");

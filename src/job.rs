@@ -142,7 +142,7 @@ async fn fetch_and_infer(
     tally: &mut Tally,
 ) -> Result<Vec<Output>, JobError> {
     let fetched = fetch(route, device_id, tick_ms, deadline, latency, tally).await?;
-    let inputs = model_inputs(route, fetched)?;
+    let inputs = checked_inputs(route, fetched)?;
     let request = infer_request(route, device_id, tick_ms, inputs);
     infer(route, &request, deadline, latency, tally).await
 }
@@ -171,6 +171,14 @@ async fn call<Req: Message, Resp: Message + Default>(
     let now = Instant::now();
     set.budget.record_call(now);
     let mut index = set.pick(now, &[]).map_err(failed)?;
+    // A replica the balancer takes only as a last resort may be one whose
+    // server refuses the model: sending there would only hide the reason.
+    if let Some(reason) = set.refusal(index) {
+        return Err(failed(ErrorKind::ModelUnavailable {
+            node: set.replica(index).node(),
+            reason,
+        }));
+    }
     loop {
         let hedge = match method {
             Method::Infer if set.hedges() && attempts_left > 0 => set.hedge_delay(Instant::now()),
@@ -213,6 +221,9 @@ async fn call<Req: Message, Resp: Message + Default>(
         let Ok(next) = set.pick(now, &tried[..tried_count]) else {
             return Err(error);
         };
+        if set.refusal(next).is_some() {
+            return Err(error);
+        }
         if !set.budget.try_retry(now) {
             return Err(error);
         }
@@ -243,7 +254,11 @@ async fn hedged<Req: Message, Resp: Message + Default>(
     }
     let now = Instant::now();
     let second = match set.pick(now, &[first]) {
-        Ok(second) if now < deadline && set.budget.try_retry(now) => second,
+        Ok(second)
+            if now < deadline && set.refusal(second).is_none() && set.budget.try_retry(now) =>
+        {
+            second
+        }
         _ => return (primary.await, first, 1),
     };
     let mut secondary = pin!(attempt(set, second, method, request, deadline, route));
@@ -368,7 +383,7 @@ pub async fn fetch_payload(
     )
     .await?;
     Ok(Payload {
-        inputs: model_inputs(route, fetched)?,
+        inputs: checked_inputs(route, fetched)?,
     })
 }
 
@@ -537,6 +552,25 @@ fn model_inputs(route: &ClassRoute, fetched: FetchResponse) -> Result<ModelInput
     Ok(inputs)
 }
 
+/// A fetch's tensors as the model's inputs ([`model_inputs`]), held against
+/// the class's model contract when there is one.
+fn checked_inputs(route: &ClassRoute, fetched: FetchResponse) -> Result<ModelInputs, JobError> {
+    let inputs = model_inputs(route, fetched)?;
+    if let Some(contract) = route.computes.contract() {
+        contract
+            .check_inputs(&inputs.tensors)
+            .map_err(|detail| broken_contract(route, detail))?;
+    }
+    Ok(inputs)
+}
+
+/// The failure of a job whose inputs or outputs break the class's contract,
+/// told on the terminal the first time.
+fn broken_contract(route: &ClassRoute, detail: String) -> JobError {
+    route.computes.warn_contract(&detail);
+    JobError::new(Stage::Infer, ErrorKind::Contract(detail.into()))
+}
+
 /// A requested output of the ModelInfer request, by name.
 pub fn requested_output(name: &str) -> InferRequestedOutputTensor {
     InferRequestedOutputTensor {
@@ -628,6 +662,13 @@ async fn infer(
                 return Err(bad(format!("no output named {name:?} in the answer")));
             }
         }
+    }
+    // After the class's own output spec, whose message is the one its
+    // config asked for: the model's contract.
+    if let Some(contract) = route.computes.contract() {
+        contract
+            .check_outputs(&outputs)
+            .map_err(|detail| broken_contract(route, detail))?;
     }
     Ok(outputs)
 }

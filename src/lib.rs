@@ -37,6 +37,10 @@
 //!   budget ([`upstream::retry`]) and the readiness probes ([`upstream::probe`]).
 //! - [`grpc`]: gRPC on `h2`: message framing, status trailers, the unary client
 //!   and the server the mock nodes use. [`tensor`]: KServe v2 tensor checks.
+//!   [`contract`]: a class's model contract — inputs and outputs by name,
+//!   datatype and shape, from the config or the server's `ModelMetadata` —
+//!   checked by the probes against each replica and by every job on what it
+//!   sends and gets.
 //! - [`sink`]: the `Sink` trait and its errors (transient or permanent); the
 //!   one row shape every backend writes ([`sink::row`]); the run's id on every
 //!   row and its `runs` row ([`sink::run`]); the SQLite implementation and the
@@ -94,6 +98,7 @@ pub mod admin;
 pub mod bench;
 pub mod config;
 pub mod console;
+pub mod contract;
 pub mod cpu;
 pub mod demo;
 pub mod devices;

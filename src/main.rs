@@ -279,7 +279,7 @@ struct MockComputeArgs {
     #[arg(long)]
     model: Option<String>,
     /// Fault: label every output with this datatype instead of FP32.
-    #[arg(long, conflicts_with_all = ["output_shape", "truncated_frame"])]
+    #[arg(long, conflicts_with_all = ["output_shape", "truncated_frame", "overrunning_bytes"])]
     output_datatype: Option<String>,
     /// Fault: label every output with this shape instead of 1,2; huge
     /// dimensions (1,4294967296,4294967296) overflow a reader's size arithmetic.
@@ -287,7 +287,7 @@ struct MockComputeArgs {
         long,
         value_delimiter = ',',
         allow_negative_numbers = true,
-        conflicts_with = "truncated_frame"
+        conflicts_with_all = ["truncated_frame", "overrunning_bytes"]
     )]
     output_shape: Option<Vec<i64>>,
     /// What the node computes: byte-sum (the default: FP32 [1,2] OUTPUT0 = sum and
@@ -361,8 +361,13 @@ struct MockArgs {
     #[arg(long)]
     oversized_reply_bytes: Option<usize>,
     /// Fault: announce a longer message than is sent in every answer, then end it.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overrunning_bytes")]
     truncated_frame: bool,
+    /// Fault: answer a BYTES [1,2] tensor whose second length prefix claims
+    /// 1,000 bytes where 2 follow (a data source's fetch, a compute node's
+    /// every output).
+    #[arg(long)]
+    overrunning_bytes: bool,
     /// Report not ready (ServerReady, ModelReady, grpc.health.v1 Health/Check) while
     /// this file exists; it is looked up on every probe, so `touch` and `rm` take a
     /// node out of service and back.
@@ -728,6 +733,7 @@ fn external_class(args: &BenchArgs) -> Result<Option<percore::config::Class>> {
         parameters: Default::default(),
         request_id: false,
         store_all_outputs: true,
+        contract: percore::config::ContractConfig::default(),
         output,
         ..demo::mock_class("bench", &args.model, 10_000, 2_000, source, compute)
     }))
@@ -1014,6 +1020,8 @@ fn mock_command(
     }
     let fault = if args.truncated_frame {
         Some(percore::mock::Fault::TruncatedFrame)
+    } else if args.overrunning_bytes {
+        Some(percore::mock::Fault::OverrunningBytes)
     } else {
         own.fault
     };

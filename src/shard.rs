@@ -443,6 +443,11 @@ fn build_routes(classes: &[Class], limits: &ShardLimits, shard: u16) -> Result<R
             retry_budget_percent: limits.retry_budget_percent,
             retry_budget_min_per_s: limits.retry_budget_min_per_s,
             shard,
+            contract: match role {
+                Role::ComputeNode => class.contract.declared.clone(),
+                Role::DataSource => None,
+            },
+            reads_metadata: role == Role::ComputeNode && class.contract.metadata,
         };
         ReplicaSet::new(replicas, &policy, now)
             .map(Rc::new)
@@ -483,6 +488,11 @@ fn start_probes(shard: &Rc<Shard>) {
         let model = Rc::new(ModelRef {
             name: route.model.clone(),
             version: route.model_version.clone(),
+            requested_outputs: route
+                .requested_outputs
+                .iter()
+                .map(|output| output.name.clone())
+                .collect(),
         });
         for set in [&route.sources, &route.computes] {
             for index in 0..set.replicas().len() {

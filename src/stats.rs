@@ -807,6 +807,8 @@ mod tests {
                 retry_budget_percent: 0,
                 retry_budget_min_per_s: 0,
                 shard: 0,
+                contract: None,
+                reads_metadata: false,
             };
             match ReplicaSet::new(replicas, &policy, now) {
                 Ok(set) => Rc::new(set),

@@ -24,6 +24,7 @@ mod upstream;
 
 pub use upstream::{BalancerKind, Ejection, HealthCheck, Hedge, Upstream};
 
+use crate::contract::{Contract, Origin, TensorContract};
 use crate::devices::Fleet;
 use crate::record::ClassIndex;
 use crate::tuning::Tuning;
@@ -222,9 +223,35 @@ pub struct Class {
     /// writer about as much again as the `jobs` row, which a single-output
     /// class at a high rate may not want to pay.
     pub store_all_outputs: bool,
+    /// The model's contract (`[classes.contract]`): the tensors it takes and
+    /// gives as the config declares them, and whether the probes read the
+    /// server's `ModelMetadata` to learn or check them.
+    pub contract: ContractConfig,
     /// Balancing, admission, retries, hedging, health checks and ejection over
     /// the class's replicas (`[classes.upstream]`).
     pub upstream: Upstream,
+}
+
+/// `[classes.contract]`: what a class's model takes and gives, and where
+/// percore learns it. See [`crate::contract`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContractConfig {
+    /// Whether the KServe probe reads `ModelMetadata` at start and on every
+    /// reconnect (`metadata = true`, the default with `health_check =
+    /// "kserve"`): a declared contract is then checked against it, and without
+    /// one the server's answer becomes the class's contract.
+    pub metadata: bool,
+    /// The contract written in the config, if any (`inputs` / `outputs`).
+    pub declared: Option<Contract>,
+}
+
+impl Default for ContractConfig {
+    fn default() -> ContractConfig {
+        ContractConfig {
+            metadata: true,
+            declared: None,
+        }
+    }
 }
 
 /// One request parameter's value: KServe v2 parameters are booleans, integers
@@ -586,8 +613,29 @@ struct ClassFile {
     #[serde(default)]
     request_id: bool,
     store_outputs: Option<Spanned<String>>,
+    contract: Option<Spanned<ContractFile>>,
     #[serde(default)]
     upstream: upstream::UpstreamFile,
+}
+
+/// `[classes.contract]`; see [`ContractConfig`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContractFile {
+    metadata: Option<Spanned<bool>>,
+    #[serde(default)]
+    inputs: Vec<Spanned<TensorFile>>,
+    #[serde(default)]
+    outputs: Vec<Spanned<TensorFile>>,
+}
+
+/// One tensor of `[classes.contract]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TensorFile {
+    name: Spanned<String>,
+    datatype: Spanned<String>,
+    shape: Vec<Spanned<i64>>,
 }
 
 /// `[classes.output]`; see [`OutputSpec`].
@@ -768,6 +816,19 @@ impl ClassFile {
             std::time::Duration::from_millis(deadline_ms),
             source,
         )?;
+        let contract = match &self.contract {
+            None => ContractConfig {
+                metadata: matches!(upstream.health_check, HealthCheck::Kserve),
+                declared: None,
+            },
+            Some(contract) => contract.get_ref().validate(
+                self.model.get_ref(),
+                &requested_outputs,
+                &upstream.health_check,
+                &field("contract"),
+                source,
+            )?,
+        };
         Ok(Class {
             name: self.name.get_ref().clone(),
             model: self.model.get_ref().clone(),
@@ -788,9 +849,122 @@ impl ClassFile {
             parameters: self.parameters.clone(),
             request_id: self.request_id,
             store_all_outputs,
+            contract,
             upstream,
         })
     }
+}
+
+impl ContractFile {
+    fn validate(
+        &self,
+        model: &str,
+        requested_outputs: &[String],
+        health_check: &HealthCheck,
+        prefix: &str,
+        source: &Source,
+    ) -> Result<ContractConfig, ConfigError> {
+        let kserve = matches!(health_check, HealthCheck::Kserve);
+        let metadata = match &self.metadata {
+            None => kserve,
+            Some(metadata) if *metadata.get_ref() && !kserve => {
+                return Err(source.error(
+                    metadata.span(),
+                    format!("{prefix}.metadata"),
+                    "ModelMetadata is read by the KServe probe: needs upstream.health_check = \"kserve\"",
+                ));
+            }
+            Some(metadata) => *metadata.get_ref(),
+        };
+        let tensors = |list: &[Spanned<TensorFile>], what: &str| {
+            let mut tensors: Vec<TensorContract> = Vec::with_capacity(list.len());
+            for (index, tensor) in list.iter().enumerate() {
+                let field = format!("{prefix}.{what}[{index}]");
+                let tensor = tensor.get_ref();
+                let checked = tensor.validate(&field, source)?;
+                if tensors.iter().any(|known| known.name == checked.name) {
+                    let why = format!("{:?} is declared twice", checked.name);
+                    return Err(source.error(tensor.name.span(), format!("{field}.name"), why));
+                }
+                tensors.push(checked);
+            }
+            Ok(tensors)
+        };
+        let inputs = tensors(&self.inputs, "inputs")?;
+        let outputs = tensors(&self.outputs, "outputs")?;
+        if !outputs.is_empty() {
+            if let Some(missing) = requested_outputs
+                .iter()
+                .find(|name| !outputs.iter().any(|output| &output.name == *name))
+            {
+                let why = format!(
+                    "the class asks for output {missing:?} (`outputs`), which the contract's outputs do not declare"
+                );
+                let span = self.outputs.first().map_or(0..0, Spanned::span);
+                return Err(source.error(span, format!("{prefix}.outputs"), why));
+            }
+        }
+        let declared = (!inputs.is_empty() || !outputs.is_empty()).then(|| Contract {
+            model: model.to_string(),
+            inputs,
+            outputs,
+            versions: Vec::new(),
+            origin: Origin::Config,
+        });
+        Ok(ContractConfig { metadata, declared })
+    }
+}
+
+impl TensorFile {
+    fn validate(&self, prefix: &str, source: &Source) -> Result<TensorContract, ConfigError> {
+        non_empty(&self.name, &format!("{prefix}.name"), source)?;
+        let datatype = known_datatype(&self.datatype, &format!("{prefix}.datatype"), source)?;
+        let shape = valid_shape(&self.shape, prefix, source)?;
+        Ok(TensorContract {
+            name: self.name.get_ref().clone(),
+            datatype,
+            shape,
+        })
+    }
+}
+
+/// A KServe v2 datatype, or an error naming the field and the known ones.
+fn known_datatype(
+    datatype: &Spanned<String>,
+    field: &str,
+    source: &Source,
+) -> Result<String, ConfigError> {
+    let name = datatype.get_ref();
+    if !KSERVE_DATATYPES.contains(&name.as_str()) {
+        return Err(source.error(
+            datatype.span(),
+            field.to_string(),
+            format!(
+                "unknown datatype {name:?} (KServe v2 datatypes: {})",
+                KSERVE_DATATYPES.join(", ")
+            ),
+        ));
+    }
+    Ok(name.clone())
+}
+
+/// A shape whose dimensions are sizes or -1 (any size), or an error naming the
+/// dimension.
+fn valid_shape(
+    shape: &[Spanned<i64>],
+    prefix: &str,
+    source: &Source,
+) -> Result<Vec<i64>, ConfigError> {
+    for (index, dim) in shape.iter().enumerate() {
+        if *dim.get_ref() < -1 {
+            return Err(source.error(
+                dim.span(),
+                format!("{prefix}.shape[{index}]"),
+                "must be -1 (any size) or at least 0",
+            ));
+        }
+    }
+    Ok(shape.iter().map(|dim| *dim.get_ref()).collect())
 }
 
 impl OutputFile {
@@ -798,30 +972,10 @@ impl OutputFile {
         if let Some(name) = &self.name {
             non_empty(name, &format!("{prefix}.name"), source)?;
         }
-        let datatype = self.datatype.get_ref();
-        if !KSERVE_DATATYPES.contains(&datatype.as_str()) {
-            return Err(source.error(
-                self.datatype.span(),
-                format!("{prefix}.datatype"),
-                format!(
-                    "unknown datatype {datatype:?} (KServe v2 datatypes: {})",
-                    KSERVE_DATATYPES.join(", ")
-                ),
-            ));
-        }
-        for (index, dim) in self.shape.iter().enumerate() {
-            if *dim.get_ref() < -1 {
-                return Err(source.error(
-                    dim.span(),
-                    format!("{prefix}.shape[{index}]"),
-                    "must be -1 (any size) or at least 0",
-                ));
-            }
-        }
         Ok(OutputSpec {
             name: self.name.as_ref().map(|name| name.get_ref().clone()),
-            datatype: datatype.clone(),
-            shape: self.shape.iter().map(|dim| *dim.get_ref()).collect(),
+            datatype: known_datatype(&self.datatype, &format!("{prefix}.datatype"), source)?,
+            shape: valid_shape(&self.shape, prefix, source)?,
         })
     }
 }
@@ -1539,7 +1693,7 @@ input_name = "series"
             error_of(&text),
             "conf/fleet.toml:13: unknown field `period`, expected one of `name`, `model`, \
              `model_version`, `period_ms`, `deadline_ms`, `data_sources`, `compute_nodes`, \
-             `input_name`, `output`, `outputs`, `parameters`, `request_id`, `store_outputs`, `upstream`"
+             `input_name`, `output`, `outputs`, `parameters`, `request_id`, `store_outputs`, `contract`, `upstream`"
         );
         let text = format!("{VALID}\n[extra]\n");
         assert_eq!(
@@ -1734,6 +1888,85 @@ input_name = "series"
             "{}",
             error_of(&text)
         );
+    }
+
+    #[test]
+    fn a_model_contract_is_read_and_checked_with_its_line() {
+        // The thermostat class is the file's last table, so a contract appended
+        // to the text is its.
+        let with = |keys: &str| format!("{VALID}{keys}\n");
+        let config = parse(&with(
+            "outputs = [\"max\"]\n[classes.contract]\n\
+             inputs = [{ name = \"series\", datatype = \"FP32\", shape = [-1, 256] }]\n\
+             outputs = [{ name = \"max\", datatype = \"FP32\", shape = [-1, 1] }]",
+        ))
+        .unwrap();
+        let contract = &config.classes[1].contract;
+        assert!(contract.metadata, "read by default with the KServe probe");
+        let declared = contract.declared.as_ref().expect("declared");
+        assert_eq!(declared.model, "lstm");
+        assert_eq!(declared.origin, Origin::Config);
+        assert_eq!(
+            declared.inputs,
+            [TensorContract {
+                name: "series".into(),
+                datatype: "FP32".into(),
+                shape: vec![-1, 256],
+            }]
+        );
+        assert_eq!(declared.outputs[0].shape, [-1, 1]);
+        assert_eq!(config.classes[0].contract, ContractConfig::default());
+
+        let off = parse(&with("[classes.contract]\nmetadata = false")).unwrap();
+        assert_eq!(
+            off.classes[1].contract,
+            ContractConfig {
+                metadata: false,
+                declared: None
+            }
+        );
+        let errors = [
+            (
+                "[classes.contract]\ninputs = [{ name = \"x\", datatype = \"FLOAT\", shape = [1] }]",
+                "conf/fleet.toml:30: classes[1].contract.inputs[0].datatype: unknown datatype \"FLOAT\"",
+            ),
+            (
+                "[classes.contract]\ninputs = [{ name = \"x\", datatype = \"FP32\", shape = [1, -2] }]",
+                "conf/fleet.toml:30: classes[1].contract.inputs[0].shape[1]: must be -1 (any size) or at least 0",
+            ),
+            (
+                "[classes.contract]\ninputs = [\n{ name = \"x\", datatype = \"FP32\", shape = [1] },\n\
+                 { name = \"x\", datatype = \"FP16\", shape = [1] }]",
+                "conf/fleet.toml:32: classes[1].contract.inputs[1].name: \"x\" is declared twice",
+            ),
+            (
+                "[classes.contract]\noutputs = [{ name = \"\", datatype = \"FP32\", shape = [1] }]",
+                "classes[1].contract.outputs[0].name: must not be empty",
+            ),
+            (
+                "outputs = [\"l2\"]\n[classes.contract]\n\
+                 outputs = [{ name = \"max\", datatype = \"FP32\", shape = [1] }]",
+                "conf/fleet.toml:31: classes[1].contract.outputs: the class asks for output \"l2\"",
+            ),
+            (
+                "[classes.upstream]\nhealth_check = \"none\"\n[classes.contract]\nmetadata = true",
+                "conf/fleet.toml:32: classes[1].contract.metadata: ModelMetadata is read by the KServe probe",
+            ),
+            (
+                "[classes.contract]\ninput = []",
+                "conf/fleet.toml:30: unknown field `input`, expected one of `metadata`, `inputs`, `outputs`",
+            ),
+        ];
+        for (keys, expected) in errors {
+            let error = error_of(&with(keys));
+            assert!(error.contains(expected), "{keys}\n→ {error}");
+        }
+        // Without the KServe probe there is no metadata to read.
+        let grpc = parse(&with(
+            "[classes.upstream]\nhealth_check = \"none\"\n[classes.contract]",
+        ))
+        .unwrap();
+        assert!(!grpc.classes[1].contract.metadata);
     }
 
     #[test]

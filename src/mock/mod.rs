@@ -85,6 +85,24 @@ pub enum Fault {
     /// Compute node: label the output with this shape instead of [1, 2]; huge
     /// dimensions (whose product overflows) are the "huge dimensions" fault.
     OutputShape(Vec<i64>),
+    /// A BYTES tensor whose last length prefix claims more bytes than follow
+    /// ([`overrunning_bytes`]): a data source answers every fetch with it, a
+    /// compute node labels every output so.
+    OverrunningBytes,
+}
+
+/// The model version the mock compute node serves; a request naming another
+/// is answered NOT_FOUND, as by a real server.
+pub const MOCK_MODEL_VERSION: &str = "1";
+
+/// BYTES [1, 2] whose second element's prefix says 1,000 bytes and 2 follow.
+pub fn overrunning_bytes() -> Bytes {
+    let mut raw = Vec::new();
+    raw.extend_from_slice(&3u32.to_le_bytes());
+    raw.extend_from_slice(b"abc");
+    raw.extend_from_slice(&1_000u32.to_le_bytes());
+    raw.extend_from_slice(b"xy");
+    Bytes::from(raw)
 }
 
 /// How a mock node behaves. Rates, the error code and readiness are where a
@@ -425,12 +443,27 @@ impl Mock {
         }
     }
 
-    /// Whether `name` is a model this node serves (any, when none is configured).
-    fn serves_model(&self, name: &str) -> bool {
-        self.options
-            .model
-            .as_deref()
-            .is_none_or(|model| model == name)
+    /// Whether `name` is a model this node serves (any, when none is
+    /// configured), in `version` (empty: the server's choice).
+    fn serves_model(&self, name: &str, version: &str) -> bool {
+        (version.is_empty() || version == MOCK_MODEL_VERSION)
+            && self
+                .options
+                .model
+                .as_deref()
+                .is_none_or(|model| model == name)
+    }
+
+    /// The NOT_FOUND a real server answers for a model or version it lacks.
+    fn model_not_found(name: &str, version: &str) -> Reply {
+        if version.is_empty() {
+            status(Code::NOT_FOUND, &format!("model {name:?} not found"))
+        } else {
+            status(
+                Code::NOT_FOUND,
+                &format!("model {name:?} version {version:?} not found"),
+            )
+        }
     }
 
     /// Answers a health or readiness probe, at once and without faults.
@@ -447,7 +480,8 @@ impl Mock {
                     || request.service == self.service_name()
                 {
                     self.control.is_ready()
-                } else if self.kind == MockKind::Compute && self.serves_model(&request.service) {
+                } else if self.kind == MockKind::Compute && self.serves_model(&request.service, "")
+                {
                     self.control.is_model_ready()
                 } else {
                     return status(
@@ -472,17 +506,14 @@ impl Mock {
                 let Ok(request) = ModelMetadataRequest::decode(message) else {
                     return status(Code::INVALID_ARGUMENT, "undecodable ModelMetadataRequest");
                 };
-                if !self.serves_model(&request.name) {
-                    return status(
-                        Code::NOT_FOUND,
-                        &format!("model {:?} not found", request.name),
-                    );
+                if !self.serves_model(&request.name, &request.version) {
+                    return Self::model_not_found(&request.name, &request.version);
                 }
                 let (inputs, outputs) =
                     compute::metadata(self.options.computation, &self.options.input_name);
                 encoded(&ModelMetadataResponse {
                     name: self.options.model.clone().unwrap_or(request.name),
-                    versions: vec!["1".to_string()],
+                    versions: vec![MOCK_MODEL_VERSION.to_string()],
                     platform: "percore-mock".to_string(),
                     inputs,
                     outputs,
@@ -492,11 +523,8 @@ impl Mock {
                 let Ok(request) = ModelReadyRequest::decode(message) else {
                     return status(Code::INVALID_ARGUMENT, "undecodable ModelReadyRequest");
                 };
-                if !self.serves_model(&request.name) {
-                    return status(
-                        Code::NOT_FOUND,
-                        &format!("model {:?} not found", request.name),
-                    );
+                if !self.serves_model(&request.name, &request.version) {
+                    return Self::model_not_found(&request.name, &request.version);
                 }
                 encoded(&ModelReadyResponse {
                     ready: self.control.is_model_ready(),
@@ -517,6 +545,12 @@ impl Mock {
             ..FetchResponse::default()
         };
         let content = |spec: &TensorSpec| spec.content(&request.device_id, request.tick_unix_ms);
+        if self.options.fault == Some(Fault::OverrunningBytes) {
+            response.datatype = "BYTES".into();
+            response.shape = vec![1, 2];
+            response.raw = overrunning_bytes();
+            return encoded(&response);
+        }
         match &self.options.source_tensors {
             SourceTensors::Payload => {
                 response.datatype = "UINT8".into();
@@ -553,13 +587,8 @@ impl Mock {
         let Ok(request) = ModelInferRequest::decode(message) else {
             return status(Code::INVALID_ARGUMENT, "undecodable ModelInferRequest");
         };
-        if let Some(model) = &self.options.model {
-            if &request.model_name != model {
-                return status(
-                    Code::NOT_FOUND,
-                    &format!("model {:?} not found", request.model_name),
-                );
-            }
+        if !self.serves_model(&request.model_name, &request.model_version) {
+            return Self::model_not_found(&request.model_name, &request.model_version);
         }
         let outputs =
             match compute::compute(self.options.computation, &self.options.input_name, &request) {
@@ -600,6 +629,11 @@ impl Mock {
                 output.datatype = datatype.clone();
             }
             Some(Fault::OutputShape(shape)) => output.shape = shape.clone(),
+            Some(Fault::OverrunningBytes) => {
+                output.datatype = "BYTES".into();
+                output.shape = vec![1, 2];
+                output.raw = overrunning_bytes();
+            }
             _ => {}
         }
         output

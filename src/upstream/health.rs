@@ -5,7 +5,7 @@
 //! report to it as they end ([`ReplicaHealth::record`]), probes as they answer
 //! ([`ReplicaHealth::set_ready`]); the balancer reads it on every pick.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
 use crate::config::Ejection;
@@ -41,6 +41,12 @@ pub struct ReplicaHealth {
     ejections_in_row: Cell<u32>,
     /// What the last probe said (true until a probe says otherwise).
     ready: Cell<bool>,
+    /// Why the replica's server, at the last probe, said it cannot serve the
+    /// class's model (unknown, not ready, a version or contract it does not
+    /// have); `None` while it can, or while the probe could not ask. Unlike a
+    /// replica that is only down, a refused one is not sent a job's call as a
+    /// last resort: the job fails with this reason instead.
+    refusal: RefCell<Option<Box<str>>>,
     /// Calls ended (ok or not), for the metrics.
     pub requests: Cell<u64>,
     /// Calls that failed in a way that counts against the replica.
@@ -83,6 +89,7 @@ impl ReplicaHealth {
             ejected_until: Cell::new(None),
             ejections_in_row: Cell::new(0),
             ready: Cell::new(true),
+            refusal: RefCell::new(None),
             requests: Cell::new(0),
             failures: Cell::new(0),
             ejections: Cell::new(0),
@@ -99,6 +106,21 @@ impl ReplicaHealth {
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.set(ready);
+        self.refusal.replace(None);
+    }
+
+    /// The probe found the server up but unable to serve the model, for `why`.
+    pub fn set_refused(&self, why: &str) {
+        self.ready.set(false);
+        self.refusal.replace(Some(why.into()));
+    }
+
+    /// Why the server refuses the model, if it does (a copy for a job's reason).
+    pub fn refusal(&self) -> Option<Box<str>> {
+        if self.ready.get() {
+            return None;
+        }
+        self.refusal.borrow().clone()
     }
 
     /// Whether the replica is ejected at `now`; an ejection that has run out

@@ -144,6 +144,12 @@ impl NodePool {
         }
     }
 
+    /// Connects ended so far, ok or not: a probe that read something on one
+    /// connection knows a new one came after it when this moved.
+    pub fn generation(&self) -> u64 {
+        self.generation.get()
+    }
+
     /// Whether at least one connection is open and taking calls.
     pub fn is_connected(&self) -> bool {
         self.connections.borrow().iter().any(|c| !c.is_closed())

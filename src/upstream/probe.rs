@@ -8,14 +8,24 @@
 //! least every 250 ms, so it is re-admitted within about a quarter of a second
 //! of coming back instead of waiting for a job to find out. What a probe says is the replica's readiness: the balancer sends
 //! no new calls to a replica that is not ready. Every change is logged.
+//!
+//! With the KServe check, the probe also reads the model's `ModelMetadata` at
+//! start and on every new connection, and holds it against the class's
+//! [`Contract`]: the version asked for, the outputs requested, and the declared
+//! contract (or the one another replica described). A server that answers but
+//! cannot serve the model — unknown to it (MLServer answers `ModelReady` with an
+//! error then, others with `ready = false`), not ready, another version or
+//! another contract — *refuses* the replica: jobs that find no other replica
+//! fail with that reason instead of being sent there.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use prost::Message;
 
-use super::set::{ReplicaSet, Role};
+use super::set::{Admitted, ReplicaSet, Role};
 use crate::config::HealthCheck;
+use crate::contract::Contract;
 use crate::error::ErrorKind;
 use crate::grpc::methods;
 use crate::grpc::status::Code;
@@ -23,11 +33,13 @@ use crate::proto::health::{
     health_check_response::ServingStatus, HealthCheckRequest, HealthCheckResponse,
 };
 use crate::proto::inference::{
-    ModelReadyRequest, ModelReadyResponse, ServerReadyRequest, ServerReadyResponse,
+    ModelMetadataRequest, ModelMetadataResponse, ModelReadyRequest, ModelReadyResponse,
+    ServerReadyRequest, ServerReadyResponse,
 };
 use crate::runtime;
 
-/// Largest answer a probe accepts: readiness answers are a few bytes.
+/// Largest answer a probe accepts: readiness answers are a few bytes, model
+/// metadata a few kilobytes.
 const PROBE_MAX_MESSAGE: usize = 64 * 1024;
 /// A probe of a replica that is down waits at least this long between tries...
 const MIN_DOWN_WAIT: Duration = Duration::from_millis(50);
@@ -43,15 +55,23 @@ const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 pub enum Probe {
     /// Ready for calls.
     Ready,
-    /// Not ready, and why (shown in the log).
+    /// Not ready, and why (shown in the log): down, unreachable, or a server
+    /// that says it is not ready as a whole.
     NotReady(String),
+    /// The server answered, and cannot serve the class's model, for this
+    /// reason (shown in the log and in the failed rows of jobs sent nowhere else).
+    Refused(String),
 }
 
 /// The model a probe asks about (compute nodes only).
 #[derive(Debug, Clone)]
 pub struct ModelRef {
+    /// Model name, as in ModelInfer.
     pub name: String,
+    /// Model version asked for; empty lets the server choose.
     pub version: String,
+    /// The outputs the class asks for, which the metadata must list.
+    pub requested_outputs: Vec<String>,
 }
 
 /// Probes replica `index` of `set` until `stopped` says so. Runs as a task on
@@ -67,6 +87,10 @@ pub async fn run(
     let mut wait = Duration::ZERO;
     // Probes are logged when what they say changes; the first "ready" is not news.
     let mut last = Probe::Ready;
+    // The connection generation whose ModelMetadata was read and admitted: a
+    // new connection (the node may have restarted with another model) reads it
+    // again, and so does a replica that was not ready.
+    let mut metadata_read: Option<u64> = None;
     loop {
         runtime::sleep(wait).await;
         if stopped.get() {
@@ -74,20 +98,35 @@ pub async fn run(
         }
         let replica = set.replica(index);
         let timeout = set.probe_interval.min(MAX_PROBE_TIMEOUT);
-        let found =
-            runtime::until_deadline(Instant::now() + timeout, probe_once(&set, index, &model))
-                .await
-                .unwrap_or_else(|| {
-                    Probe::NotReady(format!(
-                        "no answer to the probe within {} ms",
-                        timeout.as_millis()
-                    ))
-                });
-        replica.health.set_ready(found == Probe::Ready);
+        let found = runtime::until_deadline(
+            Instant::now() + timeout,
+            probe_once(&set, index, &model, &mut metadata_read),
+        )
+        .await
+        .unwrap_or_else(|| {
+            Probe::NotReady(format!(
+                "no answer to the probe within {} ms",
+                timeout.as_millis()
+            ))
+        });
+        match &found {
+            Probe::Ready => replica.health.set_ready(true),
+            Probe::NotReady(_) => replica.health.set_ready(false),
+            Probe::Refused(why) => replica.health.set_refused(why),
+        }
+        if found != Probe::Ready {
+            metadata_read = None;
+        }
         if found != last {
             let what = match &found {
                 Probe::Ready => "is ready again".to_string(),
                 Probe::NotReady(why) => format!("is not ready: {why}"),
+                Probe::Refused(why) => {
+                    format!(
+                        "is not ready: it cannot serve model {:?}: {why}",
+                        model.name
+                    )
+                }
             };
             crate::console::err(format_args!(
                 "percore: shard {}: {} {} of class {:?} {what}",
@@ -100,7 +139,7 @@ pub async fn run(
         }
         wait = match found {
             Probe::Ready => set.probe_interval,
-            Probe::NotReady(_) => {
+            Probe::NotReady(_) | Probe::Refused(_) => {
                 let now = Instant::now();
                 replica
                     .pool
@@ -115,8 +154,14 @@ pub async fn run(
     }
 }
 
-/// One probe: connect if needed, then the class's health check.
-async fn probe_once(set: &ReplicaSet, index: usize, model: &ModelRef) -> Probe {
+/// One probe: connect if needed, then the class's health check (and the
+/// model's metadata, when not yet read on this connection).
+async fn probe_once(
+    set: &ReplicaSet,
+    index: usize,
+    model: &ModelRef,
+    metadata_read: &mut Option<u64>,
+) -> Probe {
     let pool = &set.replica(index).pool;
     if let Err(cause) = pool.reconnect().await {
         return Probe::NotReady(format!("cannot connect: {cause}"));
@@ -136,7 +181,9 @@ async fn probe_once(set: &ReplicaSet, index: usize, model: &ModelRef) -> Probe {
                     return Probe::NotReady("ServerReady answered false".into())
                 }
                 Ok(_) | Err(Unimplemented) => {}
-                Err(Failed(why)) => return Probe::NotReady(format!("ServerReady: {why}")),
+                Err(Answered(why) | Failed(why)) => {
+                    return Probe::NotReady(format!("ServerReady: {why}"))
+                }
             }
             let request = ModelReadyRequest {
                 name: model.name.clone(),
@@ -144,15 +191,29 @@ async fn probe_once(set: &ReplicaSet, index: usize, model: &ModelRef) -> Probe {
             };
             let answer: Result<ModelReadyResponse, _> =
                 call(set, index, methods::MODEL_READY, &request).await;
+            let asked = model_named(model);
             match answer {
-                Ok(answer) if answer.ready => Probe::Ready,
-                Ok(_) => Probe::NotReady(format!("ModelReady for {:?} answered false", model.name)),
+                Ok(answer) if answer.ready => {}
+                Ok(_) => return Probe::Refused(format!("ModelReady for {asked} answered false")),
                 // A server without the readiness API is as ready as it is reachable.
-                Err(Unimplemented) => Probe::Ready,
+                Err(Unimplemented) => {}
+                Err(Answered(why)) => {
+                    return Probe::Refused(format!("ModelReady for {asked}: {why}"))
+                }
                 Err(Failed(why)) => {
-                    Probe::NotReady(format!("ModelReady for {:?}: {why}", model.name))
+                    return Probe::NotReady(format!("ModelReady for {asked}: {why}"))
                 }
             }
+            if set.reads_metadata {
+                let generation = set.replica(index).pool.generation();
+                if *metadata_read != Some(generation) {
+                    if let Some(refused) = read_metadata(set, index, model).await {
+                        return refused;
+                    }
+                    *metadata_read = Some(generation);
+                }
+            }
+            Probe::Ready
         }
         HealthCheck::Grpc { service } => {
             let request = HealthCheckRequest {
@@ -168,9 +229,63 @@ async fn probe_once(set: &ReplicaSet, index: usize, model: &ModelRef) -> Probe {
                         .map_or("an unknown status", |status| status.as_str_name())
                 )),
                 Err(Unimplemented) => Probe::Ready,
-                Err(Failed(why)) => Probe::NotReady(format!("Health/Check: {why}")),
+                Err(Answered(why) | Failed(why)) => Probe::NotReady(format!("Health/Check: {why}")),
             }
         }
+    }
+}
+
+/// `"rowstats"`, or `"rowstats" version "2"` when the class names a version.
+fn model_named(model: &ModelRef) -> String {
+    if model.version.is_empty() {
+        format!("{:?}", model.name)
+    } else {
+        format!("{:?} version {:?}", model.name, model.version)
+    }
+}
+
+/// Reads replica `index`'s `ModelMetadata` and admits it into the set's
+/// contract; `None` when it fits (or the server has no metadata call), else
+/// the probe's verdict.
+async fn read_metadata(set: &ReplicaSet, index: usize, model: &ModelRef) -> Option<Probe> {
+    let request = ModelMetadataRequest {
+        name: model.name.clone(),
+        version: model.version.clone(),
+    };
+    let answer: Result<ModelMetadataResponse, _> =
+        call(set, index, methods::MODEL_METADATA, &request).await;
+    let asked = model_named(model);
+    let metadata = match answer {
+        Ok(metadata) => metadata,
+        Err(Unimplemented) => return None,
+        Err(Answered(why)) => {
+            return Some(Probe::Refused(format!("ModelMetadata for {asked}: {why}")))
+        }
+        Err(Failed(why)) => {
+            return Some(Probe::NotReady(format!("ModelMetadata for {asked}: {why}")))
+        }
+    };
+    let node = set.replica(index).node();
+    let served = Contract::from_metadata(&metadata, node);
+    if let Err(why) = served.serves(&model.version, &model.requested_outputs) {
+        return Some(Probe::Refused(why));
+    }
+    let described = served.describe();
+    match set.admit_metadata(index, served) {
+        Err(why) => Some(Probe::Refused(format!(
+            "its ModelMetadata does not fit the class: {why}"
+        ))),
+        Ok(Admitted::Learned) => {
+            // Every shard learns it; one line says it.
+            if set.shard() == 0 {
+                crate::console::err(format_args!(
+                    "percore: class {:?}: model {asked} as ModelMetadata of {node} describes it: {described}",
+                    set.class(),
+                ));
+            }
+            None
+        }
+        Ok(Admitted::Agrees) => None,
     }
 }
 
@@ -178,10 +293,12 @@ async fn probe_once(set: &ReplicaSet, index: usize, model: &ModelRef) -> Probe {
 enum ProbeError {
     /// The server does not implement the method.
     Unimplemented,
-    /// Anything else, as text for the log.
+    /// The server answered with another error status: it is up, and says no.
+    Answered(String),
+    /// No answer (connection, deadline, protocol), as text for the log.
     Failed(String),
 }
-use ProbeError::{Failed, Unimplemented};
+use ProbeError::{Answered, Failed, Unimplemented};
 
 async fn call<Req: Message, Resp: Message + Default>(
     set: &ReplicaSet,
@@ -200,6 +317,7 @@ async fn call<Req: Message, Resp: Message + Default>(
         .await
         .map_err(|kind| match kind {
             ErrorKind::Status { code, .. } if code == Code::UNIMPLEMENTED => Unimplemented,
+            status @ ErrorKind::Status { .. } => Answered(status.to_string()),
             other => Failed(other.to_string()),
         })
 }

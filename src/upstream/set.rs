@@ -16,6 +16,7 @@ use super::health::{CallOutcome, Verdict};
 use super::replica::Replica;
 use super::retry::RetryBudget;
 use crate::config::{Ejection, HealthCheck, Hedge, Upstream};
+use crate::contract::Contract;
 use crate::error::ErrorKind;
 use crate::grpc::status::Code;
 
@@ -49,6 +50,10 @@ pub struct SetPolicy {
     pub retry_budget_min_per_s: u32,
     /// This shard, for log lines and to seed the balancer's draws.
     pub shard: u16,
+    /// Compute nodes: the model contract the config declares, if any.
+    pub contract: Option<Contract>,
+    /// Compute nodes: whether the probes read `ModelMetadata`.
+    pub reads_metadata: bool,
 }
 
 /// Refused: a replica set needs at least one replica.
@@ -84,6 +89,30 @@ pub struct ReplicaSet {
     pub probe_interval: Duration,
     /// Class, role and shard, for log lines.
     policy_name: (String, Role, u16),
+    /// Whether the probes read `ModelMetadata` (compute nodes only).
+    pub reads_metadata: bool,
+    /// The contract the config declares: every replica's metadata must agree
+    /// with it.
+    declared: Option<Rc<Contract>>,
+    /// The contract jobs check against: the declared one, else the one the
+    /// first replica's metadata described; `None` checks nothing.
+    contract: RefCell<Option<Rc<Contract>>>,
+    /// The replica whose metadata `contract` is, when it was learned; the
+    /// other replicas must describe the same model.
+    learned_from: Cell<Option<usize>>,
+    /// Whether a job's contract failure was told on the terminal: once per
+    /// shard and class, so a source sending the wrong tensor is seen at
+    /// once, and the rows and the failure breakdown count the rest.
+    contract_warned: Cell<bool>,
+}
+
+/// What a replica's `ModelMetadata` meant for its set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admitted {
+    /// It agrees with the contract already held.
+    Agrees,
+    /// It is the class's contract on this shard from now on (worth a log line).
+    Learned,
 }
 
 impl ReplicaSet {
@@ -120,6 +149,11 @@ impl ReplicaSet {
             health_check: upstream.health_check.clone(),
             probe_interval: upstream.probe_interval,
             policy_name: (policy.class.clone(), policy.role, policy.shard),
+            reads_metadata: policy.reads_metadata,
+            declared: policy.contract.clone().map(Rc::new),
+            contract: RefCell::new(policy.contract.clone().map(Rc::new)),
+            learned_from: Cell::new(None),
+            contract_warned: Cell::new(false),
         })
     }
 
@@ -147,6 +181,61 @@ impl ReplicaSet {
         self.policy_name.2
     }
 
+    /// The contract a job checks its inputs and outputs against, if any.
+    pub fn contract(&self) -> Option<Rc<Contract>> {
+        self.contract.borrow().clone()
+    }
+
+    /// Takes in what replica `index`'s `ModelMetadata` described: checked
+    /// against the declared contract, or against the one another replica
+    /// described; without either it becomes the contract. The error says why
+    /// the replica cannot serve the class.
+    pub fn admit_metadata(&self, index: usize, served: Contract) -> Result<Admitted, String> {
+        if let Some(declared) = &self.declared {
+            return declared.agrees_with(&served).map(|()| Admitted::Agrees);
+        }
+        match self.learned_from.get() {
+            Some(from) if from != index => {
+                let current = self.contract().ok_or("no contract was kept")?;
+                let same = current.inputs == served.inputs && current.outputs == served.outputs;
+                if same {
+                    return Ok(Admitted::Agrees);
+                }
+                Err(format!(
+                    "it describes model {:?} as {}, {} describes it as {}",
+                    served.model,
+                    served.describe(),
+                    current.origin,
+                    current.describe()
+                ))
+            }
+            _ => {
+                let changed = self.contract().is_none_or(|current| {
+                    current.inputs != served.inputs || current.outputs != served.outputs
+                });
+                self.learned_from.set(Some(index));
+                if !changed {
+                    return Ok(Admitted::Agrees);
+                }
+                self.contract.replace(Some(Rc::new(served)));
+                Ok(Admitted::Learned)
+            }
+        }
+    }
+
+    /// A job broke the class's contract for `detail`: said on the terminal the
+    /// first time on this shard.
+    pub fn warn_contract(&self, detail: &str) {
+        if self.contract_warned.replace(true) {
+            return;
+        }
+        let (class, _, shard) = &self.policy_name;
+        crate::console::err(format_args!(
+            "percore: shard {shard}: class {class:?} breaks its model contract: {detail} \
+             (such jobs fail with this reason; said once per shard)"
+        ));
+    }
+
     /// Whether replica `index` should get new calls now.
     fn is_usable(&self, index: usize, now: Instant) -> bool {
         let replica = &self.replicas[index];
@@ -154,6 +243,12 @@ impl ReplicaSet {
             && replica.health.is_ready()
             && !replica.health.is_ejected(now)
             && !replica.pool.is_backing_off(now)
+    }
+
+    /// Why replica `index`'s server refuses the class's model, if it does: a
+    /// job that [`pick`](Self::pick) sends there fails with this instead.
+    pub fn refusal(&self, index: usize) -> Option<Box<str>> {
+        self.replicas[index].health.refusal()
     }
 
     /// The replica for the next attempt, never one in `tried`. Prefers usable
@@ -392,6 +487,8 @@ mod tests {
             retry_budget_percent: 20,
             retry_budget_min_per_s: 10,
             shard: 0,
+            contract: None,
+            reads_metadata: true,
         }
     }
 
