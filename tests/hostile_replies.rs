@@ -29,7 +29,17 @@ fn run_devices_against(
     devices: usize,
     options: MockOptions,
 ) -> (std::collections::BTreeMap<String, u64>, u64) {
-    let source = common::start_mock(MockKind::Source, MockOptions::default());
+    run_between(devices, MockOptions::default(), options)
+}
+
+/// Runs 1.5 s of `devices` between a data source and a compute node with
+/// these options; returns the failure reasons and the ok rows.
+fn run_between(
+    devices: usize,
+    source: MockOptions,
+    options: MockOptions,
+) -> (std::collections::BTreeMap<String, u64>, u64) {
+    let source = common::start_mock(MockKind::Source, source);
     let compute = common::start_mock(MockKind::Compute, options);
     let dir = tempfile::tempdir().expect("a temporary directory");
     let db = dir.path().join("jobs.db");
@@ -122,6 +132,38 @@ fn dimensions_whose_product_overflows_fail_with_the_reason() {
         ..MockOptions::default()
     });
     assert_all_failed_with(&reasons, ok, "infer: bad response");
+}
+
+#[test]
+fn a_bytes_output_whose_prefixes_overrun_fails_the_tensor_check() {
+    let (reasons, ok) = run_against(MockOptions {
+        fault: Some(Fault::OverrunningBytes),
+        ..MockOptions::default()
+    });
+    assert_all_failed_with(
+        &reasons,
+        ok,
+        "infer: bad response: output \"OUTPUT0\": tensor of BYTES [1, 2]: 13 bytes are not \
+         whole length-prefixed elements",
+    );
+}
+
+#[test]
+fn a_fetched_bytes_tensor_whose_prefixes_overrun_is_not_forwarded() {
+    let (reasons, ok) = run_between(
+        400,
+        MockOptions {
+            fault: Some(Fault::OverrunningBytes),
+            ..MockOptions::default()
+        },
+        MockOptions::default(),
+    );
+    assert_all_failed_with(
+        &reasons,
+        ok,
+        "fetch: bad response: tensor of BYTES [1, 2]: 13 bytes are not whole length-prefixed \
+         elements",
+    );
 }
 
 #[test]

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::python::{MlServer, PythonSource, MODEL};
 use common::Row;
 use percore::config::Config;
+use percore::mock::{MockKind, MockOptions, SourceTensors, TensorSpec};
 
 /// Devices of the runs, each ticking once a second: a load MLServer (pure Python)
 /// and the Python source keep up with on 2 cores beside percore.
@@ -175,6 +176,24 @@ fn both_outputs_of_the_model_match_the_recomputation() {
 /// served by `source` and MLServer's gRPC port, SQLite at `db`, whose output must be
 /// FP32 [ROWS, 1] named `max`; `[classes.upstream]` left to its defaults.
 fn write_config(dir: &Path, source: &PythonSource, server: &MlServer, devices: usize) -> PathBuf {
+    write_config_for(
+        dir,
+        source.addr,
+        server,
+        devices,
+        &format!("model = {MODEL:?}"),
+    )
+}
+
+/// [`write_config`] with any data source, and `model_keys` (`model = …`, maybe
+/// `model_version = …`) naming the model.
+fn write_config_for(
+    dir: &Path,
+    source: std::net::SocketAddr,
+    server: &MlServer,
+    devices: usize,
+    model_keys: &str,
+) -> PathBuf {
     let cpus: Vec<String> = common::shard_cpus().iter().map(usize::to_string).collect();
     let tuning = dir.join("tuning.toml");
     std::fs::write(&tuning, format!("shard_cpus = [{}]\n", cpus.join(", "))).expect("tuning");
@@ -190,7 +209,7 @@ path = "{db}"
 
 [[classes]]
 name = "meter"
-model = "{MODEL}"
+{model_keys}
 period_ms = 1000
 deadline_ms = 1000
 data_sources = ["{source}"]
@@ -206,7 +225,6 @@ shape = [{ROWS}, 1]
 "#,
         tuning = tuning.display(),
         db = dir.join("jobs.db").display(),
-        source = source.addr,
         compute = server.grpc,
     );
     let path = dir.join("percore.toml");
@@ -324,8 +342,83 @@ fn every_tick_through_mlserver_is_a_row_with_the_models_output() {
     );
 }
 
+#[test]
+fn mlserver_refusing_the_model_or_its_contract_fails_jobs_saying_so() {
+    let _exclusive = common::python::exclusive();
+    let server = MlServer::start();
+    // percore's own mock source, which can send the wrong datatype.
+    let source_of = |datatype: &str| {
+        common::start_mock(
+            MockKind::Source,
+            MockOptions {
+                source_tensors: SourceTensors::Tensor(
+                    TensorSpec::new("INPUT0", datatype, vec![ROWS as i64, COLS as i64])
+                        .expect("a spec"),
+                ),
+                ..MockOptions::default()
+            },
+        )
+    };
+    let cases = [
+        // MLServer answers ModelReady for a model it does not have with an
+        // error (UNKNOWN, not even NOT_FOUND), not with ready = false.
+        (
+            "FP32",
+            "model = \"nosuch\"",
+            "ModelReady for \"nosuch\": grpc status 2 UNKNOWN: Unexpected \
+             <class 'mlserver.errors.ModelNotFound'>: Model nosuch with version  not found",
+        ),
+        (
+            "FP32",
+            &format!("model = {MODEL:?}\nmodel_version = \"9\""),
+            "ModelReady for \"rowstats\" version \"9\": grpc status 2 UNKNOWN: Unexpected \
+             <class 'mlserver.errors.ModelNotFound'>: Model rowstats with version 9 not found",
+        ),
+        (
+            "FP64",
+            &format!("model = {MODEL:?}"),
+            "infer: model contract: input \"INPUT0\" is FP64 [4, 8], model \"rowstats\" takes \
+             FP32 [-1, -1] according to ModelMetadata of 127.0.0.1:",
+        ),
+    ];
+    for (datatype, model_keys, expected) in cases {
+        let source = source_of(datatype);
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let config = write_config_for(dir.path(), source.addr, &server, 100, model_keys);
+        let summary_path = dir.path().join("summary.json");
+        let (code, stderr) = common::run_percore(&config, "3s", &summary_path);
+        source.stop();
+        let summary = common::read_summary_json(&summary_path);
+        let rows = common::read_rows(&dir.path().join("jobs.db"));
+        assert_every_tick_once(&config, &summary, &rows);
+        assert_eq!(
+            code,
+            common::EXIT_ALL_FAILED,
+            "{model_keys}: every job fails"
+        );
+        assert!(
+            stderr.contains(expected),
+            "{model_keys}: the terminal says {expected:?}"
+        );
+        let failed = common::reasons(&rows, "failed");
+        let total: u64 = failed.values().sum();
+        let saying: u64 = failed
+            .iter()
+            .filter(|(reason, _)| reason.contains(expected))
+            .map(|(_, count)| count)
+            .sum();
+        // Jobs started before the first probe answered were sent, and failed
+        // with MLServer's own error.
+        assert!(
+            total == rows.len() as u64 && saying * 10 >= total * 9,
+            "{model_keys}: {saying} of {total} failures say {expected:?}: {failed:?}"
+        );
+    }
+}
+
 /// Words one of which a reason must contain to say the server was unreachable.
-const UNREACHABLE: [&str; 5] = [
+const UNREACHABLE: [&str; 6] = [
+    "model unavailable",
     "connect error",
     "connection to",
     "no replica available",

@@ -386,6 +386,52 @@ compute_nodes = ["{compute}"]
     path
 }
 
+/// `percore run`'s exit code when every job failed.
+pub const EXIT_ALL_FAILED: i32 = 4;
+
+/// `percore run --config CONFIG --duration DURATION --summary-json SUMMARY`
+/// run to its end; its exit code and stderr (also echoed to the test's). A
+/// run that ends otherwise than with 0 or [`EXIT_ALL_FAILED`], or outlives 60
+/// s, fails the test.
+pub fn run_percore(config: &Path, duration: &str, summary: &Path) -> (i32, String) {
+    use std::io::Read as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_percore"))
+        .args(["run", "--config"])
+        .arg(config)
+        .args(["--duration", duration, "--admin", "none", "--summary-json"])
+        .arg(summary)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("percore starts");
+    let mut pipe = child.stderr.take().expect("a stderr pipe");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        text
+    });
+    let began = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if began.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("percore run still going after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = reader.join().expect("stderr read");
+    eprintln!("{stderr}");
+    let code = status.code().unwrap_or(-1);
+    assert!(
+        code == 0 || code == EXIT_ALL_FAILED,
+        "percore run exited with {status}: {stderr}"
+    );
+    (code, stderr)
+}
+
 /// Reads a `--summary-json` file.
 pub fn read_summary_json(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path)
