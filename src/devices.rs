@@ -151,6 +151,20 @@ impl Fleet {
         fleet
     }
 
+    /// This fleet with `entries` appended, in order: their indexes follow this
+    /// fleet's last. A live reload grows the fleet so, and never renumbers it.
+    pub fn appended(&self, entries: &[(String, ClassIndex)]) -> Fleet {
+        let mut fleet = self.clone();
+        let id_bytes: usize = entries.iter().map(|(id, _)| id.len()).sum();
+        fleet.ids.reserve(id_bytes);
+        fleet.bounds.reserve(entries.len());
+        fleet.classes.reserve(entries.len());
+        for (id, class) in entries {
+            fleet.push(id, *class);
+        }
+        fleet
+    }
+
     fn with_capacity(devices: usize, id_bytes: usize) -> Fleet {
         let mut bounds = Vec::with_capacity(devices + 1);
         bounds.push(0);

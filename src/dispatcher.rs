@@ -25,6 +25,7 @@ use crate::cpu;
 use crate::devices::shard_of;
 use crate::failures::FailureBreakdown;
 use crate::record::DeviceIndex;
+use crate::reload::Live;
 use crate::report::hlog::LogWriter;
 use crate::runtime::{self, ExecutorSpec};
 use crate::shard::{self, Control, ExitNotice, ShardChannels, ShardLimits, ShardPlan, Workload};
@@ -103,6 +104,9 @@ pub struct RunOptions {
     pub mocks: Option<serde_json::Value>,
     /// Which part of each job runs: the whole job, or (benchmarks) one stage alone.
     pub stage: StageMode,
+    /// Each message asks for a live reload: the config file (`Config::path`)
+    /// read again and its device list and classes applied (tick-driven runs).
+    pub reload: Option<flume::Receiver<()>>,
 }
 
 /// Why a run could not start or did not complete.
@@ -170,16 +174,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
     let names = Arc::new(RowNames {
         run,
         fleet: fleet.clone(),
-        classes: config
-            .classes
-            .iter()
-            .map(|class| ClassNames {
-                all_outputs: class.store_all_outputs,
-                class: class.name.clone(),
-                model: class.model.clone(),
-                compute_nodes: class.compute_nodes.iter().map(|n| n.to_string()).collect(),
-            })
-            .collect(),
+        classes: config.classes.iter().map(class_names).collect(),
     });
     let target = match &config.sink {
         SinkConfig::Sqlite {
@@ -190,6 +185,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
         },
         SinkConfig::Postgres { options, .. } => SinkTarget::Postgres(options.clone()),
     };
+    let run_identity = names.run.clone();
     let opened = sink::open(&target, names.clone(), config.sink.journal().is_some())
         .map_err(|error| RunError(error.to_string()))?;
     let journal = match config.sink.journal() {
@@ -216,12 +212,14 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
     let (results_tx, results_rx) = flume::bounded(RESULT_CHANNEL_BATCHES);
     let (recycle_tx, recycle_rx) = flume::bounded(RECYCLED_BATCHES_PER_SHARD * shard_count);
     let (sink_events_tx, sink_events) = flume::bounded(SINK_EVENT_CAPACITY);
+    let (names_tx, names_rx) = flume::bounded(RELOADS_QUEUED);
     let progress = Arc::new(SinkProgress::default());
     let writer_channels = WriterChannels {
         batches: results_rx,
         recycle: recycle_tx,
         events: sink_events_tx,
         progress: progress.clone(),
+        names: names_rx,
     };
     let writer = sink::spawn_writer(
         sink,
@@ -302,11 +300,19 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
         progress.clone(),
         class_names,
     );
+    let mut reloader = Reloader {
+        path: config.path.clone(),
+        live: Live::new(config, shard_count),
+        run: run_identity,
+        names: names_tx,
+    };
     let inbox = Inbox {
         reports: &reports_rx,
         sink_events: &sink_events,
     };
-    let finished = supervisor.supervise(&inbox, &controls);
+    let finished = supervisor.supervise(&inbox, &controls, Some(&mut reloader));
+    let Reloader { live, .. } = reloader;
+    let fleet = live.fleet.clone();
     if finished.is_err() {
         // Let the other shards drain and report, so the writer and they can end.
         for control in &controls {
@@ -372,7 +378,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
         counters: Counters::default(),
         latency: StageHistograms::default(),
         per_shard: Vec::with_capacity(shard_count),
-        per_class: config
+        per_class: live
             .classes
             .iter()
             .map(|class| ClassSummary {
@@ -430,6 +436,78 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
         )));
     }
     Ok(summary)
+}
+
+/// Reload requests, and their names for the writer, that may wait at once: a
+/// burst of SIGHUPs is one reload.
+const RELOADS_QUEUED: usize = 4;
+
+/// What a live reload needs on the coordinator.
+struct Reloader {
+    /// The config file, read again at each request.
+    path: PathBuf,
+    /// The config as the shards run it.
+    live: Live,
+    /// The run's identity, for the writer's new names.
+    run: sink::run::RunIdentity,
+    /// New names to the sink writer, sent before the shards hear of a reload.
+    names: flume::Sender<Arc<RowNames>>,
+}
+
+impl Reloader {
+    /// Reads the config file again and applies its device list and classes:
+    /// the writer gets the new names first, then every shard the reload. A file
+    /// that does not load changes nothing; its error is logged. Returns the
+    /// class names after it, for the metrics.
+    fn reload(&mut self, controls: &[flume::Sender<Control>]) -> Option<Arc<[String]>> {
+        let next = match Config::load(&self.path) {
+            Ok(next) => next,
+            Err(error) => {
+                console::err(format_args!(
+                    "reload: {error}; the run goes on with the config it has"
+                ));
+                return None;
+            }
+        };
+        let (reload, changes) = match self.live.merge(&next) {
+            Ok(merged) => merged,
+            Err(error) => {
+                console::err(format_args!(
+                    "reload: {}: {error}; the run goes on with the config it has",
+                    self.path.display()
+                ));
+                return None;
+            }
+        };
+        let names = Arc::new(RowNames {
+            run: self.run.clone(),
+            fleet: reload.fleet.clone(),
+            classes: reload.classes.iter().map(class_names).collect(),
+        });
+        if self.names.send(names).is_err() {
+            console::err(format_args!(
+                "reload: the sink writer has stopped; nothing reloaded"
+            ));
+            return None;
+        }
+        let class_names: Arc<[String]> = reload.classes.iter().map(|c| c.name.clone()).collect();
+        let reload = Arc::new(reload);
+        for control in controls {
+            let _ = control.send(Control::Reload(reload.clone()));
+        }
+        console::err(format_args!("reload: {}: {changes}", self.path.display()));
+        Some(class_names)
+    }
+}
+
+/// A class's names as rows carry them.
+fn class_names(class: &crate::config::Class) -> ClassNames {
+    ClassNames {
+        all_outputs: class.store_all_outputs,
+        class: class.name.clone(),
+        model: class.model.clone(),
+        compute_nodes: class.compute_nodes.iter().map(|n| n.to_string()).collect(),
+    }
 }
 
 /// Opens the spill journal and says what an earlier run left in it (the
@@ -556,6 +634,8 @@ struct Inbox<'a> {
 enum Message {
     Shard(Result<ShardReport, flume::RecvError>),
     Sink(Result<SinkEvent, flume::RecvError>),
+    /// A reload was asked for (or, `Err`, can no longer be).
+    Reload(Result<(), flume::RecvError>),
 }
 
 /// The run's per-second latencies while they can still change. A second stays
@@ -706,6 +786,8 @@ struct Supervisor<'a> {
     health: Health,
     /// Set once the sink failed for good: the run is being stopped.
     sink_failed: bool,
+    /// Whether reload requests can still come (their sender is alive).
+    reloads_heard: bool,
     /// Jobs counted at the previous status line.
     jobs_at_last_status: u64,
     /// The progress bar under the status lines, for a run with a duration
@@ -736,6 +818,7 @@ impl<'a> Supervisor<'a> {
             progress,
             health: Health::Ok,
             sink_failed: false,
+            reloads_heard: true,
             jobs_at_last_status: 0,
             progress_bar: match (options.print_status, options.duration) {
                 (true, Some(duration)) => {
@@ -822,6 +905,10 @@ impl<'a> Supervisor<'a> {
         if sink_open {
             selector = selector.recv(inbox.sink_events, Message::Sink);
         }
+        // A reload waits for no status line: the edited file applies at once.
+        if let (Some(requests), true) = (&self.options.reload, self.reloads_heard) {
+            selector = selector.recv(requests, Message::Reload);
+        }
         selector.wait_deadline(deadline).ok()
     }
 
@@ -832,6 +919,7 @@ impl<'a> Supervisor<'a> {
         &mut self,
         inbox: &Inbox<'_>,
         controls: &[flume::Sender<Control>],
+        mut reloader: Option<&mut Reloader>,
     ) -> Result<Vec<FinalReport>, RunError> {
         let mut finished: Vec<Option<FinalReport>> = self.latest.iter().map(|_| None).collect();
         let started = Instant::now();
@@ -885,6 +973,15 @@ impl<'a> Supervisor<'a> {
                 Some(Message::Sink(Ok(event))) => self.on_sink_event(event, controls),
                 // The writer ended (done, or failed and said so): nothing more to hear.
                 Some(Message::Sink(Err(flume::RecvError::Disconnected))) => sink_open = false,
+                Some(Message::Reload(Ok(()))) if !stop_sent => {
+                    if let Some(reloader) = reloader.as_deref_mut() {
+                        self.reload(controls, reloader);
+                    }
+                }
+                Some(Message::Reload(Ok(()))) => {}
+                Some(Message::Reload(Err(flume::RecvError::Disconnected))) => {
+                    self.reloads_heard = false
+                }
                 None => {}
             }
             if !stop_sent {
@@ -911,6 +1008,19 @@ impl<'a> Supervisor<'a> {
         // The bar's line is cleared before the summary is printed.
         self.progress_bar = None;
         Ok(finished.into_iter().flatten().collect())
+    }
+
+    /// Applies a reload request (tick-driven runs only).
+    fn reload(&mut self, controls: &[flume::Sender<Control>], reloader: &mut Reloader) {
+        if self.options.load != Load::Ticks {
+            console::err(format_args!(
+                "reload: only tick-driven runs reload; ignored"
+            ));
+            return;
+        }
+        if let Some(names) = reloader.reload(controls) {
+            self.class_names = names;
+        }
     }
 
     /// Whole seconds since the first tick was due.
@@ -1111,7 +1221,7 @@ mod tests {
             reports: &reports_rx,
             sink_events: &sink_events,
         };
-        let error = supervisor.supervise(&inbox, &[]).err().map(|e| e.0);
+        let error = supervisor.supervise(&inbox, &[], None).err().map(|e| e.0);
         assert_eq!(
             error.as_deref(),
             Some("shard 1 stopped unexpectedly (its executor failed to start or panicked)")

@@ -21,6 +21,8 @@
 //!   makes every channel, starts the shards, prints status, merges statistics,
 //!   streams each closed second to the interval log, stops the run at once when
 //!   the sink fails, measures CPU. Runs on the calling thread, never on a shard.
+//!   [`reload`]: a live reload (SIGHUP) merged into the running config — the
+//!   fleet only grows, classes matched by name — as one message per shard.
 //! - [`shard`]: the per-core loop. Owns its devices, schedule, connections,
 //!   counters; fires ticks, starts jobs, batches results to the sink.
 //! - [`tick`]: the tick grid (a pure function of device id and period) and the
@@ -109,6 +111,7 @@ pub mod grpc;
 pub mod job;
 pub mod mock;
 pub mod record;
+pub mod reload;
 pub mod report;
 pub mod runtime;
 pub mod shard;

@@ -428,11 +428,14 @@ fn main() {
 fn run(cli: Cli) -> Result<i32> {
     // Before any thread starts, so no window exists where a signal kills the
     // process with its results unwritten.
-    let stop = stop_on_signal()?;
+    let Signals { stop, reload } = listen_for_signals()?;
+    // Only `percore run` has a config file to read again; elsewhere the
+    // receiver is dropped, and a SIGHUP says it is ignored.
+    let reload = matches!(cli.command, Command::Run(_)).then_some(reload);
     let done = |result: Result<()>| result.map(|()| 0);
     match cli.command {
         Command::Demo(args) => demo_command(args, stop),
-        Command::Run(args) => run_command(args, stop),
+        Command::Run(args) => run_command(args, stop, reload),
         Command::Bench(args) => done(bench_command(args)),
         Command::Report(args) => done(report_command(args)),
         Command::MockSource(args) => {
@@ -519,6 +522,8 @@ fn demo_command(args: DemoArgs, stop: flume::Receiver<()>) -> Result<i32> {
         interval_log: args.output.interval_log(),
         mocks: Some(mocks.description.clone()),
         stage: StageMode::Whole,
+        // The demo's config is built in, with no file to read again.
+        reload: None,
     };
     let result = dispatcher::run(&config, &options);
     mocks.stop();
@@ -531,7 +536,11 @@ fn demo_command(args: DemoArgs, stop: flume::Receiver<()>) -> Result<i32> {
     finished
 }
 
-fn run_command(args: RunArgs, stop: flume::Receiver<()>) -> Result<i32> {
+fn run_command(
+    args: RunArgs,
+    stop: flume::Receiver<()>,
+    reload: Option<flume::Receiver<()>>,
+) -> Result<i32> {
     let config = Config::load(&args.config)?;
     let admin = start_admin(&args.output.admin);
     let options = RunOptions {
@@ -543,6 +552,7 @@ fn run_command(args: RunArgs, stop: flume::Receiver<()>) -> Result<i32> {
         interval_log: args.output.interval_log(),
         mocks: None,
         stage: StageMode::Whole,
+        reload,
     };
     let finished = dispatcher::run(&config, &options)
         .map_err(anyhow::Error::from)
@@ -1068,33 +1078,52 @@ fn mock_command(
     Ok(())
 }
 
-/// Turns SIGINT and SIGTERM into a message from a dedicated thread, so a run can
-/// stop cleanly and write what it has; a second one exits at once (130).
+/// What the signals thread says: stop (SIGINT, SIGTERM), reload (SIGHUP).
+struct Signals {
+    /// One message at the first SIGINT or SIGTERM; a second exits at once (130).
+    stop: flume::Receiver<()>,
+    /// One message per SIGHUP (a burst waiting is one reload).
+    reload: flume::Receiver<()>,
+}
+
+/// Turns SIGINT and SIGTERM into a stop message and SIGHUP into a reload
+/// request, from a dedicated thread, so a run can stop cleanly and write what
+/// it has, or take its edited config file without stopping.
 ///
 /// signal-hook installs the handlers and hands the signals to that thread over
 /// its self-pipe: no signal masks or `sigwait` of ours, and SIGPIPE keeps the
 /// ignored disposition Rust's runtime gives it, so a peer that closes its socket
 /// fails a send instead of killing the process.
-fn stop_on_signal() -> Result<flume::Receiver<()>> {
-    let (tx, rx) = flume::bounded(1);
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .context("installing the SIGINT/SIGTERM handlers")?;
+fn listen_for_signals() -> Result<Signals> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let (stop_tx, stop) = flume::bounded(1);
+    let (reload_tx, reload) = flume::bounded(1);
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("installing the SIGINT/SIGTERM/SIGHUP handlers")?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            let mut signals = signals.forever();
-            if signals.next().is_some() {
-                note!("stopping: finishing the jobs in flight (signal again to abort)");
-                let _ = tx.send(());
-                if signals.next().is_some() {
+            let mut stopping = false;
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    match reload_tx.try_send(()) {
+                        Ok(()) => note!("SIGHUP: reloading the config"),
+                        // One is already waiting: it reads the file as it is now.
+                        Err(flume::TrySendError::Full(())) => {}
+                        Err(flume::TrySendError::Disconnected(())) => {
+                            note!("SIGHUP ignored: this command has no config file to reload")
+                        }
+                    }
+                } else if !stopping {
+                    stopping = true;
+                    note!("stopping: finishing the jobs in flight (signal again to abort)");
+                    let _ = stop_tx.send(());
+                } else {
                     std::process::exit(130);
                 }
             }
         })?;
-    Ok(rx)
+    Ok(Signals { stop, reload })
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use crate::devices::{stable_hash, Fleet};
 use crate::grpc::client::ClientSettings;
 use crate::job::{self, ClassRoute, Payload};
 use crate::record::{DeviceIndex, JobRecord, Outcome, SkipReason, StageLatency};
+use crate::reload::Reload;
 use crate::runtime;
 use crate::stats::{Counters, ShardReport, ShardStats, UpstreamStats};
 use crate::tick::{self, Clock, Schedule};
@@ -110,7 +111,7 @@ impl StageMode {
 }
 
 /// Messages from the coordinator to a shard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Control {
     /// Fire no ticks at or after this Unix ms (or after now, if it has passed);
     /// finish the jobs in flight and report. The coordinator picks one time for
@@ -121,6 +122,9 @@ pub enum Control {
     Abort,
     /// The coordinator has read this thread's CPU time: the shard may exit.
     Release,
+    /// A live reload (tick-driven runs only): applied before the next round of
+    /// due ticks.
+    Reload(Arc<Reload>),
 }
 
 /// A shard's ends of the channels made at start-up.
@@ -186,18 +190,14 @@ pub struct ShardPlan {
 struct Shard {
     /// This shard's number.
     index: u16,
-    /// Ids and classes of all devices (read-only, shared).
-    fleet: Arc<Fleet>,
-    /// Per class: this shard's replica sets and the class settings a job needs.
-    routes: Vec<Rc<ClassRoute>>,
-    /// Every node pool of this shard, for connection and traffic gauges.
-    pools: Vec<Rc<NodePool>>,
-    /// Shard-local device index -> fleet index.
-    devices: Vec<DeviceIndex>,
-    /// Per local device: whether its previous job still runs (at most one in flight).
-    busy: Vec<Cell<bool>>,
-    /// Per local device: its last tick, so closed-loop ticks never repeat a key.
-    last_tick_ms: Vec<Cell<i64>>,
+    /// The fleet, the routes and this shard's devices: what a reload changes.
+    /// Borrowed briefly (never across an await) by each dispatch and job.
+    members: RefCell<Members>,
+    /// Builds routes and keeps every node pool, for a reload's new routes.
+    builder: RefCell<RouteBuilder>,
+    /// A reload the coordinator sent, for the tick loop to apply between two
+    /// rounds of due ticks.
+    pending_reload: RefCell<Option<Arc<Reload>>>,
     /// Jobs started and not finished.
     in_flight: Cell<usize>,
     /// Calls retried on another node, for the metrics.
@@ -216,8 +216,9 @@ struct Shard {
     /// sink): woken by the push that ends the wait, or when no more jobs will
     /// start. An idle shard so sleeps instead of waking every FLUSH_INTERVAL.
     flusher_waiting: Cell<Option<std::task::Waker>>,
-    /// Set when the shard is done: its health probes stop.
-    probes_stopped: Rc<Cell<bool>>,
+    /// Per class: set when the shard is done or a reload replaced the class's
+    /// route, to stop the probes of its replicas.
+    probes_stopped: RefCell<Vec<Rc<Cell<bool>>>>,
     /// Stop and release from the coordinator.
     control: flume::Receiver<Control>,
     /// Progress and the final report to the coordinator.
@@ -242,6 +243,28 @@ struct Shard {
     payloads: RefCell<Vec<Option<Rc<Payload>>>>,
 }
 
+/// What a live reload changes on a shard, in one place.
+struct Members {
+    /// Ids and classes of all devices (read-only, shared by the shards; an
+    /// `Rc` of it per shard, so a job's copy is no atomic count on a cache
+    /// line every shard writes).
+    #[allow(clippy::redundant_allocation)]
+    fleet: Rc<Arc<Fleet>>,
+    /// Per class: this shard's replica sets and the class settings a job
+    /// needs; a job holds its own `Rc`, so a reload never pulls one from under it.
+    routes: Vec<Rc<ClassRoute>>,
+    /// Every node pool of this shard, for connection and traffic gauges.
+    pools: Vec<Rc<NodePool>>,
+    /// Shard-local device index -> fleet index; only grows (a reload appends).
+    devices: Vec<DeviceIndex>,
+    /// Per local device: whether its previous job still runs (at most one in flight).
+    busy: Vec<Cell<bool>>,
+    /// Per local device: its last tick, so closed-loop ticks never repeat a key.
+    last_tick_ms: Vec<Cell<i64>>,
+    /// Per local device: retired by a reload, so never scheduled again.
+    retired: Vec<bool>,
+}
+
 /// The executor's main future: runs the shard's workload, drains, reports, and
 /// waits to be released.
 pub async fn run(plan: ShardPlan) {
@@ -257,7 +280,8 @@ pub async fn run(plan: ShardPlan) {
         channels,
         mut exit_notice,
     } = plan;
-    let (routes, pools) = match build_routes(&classes, &limits, index) {
+    let mut builder = RouteBuilder::new(&limits, index);
+    let routes = match builder.routes(&classes) {
         Ok(built) => built,
         Err(message) => {
             // The coordinator checks this before starting shards; should it be
@@ -270,12 +294,17 @@ pub async fn run(plan: ShardPlan) {
     let run_start = clock.instant_of(start_ms);
     let shard = Rc::new(Shard {
         index,
-        busy: devices.iter().map(|_| Cell::new(false)).collect(),
-        last_tick_ms: devices.iter().map(|_| Cell::new(i64::MIN)).collect(),
-        devices,
-        fleet,
-        routes,
-        pools,
+        members: RefCell::new(Members {
+            busy: devices.iter().map(|_| Cell::new(false)).collect(),
+            last_tick_ms: devices.iter().map(|_| Cell::new(i64::MIN)).collect(),
+            retired: vec![false; devices.len()],
+            devices,
+            fleet: Rc::new(fleet),
+            pools: builder.pools(),
+            routes,
+        }),
+        builder: RefCell::new(builder),
+        pending_reload: RefCell::new(None),
         in_flight: Cell::new(0),
         retries: Cell::new(0),
         max_in_flight: limits.max_in_flight.max(1),
@@ -284,7 +313,7 @@ pub async fn run(plan: ShardPlan) {
         stats: RefCell::new(ShardStats::new(classes.len())),
         no_more_jobs: Cell::new(false),
         flusher_waiting: Cell::new(None),
-        probes_stopped: Rc::new(Cell::new(false)),
+        probes_stopped: RefCell::new(Vec::new()),
         stop_at_ms: Cell::new(None),
         aborted: Cell::new(false),
         next_progress: Cell::new(run_start + PROGRESS_INTERVAL),
@@ -300,7 +329,7 @@ pub async fn run(plan: ShardPlan) {
         fetch_payloads(&shard).await;
     }
 
-    start_probes(&shard);
+    shard.start_all_probes();
     let flusher = runtime::spawn(flush_results(
         shard.clone(),
         channels.results,
@@ -327,12 +356,14 @@ pub async fn run(plan: ShardPlan) {
     }
     shard.no_more_jobs.set(true);
     shard.wake_flusher();
-    shard.probes_stopped.set(true);
+    for stopped in shard.probes_stopped.borrow().iter() {
+        stopped.set(true);
+    }
     let error = flusher.await.err();
     let interval = Box::new(shard.stats.borrow_mut().take_interval());
     let mut stats = Box::new(shard.stats.borrow().clone());
     stats.counters = shard.counters();
-    let upstream = UpstreamStats::collect(&shard.routes, Instant::now());
+    let upstream = UpstreamStats::collect(&shard.members.borrow().routes, Instant::now());
     let _ = shard
         .reports
         .send_async(ShardReport::Finished {
@@ -347,7 +378,7 @@ pub async fn run(plan: ShardPlan) {
     exit_notice.finished = true;
     // Stay alive until the coordinator has read this thread's CPU time.
     while let Ok(message) = shard.control.recv_async().await {
-        if message == Control::Release {
+        if matches!(message, Control::Release) {
             break;
         }
     }
@@ -384,23 +415,50 @@ impl Drop for ExitNotice {
     }
 }
 
-/// A shard's routes by class, and every node pool they use.
-type Routes = (Vec<Rc<ClassRoute>>, Vec<Rc<NodePool>>);
+/// Builds a shard's routes, one per class: one pool per node, shared by the
+/// classes that use the node, and one replica set per class and role. Kept
+/// for the shard's life, so a class rebuilt at a reload keeps the pools (and
+/// connections) of the nodes it still uses.
+struct RouteBuilder {
+    /// Connect timeout and keepalive, shared by every pool.
+    settings: Rc<ClientSettings>,
+    /// Every node pool of the shard, by node.
+    pools: HashMap<SocketAddr, Rc<NodePool>>,
+    /// Connections per node, retries, budget and message limits.
+    limits: ShardLimits,
+    /// This shard, for the pools' jitter seeds and the sets' log lines.
+    shard: u16,
+}
 
-/// One pool per node per shard, shared by the classes that use the node; one
-/// replica set per class and role.
-fn build_routes(classes: &[Class], limits: &ShardLimits, shard: u16) -> Result<Routes, String> {
-    let settings = Rc::new(ClientSettings {
-        connect_timeout: limits.connect_timeout,
-        keepalive_interval: limits.keepalive.map(|(interval, _)| interval),
-        keepalive_timeout: limits
-            .keepalive
-            .map_or(Duration::from_secs(5), |(_, timeout)| timeout),
-        ..ClientSettings::default()
-    });
-    let now = Instant::now();
-    let mut pools: HashMap<SocketAddr, Rc<NodePool>> = HashMap::new();
-    let mut replica_set = |class: &Class, role: Role| -> Result<Rc<ReplicaSet>, String> {
+impl RouteBuilder {
+    fn new(limits: &ShardLimits, shard: u16) -> RouteBuilder {
+        RouteBuilder {
+            settings: Rc::new(ClientSettings {
+                connect_timeout: limits.connect_timeout,
+                keepalive_interval: limits.keepalive.map(|(interval, _)| interval),
+                keepalive_timeout: limits
+                    .keepalive
+                    .map_or(Duration::from_secs(5), |(_, timeout)| timeout),
+                ..ClientSettings::default()
+            }),
+            pools: HashMap::new(),
+            limits: limits.clone(),
+            shard,
+        }
+    }
+
+    /// Every class's route, in class order.
+    fn routes(&mut self, classes: &[Class]) -> Result<Vec<Rc<ClassRoute>>, String> {
+        classes.iter().map(|class| self.route(class)).collect()
+    }
+
+    /// Every node pool built so far.
+    fn pools(&self) -> Vec<Rc<NodePool>> {
+        self.pools.values().cloned().collect()
+    }
+
+    fn replica_set(&mut self, class: &Class, role: Role) -> Result<Rc<ReplicaSet>, String> {
+        let now = Instant::now();
         let nodes = match role {
             Role::DataSource => &class.data_sources,
             Role::ComputeNode => &class.compute_nodes,
@@ -409,12 +467,12 @@ fn build_routes(classes: &[Class], limits: &ShardLimits, shard: u16) -> Result<R
             .iter()
             .enumerate()
             .map(|(index, &node)| {
-                let pool = pools.entry(node).or_insert_with(|| {
+                let pool = self.pools.entry(node).or_insert_with(|| {
                     NodePool::new(
                         node,
-                        limits.connections_per_node,
-                        settings.clone(),
-                        u64::from(shard),
+                        self.limits.connections_per_node,
+                        self.settings.clone(),
+                        u64::from(self.shard),
                     )
                 });
                 let weight = match role {
@@ -440,9 +498,9 @@ fn build_routes(classes: &[Class], limits: &ShardLimits, shard: u16) -> Result<R
             class: class.name.clone(),
             role,
             upstream,
-            retry_budget_percent: limits.retry_budget_percent,
-            retry_budget_min_per_s: limits.retry_budget_min_per_s,
-            shard,
+            retry_budget_percent: self.limits.retry_budget_percent,
+            retry_budget_min_per_s: self.limits.retry_budget_min_per_s,
+            shard: self.shard,
             contract: match role {
                 Role::ComputeNode => class.contract.declared.clone(),
                 Role::DataSource => None,
@@ -452,10 +510,10 @@ fn build_routes(classes: &[Class], limits: &ShardLimits, shard: u16) -> Result<R
         ReplicaSet::new(replicas, &policy, now)
             .map(Rc::new)
             .map_err(|_| format!("class {:?} has no {}s", class.name, role.as_str()))
-    };
-    let mut routes = Vec::with_capacity(classes.len());
-    for class in classes {
-        routes.push(Rc::new(ClassRoute {
+    }
+
+    fn route(&mut self, class: &Class) -> Result<Rc<ClassRoute>, String> {
+        Ok(Rc::new(ClassRoute {
             name: class.name.clone(),
             model: class.model.clone(),
             model_version: class.model_version.clone(),
@@ -473,58 +531,59 @@ fn build_routes(classes: &[Class], limits: &ShardLimits, shard: u16) -> Result<R
             request_id: class.request_id,
             deadline: Duration::from_millis(class.deadline_ms),
             output: class.output.clone(),
-            sources: replica_set(class, Role::DataSource)?,
-            computes: replica_set(class, Role::ComputeNode)?,
-            max_message_len: limits.max_message_len,
-            retries: limits.retries,
-        }));
+            sources: self.replica_set(class, Role::DataSource)?,
+            computes: self.replica_set(class, Role::ComputeNode)?,
+            max_message_len: self.limits.max_message_len,
+            retries: self.limits.retries,
+        }))
     }
-    Ok((routes, pools.into_values().collect()))
 }
 
-/// One probe task per replica of every class, until the shard is done.
-fn start_probes(shard: &Rc<Shard>) {
-    for route in &shard.routes {
-        let model = Rc::new(ModelRef {
-            name: route.model.clone(),
-            version: route.model_version.clone(),
-            requested_outputs: route
-                .requested_outputs
-                .iter()
-                .map(|output| output.name.clone())
-                .collect(),
-        });
-        for set in [&route.sources, &route.computes] {
-            for index in 0..set.replicas().len() {
-                runtime::spawn(probe::run(
-                    set.clone(),
-                    index,
-                    model.clone(),
-                    shard.probes_stopped.clone(),
-                ))
-                .detach();
-            }
+/// One probe task per replica of `route`, until `stopped` is set (the shard
+/// is done, or a reload replaced the route).
+fn start_probes(route: &ClassRoute, stopped: &Rc<Cell<bool>>) {
+    let model = Rc::new(ModelRef {
+        name: route.model.clone(),
+        version: route.model_version.clone(),
+        requested_outputs: route
+            .requested_outputs
+            .iter()
+            .map(|output| output.name.clone())
+            .collect(),
+    });
+    for set in [&route.sources, &route.computes] {
+        for index in 0..set.replicas().len() {
+            runtime::spawn(probe::run(
+                set.clone(),
+                index,
+                model.clone(),
+                stopped.clone(),
+            ))
+            .detach();
         }
     }
 }
 
 async fn tick_loop(shard: &Rc<Shard>, classes: &[Class], start_ms: i64, end_ms: i64) {
-    let periods: Vec<u64> = classes.iter().map(|class| class.period_ms).collect();
-    let entries = shard.devices.iter().enumerate().map(|(local, &device)| {
-        let class = shard.fleet.class(device) as usize;
-        let phase = tick::phase_ms(stable_hash(shard.fleet.id(device)), periods[class]);
-        (class, phase, local as u32)
-    });
-    let mut schedule = Schedule::new(&periods, entries, start_ms);
+    let mut schedule = shard.schedule(classes, start_ms);
+    // Every tick at or before this has been fired: a reload's schedule starts
+    // after it, so a device that stays is neither skipped nor fired twice.
+    let mut fired_through = start_ms - 1;
     let mut end_ms = end_ms;
     loop {
         if let Some(stop_ms) = shard.poll_control() {
             end_ms = end_ms.min(stop_ms);
         }
-        let now_ms = shard.clock.now_ms();
-        schedule.fire_due(now_ms.min(end_ms - 1), |_, local, tick_ms| {
+        let reload = shard.pending_reload.borrow_mut().take();
+        if let Some(reload) = reload {
+            shard.apply(&reload);
+            schedule = shard.schedule(&reload.classes, fired_through + 1);
+        }
+        let through = shard.clock.now_ms().min(end_ms - 1);
+        schedule.fire_due(through, |_, local, tick_ms| {
             shard.dispatch(local, tick_ms, shard.clock.instant_of(tick_ms))
         });
+        fired_through = fired_through.max(through);
         shard.progress_if_due();
         // No tick left before the end: the shard still waits out the window (a
         // class with a long period, a shard with few devices), so the run lasts
@@ -544,7 +603,7 @@ async fn tick_loop(shard: &Rc<Shard>, classes: &[Class], start_ms: i64, end_ms: 
 }
 
 async fn closed_loop(shard: &Rc<Shard>, concurrency: usize, start_ms: i64, end_ms: i64) {
-    if shard.devices.is_empty() {
+    if shard.members.borrow().devices.is_empty() {
         return;
     }
     runtime::sleep_until(shard.clock.instant_of(start_ms)).await;
@@ -572,8 +631,7 @@ async fn closed_loop_worker(shard: Rc<Shard>, end_ms: i64) {
             continue;
         };
         // A device that ran this millisecond takes the next one: keys stay unique.
-        let tick_ms = now_ms.max(shard.last_tick_ms[local as usize].get() + 1);
-        shard.last_tick_ms[local as usize].set(tick_ms);
+        let tick_ms = shard.next_tick_ms(local, now_ms);
         shard.begin(local);
         run_job(&shard, local, tick_ms, Instant::now()).await;
         runtime::yield_if_needed().await;
@@ -616,7 +674,7 @@ impl Arrivals {
 const OPEN_LOOP_GRANULARITY: Duration = Duration::from_micros(200);
 
 async fn open_loop(shard: &Rc<Shard>, mut arrivals: Arrivals, start_ms: i64, end_ms: i64) {
-    if shard.devices.is_empty() {
+    if shard.members.borrow().devices.is_empty() {
         return;
     }
     let mut planned = shard.clock.instant_of(start_ms);
@@ -627,8 +685,7 @@ async fn open_loop(shard: &Rc<Shard>, mut arrivals: Arrivals, start_ms: i64, end
         while planned <= now && planned < end {
             let local = shard.next_device_in_turn();
             let planned_ms = shard.clock.unix_ms_of(planned);
-            let tick_ms = planned_ms.max(shard.last_tick_ms[local as usize].get() + 1);
-            shard.last_tick_ms[local as usize].set(tick_ms);
+            let tick_ms = shard.next_tick_ms(local, planned_ms);
             shard.dispatch(local, tick_ms, planned);
             planned += arrivals.next_gap();
         }
@@ -647,17 +704,24 @@ async fn open_loop(shard: &Rc<Shard>, mut arrivals: Arrivals, start_ms: i64, end
 /// this shard owns, before the first job is due. A class whose fetch fails is
 /// fetched again by its first job.
 async fn fetch_payloads(shard: &Shard) {
-    let mut payloads = vec![None; shard.routes.len()];
+    let (fleet, routes, devices) = {
+        let members = shard.members.borrow();
+        (
+            members.fleet.clone(),
+            members.routes.clone(),
+            members.devices.clone(),
+        )
+    };
+    let mut payloads = vec![None; routes.len()];
     for (class, slot) in payloads.iter_mut().enumerate() {
-        let device = shard
-            .devices
+        let device = devices
             .iter()
             .copied()
-            .find(|&device| shard.fleet.class(device) as usize == class);
+            .find(|&device| fleet.class(device) as usize == class);
         if let Some(device) = device {
-            let id = shard.fleet.id(device);
+            let id = fleet.id(device);
             let tick_ms = shard.clock.now_ms();
-            if let Ok(payload) = job::fetch_payload(&shard.routes[class], id, tick_ms).await {
+            if let Ok(payload) = job::fetch_payload(&routes[class], id, tick_ms).await {
                 *slot = Some(Rc::new(payload));
             }
         }
@@ -695,10 +759,15 @@ async fn run_infer_only(
 }
 
 async fn run_job(shard: &Shard, local: u32, tick_ms: i64, planned: Instant) {
-    let device = shard.devices[local as usize];
-    let class = shard.fleet.class(device);
-    let route = &shard.routes[class as usize];
-    let device_id = shard.fleet.id(device);
+    let (device, class, route, fleet) = {
+        let members = shard.members.borrow();
+        let device = members.devices[local as usize];
+        let class = members.fleet.class(device);
+        let route = members.routes[class as usize].clone();
+        (device, class, route, members.fleet.clone())
+    };
+    let route = &*route;
+    let device_id = fleet.id(device);
     let finished = match shard.stage {
         StageMode::Whole => job::run(route, device_id, tick_ms, planned).await,
         StageMode::FetchOnly => job::run_fetch_only(route, device_id, tick_ms, planned).await,
@@ -714,7 +783,7 @@ async fn run_job(shard: &Shard, local: u32, tick_ms: i64, planned: Instant) {
         Ok(outputs) => (Outcome::Ok, outputs),
         Err(error) => (Outcome::Failed(error), Vec::new()),
     };
-    shard.busy[local as usize].set(false);
+    shard.members.borrow().busy[local as usize].set(false);
     shard.in_flight.set(shard.in_flight.get() - 1);
     shard.push(JobRecord {
         device,
@@ -775,26 +844,27 @@ impl Shard {
     /// Starts the job for a due tick planned for `planned`, or records why it is
     /// skipped.
     fn dispatch(self: &Rc<Self>, local: u32, tick_ms: i64, planned: Instant) {
-        let skip = if self.busy[local as usize].get() {
+        let members = self.members.borrow();
+        let device = members.devices[local as usize];
+        let class = members.fleet.class(device);
+        let route = &members.routes[class as usize];
+        let skip = if members.busy[local as usize].get() {
             Some(SkipReason::PreviousJobRunning)
         } else if self.in_flight.get() >= self.max_in_flight {
             Some(SkipReason::ShardAtCapacity)
         } else if self.results.borrow().len() >= self.backlog_limit {
             Some(SkipReason::SinkBacklog)
-        } else if !self.routes[self.fleet.class(self.devices[local as usize]) as usize]
-            .computes
-            .has_room(planned.max(Instant::now()))
-        {
+        } else if !route.computes.has_room(planned.max(Instant::now())) {
             Some(SkipReason::ReplicasAtCapacity)
         } else {
             None
         };
         if let Some(reason) = skip {
-            let device = self.devices[local as usize];
+            drop(members);
             self.push(JobRecord {
                 device,
                 tick_ms,
-                class: self.fleet.class(device),
+                class,
                 shard: self.index,
                 outcome: Outcome::Skipped(reason),
                 outputs: Vec::new(),
@@ -808,9 +878,10 @@ impl Shard {
             });
             return;
         }
-        self.begin(local);
-        let class = self.fleet.class(self.devices[local as usize]) as usize;
-        let slot = self.routes[class].computes.admit();
+        members.busy[local as usize].set(true);
+        self.in_flight.set(self.in_flight.get() + 1);
+        let slot = route.computes.admit();
+        drop(members);
         let shard = self.clone();
         runtime::spawn(async move {
             run_job(&shard, local, tick_ms, planned).await;
@@ -820,8 +891,114 @@ impl Shard {
     }
 
     fn begin(&self, local: u32) {
-        self.busy[local as usize].set(true);
+        self.members.borrow().busy[local as usize].set(true);
         self.in_flight.set(self.in_flight.get() + 1);
+    }
+
+    /// The next tick key of a closed- or open-loop device: `now_ms`, or one
+    /// past its last if that was this millisecond, so keys stay unique.
+    fn next_tick_ms(&self, local: u32, now_ms: i64) -> i64 {
+        let members = self.members.borrow();
+        let last = &members.last_tick_ms[local as usize];
+        let tick_ms = now_ms.max(last.get() + 1);
+        last.set(tick_ms);
+        tick_ms
+    }
+
+    /// The tick schedule of this shard's scheduled devices under `classes`,
+    /// from `start_ms` on.
+    fn schedule(&self, classes: &[Class], start_ms: i64) -> Schedule {
+        let members = self.members.borrow();
+        let periods: Vec<u64> = classes.iter().map(|class| class.period_ms).collect();
+        let entries = members
+            .devices
+            .iter()
+            .enumerate()
+            .filter(|&(local, _)| !members.retired[local])
+            .map(|(local, &device)| {
+                let class = members.fleet.class(device) as usize;
+                let phase = tick::phase_ms(stable_hash(members.fleet.id(device)), periods[class]);
+                (class, phase, local as u32)
+            });
+        Schedule::new(&periods, entries, start_ms)
+    }
+
+    /// Starts the probes of every class's route.
+    fn start_all_probes(&self) {
+        let members = self.members.borrow();
+        let mut stops = self.probes_stopped.borrow_mut();
+        for route in &members.routes {
+            let stopped = Rc::new(Cell::new(false));
+            start_probes(route, &stopped);
+            stops.push(stopped);
+        }
+    }
+
+    /// Applies a live reload: the longer fleet, new routes for the classes
+    /// that changed (their old probes stop; jobs in flight keep the old route
+    /// until they end), and the devices added and retired. The tick loop then
+    /// builds its schedule again.
+    fn apply(&self, reload: &Reload) {
+        let mut routes = Vec::with_capacity(reload.classes.len());
+        for (class, settings) in reload.classes.iter().enumerate() {
+            let current = self.members.borrow().routes.get(class).cloned();
+            let route = match current {
+                Some(route) if !reload.changed.get(class).copied().unwrap_or(true) => route,
+                _ => match self.builder.borrow_mut().route(settings) {
+                    Ok(route) => {
+                        let stopped = Rc::new(Cell::new(false));
+                        start_probes(&route, &stopped);
+                        let mut stops = self.probes_stopped.borrow_mut();
+                        if let Some(old) = stops.get(class) {
+                            old.set(true);
+                            stops[class] = stopped;
+                        } else {
+                            stops.push(stopped);
+                        }
+                        route
+                    }
+                    // The coordinator checked every class; should one still
+                    // fail here, the old route (if any) stays.
+                    Err(message) => {
+                        crate::console::err(format_args!(
+                            "percore: shard {}: reload: {message}",
+                            self.index
+                        ));
+                        match self.members.borrow().routes.get(class) {
+                            Some(route) => route.clone(),
+                            None => return,
+                        }
+                    }
+                },
+            };
+            routes.push(route);
+        }
+        self.stats.borrow_mut().add_classes(reload.classes.len());
+        let retired = &reload.retired[usize::from(self.index)];
+        let added = &reload.added[usize::from(self.index)];
+        let mut members = self.members.borrow_mut();
+        members.fleet = Rc::new(reload.fleet.clone());
+        members.routes = routes;
+        members.pools = self.builder.borrow().pools();
+        if !retired.is_empty() {
+            let locals: HashMap<DeviceIndex, usize> = members
+                .devices
+                .iter()
+                .enumerate()
+                .map(|(local, &device)| (device, local))
+                .collect();
+            for device in retired {
+                if let Some(&local) = locals.get(device) {
+                    members.retired[local] = true;
+                }
+            }
+        }
+        for &device in added {
+            members.devices.push(device);
+            members.busy.push(Cell::new(false));
+            members.last_tick_ms.push(Cell::new(i64::MIN));
+            members.retired.push(false);
+        }
     }
 
     fn push(&self, record: JobRecord) {
@@ -841,18 +1018,19 @@ impl Shard {
     /// The next device in turn, busy or not (open loop: a busy one is skipped and
     /// recorded as such).
     fn next_device_in_turn(&self) -> u32 {
-        let local = self.closed_loop_cursor.get() % self.devices.len();
+        let local = self.closed_loop_cursor.get() % self.members.borrow().devices.len();
         self.closed_loop_cursor.set(local + 1);
         local as u32
     }
 
     /// The next device in turn whose previous job has finished.
     fn next_idle_device(&self) -> Option<u32> {
-        let count = self.devices.len();
+        let members = self.members.borrow();
+        let count = members.devices.len();
         let start = self.closed_loop_cursor.get();
         let found = (0..count)
             .map(|offset| (start + offset) % count)
-            .find(|&local| !self.busy[local].get())?;
+            .find(|&local| !members.busy[local].get())?;
         self.closed_loop_cursor.set(found + 1);
         Some(found as u32)
     }
@@ -870,6 +1048,9 @@ impl Shard {
                 Control::Abort => {
                     self.aborted.set(true);
                     self.stop_at_ms.set(Some(self.clock.now_ms()));
+                }
+                Control::Reload(reload) => {
+                    self.pending_reload.replace(Some(reload));
                 }
                 Control::Release => {}
             }
@@ -908,7 +1089,7 @@ impl Shard {
         let mut counters = self.stats.borrow().counters;
         counters.in_flight = self.in_flight.get() as u64;
         counters.retries = self.retries.get();
-        for pool in &self.pools {
+        for pool in &self.members.borrow().pools {
             counters.connections += pool.open_connections() as u64;
             let (sent, received) = pool.traffic();
             counters.bytes_sent += sent;
@@ -920,7 +1101,7 @@ impl Shard {
     fn send_progress(&self) {
         let counters = self.counters();
         let interval = Box::new(self.stats.borrow_mut().take_interval());
-        let upstream = UpstreamStats::collect(&self.routes, Instant::now());
+        let upstream = UpstreamStats::collect(&self.members.borrow().routes, Instant::now());
         let failures = self.stats.borrow().failures.clone();
         // Progress is advisory: if the coordinator is behind, drop this one. Its
         // interval's latencies stay in the whole-run histograms.

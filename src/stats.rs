@@ -288,6 +288,13 @@ pub struct ShardStats {
 }
 
 impl ShardStats {
+    /// Grows the per-class statistics to `classes` (a live reload added some).
+    pub fn add_classes(&mut self, classes: usize) {
+        while self.per_class.len() < classes {
+            self.per_class.push(ClassStats::default());
+        }
+    }
+
     pub fn new(classes: usize) -> ShardStats {
         ShardStats {
             counters: Counters::default(),

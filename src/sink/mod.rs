@@ -79,6 +79,10 @@ pub trait Sink: Send {
     /// counts of what was committed. Called once, by the writer, after its last
     /// commit; a run that never gets here keeps `ended_at_ms` NULL.
     fn end_run(&mut self, counts: &run::RunCounts) -> Result<(), SinkError>;
+    /// Resolves records with `names` from now on: a live reload added devices
+    /// or classes. The writer calls it before the first batch that may hold
+    /// them (the coordinator sends the names before the shards start them).
+    fn rename(&mut self, names: Arc<RowNames>);
     /// How the writer should group batches into one write for this sink; the
     /// default writes whatever is queued, up to [`writer::MAX_GROUP_ROWS`] rows,
     /// without waiting for more.

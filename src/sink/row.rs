@@ -154,6 +154,11 @@ impl Resolver {
         &self.names
     }
 
+    /// Resolves with `names` from now on (a live reload's longer fleet).
+    pub fn rename(&mut self, names: Arc<RowNames>) {
+        self.names = names;
+    }
+
     /// The rows of `records`, in the same order; fails on the first record
     /// whose device or class index is out of range.
     pub fn resolve<'s>(

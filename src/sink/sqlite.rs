@@ -190,6 +190,10 @@ fn add_missing_columns(conn: &Connection, at: &str) -> Result<(), SinkError> {
 }
 
 impl Sink for SqliteSink {
+    fn rename(&mut self, names: Arc<RowNames>) {
+        self.resolver.rename(names);
+    }
+
     fn write_batch(&mut self, records: &[JobRecord]) -> Result<(), SinkError> {
         let rows = self
             .resolver

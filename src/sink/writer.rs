@@ -226,6 +226,9 @@ pub struct WriterChannels {
     pub events: flume::Sender<SinkEvent>,
     /// Rows committed, read by the coordinator.
     pub progress: Arc<SinkProgress>,
+    /// New names after a live reload (a longer fleet, more classes), sent by
+    /// the coordinator before any shard starts the devices they name.
+    pub names: flume::Receiver<Arc<RowNames>>,
 }
 
 /// What the writer thread did, returned when it ends.
@@ -504,6 +507,13 @@ impl Writer<'_> {
                         Some(batch) => take_batch(&mut group, batch, &self.channels.recycle),
                         None => break,
                     }
+                }
+            }
+            // A reload's names were sent before any record needing them.
+            for names in self.channels.names.try_iter() {
+                self.sink.rename(names.clone());
+                if let Some(spill) = &mut self.spill {
+                    spill.resolver.rename(names);
                 }
             }
             if !group.is_empty() {
@@ -994,6 +1004,7 @@ mod tests {
             recycle,
             events,
             progress: Arc::new(SinkProgress::default()),
+            names: flume::bounded(1).1,
         };
         (channels, events_rx)
     }
@@ -1013,6 +1024,8 @@ mod tests {
     }
 
     impl Sink for FlakySink {
+        fn rename(&mut self, _names: Arc<RowNames>) {}
+
         fn write_batch(&mut self, rows: &[JobRecord]) -> Result<(), SinkError> {
             if rows.iter().any(|row| row.device == self.poison_device) {
                 if self.transient_failures > 0 {
@@ -1132,6 +1145,8 @@ mod tests {
     }
 
     impl Sink for SwitchSink {
+        fn rename(&mut self, _names: Arc<RowNames>) {}
+
         fn write_batch(&mut self, rows: &[JobRecord]) -> Result<(), SinkError> {
             self.check()?;
             let mut written = self.written.lock().unwrap();
@@ -1440,6 +1455,8 @@ mod tests {
     }
 
     impl Sink for GroupingSink {
+        fn rename(&mut self, _names: Arc<RowNames>) {}
+
         fn write_batch(&mut self, rows: &[JobRecord]) -> Result<(), SinkError> {
             let _ = self.written.send(rows.len());
             Ok(())

@@ -728,6 +728,10 @@ impl PostgresSink {
 }
 
 impl Sink for PostgresSink {
+    fn rename(&mut self, names: Arc<RowNames>) {
+        self.resolver.rename(names);
+    }
+
     fn write_batch(&mut self, records: &[JobRecord]) -> Result<(), SinkError> {
         if records.is_empty() {
             return Ok(());
