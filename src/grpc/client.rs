@@ -30,13 +30,10 @@ const RESET_STREAMS_REMEMBERED: usize = 4096;
 /// HTTP/2 settings a client connection asks for.
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
-    /// Time allowed for TCP connect plus the HTTP/2 handshake.
+    /// Time allowed for TCP connect plus the HTTP/2 handshake. (Windows, frame
+    /// size and the stream cap are host tuning: they come from the executor's
+    /// [`runtime::net_tuning`], set from the tuning file's `[http2]`.)
     pub connect_timeout: Duration,
-    /// Per-stream receive window. Large enough that a typical response never waits
-    /// for a WINDOW_UPDATE round trip.
-    pub stream_window: u32,
-    /// Connection-level receive window, shared by all streams on the connection.
-    pub connection_window: u32,
     /// How often an HTTP/2 PING checks that the peer is still there; `None` sends
     /// none. A dead peer (host gone, partition) otherwise shows only when each
     /// call's deadline passes.
@@ -50,8 +47,6 @@ impl Default for ClientSettings {
     fn default() -> Self {
         ClientSettings {
             connect_timeout: Duration::from_secs(1),
-            stream_window: 1 << 20,
-            connection_window: 8 << 20,
             keepalive_interval: Some(Duration::from_secs(10)),
             keepalive_timeout: Duration::from_secs(5),
         }
@@ -83,6 +78,9 @@ pub struct Connection {
     closed: Rc<Cell<bool>>,
     /// Byte counters of the node's pool, outliving this connection.
     traffic: Rc<Traffic>,
+    /// Our own cap on streams open at once, below the peer's
+    /// `max_concurrent_streams` (the tuning file's `max_streams_per_connection`).
+    max_streams: Option<usize>,
     /// Ends the driver task, and with it the connection, when sent to (or when
     /// every sender is gone); held here so the driver lives as long as this.
     _kill: flume::Sender<()>,
@@ -108,9 +106,11 @@ impl Connection {
                     kind => ConnectError::Tcp(kind),
                 })?;
         let in_flight = Rc::new(Cell::new(0));
+        let tuning = runtime::net_tuning();
         let handshake = h2::client::Builder::new()
-            .initial_window_size(settings.stream_window)
-            .initial_connection_window_size(settings.connection_window)
+            .initial_window_size(tuning.stream_window)
+            .initial_connection_window_size(tuning.connection_window)
+            .max_frame_size(tuning.max_frame_size)
             .enable_push(false)
             // Calls past their deadline are cancelled (RST_STREAM), thousands a
             // second under overload. h2 remembers only 10 reset streams by
@@ -172,6 +172,7 @@ impl Connection {
             in_flight,
             closed,
             traffic,
+            max_streams: tuning.max_streams_per_connection,
             _kill: kill,
         })
     }
@@ -188,9 +189,12 @@ impl Connection {
         self.in_flight.get()
     }
 
-    /// Whether another call fits under the peer's `max_concurrent_streams`.
+    /// Whether another call fits under the peer's `max_concurrent_streams` and
+    /// under our own cap, when the tuning file sets one.
     pub fn has_stream_capacity(&self) -> bool {
-        self.in_flight.get() < self.send.current_max_send_streams()
+        let peer = self.send.current_max_send_streams();
+        let limit = self.max_streams.map_or(peer, |ours| ours.min(peer));
+        self.in_flight.get() < limit
     }
 
     /// Makes one unary call. `uri` is `http://<authority>/<package.Service>/<Method>`,
