@@ -583,3 +583,28 @@ fn startup_refuses_low_memlock_with_the_fix() {
     assert!(stderr.contains("RLIMIT_MEMLOCK allows 256 KiB"), "{stderr}");
     assert!(stderr.contains("`ulimit -l` or LimitMEMLOCK="), "{stderr}");
 }
+
+/// Each example in `tuning/` is clean on the host shape it is written for, and
+/// not on the others (so the check is not vacuous).
+#[test]
+fn shipped_examples_pass_check_on_their_host_shape() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning");
+    let shapes = [
+        ("vm-2-core.toml", FakeHost::new(1, 2, 1, false)),
+        ("single-socket-16-smt.toml", FakeHost::new(1, 8, 2, false)),
+        ("two-socket-numa.toml", FakeHost::new(2, 16, 2, true)),
+    ];
+    for (name, host) in &shapes {
+        let text = std::fs::read_to_string(examples.join(name)).expect("the example");
+        assert_eq!(findings(&text, &host.host), Vec::<String>::new(), "{name}");
+        for (other, other_host) in &shapes {
+            if other != name && other_host.host.online.len() < host.host.online.len() {
+                assert!(!errors(&text, &other_host.host).is_empty(), "{name} on {other}");
+            }
+        }
+    }
+    let default = std::fs::read_to_string(examples.join("example.toml")).expect("example.toml");
+    for (name, host) in &shapes {
+        assert_eq!(findings(&default, &host.host), Vec::<String>::new(), "example.toml on {name}");
+    }
+}
