@@ -559,7 +559,11 @@ fn tune_generate(args: &TuneGenerateArgs) -> Result<()> {
     match &args.output {
         Some(path) => {
             std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
-            note!("wrote {}; check it with `percore tune check {}`", path.display(), path.display());
+            note!(
+                "wrote {}; check it with `percore tune check {}`",
+                path.display(),
+                path.display()
+            );
         }
         None => say!("{text}"),
     }

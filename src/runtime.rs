@@ -75,9 +75,10 @@ impl Default for ExecutorTuning {
 }
 
 /// Socket options and HTTP/2 settings for the client connections an executor
-/// opens. Set once on the executor's thread when it starts ([`start_with`]) and
-/// read where sockets ([`connect`]) and h2 connections (`grpc::client`) are made:
-/// executor-local like every other piece of shard state, never shared.
+/// opens. Set once on the executor's thread when it starts ([`start_with`]);
+/// `grpc::client::ClientSettings` made on that thread take it by default and
+/// hand it to [`connect`] and the h2 builder: executor-local like every other
+/// piece of shard state, never shared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NetTuning {
     /// TCP_NODELAY: gRPC messages are small and latency-bound, so Nagle is off
@@ -252,15 +253,19 @@ pub async fn yield_if_needed() {
     glommio::yield_if_needed().await;
 }
 
-/// Opens a TCP connection with this executor's socket options ([`net_tuning`]):
-/// by default Nagle off (gRPC messages are small and latency-bound) and the
-/// kernel's buffer sizes. The buffer sizes are set once connected, so the window
-/// scale of the handshake is the kernel's; a refused option fails the connect.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Stream> {
+/// Opens a TCP connection with the socket options of `tuning` (by default Nagle
+/// off, as gRPC messages are small and latency-bound, and the kernel's buffer
+/// sizes). The buffer sizes are set once connected, so the window scale of the
+/// handshake is the kernel's; a refused option fails the connect.
+pub async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    tuning: &NetTuning,
+) -> io::Result<Stream> {
     let stream = glommio::net::TcpStream::connect_timeout(addr, timeout)
         .await
         .map_err(io::Error::from)?;
-    apply_socket_options(&stream, &net_tuning())?;
+    apply_socket_options(&stream, tuning)?;
     Ok(stream.compat())
 }
 

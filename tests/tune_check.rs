@@ -24,7 +24,12 @@ struct FakeHost {
 }
 
 impl FakeHost {
-    fn new(sockets: usize, cores_per_socket: usize, threads_per_core: usize, numa: bool) -> FakeHost {
+    fn new(
+        sockets: usize,
+        cores_per_socket: usize,
+        threads_per_core: usize,
+        numa: bool,
+    ) -> FakeHost {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let shape = Shape {
             sockets,
@@ -63,7 +68,10 @@ fn parsed(text: &str) -> Parsed {
 
 /// Every finding of `text` on `host`, as printed.
 fn findings(text: &str, host: &Host) -> Vec<String> {
-    check(&parsed(text), host).iter().map(Finding::to_string).collect()
+    check(&parsed(text), host)
+        .iter()
+        .map(Finding::to_string)
+        .collect()
 }
 
 fn errors(text: &str, host: &Host) -> Vec<String> {
@@ -120,7 +128,10 @@ fn sixteen_cpus_one_socket_with_smt() {
     assert_eq!(value_of(&text, "coordinator_cpus"), Some("\"0,8\""));
     assert_eq!(value_of(&text, "sink_cpus"), Some("\"0,8\""));
     assert_eq!(value_of(&text, "admin_cpus"), Some("\"0,8\""));
-    assert!(text.contains("the hyperthread siblings (9-15) are left out"), "{text}");
+    assert!(
+        text.contains("the hyperthread siblings (9-15) are left out"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -134,7 +145,10 @@ fn sixteen_cpus_siblings_shards_and_control_threads() {
              true if sharing is meant"
         ]
     );
-    assert_eq!(findings("smt = true\nshard_cpus = [1, 9]\n", &host.host), Vec::<String>::new());
+    assert_eq!(
+        findings("smt = true\nshard_cpus = [1, 9]\n", &host.host),
+        Vec::<String>::new()
+    );
     assert_eq!(
         errors("shards = 9\n", &host.host),
         vec![
@@ -143,7 +157,10 @@ fn sixteen_cpus_siblings_shards_and_control_threads() {
              too, or allow more CPUs (CPUAffinity=, taskset, the cgroup's cpuset)"
         ]
     );
-    assert_eq!(findings("smt = true\nshards = 16\n", &host.host), Vec::<String>::new());
+    assert_eq!(
+        findings("smt = true\nshards = 16\n", &host.host),
+        Vec::<String>::new()
+    );
     assert_eq!(
         findings("shard_cpus = \"0-7\"\ncoordinator_cpus = [8]\n", &host.host),
         vec![
@@ -319,7 +336,10 @@ fn isolation_when_the_file_asks_for_it() {
              command line (GRUB_CMDLINE_LINUX) and reboot, or set isolated = false",
         ]
     );
-    host.set("proc/cmdline", "ro isolcpus=managed_irq,domain,1-7 nohz_full=1-5\n");
+    host.set(
+        "proc/cmdline",
+        "ro isolcpus=managed_irq,domain,1-7 nohz_full=1-5\n",
+    );
     assert_eq!(
         errors("shard_cpus = \"1-7\"\nisolated = true\n", &host.host),
         vec![
@@ -336,8 +356,14 @@ fn isolation_when_the_file_asks_for_it() {
 #[test]
 fn host_settings_that_only_warn() {
     let mut host = FakeHost::new(1, 4, 1, false);
-    host.set("sys/devices/system/cpu/cpu2/cpufreq/scaling_governor", "powersave\n");
-    host.set("sys/kernel/mm/transparent_hugepage/enabled", "[always] madvise never\n");
+    host.set(
+        "sys/devices/system/cpu/cpu2/cpufreq/scaling_governor",
+        "powersave\n",
+    );
+    host.set(
+        "sys/kernel/mm/transparent_hugepage/enabled",
+        "[always] madvise never\n",
+    );
     host.set("proc/sys/vm/swappiness", "60\n");
     host.set("proc/self/status", "Name:\tpercore\nSeccomp:\t2\n");
     std::fs::create_dir_all(host.root().join("sys/class/net/eth0/device")).expect("mkdir");
@@ -349,7 +375,11 @@ fn host_settings_that_only_warn() {
     host.set("proc/irq/40/smp_affinity_list", "0\n");
     host.set("proc/irq/41/smp_affinity_list", "0-3\n");
     let all = check(&parsed("shard_cpus = \"1-3\"\n"), &host.host);
-    assert!(all.iter().all(|finding| finding.severity == Severity::Warning), "{all:?}");
+    assert!(
+        all.iter()
+            .all(|finding| finding.severity == Severity::Warning),
+        "{all:?}"
+    );
     let lines: Vec<String> = all.iter().map(Finding::to_string).collect();
     assert_eq!(
         lines,
@@ -386,7 +416,10 @@ fn busy_polling_beyond_busy_read_needs_cap_net_admin() {
         ]
     );
     host.set("proc/sys/net/core/busy_read", "50\n");
-    assert_eq!(findings("[socket]\nbusy_poll_us = 50\n", &host.host), Vec::<String>::new());
+    assert_eq!(
+        findings("[socket]\nbusy_poll_us = 50\n", &host.host),
+        Vec::<String>::new()
+    );
 }
 
 // ---------------------------------------------------------------------------------
@@ -416,7 +449,12 @@ fn generated_file_passes_check_on_this_host() {
     let path = dir.path().join("this-host.toml");
     let path_text = path.to_str().expect("a UTF-8 path");
     let generated = percore(&["tune", "generate", "--output", path_text]);
-    assert_eq!(generated.status.code(), Some(0), "{}", text(&generated.stderr));
+    assert_eq!(
+        generated.status.code(),
+        Some(0),
+        "{}",
+        text(&generated.stderr)
+    );
     let checked = percore(&["tune", "check", path_text]);
     assert_eq!(
         checked.status.code(),
@@ -425,7 +463,11 @@ fn generated_file_passes_check_on_this_host() {
         text(&checked.stdout),
         text(&checked.stderr)
     );
-    assert!(!text(&checked.stdout).contains("error:"), "{}", text(&checked.stdout));
+    assert!(
+        !text(&checked.stdout).contains("error:"),
+        "{}",
+        text(&checked.stdout)
+    );
     // stdout and --output write the same file.
     let stdout = percore(&["tune", "generate"]);
     assert_eq!(
@@ -466,7 +508,12 @@ fn bad_files_exit_2_naming_file_and_line() {
     ] {
         let path = write(dir.path(), name, content);
         let output = percore(&["tune", "check", path.to_str().expect("UTF-8")]);
-        assert_eq!(output.status.code(), Some(2), "{name}: {}", text(&output.stderr));
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{name}: {}",
+            text(&output.stderr)
+        );
         let stderr = text(&output.stderr);
         assert!(
             stderr.starts_with(&format!("error: {}{expected}", path.display())),
@@ -477,19 +524,31 @@ fn bad_files_exit_2_naming_file_and_line() {
     let missing = dir.path().join("missing.toml");
     let output = percore(&["tune", "check", missing.to_str().expect("UTF-8")]);
     assert_eq!(output.status.code(), Some(2));
-    assert!(text(&output.stderr).contains("cannot read"), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("cannot read"),
+        "{}",
+        text(&output.stderr)
+    );
 }
 
 /// The unknown-key message lists every key; the test above checks its start.
 fn first_line(output: &Output) -> String {
-    text(&output.stderr).lines().next().unwrap_or("").to_string()
+    text(&output.stderr)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
 }
 
 #[test]
 fn more_shards_than_allowed_cpus_exit_1_naming_the_line() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let allowed = percore::tuning::allowed_cpus();
-    let path = write(dir.path(), "many.toml", &format!("# too many\nshards = {}\n", allowed.len() + 1));
+    let path = write(
+        dir.path(),
+        "many.toml",
+        &format!("# too many\nshards = {}\n", allowed.len() + 1),
+    );
     let output = percore(&["tune", "check", path.to_str().expect("UTF-8")]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
     let stdout = text(&output.stdout);
@@ -499,7 +558,11 @@ fn more_shards_than_allowed_cpus_exit_1_naming_the_line() {
         allowed.len() + 1
     );
     assert!(stdout.starts_with(&expected), "{stdout}");
-    assert!(first_line(&output).contains("1 error"), "{}", text(&output.stderr));
+    assert!(
+        first_line(&output).contains("1 error"),
+        "{}",
+        text(&output.stderr)
+    );
 
     // A run with that file is refused the same way, before anything starts.
     let outside = write(
@@ -532,7 +595,10 @@ fn more_shards_than_allowed_cpus_exit_1_naming_the_line() {
         "{stderr}"
     );
     assert!(stderr.contains("use one of the allowed CPUs"), "{stderr}");
-    assert!(!dir.path().join("out.db").exists(), "the run must not have started");
+    assert!(
+        !dir.path().join("out.db").exists(),
+        "the run must not have started"
+    );
 }
 
 #[test]
@@ -579,7 +645,10 @@ fn startup_refuses_low_memlock_with_the_fix() {
         .expect("bash runs");
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.starts_with("error: refusing to start: tuning: io_memory_kib: "), "{stderr}");
+    assert!(
+        stderr.starts_with("error: refusing to start: tuning: io_memory_kib: "),
+        "{stderr}"
+    );
     assert!(stderr.contains("RLIMIT_MEMLOCK allows 256 KiB"), "{stderr}");
     assert!(stderr.contains("`ulimit -l` or LimitMEMLOCK="), "{stderr}");
 }
@@ -599,12 +668,19 @@ fn shipped_examples_pass_check_on_their_host_shape() {
         assert_eq!(findings(&text, &host.host), Vec::<String>::new(), "{name}");
         for (other, other_host) in &shapes {
             if other != name && other_host.host.online.len() < host.host.online.len() {
-                assert!(!errors(&text, &other_host.host).is_empty(), "{name} on {other}");
+                assert!(
+                    !errors(&text, &other_host.host).is_empty(),
+                    "{name} on {other}"
+                );
             }
         }
     }
     let default = std::fs::read_to_string(examples.join("example.toml")).expect("example.toml");
     for (name, host) in &shapes {
-        assert_eq!(findings(&default, &host.host), Vec::<String>::new(), "example.toml on {name}");
+        assert_eq!(
+            findings(&default, &host.host),
+            Vec::<String>::new(),
+            "example.toml on {name}"
+        );
     }
 }

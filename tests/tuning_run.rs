@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{ClassSpec, MOCK_IO_MEMORY};
 use percore::config::GrpcConfig;
+use percore::grpc::client::ClientSettings;
 use percore::mock::{MockKind, MockOptions};
 use percore::runtime::{self, ExecutorSpec, ExecutorTuning, NetTuning};
 use percore::tuning::{allowed_cpus, parse_cpu_list, Tuning};
@@ -42,7 +43,11 @@ fn threads(pid: u32) -> Vec<(String, Vec<usize>)> {
             .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
             .and_then(|list| parse_cpu_list(list.trim()).ok())
             .unwrap_or_default();
-        let tid: u64 = task.file_name().to_str().and_then(|tid| tid.parse().ok()).unwrap_or(0);
+        let tid: u64 = task
+            .file_name()
+            .to_str()
+            .and_then(|tid| tid.parse().ok())
+            .unwrap_or(0);
         found.push((format!("{}#{tid}", name.trim()), cpus));
     }
     found
@@ -57,7 +62,11 @@ fn shard_masks(pid: u32) -> BTreeMap<u64, Vec<Vec<usize>>> {
         let Some(rest) = name.strip_prefix("pc-shard-") else {
             continue;
         };
-        let id = rest.split('#').next().and_then(|id| id.parse().ok()).unwrap_or(0);
+        let id = rest
+            .split('#')
+            .next()
+            .and_then(|id| id.parse().ok())
+            .unwrap_or(0);
         shards.entry(id).or_default().push(cpus);
     }
     shards
@@ -105,7 +114,10 @@ fn an_in_process_run_pins_each_shard_to_its_cpu() {
     let by_shard: Vec<&Vec<Vec<usize>>> = shards.values().collect();
     assert_eq!(by_shard.len(), cpus.len(), "{shards:?}");
     for (masks, &cpu) in by_shard.iter().zip(&cpus) {
-        assert!(masks.iter().all(|mask| mask == &vec![cpu]), "shard on {cpu}: {shards:?}");
+        assert!(
+            masks.iter().all(|mask| mask == &vec![cpu]),
+            "shard on {cpu}: {shards:?}"
+        );
     }
 }
 
@@ -115,11 +127,17 @@ fn percore_run_with_tuning_pins_shards_and_the_threads_around_them() {
     let compute = common::start_mock(MockKind::Compute, MockOptions::default());
     let dir = tempfile::tempdir().expect("a temporary directory");
     let db = dir.path().join("jobs.db");
-    let config = common::write_config_file(dir.path(), source.addr, compute.addr, 20, 100, 80, &db, "");
+    let config =
+        common::write_config_file(dir.path(), source.addr, compute.addr, 20, 100, 80, &db, "");
     let cpus = reversed_cpus();
     let first = cpus[cpus.len() - 1];
     let last = cpus[0];
-    let list = |cpus: &[usize]| cpus.iter().map(usize::to_string).collect::<Vec<_>>().join(", ");
+    let list = |cpus: &[usize]| {
+        cpus.iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     // Overrides the tuning.toml the config names (shards in ascending order).
     let tuning = dir.path().join("host.toml");
     std::fs::write(
@@ -132,7 +150,7 @@ fn percore_run_with_tuning_pins_shards_and_the_threads_around_them() {
         ),
     )
     .expect("writing host.toml");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_percore"))
+    let child = Command::new(env!("CARGO_BIN_EXE_percore"))
         .args([
             "run",
             "--config",
@@ -158,7 +176,10 @@ fn percore_run_with_tuning_pins_shards_and_the_threads_around_them() {
     let by_shard: Vec<&Vec<Vec<usize>>> = shards.values().collect();
     assert_eq!(by_shard.len(), cpus.len(), "{shards:?}");
     for (masks, &cpu) in by_shard.iter().zip(&cpus) {
-        assert!(masks.iter().all(|mask| mask == &vec![cpu]), "shard on {cpu}: {shards:?}");
+        assert!(
+            masks.iter().all(|mask| mask == &vec![cpu]),
+            "shard on {cpu}: {shards:?}"
+        );
     }
     let mask_of = |prefix: &str| -> Vec<Vec<usize>> {
         all.iter()
@@ -199,7 +220,10 @@ fn executor_tuning_sets_socket_options() {
     let read_options = |tuning: ExecutorTuning| {
         let executor = runtime::start_with(&spec, &tuning, move || async move {
             assert_eq!(runtime::net_tuning(), tuning.net);
-            let stream = runtime::connect(addr, Duration::from_secs(2))
+            // What a shard's connections are opened with.
+            let settings = ClientSettings::default();
+            assert_eq!(settings.net, tuning.net);
+            let stream = runtime::connect(addr, Duration::from_secs(2), &settings.net)
                 .await
                 .expect("connected");
             // SAFETY: the fd belongs to `stream`, alive for this borrow.

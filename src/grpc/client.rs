@@ -30,10 +30,13 @@ const RESET_STREAMS_REMEMBERED: usize = 4096;
 /// HTTP/2 settings a client connection asks for.
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
-    /// Time allowed for TCP connect plus the HTTP/2 handshake. (Windows, frame
-    /// size and the stream cap are host tuning: they come from the executor's
-    /// [`runtime::net_tuning`], set from the tuning file's `[http2]`.)
+    /// Time allowed for TCP connect plus the HTTP/2 handshake.
     pub connect_timeout: Duration,
+    /// Socket options, HTTP/2 windows, frame size and stream cap: host tuning
+    /// (the tuning file's `[socket]` and `[http2]`). The default is the current
+    /// executor's [`runtime::net_tuning`], so settings made on a shard carry
+    /// that shard's tuning.
+    pub net: runtime::NetTuning,
     /// How often an HTTP/2 PING checks that the peer is still there; `None` sends
     /// none. A dead peer (host gone, partition) otherwise shows only when each
     /// call's deadline passes.
@@ -47,6 +50,7 @@ impl Default for ClientSettings {
     fn default() -> Self {
         ClientSettings {
             connect_timeout: Duration::from_secs(1),
+            net: runtime::net_tuning(),
             keepalive_interval: Some(Duration::from_secs(10)),
             keepalive_timeout: Duration::from_secs(5),
         }
@@ -97,16 +101,18 @@ impl Connection {
     ) -> Result<Connection, ConnectError> {
         let deadline = Instant::now() + settings.connect_timeout;
         let timed_out = || ConnectError::TimedOut(settings.connect_timeout);
-        let stream =
-            runtime::until_deadline(deadline, runtime::connect(node, settings.connect_timeout))
-                .await
-                .ok_or_else(timed_out)?
-                .map_err(|error| match error.kind() {
-                    std::io::ErrorKind::TimedOut => timed_out(),
-                    kind => ConnectError::Tcp(kind),
-                })?;
+        let stream = runtime::until_deadline(
+            deadline,
+            runtime::connect(node, settings.connect_timeout, &settings.net),
+        )
+        .await
+        .ok_or_else(timed_out)?
+        .map_err(|error| match error.kind() {
+            std::io::ErrorKind::TimedOut => timed_out(),
+            kind => ConnectError::Tcp(kind),
+        })?;
         let in_flight = Rc::new(Cell::new(0));
-        let tuning = runtime::net_tuning();
+        let tuning = settings.net;
         let handshake = h2::client::Builder::new()
             .initial_window_size(tuning.stream_window)
             .initial_connection_window_size(tuning.connection_window)

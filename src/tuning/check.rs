@@ -40,7 +40,13 @@ pub struct Finding {
 
 impl Finding {
     /// A finding about `value` in the file `parsed` came from.
-    fn at<T>(severity: Severity, parsed: &Parsed, value: &Located<T>, problem: String, fix: String) -> Finding {
+    fn at<T>(
+        severity: Severity,
+        parsed: &Parsed,
+        value: &Located<T>,
+        problem: String,
+        fix: String,
+    ) -> Finding {
         Finding {
             severity,
             file: Some(parsed.file.clone()),
@@ -52,7 +58,13 @@ impl Finding {
     }
 
     /// A finding about the file as a whole, or a key given by default.
-    fn in_file(severity: Severity, parsed: &Parsed, field: &str, problem: String, fix: String) -> Finding {
+    fn in_file(
+        severity: Severity,
+        parsed: &Parsed,
+        field: &str,
+        problem: String,
+        fix: String,
+    ) -> Finding {
         Finding {
             severity,
             file: Some(parsed.file.clone()),
@@ -98,7 +110,13 @@ impl fmt::Display for Finding {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        write!(f, "{severity}: {}: {}; fix: {}", self.location(), self.problem, self.fix)
+        write!(
+            f,
+            "{severity}: {}: {}; fix: {}",
+            self.location(),
+            self.problem,
+            self.fix
+        )
     }
 }
 
@@ -118,11 +136,15 @@ pub fn placement(parsed: &Parsed, host: &Host) -> Vec<usize> {
     if !parsed.shard_cpus.is_empty() {
         return parsed.shard_cpus.iter().map(|cpu| cpu.value).collect();
     }
-    let reserved: Vec<usize> = [&parsed.coordinator_cpus, &parsed.sink_cpus, &parsed.admin_cpus]
-        .into_iter()
-        .flatten()
-        .map(|cpu| cpu.value)
-        .collect();
+    let reserved: Vec<usize> = [
+        &parsed.coordinator_cpus,
+        &parsed.sink_cpus,
+        &parsed.admin_cpus,
+    ]
+    .into_iter()
+    .flatten()
+    .map(|cpu| cpu.value)
+    .collect();
     let cpus = default_shard_cpus(host, parsed.smt.value, &reserved);
     match &parsed.shards {
         Some(shards) => cpus.into_iter().take(shards.value).collect(),
@@ -134,13 +156,18 @@ pub fn placement(parsed: &Parsed, host: &Host) -> Vec<usize> {
 /// cores of `reserved` CPUs left out unless nothing else is left.
 pub fn default_shard_cpus(host: &Host, smt: bool, reserved: &[usize]) -> Vec<usize> {
     let allowed = host.allowed_cpus();
-    let reserved_cores: Vec<_> = reserved.iter().map(|&cpu| host.core_of(cpu).unwrap_or((usize::MAX, cpu))).collect();
+    let reserved_cores: Vec<_> = reserved
+        .iter()
+        .map(|&cpu| host.core_of(cpu).unwrap_or((usize::MAX, cpu)))
+        .collect();
     let free: Vec<usize> = allowed
         .iter()
         .copied()
         .filter(|&cpu| {
             !reserved.contains(&cpu)
-                && !host.core_of(cpu).is_some_and(|core| reserved_cores.contains(&core))
+                && !host
+                    .core_of(cpu)
+                    .is_some_and(|core| reserved_cores.contains(&core))
         })
         .collect();
     let pool = if free.is_empty() { allowed } else { free };
@@ -173,7 +200,11 @@ pub fn check(parsed: &Parsed, host: &Host) -> Vec<Finding> {
     }
     if let Some(shards) = &parsed.shards {
         if shard_cpus.len() < shards.value {
-            let unit = if parsed.smt.value { "CPUs" } else { "physical cores" };
+            let unit = if parsed.smt.value {
+                "CPUs"
+            } else {
+                "physical cores"
+            };
             findings.push(Finding::at(
                 Severity::Error,
                 parsed,
@@ -225,11 +256,17 @@ pub fn check(parsed: &Parsed, host: &Host) -> Vec<Finding> {
     }
 
     // The threads around the shards, on a shard's CPU or core.
-    for list in [&parsed.coordinator_cpus, &parsed.sink_cpus, &parsed.admin_cpus] {
+    for list in [
+        &parsed.coordinator_cpus,
+        &parsed.sink_cpus,
+        &parsed.admin_cpus,
+    ] {
         for cpu in list {
             let same_core = shard_cpus.iter().find(|&&shard| {
                 shard == cpu.value
-                    || host.core_of(shard).is_some_and(|core| Some(core) == host.core_of(cpu.value))
+                    || host
+                        .core_of(shard)
+                        .is_some_and(|core| Some(core) == host.core_of(cpu.value))
             });
             if let Some(&shard) = same_core {
                 findings.push(Finding::at(
@@ -252,7 +289,10 @@ pub fn check(parsed: &Parsed, host: &Host) -> Vec<Finding> {
                 Severity::Error,
                 parsed,
                 node,
-                format!("shard CPU {} is on NUMA node {actual}, not {}", cpu.value, node.value),
+                format!(
+                    "shard CPU {} is on NUMA node {actual}, not {}",
+                    cpu.value, node.value
+                ),
                 format!(
                     "write {actual} here, or a CPU of node {} ({}) in {}",
                     node.value,
@@ -266,7 +306,10 @@ pub fn check(parsed: &Parsed, host: &Host) -> Vec<Finding> {
                 Severity::Error,
                 parsed,
                 node,
-                format!("this host has no NUMA node {} (it shows none, which is node 0)", node.value),
+                format!(
+                    "this host has no NUMA node {} (it shows none, which is node 0)",
+                    node.value
+                ),
                 "write 0, or leave numa_nodes out".into(),
             )),
             _ => {}
@@ -333,9 +376,17 @@ pub fn check(parsed: &Parsed, host: &Host) -> Vec<Finding> {
     if parsed.isolated.value {
         for (name, list, param) in [
             ("isolated from the scheduler", &host.isolated, "isolcpus"),
-            ("running without the scheduler tick", &host.nohz_full, "nohz_full"),
+            (
+                "running without the scheduler tick",
+                &host.nohz_full,
+                "nohz_full",
+            ),
         ] {
-            let missing: Vec<usize> = shard_cpus.iter().copied().filter(|cpu| !list.contains(cpu)).collect();
+            let missing: Vec<usize> = shard_cpus
+                .iter()
+                .copied()
+                .filter(|cpu| !list.contains(cpu))
+                .collect();
             if !missing.is_empty() {
                 findings.push(Finding::at(
                     Severity::Error,
@@ -360,7 +411,11 @@ pub fn check(parsed: &Parsed, host: &Host) -> Vec<Finding> {
     let slow: Vec<usize> = shard_cpus
         .iter()
         .copied()
-        .filter(|cpu| host.governors.get(cpu).is_some_and(|governor| governor != "performance"))
+        .filter(|cpu| {
+            host.governors
+                .get(cpu)
+                .is_some_and(|governor| governor != "performance")
+        })
         .collect();
     if let Some(governor) = slow.first().and_then(|cpu| host.governors.get(cpu)) {
         findings.push(Finding::host(
@@ -386,7 +441,11 @@ pub fn check(parsed: &Parsed, host: &Host) -> Vec<Finding> {
             .copied()
             .filter(|cpu| noisy.iter().any(|irq| irq.cpus.contains(cpu)))
             .collect();
-        let spare: Vec<usize> = allowed.iter().copied().filter(|cpu| !shard_cpus.contains(cpu)).collect();
+        let spare: Vec<usize> = allowed
+            .iter()
+            .copied()
+            .filter(|cpu| !shard_cpus.contains(cpu))
+            .collect();
         let target = if spare.is_empty() {
             "a CPU without a shard (keep one free: `percore tune generate` does when there are enough)".to_string()
         } else {
@@ -397,7 +456,11 @@ pub fn check(parsed: &Parsed, host: &Host) -> Vec<Finding> {
             format!(
                 "NIC interrupts {} ({}) may be delivered to shard CPUs {}",
                 numbers.join(","),
-                noisy.iter().map(|irq| irq.name.as_str()).collect::<Vec<_>>().join(", "),
+                noisy
+                    .iter()
+                    .map(|irq| irq.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 format_cpu_list(&hit)
             ),
             format!(
@@ -411,7 +474,8 @@ pub fn check(parsed: &Parsed, host: &Host) -> Vec<Finding> {
     if host.transparent_hugepages.as_deref() == Some("always") {
         findings.push(Finding::host(
             Severity::Warning,
-            "transparent huge pages are `always`: compaction and khugepaged can stall a shard".into(),
+            "transparent huge pages are `always`: compaction and khugepaged can stall a shard"
+                .into(),
             "echo madvise > /sys/kernel/mm/transparent_hugepage/enabled (or \
              transparent_hugepage=madvise on the kernel command line)"
                 .into(),
@@ -420,7 +484,9 @@ pub fn check(parsed: &Parsed, host: &Host) -> Vec<Finding> {
     if let Some(swappiness) = host.swappiness.filter(|&value| value > 10) {
         findings.push(Finding::host(
             Severity::Warning,
-            format!("vm.swappiness is {swappiness}: a shard's memory may be swapped out under pressure"),
+            format!(
+                "vm.swappiness is {swappiness}: a shard's memory may be swapped out under pressure"
+            ),
             "sysctl -w vm.swappiness=1, and put it in /etc/sysctl.d/ to keep it".into(),
         ));
     }
@@ -437,7 +503,12 @@ fn host_busy_read(host: &Host) -> Option<u32> {
 
 /// Why `cpu` cannot be used here, if it cannot: unknown, offline, outside the
 /// affinity mask or outside the cgroup's cpuset.
-fn cpu_finding(parsed: &Parsed, host: &Host, allowed: &[usize], cpu: &Located<usize>) -> Option<Finding> {
+fn cpu_finding(
+    parsed: &Parsed,
+    host: &Host,
+    allowed: &[usize],
+    cpu: &Located<usize>,
+) -> Option<Finding> {
     let id = cpu.value;
     if allowed.contains(&id) {
         return None;
@@ -449,7 +520,10 @@ fn cpu_finding(parsed: &Parsed, host: &Host, allowed: &[usize], cpu: &Located<us
     };
     let (problem, fix) = if !host.present.contains(&id) && !host.online.contains(&id) {
         (
-            format!("there is no CPU {id} on this host (CPUs {})", format_cpu_list(&host.online)),
+            format!(
+                "there is no CPU {id} on this host (CPUs {})",
+                format_cpu_list(&host.online)
+            ),
             others,
         )
     } else if !host.online.contains(&id) {
@@ -471,7 +545,9 @@ fn cpu_finding(parsed: &Parsed, host: &Host, allowed: &[usize], cpu: &Located<us
                 "CPU {id} is outside this cgroup's cpuset (cpuset.cpus.effective: {})",
                 format_cpu_list(host.cgroup_cpuset.as_deref().unwrap_or_default())
             ),
-            format!("widen the cpuset (AllowedCPUs= in the unit, docker --cpuset-cpus), or {others}"),
+            format!(
+                "widen the cpuset (AllowedCPUs= in the unit, docker --cpuset-cpus), or {others}"
+            ),
         )
     };
     Some(Finding::at(Severity::Error, parsed, cpu, problem, fix))
@@ -506,9 +582,7 @@ fn memlock_finding(parsed: &Parsed, shards: usize, limit_kib: u64) -> Option<Fin
             "{shards} shard{plural} × ({per_shard} KiB + {rings} KiB for the rings) = \
              {needed} KiB of locked memory, but RLIMIT_MEMLOCK allows {limit_kib} KiB"
         ),
-        format!(
-            "raise it with `ulimit -l` or LimitMEMLOCK= in the systemd unit, {smaller}"
-        ),
+        format!("raise it with `ulimit -l` or LimitMEMLOCK= in the systemd unit, {smaller}"),
     ))
 }
 
@@ -520,7 +594,14 @@ pub fn startup(tuning: &Tuning) -> Result<(), String> {
     let errors: Vec<String> = check(&parsed, &Host::live())
         .into_iter()
         .filter(|finding| finding.severity == Severity::Error)
-        .map(|finding| format!("{}: {}; {}", finding.location(), finding.problem, finding.fix))
+        .map(|finding| {
+            format!(
+                "{}: {}; {}",
+                finding.location(),
+                finding.problem,
+                finding.fix
+            )
+        })
         .collect();
     if errors.is_empty() {
         Ok(())

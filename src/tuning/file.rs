@@ -11,8 +11,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    DEFAULT_CONNECTIONS_PER_NODE, DEFAULT_IO_MEMORY_KIB, DEFAULT_MAX_IN_FLIGHT_PER_SHARD,
-    MAX_CPU, MIN_IO_MEMORY_KIB,
+    DEFAULT_CONNECTIONS_PER_NODE, DEFAULT_IO_MEMORY_KIB, DEFAULT_MAX_IN_FLIGHT_PER_SHARD, MAX_CPU,
+    MIN_IO_MEMORY_KIB,
 };
 use crate::config::{ConfigError, Source};
 use crate::runtime::{ExecutorTuning, NetTuning};
@@ -378,8 +378,10 @@ impl TuningFile {
                 bounded(value, 0, field, (0, 1 << 20), source)
                     .map(|kib| (kib > 0).then_some(kib as usize * 1024))
             };
-            tuning.net.send_buffer_bytes = buffer(&section.send_buffer_kib, "socket.send_buffer_kib")?;
-            tuning.net.recv_buffer_bytes = buffer(&section.recv_buffer_kib, "socket.recv_buffer_kib")?;
+            tuning.net.send_buffer_bytes =
+                buffer(&section.send_buffer_kib, "socket.send_buffer_kib")?;
+            tuning.net.recv_buffer_bytes =
+                buffer(&section.recv_buffer_kib, "socket.recv_buffer_kib")?;
             let busy = bounded(
                 &section.busy_poll_us,
                 0,
@@ -414,7 +416,11 @@ fn cpu_list(
                     return Err(source.error(item.span(), name, above_max(cpu)));
                 }
                 if unique && cpus.iter().any(|seen| seen.value == cpu) {
-                    return Err(source.error(item.span(), name, format!("CPU {cpu} is listed twice")));
+                    return Err(source.error(
+                        item.span(),
+                        name,
+                        format!("CPU {cpu} is listed twice"),
+                    ));
                 }
                 cpus.push(Located {
                     value: cpu,
@@ -521,9 +527,11 @@ mod tests {
     fn bad_cpu_lists_name_file_line_and_field() {
         assert_eq!(
             parse_text("# host\nshard_cpus = \"0-\"\n").map(|_| ()),
-            Err("host.toml:2: shard_cpus: \"0-\" in \"0-\": a range needs a first and a last \
+            Err(
+                "host.toml:2: shard_cpus: \"0-\" in \"0-\": a range needs a first and a last \
                  CPU, like \"0-3\""
-                .into())
+                    .into()
+            )
         );
         assert_eq!(
             parse_text("\n\nshard_cpus = \"3-1\"\n").map(|_| ()),
@@ -543,15 +551,20 @@ mod tests {
         );
         assert_eq!(
             parse_text("shard_cpus = \"0-99999999999\"\n").map(|_| ()),
-            Err("host.toml:1: shard_cpus: CPU 99999999999 is above 8191, the highest CPU \
+            Err(
+                "host.toml:1: shard_cpus: CPU 99999999999 is above 8191, the highest CPU \
                  number Linux supports"
-                .into())
+                    .into()
+            )
         );
         assert!(parse_text("shard_cpus = 3\n")
             .unwrap_err()
             .starts_with("host.toml:1: shard_cpus: invalid type: integer `3`, expected a list"));
         // mock CPUs may repeat: two mock nodes can share a CPU.
-        assert_eq!(cpus(&parse_text("mock_cpus = \"1,1\"\n").unwrap().mock_cpus), vec![1, 1]);
+        assert_eq!(
+            cpus(&parse_text("mock_cpus = \"1,1\"\n").unwrap().mock_cpus),
+            vec![1, 1]
+        );
     }
 
     #[test]
@@ -571,9 +584,11 @@ mod tests {
     fn shards_and_numa_nodes_are_checked() {
         assert_eq!(
             parse_text("shard_cpus = [0]\nshards = 2\n").map(|_| ()),
-            Err("host.toml:2: shards: give shards (placed for you) or shard_cpus (placed by \
+            Err(
+                "host.toml:2: shards: give shards (placed for you) or shard_cpus (placed by \
                  you), not both"
-                .into())
+                    .into()
+            )
         );
         assert_eq!(
             parse_text("shards = 0\n").map(|_| ()),
@@ -581,14 +596,18 @@ mod tests {
         );
         assert_eq!(
             parse_text("shard_cpus = [0, 1]\nnuma_nodes = [0]\n").map(|_| ()),
-            Err("host.toml:2: numa_nodes: has 1 entries but shard_cpus has 2: one node per shard"
-                .into())
+            Err(
+                "host.toml:2: numa_nodes: has 1 entries but shard_cpus has 2: one node per shard"
+                    .into()
+            )
         );
         assert_eq!(
             parse_text("numa_nodes = [0]\n").map(|_| ()),
-            Err("host.toml:1: numa_nodes: needs shard_cpus: it names the NUMA node of each \
+            Err(
+                "host.toml:1: numa_nodes: needs shard_cpus: it names the NUMA node of each \
                  listed shard CPU"
-                .into())
+                    .into()
+            )
         );
         let parsed = parse_text("shard_cpus = [0, 8]\nnuma_nodes = [0,\n 1]\n").unwrap();
         assert_eq!(parsed.numa_nodes[1].line, Some(3));

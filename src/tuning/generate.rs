@@ -29,7 +29,12 @@ pub fn generate(host: &Host) -> Result<String, String> {
         let mut control: Vec<usize> = allowed
             .iter()
             .copied()
-            .filter(|&cpu| cpu == kept || host.core_of(cpu).is_some_and(|core| Some(core) == host.core_of(kept)))
+            .filter(|&cpu| {
+                cpu == kept
+                    || host
+                        .core_of(cpu)
+                        .is_some_and(|core| Some(core) == host.core_of(kept))
+            })
             .collect();
         control.sort_unstable();
         (control, cores[1..].to_vec())
@@ -57,7 +62,10 @@ pub fn generate(host: &Host) -> Result<String, String> {
         if siblings.is_empty() {
             String::new()
         } else {
-            format!("; the hyperthread siblings ({}) are left out", format_cpu_list(&siblings))
+            format!(
+                "; the hyperthread siblings ({}) are left out",
+                format_cpu_list(&siblings)
+            )
         }
     ));
     line(format!("shard_cpus = \"{}\"", format_cpu_list(&shards)));
@@ -77,7 +85,9 @@ pub fn generate(host: &Host) -> Result<String, String> {
         line("# threads, which the kernel places.".into());
     } else {
         let list = format_cpu_list(&control);
-        line(format!("# The first core ({list}) is kept for the threads around the shards."));
+        line(format!(
+            "# The first core ({list}) is kept for the threads around the shards."
+        ));
         line(format!("coordinator_cpus = \"{list}\""));
         line(format!("sink_cpus = \"{list}\""));
         line(format!("admin_cpus = \"{list}\""));
@@ -124,17 +134,28 @@ pub fn generate(host: &Host) -> Result<String, String> {
     line("[executor]".into());
     line(format!("ring_depth = {}", defaults.ring_depth));
     line("spin_before_park_us = 0".into());
-    line(format!("preempt_timer_ms = {}", defaults.preempt_timer.as_millis()));
+    line(format!(
+        "preempt_timer_ms = {}",
+        defaults.preempt_timer.as_millis()
+    ));
     line(format!(
         "stall_threshold_ms = {}",
-        defaults.stall_threshold.map_or(0, |threshold| threshold.as_millis())
+        defaults
+            .stall_threshold
+            .map_or(0, |threshold| threshold.as_millis())
     ));
     line(String::new());
     line("[http2]".into());
     let net = defaults.net;
     line(format!("stream_window_kib = {}", net.stream_window / 1024));
-    line(format!("connection_window_kib = {}", net.connection_window / 1024));
-    line(format!("max_frame_size_kib = {}", net.max_frame_size / 1024));
+    line(format!(
+        "connection_window_kib = {}",
+        net.connection_window / 1024
+    ));
+    line(format!(
+        "max_frame_size_kib = {}",
+        net.max_frame_size / 1024
+    ));
     line("max_streams_per_connection = 0".into());
     line(String::new());
     line("[socket]".into());

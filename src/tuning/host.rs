@@ -137,14 +137,18 @@ impl Host {
             .collect();
         let cmdline = std::fs::read_to_string(root.join("proc/cmdline")).unwrap_or_default();
         let from_cmdline = |key: &str| -> Vec<usize> {
-            cmdline
+            let Some(value) = cmdline
                 .split_whitespace()
                 .find_map(|word| word.strip_prefix(key))
-                // isolcpus may carry flags first: isolcpus=nohz,domain,2-5
-                .map(|value| value.rsplit(',').take_while(|part| !part.chars().any(char::is_alphabetic)).collect::<Vec<_>>())
-                .map(|parts| parts.into_iter().rev().collect::<Vec<_>>().join(","))
-                .and_then(|list| parse_cpu_list(&list).ok())
-                .unwrap_or_default()
+            else {
+                return Vec::new();
+            };
+            // isolcpus may carry flags before the CPUs: isolcpus=nohz,domain,2-5.
+            let cpus: Vec<&str> = value
+                .split(',')
+                .filter(|part| !part.chars().any(char::is_alphabetic))
+                .collect();
+            parse_cpu_list(&cpus.join(",")).unwrap_or_default()
         };
         let isolated = cpu_list(sys_cpu.join("isolated"))
             .filter(|cpus| !cpus.is_empty())
@@ -339,9 +343,10 @@ fn read_nic_irqs(root: &Path) -> Vec<Irq> {
             continue; // NMI, LOC and the other per-CPU rows
         };
         let name = rest.split_whitespace().last().unwrap_or("").to_string();
-        let named = interfaces
-            .iter()
-            .any(|interface| rest.split_whitespace().any(|word| word.starts_with(interface.as_str())));
+        let named = interfaces.iter().any(|interface| {
+            rest.split_whitespace()
+                .any(|word| word.starts_with(interface.as_str()))
+        });
         if !named && !msi.contains(&number) {
             continue;
         }
@@ -408,8 +413,16 @@ pub mod fake {
         let total = shape.cpus();
         let cores = shape.sockets * shape.cores_per_socket;
         let last = total.saturating_sub(1);
-        write(root, "sys/devices/system/cpu/online", &format!("0-{last}\n"))?;
-        write(root, "sys/devices/system/cpu/present", &format!("0-{last}\n"))?;
+        write(
+            root,
+            "sys/devices/system/cpu/online",
+            &format!("0-{last}\n"),
+        )?;
+        write(
+            root,
+            "sys/devices/system/cpu/present",
+            &format!("0-{last}\n"),
+        )?;
         write(root, "sys/devices/system/cpu/isolated", "\n")?;
         for cpu in 0..total {
             let core = cpu % cores; // global physical core number
@@ -418,10 +431,26 @@ pub mod fake {
                 .map(|thread| (core + thread * cores).to_string())
                 .collect();
             let dir = format!("sys/devices/system/cpu/cpu{cpu}");
-            write(root, &format!("{dir}/topology/core_id"), &format!("{}\n", core % shape.cores_per_socket))?;
-            write(root, &format!("{dir}/topology/physical_package_id"), &format!("{socket}\n"))?;
-            write(root, &format!("{dir}/topology/thread_siblings_list"), &format!("{}\n", siblings.join(",")))?;
-            write(root, &format!("{dir}/cpufreq/scaling_governor"), "performance\n")?;
+            write(
+                root,
+                &format!("{dir}/topology/core_id"),
+                &format!("{}\n", core % shape.cores_per_socket),
+            )?;
+            write(
+                root,
+                &format!("{dir}/topology/physical_package_id"),
+                &format!("{socket}\n"),
+            )?;
+            write(
+                root,
+                &format!("{dir}/topology/thread_siblings_list"),
+                &format!("{}\n", siblings.join(",")),
+            )?;
+            write(
+                root,
+                &format!("{dir}/cpufreq/scaling_governor"),
+                "performance\n",
+            )?;
         }
         if shape.numa {
             for socket in 0..shape.sockets {
@@ -432,13 +461,25 @@ pub mod fake {
                 write(
                     root,
                     &format!("sys/devices/system/node/node{socket}/cpulist"),
-                    &format!("{}\n", super::super::format_cpu_list(&cpus.iter().filter_map(|c| c.parse().ok()).collect::<Vec<usize>>())),
+                    &format!(
+                        "{}\n",
+                        super::super::format_cpu_list(
+                            &cpus
+                                .iter()
+                                .filter_map(|c| c.parse().ok())
+                                .collect::<Vec<usize>>()
+                        )
+                    ),
                 )?;
             }
         }
         write(root, "proc/sys/kernel/io_uring_disabled", "0\n")?;
         write(root, "proc/sys/vm/swappiness", "10\n")?;
-        write(root, "proc/cmdline", "BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro\n")?;
+        write(
+            root,
+            "proc/cmdline",
+            "BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro\n",
+        )?;
         write(root, "proc/self/status", "Name:\tpercore\nSeccomp:\t0\n")?;
         write(
             root,
@@ -477,12 +518,18 @@ mod tests {
         assert_eq!(facts.node_of(17), Some(1));
         assert_eq!(facts.node_of(48), Some(1));
         assert_eq!(facts.node_of(40), Some(0));
-        assert_eq!(facts.one_per_core(&facts.allowed_cpus()), (0..32).collect::<Vec<_>>());
+        assert_eq!(
+            facts.one_per_core(&facts.allowed_cpus()),
+            (0..32).collect::<Vec<_>>()
+        );
         assert_eq!(facts.io_uring_disabled, Some(0));
         assert_eq!(facts.transparent_hugepages.as_deref(), Some("madvise"));
         assert_eq!(facts.swappiness, Some(10));
         assert_eq!(facts.seccomp, Some(0));
-        assert_eq!(facts.governors.get(&63).map(String::as_str), Some("performance"));
+        assert_eq!(
+            facts.governors.get(&63).map(String::as_str),
+            Some("performance")
+        );
     }
 
     #[test]

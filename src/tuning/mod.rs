@@ -274,7 +274,9 @@ pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
             .map_err(|_| format!("{:?} is not a CPU number", part.trim()))
             .and_then(|cpu| {
                 if cpu > MAX_CPU {
-                    Err(format!("CPU {cpu} is above {MAX_CPU}, the highest Linux supports"))
+                    Err(format!(
+                        "CPU {cpu} is above {MAX_CPU}, the highest Linux supports"
+                    ))
                 } else {
                     Ok(cpu)
                 }
@@ -325,7 +327,6 @@ pub fn format_cpu_list(cpus: &[usize]) -> String {
     }
     ranges.join(",")
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -417,7 +418,10 @@ mod tests {
 
     #[test]
     fn shards_become_the_cpus_they_are_placed_on() {
-        assert_eq!(parse("shards = 3\n").map(|t| t.shard_cpus), Ok(vec![0, 1, 2]));
+        assert_eq!(
+            parse("shards = 3\n").map(|t| t.shard_cpus),
+            Ok(vec![0, 1, 2])
+        );
         // The coordinator's CPU is left to it.
         assert_eq!(
             parse("shards = 3\ncoordinator_cpus = [0]\n").map(|t| t.shard_cpus),

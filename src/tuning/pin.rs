@@ -125,7 +125,10 @@ mod tests {
         let outcome = std::thread::spawn(move || {
             let before = current_thread_cpus();
             let inner = with_mask(&[first], || {
-                std::thread::spawn(current_thread_cpus).join().ok().flatten()
+                std::thread::spawn(current_thread_cpus)
+                    .join()
+                    .ok()
+                    .flatten()
             })
             .ok()
             .flatten();
