@@ -578,8 +578,10 @@ fn check_placement(tuning: &Tuning) -> Result<()> {
 
 /// Starts the admin server with its thread on the tuning's `admin_cpus`, then
 /// pins this thread, the coordinator, to `coordinator_cpus` (the sink writer it
-/// starts inherits that unless `sink_cpus` is set).
-fn start_admin_and_pin(addr: &str, tuning: &Tuning) -> Result<Option<AdminServer>> {
+/// starts inherits that unless `sink_cpus` is set). The default shard placement
+/// is fixed first: it reads this thread's mask, which pinning narrows.
+fn start_admin_and_pin(addr: &str, tuning: &mut Tuning) -> Result<Option<AdminServer>> {
+    tuning.shard_cpus = tuning.resolved_shard_cpus();
     let admin = pin::with_mask(&tuning.admin_cpus, || start_admin(addr))
         .context("pinning the admin thread to admin_cpus")?;
     if !tuning.coordinator_cpus.is_empty() {
@@ -616,14 +618,14 @@ fn demo_command(args: DemoArgs, stop: flume::Receiver<()>) -> Result<i32> {
         args.devices,
         humantime::format_duration(args.duration)
     );
-    let config = demo::demo_config(
+    let mut config = demo::demo_config(
         args.devices,
         mocks.source.addr,
         mocks.compute.addr,
         args.db,
         tuning,
     );
-    let admin = start_admin_and_pin(&args.output.admin, &config.tuning)?;
+    let admin = start_admin_and_pin(&args.output.admin, &mut config.tuning)?;
     let options = RunOptions {
         duration: Some(args.duration),
         load: Load::Ticks,
@@ -651,7 +653,7 @@ fn run_command(args: RunArgs, stop: flume::Receiver<()>) -> Result<i32> {
         config.tuning = Tuning::load(path)?;
     }
     check_placement(&config.tuning)?;
-    let admin = start_admin_and_pin(&args.output.admin, &config.tuning)?;
+    let admin = start_admin_and_pin(&args.output.admin, &mut config.tuning)?;
     let options = RunOptions {
         duration: args.duration,
         load: Load::Ticks,

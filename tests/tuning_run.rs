@@ -247,3 +247,48 @@ fn executor_tuning_sets_socket_options() {
     assert!(nodelay, "the default keeps Nagle off");
     drop(listener);
 }
+
+/// With `coordinator_cpus` and no `shard_cpus`, the shards are placed by default
+/// on the other cores — decided before the coordinator is pinned, whose mask
+/// would otherwise leave the shards only its own CPU.
+#[test]
+fn default_placement_leaves_the_coordinators_core_alone() {
+    let cpus = allowed_cpus();
+    let source = common::start_mock(MockKind::Source, MockOptions::default());
+    let compute = common::start_mock(MockKind::Compute, MockOptions::default());
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let db = dir.path().join("jobs.db");
+    let config =
+        common::write_config_file(dir.path(), source.addr, compute.addr, 10, 100, 80, &db, "");
+    let tuning = dir.path().join("host.toml");
+    std::fs::write(&tuning, format!("coordinator_cpus = [{}]\n", cpus[0])).expect("host.toml");
+    let child = Command::new(env!("CARGO_BIN_EXE_percore"))
+        .args(["run", "--config", config.to_str().expect("UTF-8")])
+        .args(["--tuning", tuning.to_str().expect("UTF-8")])
+        .args(["--duration", "2s", "--admin", "none"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("percore starts");
+    // Every CPU but the coordinator's (on a one-CPU host, that one).
+    let expected: Vec<usize> = if cpus.len() > 1 {
+        let host = percore::tuning::host::Host::live();
+        host.one_per_core(&cpus)
+            .into_iter()
+            .filter(|&cpu| host.core_of(cpu) != host.core_of(cpus[0]))
+            .collect()
+    } else {
+        cpus.clone()
+    };
+    let shards = wait_for_shards(child.id(), expected.len());
+    let output = child.wait_with_output().expect("percore ends");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let placed: Vec<Vec<usize>> = shards.values().map(|masks| masks[0].clone()).collect();
+    let wanted: Vec<Vec<usize>> = expected.iter().map(|&cpu| vec![cpu]).collect();
+    assert_eq!(placed, wanted, "{shards:?}");
+}
