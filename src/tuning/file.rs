@@ -81,20 +81,35 @@ pub struct Parsed {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TuningFile {
+    /// How many shards the default placement makes ([`Parsed::shards`]).
     shards: Option<Spanned<usize>>,
+    /// Explicit shard CPUs, in shard order.
     shard_cpus: Option<Spanned<CpuList>>,
+    /// Whether hyperthread siblings may carry shards.
     smt: Option<Spanned<bool>>,
+    /// Whether the shard CPUs must be in isolcpus and nohz_full.
     isolated: Option<Spanned<bool>>,
+    /// CPUs of the built-in mock nodes.
     mock_cpus: Option<Spanned<CpuList>>,
+    /// CPUs of the coordinator thread.
     coordinator_cpus: Option<Spanned<CpuList>>,
+    /// CPUs of the sink writer thread.
     sink_cpus: Option<Spanned<CpuList>>,
+    /// CPUs of the admin thread.
     admin_cpus: Option<Spanned<CpuList>>,
+    /// The NUMA node of each shard CPU, each with its place for findings.
     numa_nodes: Option<Spanned<Vec<Spanned<usize>>>>,
+    /// Most HTTP/2 connections per node per shard.
     connections_per_node: Option<Spanned<usize>>,
+    /// A shard's bound on jobs in flight.
     max_in_flight_per_shard: Option<Spanned<usize>>,
+    /// glommio registered-buffer memory per shard, KiB.
     io_memory_kib: Option<Spanned<usize>>,
+    /// `[executor]`.
     executor: Option<ExecutorSection>,
+    /// `[http2]`.
     http2: Option<Http2Section>,
+    /// `[socket]`.
     socket: Option<SocketSection>,
 }
 
@@ -102,9 +117,13 @@ struct TuningFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ExecutorSection {
+    /// Entries per io_uring ring.
     ring_depth: Option<Spanned<usize>>,
+    /// Idle spin before parking, µs; 0 is none.
     spin_before_park_us: Option<Spanned<u64>>,
+    /// glommio's preempt timer, ms.
     preempt_timer_ms: Option<Spanned<u64>>,
+    /// Stall threshold, ms; 0 turns detection off.
     stall_threshold_ms: Option<Spanned<u64>>,
 }
 
@@ -112,9 +131,13 @@ struct ExecutorSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Http2Section {
+    /// Per-stream receive window, KiB.
     stream_window_kib: Option<Spanned<u64>>,
+    /// Connection receive window, KiB.
     connection_window_kib: Option<Spanned<u64>>,
+    /// Largest frame the peer may send, KiB.
     max_frame_size_kib: Option<Spanned<u64>>,
+    /// Our cap on open streams per connection; 0 follows the peer.
     max_streams_per_connection: Option<Spanned<usize>>,
 }
 
@@ -122,9 +145,13 @@ struct Http2Section {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SocketSection {
+    /// TCP_NODELAY.
     nodelay: Option<bool>,
+    /// SO_SNDBUF, KiB; 0 leaves the kernel's.
     send_buffer_kib: Option<Spanned<u64>>,
+    /// SO_RCVBUF, KiB; 0 leaves the kernel's.
     recv_buffer_kib: Option<Spanned<u64>>,
+    /// SO_BUSY_POLL, µs; 0 is off.
     busy_poll_us: Option<Spanned<u64>>,
 }
 
