@@ -270,16 +270,17 @@ impl Host {
         chosen
     }
 
-    /// Where the facts came from, for a heading: `/` or the fake tree's path.
+    /// The host in one line, for `tune check`'s summary and `tune generate`'s header.
     pub fn describe(&self) -> String {
         let allowed = self.allowed_cpus();
         let cores = self.one_per_core(&allowed).len();
         format!(
-            "{} CPUs online ({}), {} allowed to this process on {} physical cores, {} NUMA node{}{}",
+            "{} CPUs online ({}), {} allowed to this process on {} physical core{}, {} NUMA node{}{}",
             self.online.len(),
             super::format_cpu_list(&self.online),
             allowed.len(),
             cores,
+            if cores == 1 { "" } else { "s" },
             self.numa_nodes.len().max(1),
             if self.numa_nodes.len() > 1 { "s" } else { "" },
             if self.has_smt() { ", SMT on" } else { "" },
