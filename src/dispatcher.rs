@@ -229,6 +229,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
         journal,
     )
     .map_err(|error| RunError(format!("cannot start the sink writer thread: {error}")))?;
+    crate::tuning::pin::place_sink_writer(&writer, &config.tuning);
     let (reports_tx, reports_rx) = flume::bounded(shard_count * 64);
     let limits = ShardLimits {
         max_in_flight: config.tuning.max_in_flight_per_shard,
@@ -273,7 +274,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError
             cpu: Some(cpu),
             io_memory_bytes: config.tuning.io_memory_kib * 1024,
         };
-        match runtime::start(&spec, move || shard::run(plan)) {
+        match runtime::start_with(&spec, &config.tuning.executor, move || shard::run(plan)) {
             Ok(executor) => {
                 controls.push(control_tx);
                 executors.push(executor);

@@ -14,8 +14,14 @@
 //!
 //! - [`config`]: the TOML file → parsed → validated → typed [`config::Config`];
 //!   errors name file, line and field; `[classes.upstream]` (balancing, limits,
-//!   retries, hedging, probes, ejection) in its own file. [`tuning`]: the per-host file (shard CPUs,
-//!   connections per node, in-flight limit, locked memory). [`devices`]: the fleet
+//!   retries, hedging, probes, ejection) in its own file. [`tuning`]: the per-host file and
+//!   the host it runs on — [`tuning::file`] parses it (shard CPUs or a count, SMT, the
+//!   coordinator/sink/admin CPUs, NUMA nodes, isolation, limits, `[executor]`, `[http2]`,
+//!   `[socket]`; errors name file and line), [`tuning::host`] reads a host's facts from
+//!   `/sys` and `/proc` under a root tests point at a fake tree, [`tuning::check`] judges
+//!   a file against them (`percore tune check`, and the refusal at load and start-up),
+//!   [`tuning::generate`] writes one from the topology, [`tuning::pin`] pins the
+//!   threads around the shards. [`devices`]: the fleet
 //!   (CSV or generated), the stable hash that places a device on a shard.
 //! - [`dispatcher`]: the coordinator. Splits the fleet over shards, opens the sink,
 //!   makes every channel, starts the shards, prints status, merges statistics,
@@ -86,7 +92,10 @@
 //!   sink on synthetic rows, the whole job) searched in turn, and the verdict on
 //!   which limits the pipeline; its page is [`report::stages`].
 //! - [`runtime`]: the only module that names glommio (executors, tasks, timers,
-//!   TCP), so the runtime could be swapped. [`error`]: the job error taxonomy.
+//!   TCP), so the runtime could be swapped; an executor starts with the tuning's
+//!   [`runtime::ExecutorTuning`] (ring depth, spin, preempt timer) and keeps its
+//!   connection options ([`runtime::NetTuning`]: socket options, HTTP/2 windows)
+//!   executor-local, read where sockets and h2 connections are made. [`error`]: the job error taxonomy.
 //! - [`proto`]: prost messages generated from `proto/` at build time.
 //!
 //! # Threads

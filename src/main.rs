@@ -18,7 +18,9 @@ use percore::dispatcher::{self, Load, RunOptions, StageMode};
 use percore::mock::{MockKind, MockNode, MockOptions, ServiceTime};
 use percore::report;
 use percore::summary::RunSummary;
-use percore::tuning::{parse_cpu_list, Tuning};
+use percore::tuning::check::Severity;
+use percore::tuning::host::Host;
+use percore::tuning::{self as tuning_file, parse_cpu_list, pin, Tuning};
 
 /// Prints to stdout through [`console::out`]: a closed stdout is not an error.
 macro_rules! say {
@@ -58,6 +60,38 @@ enum Command {
     MockSource(MockSourceArgs),
     /// Serve a mock KServe v2 compute node (ModelInfer) until Ctrl-C.
     MockCompute(MockComputeArgs),
+    /// Check a host tuning file against this host, or write one from its topology.
+    #[command(subcommand)]
+    Tune(TuneCommand),
+}
+
+#[derive(Subcommand)]
+enum TuneCommand {
+    /// Validate a tuning file against this host: one line per finding with its
+    /// fix. Exit 0 when clean, 1 when something needs fixing, 2 when the file
+    /// cannot be read or is invalid.
+    Check(TuneCheckArgs),
+    /// Write a tuning file from this host's topology: shards on distinct
+    /// physical cores, one core kept for the coordinator, sink and admin threads
+    /// when there are at least 4.
+    Generate(TuneGenerateArgs),
+}
+
+#[derive(Args)]
+struct TuneCheckArgs {
+    /// The tuning file to check.
+    file: PathBuf,
+    /// Exit 1 on warnings too (governor, NIC IRQs on shard CPUs, THP, swappiness…),
+    /// not only on errors.
+    #[arg(long)]
+    strict: bool,
+}
+
+#[derive(Args)]
+struct TuneGenerateArgs {
+    /// Write the file here instead of to stdout.
+    #[arg(long)]
+    output: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -236,6 +270,9 @@ struct RunArgs {
     /// The TOML config (classes, device list, sink, tuning).
     #[arg(long)]
     config: PathBuf,
+    /// Host tuning file to run with instead of the one the config names.
+    #[arg(long)]
+    tuning: Option<PathBuf>,
     /// How long to dispatch: 10s, 500ms, 2m, … (a bare number is seconds);
     /// without it, until Ctrl-C or SIGTERM.
     #[arg(long, value_parser = parse_duration)]
@@ -476,7 +513,90 @@ fn run(cli: Cli) -> Result<i32> {
             };
             done(mock_command(MockKind::Compute, args.common, options, stop))
         }
+        Command::Tune(TuneCommand::Check(args)) => Ok(tune_check(&args)),
+        Command::Tune(TuneCommand::Generate(args)) => done(tune_generate(&args)),
     }
+}
+
+/// Exit status of `tune check` when the file cannot be read or is invalid.
+const EXIT_TUNE_INVALID: i32 = 2;
+
+/// `percore tune check FILE`: prints every finding, returns the exit status.
+fn tune_check(args: &TuneCheckArgs) -> i32 {
+    let text = match std::fs::read_to_string(&args.file) {
+        Ok(text) => text,
+        Err(error) => {
+            note!("error: {}: cannot read: {error}", args.file.display());
+            return EXIT_TUNE_INVALID;
+        }
+    };
+    let parsed = match tuning_file::file::parse(&text, &args.file) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            note!("error: {error}");
+            return EXIT_TUNE_INVALID;
+        }
+    };
+    let host = Host::live();
+    let findings = tuning_file::check::check(&parsed, &host);
+    for finding in &findings {
+        say!("{finding}\n");
+    }
+    let errors = findings
+        .iter()
+        .filter(|finding| finding.severity == Severity::Error)
+        .count();
+    let warnings = findings.len() - errors;
+    note!(
+        "{}: {errors} error{}, {warnings} warning{} on this host ({})",
+        args.file.display(),
+        if errors == 1 { "" } else { "s" },
+        if warnings == 1 { "" } else { "s" },
+        host.describe()
+    );
+    if errors > 0 || (args.strict && warnings > 0) {
+        1
+    } else {
+        0
+    }
+}
+
+/// `percore tune generate`: a tuning file for this host, to stdout or `--output`.
+fn tune_generate(args: &TuneGenerateArgs) -> Result<()> {
+    let text = tuning_file::generate::generate(&Host::live()).map_err(anyhow::Error::msg)?;
+    match &args.output {
+        Some(path) => {
+            std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+            note!(
+                "wrote {}; check it with `percore tune check {}`",
+                path.display(),
+                path.display()
+            );
+        }
+        None => say!("{text}"),
+    }
+    Ok(())
+}
+
+/// Refuses a run whose tuning cannot work on this host, with each problem's fix,
+/// before glommio would fail with its own error.
+fn check_placement(tuning: &Tuning) -> Result<()> {
+    tuning_file::check::startup(tuning).map_err(anyhow::Error::msg)
+}
+
+/// Starts the admin server with its thread on the tuning's `admin_cpus`, then
+/// pins this thread, the coordinator, to `coordinator_cpus` (the sink writer it
+/// starts inherits that unless `sink_cpus` is set). The default shard placement
+/// is fixed first: it reads this thread's mask, which pinning narrows.
+fn start_admin_and_pin(addr: &str, tuning: &mut Tuning) -> Result<Option<AdminServer>> {
+    tuning.shard_cpus = tuning.resolved_shard_cpus();
+    let admin = pin::with_mask(&tuning.admin_cpus, || start_admin(addr))
+        .context("pinning the admin thread to admin_cpus")?;
+    if !tuning.coordinator_cpus.is_empty() {
+        pin::pin_current_thread(&tuning.coordinator_cpus)
+            .context("pinning the coordinator to coordinator_cpus")?;
+    }
+    Ok(admin)
 }
 
 fn demo_command(args: DemoArgs, stop: flume::Receiver<()>) -> Result<i32> {
@@ -487,6 +607,7 @@ fn demo_command(args: DemoArgs, stop: flume::Receiver<()>) -> Result<i32> {
         Some(path) => Tuning::load(path)?,
         None => Tuning::default(),
     };
+    check_placement(&tuning)?;
     let db = demo::prepare_db(&args.db, args.keep_db)?;
     if let Some(line) = db.describe(&args.db) {
         note!("{line}");
@@ -505,14 +626,14 @@ fn demo_command(args: DemoArgs, stop: flume::Receiver<()>) -> Result<i32> {
         args.devices,
         humantime::format_duration(args.duration)
     );
-    let config = demo::demo_config(
+    let mut config = demo::demo_config(
         args.devices,
         mocks.source.addr,
         mocks.compute.addr,
         args.db,
         tuning,
     );
-    let admin = start_admin(&args.output.admin);
+    let admin = start_admin_and_pin(&args.output.admin, &mut config.tuning)?;
     let options = RunOptions {
         duration: Some(args.duration),
         load: Load::Ticks,
@@ -541,8 +662,12 @@ fn run_command(
     stop: flume::Receiver<()>,
     reload: Option<flume::Receiver<()>>,
 ) -> Result<i32> {
-    let config = Config::load(&args.config)?;
-    let admin = start_admin(&args.output.admin);
+    let mut config = Config::load(&args.config)?;
+    if let Some(path) = &args.tuning {
+        config.tuning = Tuning::load(path)?;
+    }
+    check_placement(&config.tuning)?;
+    let admin = start_admin_and_pin(&args.output.admin, &mut config.tuning)?;
     let options = RunOptions {
         duration: args.duration,
         load: Load::Ticks,

@@ -6,9 +6,11 @@
 //! barely maintained; keeping it behind this small surface is what would let a
 //! monoio or compio port touch one file.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
@@ -32,6 +34,103 @@ pub struct ExecutorSpec {
     /// network-only executor needs little (glommio's 10 MiB default fails where the
     /// limit is 8 MiB).
     pub io_memory_bytes: usize,
+}
+
+/// glommio settings every shard executor is built with, from the tuning file
+/// ([`crate::tuning`] documents each value and its default).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExecutorTuning {
+    /// Entries of each io_uring ring. A network-only shard needs few: a shallow ring
+    /// keeps locked memory low; deeper ones help only with many sockets per shard.
+    pub ring_depth: usize,
+    /// How long an idle executor spins before it parks in the kernel: trades a
+    /// core's idle power for the wake-up latency of the next completion.
+    pub spin_before_park: Option<Duration>,
+    /// How long a task queue runs before the executor checks whether another needs
+    /// the CPU; long loops must still yield (see [`yield_if_needed`]).
+    pub preempt_timer: Duration,
+    /// How long past its time slice a task queue may run before it counts as a
+    /// stall. Carried, not applied here: glommio takes the threshold from a stall
+    /// handler (`detect_stalls`), which the stall-detection work installs.
+    pub stall_threshold: Option<Duration>,
+    /// Options of the connections this executor opens; see [`NetTuning`].
+    pub net: NetTuning,
+}
+
+impl ExecutorTuning {
+    /// The values percore used before the tuning file could set them.
+    pub const DEFAULT: ExecutorTuning = ExecutorTuning {
+        ring_depth: 128,
+        spin_before_park: None,
+        preempt_timer: Duration::from_millis(100),
+        stall_threshold: Some(Duration::from_millis(10)),
+        net: NetTuning::DEFAULT,
+    };
+}
+
+impl Default for ExecutorTuning {
+    fn default() -> ExecutorTuning {
+        ExecutorTuning::DEFAULT
+    }
+}
+
+/// Socket options and HTTP/2 settings for the client connections an executor
+/// opens. Set once on the executor's thread when it starts ([`start_with`]);
+/// `grpc::client::ClientSettings` made on that thread take it by default and
+/// hand it to [`connect`] and the h2 builder: executor-local like every other
+/// piece of shard state, never shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetTuning {
+    /// TCP_NODELAY: gRPC messages are small and latency-bound, so Nagle is off
+    /// unless asked for.
+    pub nodelay: bool,
+    /// SO_SNDBUF in bytes; `None` leaves the kernel's autotuning alone.
+    pub send_buffer_bytes: Option<usize>,
+    /// SO_RCVBUF in bytes; `None` leaves the kernel's autotuning alone.
+    pub recv_buffer_bytes: Option<usize>,
+    /// SO_BUSY_POLL in µs: the kernel polls the NIC this long on a blocking read
+    /// before it sleeps. Linux only; above `net.core.busy_read` it needs CAP_NET_ADMIN.
+    pub busy_poll_us: Option<u32>,
+    /// HTTP/2 per-stream receive window in bytes: large enough that a typical
+    /// response never waits for a WINDOW_UPDATE round trip.
+    pub stream_window: u32,
+    /// HTTP/2 connection receive window in bytes, shared by its streams.
+    pub connection_window: u32,
+    /// Largest HTTP/2 frame payload the peer may send us, in bytes.
+    pub max_frame_size: u32,
+    /// Streams this side opens at most on one connection, below the peer's own
+    /// `max_concurrent_streams`; `None` follows the peer alone.
+    pub max_streams_per_connection: Option<usize>,
+}
+
+impl NetTuning {
+    /// Nagle off, kernel buffers, no busy polling, 1 MiB / 8 MiB windows, 16 KiB frames.
+    pub const DEFAULT: NetTuning = NetTuning {
+        nodelay: true,
+        send_buffer_bytes: None,
+        recv_buffer_bytes: None,
+        busy_poll_us: None,
+        stream_window: 1 << 20,
+        connection_window: 8 << 20,
+        max_frame_size: 16 << 10,
+        max_streams_per_connection: None,
+    };
+}
+
+impl Default for NetTuning {
+    fn default() -> NetTuning {
+        NetTuning::DEFAULT
+    }
+}
+
+thread_local! {
+    /// This executor's connection options, set by [`start_with`] on its thread.
+    static NET_TUNING: Cell<NetTuning> = const { Cell::new(NetTuning::DEFAULT) };
+}
+
+/// The connection options of the executor running on this thread.
+pub fn net_tuning() -> NetTuning {
+    NET_TUNING.with(Cell::get)
 }
 
 /// Why an executor could not be started or did not finish.
@@ -63,10 +162,25 @@ impl<T: Send + 'static> Executor<T> {
     }
 }
 
-/// Starts an executor on its own thread and runs `main()`'s future on it.
+/// Starts an executor on its own thread and runs `main()`'s future on it, with
+/// the default [`ExecutorTuning`].
 ///
 /// `main` is called on the new thread, so the future it builds need not be `Send`.
 pub fn start<G, F, T>(spec: &ExecutorSpec, main: G) -> Result<Executor<T>, RuntimeError>
+where
+    G: FnOnce() -> F + Send + 'static,
+    F: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    start_with(spec, &ExecutorTuning::DEFAULT, main)
+}
+
+/// [`start`] with the glommio settings and connection options of `tuning`.
+pub fn start_with<G, F, T>(
+    spec: &ExecutorSpec,
+    tuning: &ExecutorTuning,
+    main: G,
+) -> Result<Executor<T>, RuntimeError>
 where
     G: FnOnce() -> F + Send + 'static,
     F: Future<Output = T> + 'static,
@@ -76,12 +190,21 @@ where
         Some(cpu) => Placement::Fixed(cpu),
         None => Placement::Unbound,
     };
-    let handle = LocalExecutorBuilder::new(placement)
+    let mut builder = LocalExecutorBuilder::new(placement)
         .name(&spec.name)
         .io_memory(spec.io_memory_bytes)
-        // A shard is network-only: a shallow ring is plenty and keeps locked memory low.
-        .ring_depth(128)
-        .spawn(main)
+        // glommio asserts a depth above zero; the tuning file refuses less than 8.
+        .ring_depth(tuning.ring_depth.max(1))
+        .preempt_timer(tuning.preempt_timer);
+    if let Some(spin) = tuning.spin_before_park {
+        builder = builder.spin_before_park(spin);
+    }
+    let net = tuning.net;
+    let handle = builder
+        .spawn(move || {
+            NET_TUNING.with(|cell| cell.set(net));
+            main()
+        })
         .map_err(|error| {
             RuntimeError(format!(
                 "cannot start executor {} on {}: {error} (glommio needs io_uring and \
@@ -130,13 +253,64 @@ pub async fn yield_if_needed() {
     glommio::yield_if_needed().await;
 }
 
-/// Opens a TCP connection with Nagle off (gRPC messages are small and latency-bound).
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Stream> {
+/// Opens a TCP connection with the socket options of `tuning` (by default Nagle
+/// off, as gRPC messages are small and latency-bound, and the kernel's buffer
+/// sizes). The buffer sizes are set once connected, so the window scale of the
+/// handshake is the kernel's; a refused option fails the connect.
+pub async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    tuning: &NetTuning,
+) -> io::Result<Stream> {
     let stream = glommio::net::TcpStream::connect_timeout(addr, timeout)
         .await
         .map_err(io::Error::from)?;
-    stream.set_nodelay(true).map_err(io::Error::from)?;
+    apply_socket_options(&stream, tuning)?;
     Ok(stream.compat())
+}
+
+/// Sets `tuning`'s socket options on a connected stream.
+fn apply_socket_options(stream: &glommio::net::TcpStream, tuning: &NetTuning) -> io::Result<()> {
+    // SAFETY: the fd belongs to `stream`, which outlives this borrow.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    let socket = socket2::SockRef::from(&fd);
+    socket.set_nodelay(tuning.nodelay)?;
+    if let Some(bytes) = tuning.send_buffer_bytes {
+        socket.set_send_buffer_size(bytes)?;
+    }
+    if let Some(bytes) = tuning.recv_buffer_bytes {
+        socket.set_recv_buffer_size(bytes)?;
+    }
+    if let Some(us) = tuning.busy_poll_us {
+        set_busy_poll(&fd, us)?;
+    }
+    Ok(())
+}
+
+/// SO_BUSY_POLL, which socket2 does not wrap.
+#[cfg(target_os = "linux")]
+fn set_busy_poll(fd: &BorrowedFd<'_>, us: u32) -> io::Result<()> {
+    let value = libc::c_int::try_from(us).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a live socket fd, and a c_int option value of the size passed.
+    let result = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BUSY_POLL,
+            std::ptr::from_ref(&value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Busy polling is a Linux socket option; elsewhere it is not applied.
+#[cfg(not(target_os = "linux"))]
+fn set_busy_poll(_fd: &BorrowedFd<'_>, _us: u32) -> io::Result<()> {
+    Ok(())
 }
 
 /// A listening socket on the current executor. glommio sets SO_REUSEPORT, so one

@@ -32,11 +32,11 @@ const RESET_STREAMS_REMEMBERED: usize = 4096;
 pub struct ClientSettings {
     /// Time allowed for TCP connect plus the HTTP/2 handshake.
     pub connect_timeout: Duration,
-    /// Per-stream receive window. Large enough that a typical response never waits
-    /// for a WINDOW_UPDATE round trip.
-    pub stream_window: u32,
-    /// Connection-level receive window, shared by all streams on the connection.
-    pub connection_window: u32,
+    /// Socket options, HTTP/2 windows, frame size and stream cap: host tuning
+    /// (the tuning file's `[socket]` and `[http2]`). The default is the current
+    /// executor's [`runtime::net_tuning`], so settings made on a shard carry
+    /// that shard's tuning.
+    pub net: runtime::NetTuning,
     /// How often an HTTP/2 PING checks that the peer is still there; `None` sends
     /// none. A dead peer (host gone, partition) otherwise shows only when each
     /// call's deadline passes.
@@ -50,8 +50,7 @@ impl Default for ClientSettings {
     fn default() -> Self {
         ClientSettings {
             connect_timeout: Duration::from_secs(1),
-            stream_window: 1 << 20,
-            connection_window: 8 << 20,
+            net: runtime::net_tuning(),
             keepalive_interval: Some(Duration::from_secs(10)),
             keepalive_timeout: Duration::from_secs(5),
         }
@@ -83,6 +82,9 @@ pub struct Connection {
     closed: Rc<Cell<bool>>,
     /// Byte counters of the node's pool, outliving this connection.
     traffic: Rc<Traffic>,
+    /// Our own cap on streams open at once, below the peer's
+    /// `max_concurrent_streams` (the tuning file's `max_streams_per_connection`).
+    max_streams: Option<usize>,
     /// Ends the driver task, and with it the connection, when sent to (or when
     /// every sender is gone); held here so the driver lives as long as this.
     _kill: flume::Sender<()>,
@@ -99,18 +101,22 @@ impl Connection {
     ) -> Result<Connection, ConnectError> {
         let deadline = Instant::now() + settings.connect_timeout;
         let timed_out = || ConnectError::TimedOut(settings.connect_timeout);
-        let stream =
-            runtime::until_deadline(deadline, runtime::connect(node, settings.connect_timeout))
-                .await
-                .ok_or_else(timed_out)?
-                .map_err(|error| match error.kind() {
-                    std::io::ErrorKind::TimedOut => timed_out(),
-                    kind => ConnectError::Tcp(kind),
-                })?;
+        let stream = runtime::until_deadline(
+            deadline,
+            runtime::connect(node, settings.connect_timeout, &settings.net),
+        )
+        .await
+        .ok_or_else(timed_out)?
+        .map_err(|error| match error.kind() {
+            std::io::ErrorKind::TimedOut => timed_out(),
+            kind => ConnectError::Tcp(kind),
+        })?;
         let in_flight = Rc::new(Cell::new(0));
+        let tuning = settings.net;
         let handshake = h2::client::Builder::new()
-            .initial_window_size(settings.stream_window)
-            .initial_connection_window_size(settings.connection_window)
+            .initial_window_size(tuning.stream_window)
+            .initial_connection_window_size(tuning.connection_window)
+            .max_frame_size(tuning.max_frame_size)
             .enable_push(false)
             // Calls past their deadline are cancelled (RST_STREAM), thousands a
             // second under overload. h2 remembers only 10 reset streams by
@@ -172,6 +178,7 @@ impl Connection {
             in_flight,
             closed,
             traffic,
+            max_streams: tuning.max_streams_per_connection,
             _kill: kill,
         })
     }
@@ -188,9 +195,12 @@ impl Connection {
         self.in_flight.get()
     }
 
-    /// Whether another call fits under the peer's `max_concurrent_streams`.
+    /// Whether another call fits under the peer's `max_concurrent_streams` and
+    /// under our own cap, when the tuning file sets one.
     pub fn has_stream_capacity(&self) -> bool {
-        self.in_flight.get() < self.send.current_max_send_streams()
+        let peer = self.send.current_max_send_streams();
+        let limit = self.max_streams.map_or(peer, |ours| ours.min(peer));
+        self.in_flight.get() < limit
     }
 
     /// Makes one unary call. `uri` is `http://<authority>/<package.Service>/<Method>`,
