@@ -461,7 +461,7 @@ impl Reloader {
     /// that does not load changes nothing; its error is logged. Returns the
     /// class names after it, for the metrics.
     fn reload(&mut self, controls: &[flume::Sender<Control>]) -> Option<Arc<[String]>> {
-        let next = match Config::load(&self.path) {
+        let next = match Config::reload(&self.path, self.live.tuning()) {
             Ok(next) => next,
             Err(error) => {
                 console::err(format_args!(

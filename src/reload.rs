@@ -2,8 +2,9 @@
 //! into what the shards run.
 //!
 //! Only the device list and the class table change live. Everything else in
-//! the file (the sink, `[grpc]`, the tuning) is the run's shape and needs a
-//! restart: a reload that changes it says so and leaves it as it was.
+//! the file (the sink, `[grpc]`) is the run's shape and needs a restart: a
+//! reload that changes it says so and leaves it as it was. The tuning file is
+//! not read at all ([`Config::reload`]): it is how the run sits on the host.
 //!
 //! The merge keeps every index the run has handed out. Records name a device
 //! by its [`DeviceIndex`] and a class by its [`ClassIndex`]; the writer, the
@@ -95,6 +96,11 @@ pub struct Live {
 }
 
 impl Live {
+    /// The tuning the run started with, which a reload keeps.
+    pub fn tuning(&self) -> &crate::tuning::Tuning {
+        &self.started.tuning
+    }
+
     /// The state of a run that starts with `config` over `shards` shards.
     pub fn new(config: &Config, shards: usize) -> Live {
         Live {
@@ -116,9 +122,6 @@ impl Live {
         }
         if next.grpc != self.started.grpc {
             changes.ignored.push("[grpc]");
-        }
-        if next.tuning != self.started.tuning {
-            changes.ignored.push("tuning");
         }
 
         // Classes, by name; the new file's index → the run's.
@@ -296,12 +299,12 @@ mod tests {
         let mut live = Live::new(&start, 1);
         let mut next = config(&a, "d1,a\n");
         next.grpc.retries += 1;
-        next.tuning.max_in_flight_per_shard += 1;
+        next.sink = crate::config::SinkConfig::sqlite("other.db");
         let (_, changes) = live.merge(&next).unwrap();
-        assert_eq!(changes.ignored, ["[grpc]", "tuning"]);
+        assert_eq!(changes.ignored, ["[sink]", "[grpc]"]);
         assert_eq!(
             changes.to_string(),
-            "0 devices added, 0 retired; not applied (needs a restart): [grpc], tuning"
+            "0 devices added, 0 retired; not applied (needs a restart): [sink], [grpc]"
         );
     }
 }

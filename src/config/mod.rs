@@ -450,7 +450,20 @@ impl Config {
     pub fn from_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let source = Source::new(path, text);
         let file: ConfigFile = source.parse()?;
-        file.validate(&source)
+        file.validate(&source, None)
+    }
+
+    /// Read the config at `path` again for a live reload: as [`Config::load`],
+    /// except that its tuning file is not read and `tuning` (the running one)
+    /// is kept. Tuning is how the run is laid out on the host, which only a
+    /// restart changes — and the coordinator, pinned by then, would check
+    /// shard CPUs against its own narrower mask.
+    pub fn reload(path: &Path, tuning: &Tuning) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| ConfigError::new(path, format!("cannot read: {error}")))?;
+        let source = Source::new(path, &text);
+        let file: ConfigFile = source.parse()?;
+        file.validate(&source, Some(tuning))
     }
 }
 
@@ -655,7 +668,7 @@ impl ConfigFile {
     /// Check every rule, resolve addresses and relative paths, then read the device
     /// list and tuning file. Cheap checks come first so a typo is reported before
     /// a million-line device list is read.
-    fn validate(self, source: &Source) -> Result<Config, ConfigError> {
+    fn validate(self, source: &Source, running: Option<&Tuning>) -> Result<Config, ConfigError> {
         let base = source.file.parent().unwrap_or_else(|| Path::new(""));
         let classes = validate_classes(&self.classes, source)?;
         let class_names: Vec<&str> = classes.iter().map(|class| class.name.as_str()).collect();
@@ -665,9 +678,10 @@ impl ConfigFile {
             self.devices
                 .get_ref()
                 .validate(self.devices.span(), &class_names, base, source)?;
-        let tuning = match &self.tuning {
-            None => Tuning::default(),
-            Some(tuning_path) => {
+        let tuning = match (&self.tuning, running) {
+            (_, Some(running)) => running.clone(),
+            (None, None) => Tuning::default(),
+            (Some(tuning_path), None) => {
                 let path = base.join(tuning_path.get_ref());
                 let text = read_referenced(&path, tuning_path, "tuning", source, |path| {
                     std::fs::read_to_string(path)
