@@ -202,6 +202,11 @@ struct Shard {
     in_flight: Cell<usize>,
     /// Calls retried on another node, for the metrics.
     retries: Cell<u64>,
+    /// The executor's own counters so far (glommio resets them on read, so
+    /// they are added up here), for the metrics.
+    executor: Cell<runtime::ExecutorStats>,
+    /// Stalls of this shard's executor so far.
+    stalls: Cell<u64>,
     /// From the limits: skip ticks beyond this many jobs in flight.
     max_in_flight: usize,
     /// Results waiting for the flusher; skips start when it holds this many.
@@ -307,6 +312,8 @@ pub async fn run(plan: ShardPlan) {
         pending_reload: RefCell::new(None),
         in_flight: Cell::new(0),
         retries: Cell::new(0),
+        executor: Cell::new(runtime::ExecutorStats::default()),
+        stalls: Cell::new(0),
         max_in_flight: limits.max_in_flight.max(1),
         backlog_limit: (limits.max_in_flight * 4).max(65_536),
         results: RefCell::new(Vec::with_capacity(1024)),
@@ -1077,6 +1084,32 @@ impl Shard {
             .set(self.run_start + PROGRESS_INTERVAL * seconds as u32);
     }
 
+    /// Adds up the executor's counters and logs its stalls since the last
+    /// look, each with the shard's number, glommio's report and backtrace.
+    fn watch(&self) {
+        let mut executor = self.executor.get();
+        executor.add(&runtime::take_stats());
+        self.executor.set(executor);
+        let (stalls, reports) = runtime::take_stalls();
+        if stalls == 0 {
+            return;
+        }
+        self.stalls.set(self.stalls.get() + stalls);
+        for report in &reports {
+            crate::console::err(format_args!(
+                "percore: shard {}: stall: {report}",
+                self.index
+            ));
+        }
+        let unreported = stalls - reports.len() as u64;
+        if unreported > 0 {
+            crate::console::err(format_args!(
+                "percore: shard {}: {unreported} more stalls in the last second",
+                self.index
+            ));
+        }
+    }
+
     /// The run's end: the planned one, or an earlier stop.
     fn end_ms(&self, planned_end_ms: i64) -> i64 {
         self.stop_at_ms
@@ -1089,6 +1122,12 @@ impl Shard {
         let mut counters = self.stats.borrow().counters;
         counters.in_flight = self.in_flight.get() as u64;
         counters.retries = self.retries.get();
+        self.watch();
+        let executor = self.executor.get();
+        counters.tasks_run = executor.tasks_run;
+        counters.scheduler_runs = executor.scheduler_runs;
+        counters.busy_us = executor.busy.as_micros() as u64;
+        counters.stalls = self.stalls.get();
         for pool in &self.members.borrow().pools {
             counters.connections += pool.open_connections() as u64;
             let (sent, received) = pool.traffic();

@@ -72,6 +72,14 @@ pub struct Counters {
     /// gRPC message bytes sent and received (framing included, HTTP/2 headers not).
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// The shard's executor: tasks polled, how often its scheduler chose a
+    /// task queue, and the time it spent running tasks (µs), from glommio.
+    pub tasks_run: u64,
+    pub scheduler_runs: u64,
+    pub busy_us: u64,
+    /// Times a task queue of the shard ran past its time slice by the stall
+    /// threshold (each logged with a backtrace).
+    pub stalls: u64,
 }
 
 impl Counters {
@@ -88,6 +96,10 @@ impl Counters {
         self.retries += other.retries;
         self.bytes_sent += other.bytes_sent;
         self.bytes_received += other.bytes_received;
+        self.tasks_run += other.tasks_run;
+        self.scheduler_runs += other.scheduler_runs;
+        self.busy_us += other.busy_us;
+        self.stalls += other.stalls;
     }
 
     fn count(&mut self, outcome: &Outcome) {

@@ -116,6 +116,15 @@ fn scraped_counters_add_up_to_the_run_totals() {
             .sum::<u64>() as f64
     );
     assert!(total(&after, "percore_bytes_sent_total", "shard=") > 0.0);
+    // Each shard's executor ran tasks, and for some of the run's time.
+    for shard in 0..summary.per_shard.len() {
+        let label = format!("shard=\"{shard}\"");
+        assert!(total(&after, "percore_shard_tasks_run_total", &label) > 0.0);
+        assert!(total(&after, "percore_shard_scheduler_runs_total", &label) > 0.0);
+        let busy = total(&after, "percore_shard_busy_seconds_total", &label);
+        assert!(busy > 0.0 && busy < 10.0, "shard {shard} busy {busy} s");
+        assert_eq!(total(&after, "percore_shard_stalls_total", &label), 0.0);
+    }
     assert_eq!(total(&after, "percore_in_flight", "shard="), 0.0);
     for (stage, histogram) in summary.latency.stages() {
         let count = total(

@@ -34,7 +34,7 @@ const BUCKETS_S: [f64; 16] = [
 type ShardFamily = (&'static str, &'static str, fn(&Counters) -> u64);
 
 /// The per-shard counters besides `percore_jobs`.
-const SHARD_COUNTERS: [ShardFamily; 3] = [
+const SHARD_COUNTERS: [ShardFamily; 6] = [
     (
         "percore_retries",
         "Calls tried again on another node after a retryable failure, per shard.",
@@ -49,6 +49,21 @@ const SHARD_COUNTERS: [ShardFamily; 3] = [
         "percore_bytes_received",
         "gRPC message bytes received, per shard.",
         |c| c.bytes_received,
+    ),
+    (
+        "percore_shard_tasks_run",
+        "Tasks the shard's executor polled (glommio), per shard.",
+        |c| c.tasks_run,
+    ),
+    (
+        "percore_shard_scheduler_runs",
+        "Times the shard's executor chose a task queue to run (glommio), per shard.",
+        |c| c.scheduler_runs,
+    ),
+    (
+        "percore_shard_stalls",
+        "Times a task queue ran past its time slice by the stall threshold, per shard.",
+        |c| c.stalls,
     ),
 ];
 
@@ -138,6 +153,16 @@ impl Collector for Snapshot {
                     value(counters),
                 )?;
             }
+        }
+        let mut busy = encoder.encode_descriptor(
+            "percore_shard_busy",
+            "Time the shard's executor spent running tasks (glommio; not idle, not spinning), per shard.",
+            Some(&Unit::Seconds),
+            MetricType::Counter,
+        )?;
+        for (shard, counters) in snapshot.per_shard.iter().enumerate() {
+            busy.encode_family(&[("shard", shard.to_string())])?
+                .encode_counter::<NoLabelSet, _, u64>(&(counters.busy_us as f64 / 1e6), None)?;
         }
         encoder
             .encode_descriptor(
@@ -355,6 +380,10 @@ mod tests {
                     retries: 4,
                     bytes_sent: 100,
                     bytes_received: 200,
+                    tasks_run: 900,
+                    scheduler_runs: 300,
+                    busy_us: 1_500_000,
+                    stalls: 2,
                 },
                 Counters {
                     ok: 7,
@@ -419,6 +448,17 @@ mod tests {
         assert!(text.contains("percore_in_flight{shard=\"0\"} 3\n"));
         assert!(text.contains("percore_retries_total{shard=\"0\"} 4\n"));
         assert!(text.contains("percore_bytes_received_total{shard=\"0\"} 200\n"));
+        assert!(text.contains("percore_shard_tasks_run_total{shard=\"0\"} 900\n"));
+        assert!(text.contains("percore_shard_scheduler_runs_total{shard=\"0\"} 300\n"));
+        assert!(text.contains("percore_shard_stalls_total{shard=\"1\"} 0\n"));
+        assert!(text.contains("percore_shard_stalls_total{shard=\"0\"} 2\n"));
+        assert!(
+            text.contains(
+                "# TYPE percore_shard_busy_seconds counter\n# UNIT percore_shard_busy_seconds seconds\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("percore_shard_busy_seconds_total{shard=\"0\"} 1.5\n"), "{text}");
         assert!(text
             .contains("percore_stage_latency_seconds_bucket{le=\"0.0001\",stage=\"fetch\"} 1\n"));
         assert!(

@@ -1,4 +1,5 @@
-//! The one place that names glommio.
+//! The one place that names glommio (with [`watch`]: stalls and executor
+//! statistics).
 //!
 //! Everything the rest of percore needs from a thread-per-core runtime is here:
 //! starting a pinned executor on a thread, spawning local tasks, timers, and TCP
@@ -14,7 +15,10 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
+
+pub mod watch;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
+pub use watch::{take_stalls, take_stats, ExecutorStats};
 
 /// A TCP stream that implements tokio's `AsyncRead`/`AsyncWrite`, as `h2` wants.
 pub type Stream = Compat<glommio::net::TcpStream>;
@@ -50,8 +54,7 @@ pub struct ExecutorTuning {
     /// the CPU; long loops must still yield (see [`yield_if_needed`]).
     pub preempt_timer: Duration,
     /// How long past its time slice a task queue may run before it counts as a
-    /// stall. Carried, not applied here: glommio takes the threshold from a stall
-    /// handler (`detect_stalls`), which the stall-detection work installs.
+    /// stall, logged with a backtrace ([`watch`]); `None` turns detection off.
     pub stall_threshold: Option<Duration>,
     /// Options of the connections this executor opens; see [`NetTuning`].
     pub net: NetTuning,
@@ -198,6 +201,10 @@ where
         .preempt_timer(tuning.preempt_timer);
     if let Some(spin) = tuning.spin_before_park {
         builder = builder.spin_before_park(spin);
+    }
+    if let Some(threshold) = tuning.stall_threshold {
+        watch::install_logger();
+        builder = builder.detect_stalls(Some(Box::new(watch::StallReporter { threshold })));
     }
     let net = tuning.net;
     let handle = builder
