@@ -23,10 +23,12 @@
 //!   [`tuning::generate`] writes one from the topology, [`tuning::pin`] pins the
 //!   threads around the shards. [`devices`]: the fleet
 //!   (CSV or generated), the stable hash that places a device on a shard.
-//! - [`dispatcher`]: the coordinator. Splits the fleet over shards, opens the sink,
-//!   makes every channel, starts the shards, prints status, merges statistics,
-//!   streams each closed second to the interval log, stops the run at once when
-//!   the sink fails, measures CPU. Runs on the calling thread, never on a shard.
+//! - [`dispatcher`]: the coordinator, on the calling thread, never on a shard; a
+//!   run is three files: `start` (splits the fleet over shards, opens the sink,
+//!   makes every channel, starts the shards), `supervise` (status, metrics, the
+//!   interval log in `per_second`, a stop, a sink failure that stops the run at
+//!   once, a live reload in `reloader`) and `shutdown` (joins, CPU, merged
+//!   statistics, every result accounted for).
 //!   [`reload`]: a live reload (SIGHUP) merged into the running config — the
 //!   fleet only grows, classes matched by name — as one message per shard.
 //! - [`shard`]: the per-core loop. Owns its devices, schedule, connections,
@@ -95,7 +97,10 @@
 //!   TCP), so the runtime could be swapped; an executor starts with the tuning's
 //!   [`runtime::ExecutorTuning`] (ring depth, spin, preempt timer) and keeps its
 //!   connection options ([`runtime::NetTuning`]: socket options, HTTP/2 windows)
-//!   executor-local, read where sockets and h2 connections are made. [`error`]: the job error taxonomy.
+//!   executor-local, read where sockets and h2 connections are made;
+//!   [`runtime::watch`]: stall reports with backtraces and the executor's own
+//!   counters, which each shard logs and publishes. [`error`]: the job error
+//!   taxonomy.
 //! - [`proto`]: prost messages generated from `proto/` at build time.
 //!
 //! # Threads

@@ -458,7 +458,10 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.contains("percore_shard_busy_seconds_total{shard=\"0\"} 1.5\n"), "{text}");
+        assert!(
+            text.contains("percore_shard_busy_seconds_total{shard=\"0\"} 1.5\n"),
+            "{text}"
+        );
         assert!(text
             .contains("percore_stage_latency_seconds_bucket{le=\"0.0001\",stage=\"fetch\"} 1\n"));
         assert!(
