@@ -1128,6 +1128,7 @@ impl Shard {
         counters.scheduler_runs = executor.scheduler_runs;
         counters.busy_us = executor.busy.as_micros() as u64;
         counters.stalls = self.stalls.get();
+        (counters.parks, counters.preemptions) = runtime::context_switches();
         for pool in &self.members.borrow().pools {
             counters.connections += pool.open_connections() as u64;
             let (sent, received) = pool.traffic();

@@ -80,6 +80,11 @@ pub struct Counters {
     /// Times a task queue of the shard ran past its time slice by the stall
     /// threshold (each logged with a backtrace).
     pub stalls: u64,
+    /// The shard thread's voluntary context switches (parks: it slept
+    /// waiting for I/O or a timer) and involuntary ones (the kernel gave its
+    /// CPU to another thread), from the kernel.
+    pub parks: u64,
+    pub preemptions: u64,
 }
 
 impl Counters {
@@ -100,6 +105,8 @@ impl Counters {
         self.scheduler_runs += other.scheduler_runs;
         self.busy_us += other.busy_us;
         self.stalls += other.stalls;
+        self.parks += other.parks;
+        self.preemptions += other.preemptions;
     }
 
     fn count(&mut self, outcome: &Outcome) {

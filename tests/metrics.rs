@@ -124,6 +124,8 @@ fn scraped_counters_add_up_to_the_run_totals() {
         let busy = total(&after, "percore_shard_busy_seconds_total", &label);
         assert!(busy > 0.0 && busy < 10.0, "shard {shard} busy {busy} s");
         assert_eq!(total(&after, "percore_shard_stalls_total", &label), 0.0);
+        // An idle moment of a shard is a park: a 3 s run has many.
+        assert!(total(&after, "percore_shard_parks_total", &label) > 10.0);
     }
     assert_eq!(total(&after, "percore_in_flight", "shard="), 0.0);
     for (stage, histogram) in summary.latency.stages() {

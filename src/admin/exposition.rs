@@ -34,7 +34,7 @@ const BUCKETS_S: [f64; 16] = [
 type ShardFamily = (&'static str, &'static str, fn(&Counters) -> u64);
 
 /// The per-shard counters besides `percore_jobs`.
-const SHARD_COUNTERS: [ShardFamily; 6] = [
+const SHARD_COUNTERS: [ShardFamily; 8] = [
     (
         "percore_retries",
         "Calls tried again on another node after a retryable failure, per shard.",
@@ -64,6 +64,16 @@ const SHARD_COUNTERS: [ShardFamily; 6] = [
         "percore_shard_stalls",
         "Times a task queue ran past its time slice by the stall threshold, per shard.",
         |c| c.stalls,
+    ),
+    (
+        "percore_shard_parks",
+        "Times the shard's thread slept in the kernel, waiting for I/O or a timer (voluntary context switches), per shard.",
+        |c| c.parks,
+    ),
+    (
+        "percore_shard_preemptions",
+        "Times the kernel gave the shard's CPU to another thread (involuntary context switches), per shard.",
+        |c| c.preemptions,
     ),
 ];
 
@@ -384,6 +394,8 @@ mod tests {
                     scheduler_runs: 300,
                     busy_us: 1_500_000,
                     stalls: 2,
+                    parks: 40,
+                    preemptions: 3,
                 },
                 Counters {
                     ok: 7,
@@ -452,6 +464,8 @@ mod tests {
         assert!(text.contains("percore_shard_scheduler_runs_total{shard=\"0\"} 300\n"));
         assert!(text.contains("percore_shard_stalls_total{shard=\"1\"} 0\n"));
         assert!(text.contains("percore_shard_stalls_total{shard=\"0\"} 2\n"));
+        assert!(text.contains("percore_shard_parks_total{shard=\"0\"} 40\n"));
+        assert!(text.contains("percore_shard_preemptions_total{shard=\"0\"} 3\n"));
         assert!(
             text.contains(
                 "# TYPE percore_shard_busy_seconds counter\n# UNIT percore_shard_busy_seconds seconds\n"

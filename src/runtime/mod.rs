@@ -18,7 +18,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 pub mod watch;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
-pub use watch::{take_stalls, take_stats, ExecutorStats};
+pub use watch::{context_switches, take_stalls, take_stats, ExecutorStats};
 
 /// A TCP stream that implements tokio's `AsyncRead`/`AsyncWrite`, as `h2` wants.
 pub type Stream = Compat<glommio::net::TcpStream>;

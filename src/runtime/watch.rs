@@ -13,8 +13,10 @@
 //!
 //! **Statistics.** [`take_stats`] reads glommio's executor counters (tasks
 //! run, scheduler runs, busy time), which glommio resets on every read, so
-//! the caller adds them up. glommio 0.9 does not count io_uring submissions
-//! or parks in its public API; those are not reported.
+//! the caller adds them up. glommio 0.9 does not count parks or io_uring
+//! submissions in its public API; [`context_switches`] asks the kernel
+//! instead how often the thread slept (a park: waiting for a completion or a
+//! timer) and how often it was preempted. Submissions are not reported.
 
 use std::cell::{Cell, RefCell};
 use std::time::Duration;
@@ -145,4 +147,18 @@ pub fn take_stats() -> ExecutorStats {
         scheduler_runs: stats.scheduler_runs(),
         busy: stats.executor_runtime(),
     }
+}
+
+/// This thread's context switches since it started: (voluntary — it slept in
+/// the kernel, which is how an idle executor parks —, involuntary — the
+/// kernel gave its CPU to another thread), from `getrusage(RUSAGE_THREAD)`;
+/// zeros if the call fails.
+pub fn context_switches() -> (u64, u64) {
+    // SAFETY: getrusage only writes the struct it is given, which lives here.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_THREAD with a valid pointer to a rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) } != 0 {
+        return (0, 0);
+    }
+    (usage.ru_nvcsw.max(0) as u64, usage.ru_nivcsw.max(0) as u64)
 }
