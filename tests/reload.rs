@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::Row;
 use percore::devices::stable_hash;
-use percore::mock::{MockKind, MockOptions};
+use percore::mock::{MockKind, MockNode, MockOptions};
 use percore::tick::{phase_ms, ticks_in};
 
 /// Every device of the test's class ticks this often (before a period change).
@@ -156,29 +156,88 @@ fn window(summary: &serde_json::Value) -> (i64, i64) {
     )
 }
 
+/// Mock nodes, and a config of class `meter` with its device list, in a
+/// temporary directory.
+struct Fixture {
+    source: MockNode,
+    compute: MockNode,
+    dir: tempfile::TempDir,
+    /// The config file `percore run` reads (and re-reads on SIGHUP).
+    config: PathBuf,
+}
+
+/// What a run left: its stderr, its window and its rows.
+struct Ran {
+    stderr: String,
+    summary: serde_json::Value,
+    window: (i64, i64),
+    rows: Vec<Row>,
+}
+
+impl Fixture {
+    fn new(devices: &[(String, &str)]) -> Fixture {
+        let source = common::start_mock(MockKind::Source, MockOptions::default());
+        let compute = common::start_mock(MockKind::Compute, MockOptions::default());
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let config = dir.path().join("percore.toml");
+        let fixture = Fixture {
+            source,
+            compute,
+            dir,
+            config,
+        };
+        fixture.write_config(PERIOD_MS, false);
+        fixture.write_devices(devices);
+        fixture
+    }
+
+    fn write_config(&self, period_ms: u64, with_gauge: bool) {
+        let (source, compute) = (self.source.addr.to_string(), self.compute.addr.to_string());
+        write_config(self.dir.path(), &source, &compute, period_ms, with_gauge);
+    }
+
+    fn write_devices(&self, devices: &[(String, &str)]) {
+        write_devices(self.dir.path(), devices);
+    }
+
+    /// Runs `percore run` for `duration`, calling `during` while it runs.
+    fn run(self, duration: &str, during: impl FnOnce(&Fixture, &Child)) -> Ran {
+        let summary_path = self.dir.path().join("summary.json");
+        let run = spawn(&self.config, duration, &summary_path);
+        during(&self, &run);
+        let stderr = finish(run);
+        let summary = common::read_summary_json(&summary_path);
+        let rows = common::read_rows(&self.dir.path().join("jobs.db"));
+        self.source.stop();
+        self.compute.stop();
+        Ran {
+            stderr,
+            window: window(&summary),
+            summary,
+            rows,
+        }
+    }
+}
+
 #[test]
 fn an_edited_device_list_changes_the_devices_ticked_and_loses_no_tick_of_the_others() {
-    let source = common::start_mock(MockKind::Source, MockOptions::default());
-    let compute = common::start_mock(MockKind::Compute, MockOptions::default());
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let (source_addr, compute_addr) = (source.addr.to_string(), compute.addr.to_string());
-    let config = write_config(dir.path(), &source_addr, &compute_addr, PERIOD_MS, false);
     // old000..old019 go at the reload, kept000..kept059 stay, new000..new029 come.
     let kept = ids("kept", 0..60, "meter");
     let old = ids("old", 0..20, "meter");
     let new = ids("new", 0..30, "meter");
-    write_devices(dir.path(), &[kept.clone(), old.clone()].concat());
-    let summary_path = dir.path().join("summary.json");
-    let run = spawn(&config, "6s", &summary_path);
-
-    std::thread::sleep(Duration::from_millis(2_500));
-    write_devices(dir.path(), &[kept.clone(), new.clone()].concat());
-    let signalled_ms = now_ms();
-    sighup(&run);
-    let stderr = finish(run);
-    source.stop();
-    compute.stop();
-
+    let fixture = Fixture::new(&[kept.clone(), old.clone()].concat());
+    let mut signalled_ms = 0;
+    let Ran {
+        stderr,
+        summary,
+        window: (start, end),
+        rows,
+    } = fixture.run("6s", |fixture, run| {
+        std::thread::sleep(Duration::from_millis(2_500));
+        fixture.write_devices(&[kept.clone(), new.clone()].concat());
+        signalled_ms = now_ms();
+        sighup(run);
+    });
     assert!(
         stderr.contains("SIGHUP: reloading the config"),
         "the signal is acknowledged"
@@ -187,9 +246,6 @@ fn an_edited_device_list_changes_the_devices_ticked_and_loses_no_tick_of_the_oth
         stderr.contains("percore.toml: 30 devices added, 20 retired"),
         "the reload says what it did"
     );
-    let summary = common::read_summary_json(&summary_path);
-    let (start, end) = window(&summary);
-    let rows = common::read_rows(&dir.path().join("jobs.db"));
     assert_eq!(summary["ok"].as_u64(), Some(rows.len() as u64));
     let ticks = ticks_by_device(&rows);
 
@@ -242,36 +298,29 @@ fn an_edited_device_list_changes_the_devices_ticked_and_loses_no_tick_of_the_oth
 
 #[test]
 fn a_class_changed_or_added_takes_effect_at_the_next_tick() {
-    let source = common::start_mock(MockKind::Source, MockOptions::default());
-    let compute = common::start_mock(MockKind::Compute, MockOptions::default());
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let (source_addr, compute_addr) = (source.addr.to_string(), compute.addr.to_string());
-    let config = write_config(dir.path(), &source_addr, &compute_addr, PERIOD_MS, false);
     let meters = ids("m", 0..40, "meter");
-    write_devices(dir.path(), &meters);
-    let summary_path = dir.path().join("summary.json");
-    let run = spawn(&config, "6s", &summary_path);
-
-    std::thread::sleep(Duration::from_millis(2_500));
-    // meter now ticks every 400 ms, and a new class gauge brings its devices.
-    write_config(dir.path(), &source_addr, &compute_addr, 2 * PERIOD_MS, true);
     let gauges = ids("g", 0..10, "gauge");
-    write_devices(dir.path(), &[meters.clone(), gauges.clone()].concat());
-    let signalled_ms = now_ms();
-    sighup(&run);
-    let stderr = finish(run);
-    source.stop();
-    compute.stop();
-
+    let fixture = Fixture::new(&meters);
+    let mut signalled_ms = 0;
+    let Ran {
+        stderr,
+        summary,
+        window: (start, end),
+        rows,
+    } = fixture.run("6s", |fixture, run| {
+        std::thread::sleep(Duration::from_millis(2_500));
+        // meter now ticks every 400 ms, and a new class gauge brings its devices.
+        fixture.write_config(2 * PERIOD_MS, true);
+        fixture.write_devices(&[meters.clone(), gauges.clone()].concat());
+        signalled_ms = now_ms();
+        sighup(run);
+    });
     assert!(
         stderr.contains(
             "10 devices added, 0 retired; new classes [\"gauge\"]; classes changed [\"meter\"]"
         ),
         "the reload says what changed"
     );
-    let summary = common::read_summary_json(&summary_path);
-    let (start, end) = window(&summary);
-    let rows = common::read_rows(&dir.path().join("jobs.db"));
     let ticks = ticks_by_device(&rows);
     for (id, _) in &meters {
         let got = ticks.get(id.as_str()).cloned().unwrap_or_default();
@@ -312,33 +361,23 @@ fn a_class_changed_or_added_takes_effect_at_the_next_tick() {
 
 #[test]
 fn a_broken_file_keeps_the_run_on_the_config_it_has() {
-    let source = common::start_mock(MockKind::Source, MockOptions::default());
-    let compute = common::start_mock(MockKind::Compute, MockOptions::default());
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let (source_addr, compute_addr) = (source.addr.to_string(), compute.addr.to_string());
-    let config = write_config(dir.path(), &source_addr, &compute_addr, PERIOD_MS, false);
     let meters = ids("m", 0..40, "meter");
-    write_devices(dir.path(), &meters);
-    let summary_path = dir.path().join("summary.json");
-    let run = spawn(&config, "4s", &summary_path);
-
-    std::thread::sleep(Duration::from_millis(1_500));
-    // A device of a class the config does not have.
-    write_devices(
-        dir.path(),
-        &[meters.clone(), ids("x", 0..1, "nosuch")].concat(),
-    );
-    sighup(&run);
-    std::thread::sleep(Duration::from_millis(1_200));
-    // And a config that is not TOML.
-    let good = std::fs::read_to_string(&config).expect("the config");
-    std::fs::write(&config, "[[classes]\nname = ").expect("a broken config");
-    sighup(&run);
-    let stderr = finish(run);
-    std::fs::write(&config, good).expect("the config back");
-    source.stop();
-    compute.stop();
-
+    let fixture = Fixture::new(&meters);
+    let Ran {
+        stderr,
+        window: (start, end),
+        rows,
+        ..
+    } = fixture.run("4s", |fixture, run| {
+        std::thread::sleep(Duration::from_millis(1_500));
+        // A device of a class the config does not have.
+        fixture.write_devices(&[meters.clone(), ids("x", 0..1, "nosuch")].concat());
+        sighup(run);
+        std::thread::sleep(Duration::from_millis(1_200));
+        // And a config that is not TOML.
+        std::fs::write(&fixture.config, "[[classes]\nname = ").expect("a broken config");
+        sighup(run);
+    });
     let kept_going = stderr
         .lines()
         .filter(|line| line.contains("the run goes on with the config it has"))
@@ -351,9 +390,6 @@ fn a_broken_file_keeps_the_run_on_the_config_it_has() {
     assert!(kept_going[0].contains("devices.csv:"), "{}", kept_going[0]);
     assert!(kept_going[0].contains("nosuch"), "{}", kept_going[0]);
     assert!(kept_going[1].contains("percore.toml:"), "{}", kept_going[1]);
-    let summary = common::read_summary_json(&summary_path);
-    let (start, end) = window(&summary);
-    let rows = common::read_rows(&dir.path().join("jobs.db"));
     let ticks = ticks_by_device(&rows);
     assert_eq!(ticks.len(), meters.len());
     for (id, _) in &meters {

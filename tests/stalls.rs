@@ -24,14 +24,18 @@ fn spec() -> ExecutorSpec {
     }
 }
 
-#[test]
-fn a_task_that_holds_the_executor_is_reported_with_a_backtrace() {
-    let tuning = ExecutorTuning {
+/// A 10 ms time slice, and a stall 10 ms past it.
+fn tuning() -> ExecutorTuning {
+    ExecutorTuning {
         preempt_timer: Duration::from_millis(10),
         stall_threshold: Some(Duration::from_millis(10)),
         ..ExecutorTuning::DEFAULT
-    };
-    let executor = runtime::start_with(&spec(), &tuning, || async {
+    }
+}
+
+#[test]
+fn a_task_that_holds_the_executor_is_reported_with_a_backtrace() {
+    let executor = runtime::start_with(&spec(), &tuning(), || async {
         // Settle first: the executor's start is not the task under test.
         runtime::sleep(Duration::from_millis(20)).await;
         let _ = runtime::take_stalls();
@@ -63,12 +67,7 @@ fn a_task_that_holds_the_executor_is_reported_with_a_backtrace() {
 
 #[test]
 fn a_task_that_yields_in_time_is_no_stall() {
-    let tuning = ExecutorTuning {
-        preempt_timer: Duration::from_millis(10),
-        stall_threshold: Some(Duration::from_millis(10)),
-        ..ExecutorTuning::DEFAULT
-    };
-    let executor = runtime::start_with(&spec(), &tuning, || async {
+    let executor = runtime::start_with(&spec(), &tuning(), || async {
         runtime::sleep(Duration::from_millis(20)).await;
         let _ = runtime::take_stalls();
         // The same 200 ms of work, in slices that yield.
