@@ -81,7 +81,7 @@ impl std::fmt::Display for Changes {
 }
 
 /// The run's config as the shards run it, kept by the coordinator.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Live {
     /// The config the run started with (its sink, gRPC and tuning stay).
     started: Config,

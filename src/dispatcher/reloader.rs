@@ -41,6 +41,9 @@ impl Reloader {
                 return None;
             }
         };
+        // Kept to undo the merge if the writer cannot take the names: the
+        // shards must never run ahead of what the writer can resolve.
+        let before = self.live.clone();
         let (reload, changes) = match self.live.merge(&next) {
             Ok(merged) => merged,
             Err(error) => {
@@ -56,10 +59,18 @@ impl Reloader {
             fleet: reload.fleet.clone(),
             classes: reload.classes.iter().map(class_names).collect(),
         });
-        if self.names.send(names).is_err() {
-            console::err(format_args!(
-                "reload: the sink writer has stopped; nothing reloaded"
-            ));
+        // Never blocks the coordinator: a writer that has not yet taken the
+        // names of the last reloads (it takes them with its next batch) has
+        // this one refused, to be asked again.
+        if let Err(error) = self.names.try_send(names) {
+            self.live = before;
+            let why = match error {
+                flume::TrySendError::Full(_) => {
+                    "the sink writer has not taken the last reloads' names yet; send SIGHUP again"
+                }
+                flume::TrySendError::Disconnected(_) => "the sink writer has stopped",
+            };
+            console::err(format_args!("reload: {why}; nothing reloaded"));
             return None;
         }
         let class_names: Arc<[String]> = reload.classes.iter().map(|c| c.name.clone()).collect();
