@@ -113,6 +113,7 @@ pub mod contract;
 pub mod cpu;
 pub mod demo;
 pub mod devices;
+pub mod diagnostic;
 pub mod dispatcher;
 pub mod error;
 pub mod failures;
