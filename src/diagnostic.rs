@@ -14,6 +14,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
+use toml::Spanned;
 
 /// A start-up mistake in one of the configuration files.
 ///
@@ -97,7 +98,7 @@ impl<'a> Source<'a> {
             + 1
     }
 
-    /// An error about the value at `span` (from a [`Spanned`](toml::Spanned)).
+    /// An error about the value at `span` (from a [`Spanned`]).
     pub(crate) fn error(
         &self,
         span: Range<usize>,
@@ -107,6 +108,24 @@ impl<'a> Source<'a> {
         ConfigError::new(self.file, message)
             .at_line(self.line_of(span.start))
             .in_field(field)
+    }
+
+    /// Read a file this one points at (at `pointer`, the key `field`) with `read`,
+    /// as text or as bytes; an error names the line that points.
+    pub(crate) fn read_referenced<T>(
+        &self,
+        path: &Path,
+        pointer: &Spanned<String>,
+        field: &str,
+        read: impl FnOnce(&Path) -> std::io::Result<T>,
+    ) -> Result<T, ConfigError> {
+        read(path).map_err(|error| {
+            self.error(
+                pointer.span(),
+                field,
+                format!("cannot read {}: {error}", path.display()),
+            )
+        })
     }
 
     /// Parse the text into a serde file struct, turning toml's error into ours.
