@@ -3,7 +3,7 @@
 //! Every file percore reads at start-up (the config, the device list it points at,
 //! the tuning file) reports a mistake as a [`ConfigError`]: `{file}:{line}: {field}:
 //! {message}`, so an operator can jump straight to the offending value. A TOML file
-//! is read through a [`Source`], which parses it into serde structs and turns the
+//! is read through a `Source`, which parses it into serde structs and turns the
 //! byte spans of their values into lines.
 //!
 //! Its own module, below [`crate::config`], [`crate::devices`] and [`crate::tuning`],
