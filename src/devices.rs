@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::path::Path;
 
-use crate::config::ConfigError;
+use crate::diagnostic::ConfigError;
 use crate::record::{ClassIndex, DeviceIndex};
 
 /// Most devices a fleet may hold: every device needs a [`DeviceIndex`].

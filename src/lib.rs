@@ -12,9 +12,17 @@
 //!
 //! Follow one job from tick to row by reading the modules in this order:
 //!
-//! - [`config`]: the TOML file → parsed → validated → typed [`config::Config`];
-//!   errors name file, line and field; `[classes.upstream]` (balancing, limits,
-//!   retries, hedging, probes, ejection) in its own file. [`tuning`]: the per-host file and
+//! - [`config`]: the TOML file → parsed → validated → typed [`config::Config`],
+//!   one file per section of it, each with its runtime types, its tables as
+//!   written and the checks between them: `mod.rs` (`Config`, its loading and
+//!   reload, the top level), `class.rs` (`[[classes]]` with its output,
+//!   parameters and contract), `upstream.rs` (`[classes.upstream]`: balancing,
+//!   limits, retries, hedging, probes, ejection), `devices.rs`, `sink.rs` (SQLite
+//!   and the spill journal's keys), `postgres.rs`, `grpc.rs`; unit tests in
+//!   `tests.rs`. [`diagnostic`]: the [`diagnostic::ConfigError`] every start-up
+//!   file reports, naming file, line and field, and the TOML text it points into;
+//!   below `config`, `devices` and `tuning`, which all raise it, so none of them
+//!   imports another for it. [`tuning`]: the per-host file and
 //!   the host it runs on — [`tuning::file`] parses it (shard CPUs or a count, SMT, the
 //!   coordinator/sink/admin CPUs, NUMA nodes, isolation, limits, `[executor]`, `[http2]`,
 //!   `[socket]`; errors name file and line), [`tuning::host`] reads a host's facts from
@@ -118,6 +126,7 @@ pub mod contract;
 pub mod cpu;
 pub mod demo;
 pub mod devices;
+pub mod diagnostic;
 pub mod dispatcher;
 pub mod error;
 pub mod failures;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{ConfigError, Source};
+use crate::diagnostic::{ConfigError, Source};
 use crate::grpc::status::Code;
 
 /// How a class's calls are balanced, bounded, retried, hedged and health-checked.

@@ -14,7 +14,7 @@ use super::{
     DEFAULT_CONNECTIONS_PER_NODE, DEFAULT_IO_MEMORY_KIB, DEFAULT_MAX_IN_FLIGHT_PER_SHARD, MAX_CPU,
     MIN_IO_MEMORY_KIB,
 };
-use crate::config::{ConfigError, Source};
+use crate::diagnostic::{ConfigError, Source};
 use crate::runtime::{ExecutorTuning, NetTuning};
 
 /// A value from the file with where it was written; `line` is `None` for a

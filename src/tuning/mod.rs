@@ -28,7 +28,7 @@ pub mod pin;
 
 use std::path::Path;
 
-use crate::config::ConfigError;
+use crate::diagnostic::ConfigError;
 use crate::runtime::ExecutorTuning;
 
 /// Where the kernel lists the CPUs that are online.

@@ -1,0 +1,544 @@
+//! `[[classes]]`: a kind of device, the model that serves it and how often it
+//! ticks, with its `[classes.output]`, `[classes.parameters]` and
+//! `[classes.contract]` tables (`[classes.upstream]` is [`super::upstream`]'s).
+//!
+//! The runtime [`Class`] the shards and jobs read, the table as written
+//! ([`ClassFile`]), and the checks between them: names, periods and deadlines,
+//! node addresses resolved once at load, KServe v2 datatypes and shapes.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::upstream::{HealthCheck, Upstream, UpstreamFile};
+use crate::contract::{Contract, Origin, TensorContract};
+use crate::diagnostic::{ConfigError, Source};
+use crate::record::ClassIndex;
+
+/// A kind of device: which model it runs, how often, and which nodes serve it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Class {
+    /// Unique name, used in the device list and the sink's rows.
+    pub name: String,
+    /// Model the compute nodes run for this class.
+    pub model: String,
+    /// Model version to ask for; empty lets the server choose.
+    pub model_version: String,
+    /// Every device of the class ticks once per period.
+    pub period_ms: u64,
+    /// Time from a job's start until it counts as failed (`deadline exceeded`); at
+    /// most the period, so a device rarely has a tick skipped behind its own job.
+    pub deadline_ms: u64,
+    /// Data sources to fetch inputs from; each shard balances over them.
+    pub data_sources: Vec<SocketAddr>,
+    /// Compute nodes (replicas) serving the model; each shard balances over them.
+    pub compute_nodes: Vec<SocketAddr>,
+    /// Name of the model's input tensor in the infer request.
+    pub input_name: String,
+    /// What every response's output must look like; `None` accepts any output.
+    pub output: Option<OutputSpec>,
+    /// The outputs every request asks for by name (`outputs = ["max", "l2"]`), in
+    /// that order; empty asks for every output the model has. Each must be in
+    /// the answer, or the job fails saying which is missing.
+    pub requested_outputs: Vec<String>,
+    /// Request parameters sent with every ModelInfer (`[classes.parameters]`),
+    /// for servers that take options per request.
+    pub parameters: BTreeMap<String, Parameter>,
+    /// Whether every ModelInfer carries an `id` of `<device_id>@<tick_ms>`
+    /// (`request_id = true`), for servers that log or trace by request id.
+    pub request_id: bool,
+    /// Whether every output goes into `job_outputs` with its name, datatype and
+    /// shape (`store_outputs = "all"`, the default), or only the first one's
+    /// bytes into `jobs.output` (`"first"`): a `job_outputs` row costs the
+    /// writer about as much again as the `jobs` row, which a single-output
+    /// class at a high rate may not want to pay.
+    pub store_all_outputs: bool,
+    /// The model's contract (`[classes.contract]`): the tensors it takes and
+    /// gives as the config declares them, and whether the probes read the
+    /// server's `ModelMetadata` to learn or check them.
+    pub contract: ContractConfig,
+    /// Balancing, admission, retries, hedging, health checks and ejection over
+    /// the class's replicas (`[classes.upstream]`).
+    pub upstream: Upstream,
+}
+
+/// `[classes.contract]`: what a class's model takes and gives, and where
+/// percore learns it. See [`crate::contract`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContractConfig {
+    /// Whether the KServe probe reads `ModelMetadata` at start and on every
+    /// reconnect (`metadata = true`, the default with `health_check =
+    /// "kserve"`): a declared contract is then checked against it, and without
+    /// one the server's answer becomes the class's contract.
+    pub metadata: bool,
+    /// The contract written in the config, if any (`inputs` / `outputs`).
+    pub declared: Option<Contract>,
+}
+
+impl Default for ContractConfig {
+    fn default() -> ContractConfig {
+        ContractConfig {
+            metadata: true,
+            declared: None,
+        }
+    }
+}
+
+/// One request parameter's value: KServe v2 parameters are booleans, integers
+/// or strings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Parameter {
+    /// `true` / `false`.
+    Bool(bool),
+    /// A whole number.
+    Int(i64),
+    /// Text.
+    Text(String),
+}
+
+/// The expected output tensor of a class's model, checked on every response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputSpec {
+    /// Tensor name; `None` accepts any name.
+    pub name: Option<String>,
+    /// KServe v2 datatype, e.g. `FP32`.
+    pub datatype: String,
+    /// Expected shape; `-1` accepts any size in that dimension.
+    pub shape: Vec<i64>,
+}
+
+impl OutputSpec {
+    /// Whether a response's output tensor matches; the error text goes into the
+    /// job's `reason`. Allocates only when the output does not match.
+    pub fn check(&self, name: &str, datatype: &str, shape: &[i64]) -> Result<(), String> {
+        if let Some(expected) = &self.name {
+            if name != expected {
+                return Err(format!("output name is {name:?}, expected {expected:?}"));
+            }
+        }
+        if datatype != self.datatype {
+            return Err(format!(
+                "output datatype is {datatype:?}, expected {:?}",
+                self.datatype
+            ));
+        }
+        let shape_matches = shape.len() == self.shape.len()
+            && shape
+                .iter()
+                .zip(&self.shape)
+                .all(|(&got, &expected)| expected == -1 || got == expected);
+        if !shape_matches {
+            return Err(format!(
+                "output shape is {shape:?}, expected {:?}",
+                self.shape
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Name KServe examples (and Triton) use for a model's first input.
+const DEFAULT_INPUT_NAME: &str = "INPUT0";
+
+/// The tensor datatypes of the KServe v2 protocol.
+const KSERVE_DATATYPES: [&str; 13] = [
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16",
+    "FP32", "FP64", "BYTES",
+];
+
+// ---------------------------------------------------------------------------------
+// As written: what serde reads. Values validation can reject are `Spanned`, so
+// their errors carry a line.
+// ---------------------------------------------------------------------------------
+
+fn default_input_name() -> Spanned<String> {
+    Spanned::new(0..0, DEFAULT_INPUT_NAME.to_string())
+}
+
+/// `outputs` when absent: ask for every output.
+fn no_outputs() -> Spanned<Vec<Spanned<String>>> {
+    Spanned::new(0..0, Vec::new())
+}
+
+/// One `[[classes]]` table; see [`Class`] for what each field means.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ClassFile {
+    name: Spanned<String>,
+    model: Spanned<String>,
+    #[serde(default = "String::new")]
+    model_version: String,
+    period_ms: Spanned<u64>,
+    deadline_ms: Spanned<u64>,
+    data_sources: Spanned<Vec<Spanned<String>>>,
+    compute_nodes: Spanned<Vec<Spanned<String>>>,
+    #[serde(default = "default_input_name")]
+    input_name: Spanned<String>,
+    output: Option<OutputFile>,
+    #[serde(default = "no_outputs")]
+    outputs: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    parameters: BTreeMap<String, Parameter>,
+    #[serde(default)]
+    request_id: bool,
+    store_outputs: Option<Spanned<String>>,
+    contract: Option<Spanned<ContractFile>>,
+    #[serde(default)]
+    upstream: UpstreamFile,
+}
+
+/// `[classes.contract]`; see [`ContractConfig`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContractFile {
+    metadata: Option<Spanned<bool>>,
+    #[serde(default)]
+    inputs: Vec<Spanned<TensorFile>>,
+    #[serde(default)]
+    outputs: Vec<Spanned<TensorFile>>,
+}
+
+/// One tensor of `[classes.contract]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TensorFile {
+    name: Spanned<String>,
+    datatype: Spanned<String>,
+    shape: Vec<Spanned<i64>>,
+}
+
+/// `[classes.output]`; see [`OutputSpec`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutputFile {
+    name: Option<Spanned<String>>,
+    datatype: Spanned<String>,
+    shape: Vec<Spanned<i64>>,
+}
+
+// ---------------------------------------------------------------------------------
+// Validation: file structs → runtime structs.
+// ---------------------------------------------------------------------------------
+
+pub(super) fn validate_classes(
+    classes: &[Spanned<ClassFile>],
+    source: &Source,
+) -> Result<Vec<Class>, ConfigError> {
+    if classes.is_empty() {
+        return Err(
+            ConfigError::new(source.file, "at least one [[classes]] table is required")
+                .in_field("classes"),
+        );
+    }
+    // A device's class is a ClassIndex, so the list must fit it.
+    let max_classes = usize::from(ClassIndex::MAX) + 1;
+    if classes.len() > max_classes {
+        return Err(ConfigError::new(
+            source.file,
+            format!("at most {max_classes} classes are supported"),
+        )
+        .in_field("classes"));
+    }
+    let mut seen = HashSet::new();
+    let mut validated = Vec::with_capacity(classes.len());
+    for (index, class) in classes.iter().enumerate() {
+        let class = class.get_ref();
+        let prefix = format!("classes[{index}]");
+        if !seen.insert(class.name.get_ref().as_str()) {
+            return Err(source.error(
+                class.name.span(),
+                format!("{prefix}.name"),
+                format!("class {:?} is defined twice", class.name.get_ref()),
+            ));
+        }
+        validated.push(class.validate(&prefix, source)?);
+    }
+    Ok(validated)
+}
+
+impl ClassFile {
+    fn validate(&self, prefix: &str, source: &Source) -> Result<Class, ConfigError> {
+        let field = |name: &str| format!("{prefix}.{name}");
+        non_empty(&self.name, &field("name"), source)?;
+        non_empty(&self.model, &field("model"), source)?;
+        non_empty(&self.input_name, &field("input_name"), source)?;
+        let period_ms = *self.period_ms.get_ref();
+        if period_ms == 0 {
+            return Err(source.error(
+                self.period_ms.span(),
+                field("period_ms"),
+                "must be greater than 0",
+            ));
+        }
+        let deadline_ms = *self.deadline_ms.get_ref();
+        if deadline_ms == 0 {
+            return Err(source.error(
+                self.deadline_ms.span(),
+                field("deadline_ms"),
+                "must be greater than 0",
+            ));
+        }
+        if deadline_ms > period_ms {
+            return Err(source.error(
+                self.deadline_ms.span(),
+                field("deadline_ms"),
+                format!("must not exceed period_ms ({period_ms})"),
+            ));
+        }
+        let output = match &self.output {
+            None => None,
+            Some(output) => Some(output.validate(&field("output"), source)?),
+        };
+        let mut requested_outputs: Vec<String> = Vec::new();
+        for name in self.outputs.get_ref() {
+            non_empty(name, &field("outputs"), source)?;
+            if requested_outputs.contains(name.get_ref()) {
+                let why = format!("{:?} is listed twice", name.get_ref());
+                return Err(source.error(name.span(), field("outputs"), why));
+            }
+            requested_outputs.push(name.get_ref().clone());
+        }
+        if let Some(OutputSpec {
+            name: Some(name), ..
+        }) = &output
+        {
+            if !requested_outputs.is_empty() && !requested_outputs.contains(name) {
+                let why = format!(
+                    "output.name {name:?} is not among the requested outputs {requested_outputs:?}: \
+                     no answer would have it"
+                );
+                return Err(source.error(self.outputs.span(), field("outputs"), why));
+            }
+        }
+        let store_all_outputs = match &self.store_outputs {
+            None => true,
+            Some(store) => match store.get_ref().as_str() {
+                "all" => true,
+                "first" => false,
+                other => {
+                    let why = format!("must be \"all\" or \"first\", found {other:?}");
+                    return Err(source.error(store.span(), field("store_outputs"), why));
+                }
+            },
+        };
+        let compute_nodes = resolve_nodes(&self.compute_nodes, &field("compute_nodes"), source)?;
+        let upstream = self.upstream.validate(
+            &field("upstream"),
+            &compute_nodes,
+            std::time::Duration::from_millis(deadline_ms),
+            source,
+        )?;
+        let contract = match &self.contract {
+            None => ContractConfig {
+                metadata: matches!(upstream.health_check, HealthCheck::Kserve),
+                declared: None,
+            },
+            Some(contract) => contract.get_ref().validate(
+                self.model.get_ref(),
+                &requested_outputs,
+                &upstream.health_check,
+                &field("contract"),
+                source,
+            )?,
+        };
+        Ok(Class {
+            name: self.name.get_ref().clone(),
+            model: self.model.get_ref().clone(),
+            model_version: self.model_version.clone(),
+            period_ms,
+            deadline_ms,
+            data_sources: resolve_nodes(&self.data_sources, &field("data_sources"), source)?
+                .into_iter()
+                .map(|(_, address)| address)
+                .collect(),
+            compute_nodes: compute_nodes
+                .into_iter()
+                .map(|(_, address)| address)
+                .collect(),
+            input_name: self.input_name.get_ref().clone(),
+            output,
+            requested_outputs,
+            parameters: self.parameters.clone(),
+            request_id: self.request_id,
+            store_all_outputs,
+            contract,
+            upstream,
+        })
+    }
+}
+
+impl ContractFile {
+    fn validate(
+        &self,
+        model: &str,
+        requested_outputs: &[String],
+        health_check: &HealthCheck,
+        prefix: &str,
+        source: &Source,
+    ) -> Result<ContractConfig, ConfigError> {
+        let kserve = matches!(health_check, HealthCheck::Kserve);
+        let metadata = match &self.metadata {
+            None => kserve,
+            Some(metadata) if *metadata.get_ref() && !kserve => {
+                return Err(source.error(
+                    metadata.span(),
+                    format!("{prefix}.metadata"),
+                    "ModelMetadata is read by the KServe probe: needs upstream.health_check = \"kserve\"",
+                ));
+            }
+            Some(metadata) => *metadata.get_ref(),
+        };
+        let tensors = |list: &[Spanned<TensorFile>], what: &str| {
+            let mut tensors: Vec<TensorContract> = Vec::with_capacity(list.len());
+            for (index, tensor) in list.iter().enumerate() {
+                let field = format!("{prefix}.{what}[{index}]");
+                let tensor = tensor.get_ref();
+                let checked = tensor.validate(&field, source)?;
+                if tensors.iter().any(|known| known.name == checked.name) {
+                    let why = format!("{:?} is declared twice", checked.name);
+                    return Err(source.error(tensor.name.span(), format!("{field}.name"), why));
+                }
+                tensors.push(checked);
+            }
+            Ok(tensors)
+        };
+        let inputs = tensors(&self.inputs, "inputs")?;
+        let outputs = tensors(&self.outputs, "outputs")?;
+        if !outputs.is_empty() {
+            if let Some(missing) = requested_outputs
+                .iter()
+                .find(|name| !outputs.iter().any(|output| &output.name == *name))
+            {
+                let why = format!(
+                    "the class asks for output {missing:?} (`outputs`), which the contract's outputs do not declare"
+                );
+                let span = self.outputs.first().map_or(0..0, Spanned::span);
+                return Err(source.error(span, format!("{prefix}.outputs"), why));
+            }
+        }
+        let declared = (!inputs.is_empty() || !outputs.is_empty()).then(|| Contract {
+            model: model.to_string(),
+            inputs,
+            outputs,
+            versions: Vec::new(),
+            origin: Origin::Config,
+        });
+        Ok(ContractConfig { metadata, declared })
+    }
+}
+
+impl TensorFile {
+    fn validate(&self, prefix: &str, source: &Source) -> Result<TensorContract, ConfigError> {
+        non_empty(&self.name, &format!("{prefix}.name"), source)?;
+        let datatype = known_datatype(&self.datatype, &format!("{prefix}.datatype"), source)?;
+        let shape = valid_shape(&self.shape, prefix, source)?;
+        Ok(TensorContract {
+            name: self.name.get_ref().clone(),
+            datatype,
+            shape,
+        })
+    }
+}
+
+/// A KServe v2 datatype, or an error naming the field and the known ones.
+fn known_datatype(
+    datatype: &Spanned<String>,
+    field: &str,
+    source: &Source,
+) -> Result<String, ConfigError> {
+    let name = datatype.get_ref();
+    if !KSERVE_DATATYPES.contains(&name.as_str()) {
+        return Err(source.error(
+            datatype.span(),
+            field.to_string(),
+            format!(
+                "unknown datatype {name:?} (KServe v2 datatypes: {})",
+                KSERVE_DATATYPES.join(", ")
+            ),
+        ));
+    }
+    Ok(name.clone())
+}
+
+/// A shape whose dimensions are sizes or -1 (any size), or an error naming the
+/// dimension.
+fn valid_shape(
+    shape: &[Spanned<i64>],
+    prefix: &str,
+    source: &Source,
+) -> Result<Vec<i64>, ConfigError> {
+    for (index, dim) in shape.iter().enumerate() {
+        if *dim.get_ref() < -1 {
+            return Err(source.error(
+                dim.span(),
+                format!("{prefix}.shape[{index}]"),
+                "must be -1 (any size) or at least 0",
+            ));
+        }
+    }
+    Ok(shape.iter().map(|dim| *dim.get_ref()).collect())
+}
+
+impl OutputFile {
+    fn validate(&self, prefix: &str, source: &Source) -> Result<OutputSpec, ConfigError> {
+        if let Some(name) = &self.name {
+            non_empty(name, &format!("{prefix}.name"), source)?;
+        }
+        Ok(OutputSpec {
+            name: self.name.as_ref().map(|name| name.get_ref().clone()),
+            datatype: known_datatype(&self.datatype, &format!("{prefix}.datatype"), source)?,
+            shape: valid_shape(&self.shape, prefix, source)?,
+        })
+    }
+}
+
+fn non_empty(value: &Spanned<String>, field: &str, source: &Source) -> Result<(), ConfigError> {
+    if value.get_ref().trim().is_empty() {
+        return Err(source.error(value.span(), field, "must not be empty"));
+    }
+    Ok(())
+}
+
+/// Resolve each `host:port` once, at load, so a typo (or port 0) stops the start
+/// instead of failing every job. A name that resolves to several addresses takes the first,
+/// as a plain `connect` would; write an IP literal to be explicit. Each address
+/// comes with its text as written, for keys that name a node.
+fn resolve_nodes(
+    nodes: &Spanned<Vec<Spanned<String>>>,
+    field: &str,
+    source: &Source,
+) -> Result<Vec<(String, SocketAddr)>, ConfigError> {
+    if nodes.get_ref().is_empty() {
+        return Err(source.error(nodes.span(), field, "must list at least one address"));
+    }
+    let mut addresses = Vec::with_capacity(nodes.get_ref().len());
+    for (index, node) in nodes.get_ref().iter().enumerate() {
+        let text = node.get_ref().as_str();
+        let error =
+            |message: String| source.error(node.span(), format!("{field}[{index}]"), message);
+        let port = text
+            .rsplit_once(':')
+            .filter(|(host, _)| !host.is_empty())
+            .and_then(|(_, port)| port.parse::<u16>().ok());
+        let Some(port) = port else {
+            return Err(error(format!("expected \"host:port\", found {text:?}")));
+        };
+        // Connecting to port 0 always fails, so every job would.
+        if port == 0 {
+            return Err(error(format!("port 0 is not a usable port in {text:?}")));
+        }
+        let address = text
+            .to_socket_addrs()
+            .map_err(|cause| error(format!("cannot resolve {text:?}: {cause}")))?
+            .next()
+            .ok_or_else(|| error(format!("{text:?} resolves to no address")))?;
+        if addresses.iter().any(|(_, known)| *known == address) {
+            return Err(error(format!("{text:?} is listed twice")));
+        }
+        addresses.push((text.to_string(), address));
+    }
+    Ok(addresses)
+}
