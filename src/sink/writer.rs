@@ -634,6 +634,8 @@ impl Writer<'_> {
     /// journal is empty, `until` passes, or the database fails transiently
     /// (then the next try is scheduled). Permanent errors are returned.
     fn replay(&mut self, until: Option<Instant>) -> Result<(), SinkError> {
+        // As many rows per transaction as the sink groups live batches into.
+        let max_rows = self.sink.grouping().max_rows;
         loop {
             let Some(spill) = &mut self.spill else {
                 return Ok(());
@@ -642,7 +644,7 @@ impl Writer<'_> {
                 return Ok(());
             }
             let dir = spill.journal.dir().to_path_buf();
-            let next = spill.journal.next_batch();
+            let next = spill.journal.next_group(max_rows);
             for cut in spill.journal.take_cuts() {
                 let _ = self.channels.events.try_send(SinkEvent::JournalCut {
                     cut: cut.to_string(),
