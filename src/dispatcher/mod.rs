@@ -28,7 +28,10 @@ use std::time::Duration;
 
 use crate::admin::MetricsPublisher;
 use crate::config::Config;
+use crate::shard::Control;
 use crate::summary::RunSummary;
+use start::Running;
+use supervise::FinalReport;
 
 mod describe;
 mod per_second;
@@ -36,6 +39,10 @@ mod reloader;
 mod shutdown;
 mod start;
 mod supervise;
+
+/// Time between start-up and the first tick, so every shard is running (and
+/// glommio's slow first timer has fired) before ticks come due.
+const START_LEAD: Duration = Duration::from_millis(300);
 
 /// How a run generates jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -99,6 +106,26 @@ impl std::error::Error for RunError {}
 /// or whose shards broke.
 pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, RunError> {
     let mut running = start::start(config, options)?;
-    let finished = supervise::supervise(&mut running);
+    let finished = supervise(&mut running);
     shutdown::shut_down(running, finished)
+}
+
+/// Listens until every shard has finished; on a failure, tells the shards to
+/// stop without waiting for their jobs in flight, so they and the writer end.
+fn supervise(running: &mut Running<'_>) -> Result<Vec<FinalReport>, RunError> {
+    let inbox = supervise::Inbox {
+        reports: &running.reports,
+        sink_events: &running.sink_events,
+    };
+    let finished =
+        running
+            .supervisor
+            .supervise(&inbox, &running.controls, Some(&mut running.reloader));
+    if finished.is_err() {
+        // Let the other shards drain and report, so the writer and they can end.
+        for control in &running.controls {
+            let _ = control.send(Control::Abort);
+        }
+    }
+    finished
 }

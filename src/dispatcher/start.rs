@@ -7,7 +7,7 @@ use super::describe::config_description;
 use super::per_second::PerSecond;
 use super::reloader::{class_names, Reloader, RELOADS_QUEUED};
 use super::supervise::Supervisor;
-use super::{Load, RunError, RunOptions};
+use super::{Load, RunError, RunOptions, START_LEAD};
 use crate::config::{Config, SinkConfig};
 use crate::console;
 use crate::cpu;
@@ -21,10 +21,6 @@ use crate::sink::writer::{WriterChannels, WriterJournal, WriterReport};
 use crate::sink::{self, RowNames, SinkEvent, SinkProgress, SinkTarget};
 use crate::stats::ShardReport;
 use crate::tick::Clock;
-
-/// Time between start-up and the first tick, so every shard is running (and
-/// glommio's slow first timer has fired) before ticks come due.
-pub(super) const START_LEAD: Duration = Duration::from_millis(300);
 
 /// Batches in flight between the shards and the sink writer. Bounded: a slow sink
 /// pushes back on the shards, which then skip ticks with a recorded reason.

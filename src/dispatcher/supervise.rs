@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::per_second::PerSecond;
 use super::reloader::Reloader;
-use super::start::{Running, START_LEAD};
-use super::{Load, RunError, RunOptions};
+use super::{Load, RunError, RunOptions, START_LEAD};
 use crate::admin::{Health, MetricsSnapshot};
 use crate::console;
 use crate::failures::FailureBreakdown;
@@ -39,26 +38,6 @@ pub(super) struct FinalReport {
     pub(super) end_ms: i64,
     /// Why the shard stopped early, if it did.
     pub(super) error: Option<String>,
-}
-
-/// Listens until every shard has finished; on a failure, tells the shards to
-/// stop without waiting for their jobs in flight, so they and the writer end.
-pub(super) fn supervise(running: &mut Running<'_>) -> Result<Vec<FinalReport>, RunError> {
-    let inbox = Inbox {
-        reports: &running.reports,
-        sink_events: &running.sink_events,
-    };
-    let finished =
-        running
-            .supervisor
-            .supervise(&inbox, &running.controls, Some(&mut running.reloader));
-    if finished.is_err() {
-        // Let the other shards drain and report, so the writer and they can end.
-        for control in &running.controls {
-            let _ = control.send(Control::Abort);
-        }
-    }
-    finished
 }
 
 /// What the coordinator listens to.

@@ -65,6 +65,11 @@ pub struct ClassNames {
     pub compute_nodes: Vec<String>,
 }
 
+/// Most rows the writer gathers into one transaction. A commit costs tens of µs
+/// whatever its size, so a few thousand rows make it negligible per row; the cap
+/// bounds the writer's staging memory and how much one failed commit takes with it.
+pub const MAX_GROUP_ROWS: usize = 8192;
+
 /// A place rows are persisted. Owned by the writer thread once it is spawned.
 pub trait Sink: Send {
     /// Persists a batch of records in one transaction, resolved into
@@ -84,7 +89,7 @@ pub trait Sink: Send {
     /// them (the coordinator sends the names before the shards start them).
     fn rename(&mut self, names: Arc<RowNames>);
     /// How the writer should group batches into one write for this sink; the
-    /// default writes whatever is queued, up to [`writer::MAX_GROUP_ROWS`] rows,
+    /// default writes whatever is queued, up to [`MAX_GROUP_ROWS`] rows,
     /// without waiting for more.
     fn grouping(&self) -> Grouping {
         Grouping::default()
@@ -106,7 +111,7 @@ pub struct Grouping {
 impl Default for Grouping {
     fn default() -> Grouping {
         Grouping {
-            max_rows: writer::MAX_GROUP_ROWS,
+            max_rows: MAX_GROUP_ROWS,
             linger: Duration::ZERO,
         }
     }

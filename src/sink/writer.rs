@@ -53,10 +53,7 @@ use crate::stats::new_histogram;
 /// name, so this must not change without updating it.
 pub const WRITER_THREAD_NAME: &str = "pc-sink";
 
-/// Most rows the writer gathers into one transaction. A commit costs tens of µs
-/// whatever its size, so a few thousand rows make it negligible per row; the cap
-/// bounds the writer's staging memory and how much one failed commit takes with it.
-pub const MAX_GROUP_ROWS: usize = 8192;
+pub use super::MAX_GROUP_ROWS;
 
 /// Tries of the end-of-run update of the `runs` row when they fail transiently
 /// (the database restarting just then), with the retry waits in between.

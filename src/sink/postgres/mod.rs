@@ -235,7 +235,7 @@ impl PostgresOptions {
         PostgresOptions {
             url,
             table: DEFAULT_TABLE.to_string(),
-            batch_rows: super::writer::MAX_GROUP_ROWS,
+            batch_rows: super::MAX_GROUP_ROWS,
             linger: Duration::ZERO,
             ssl_mode: SslMode::default(),
             ssl_root_cert: None,
