@@ -97,6 +97,7 @@ fn percore_run(args: &Args, source: &PythonSource, server: &MlServer) -> Result<
         request_id: false,
         store_all_outputs: true,
         contract: percore::config::ContractConfig::default(),
+        metadata: percore::config::Metadata::default(),
         upstream: Upstream::default(),
     };
     let scratch =

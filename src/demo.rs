@@ -131,6 +131,7 @@ pub fn mock_class(
         request_id: false,
         store_all_outputs: true,
         contract: crate::config::ContractConfig::default(),
+        metadata: crate::config::Metadata::default(),
         output: Some(OutputSpec {
             name: Some("OUTPUT0".to_string()),
             datatype: "FP32".to_string(),

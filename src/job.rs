@@ -314,6 +314,7 @@ async fn attempt<Req: Message, Resp: Message + Default>(
         request,
         attempt_deadline,
         route.max_message_len,
+        &set.metadata,
     )
     .await;
     let result = match result {
@@ -336,6 +337,7 @@ async fn send<Req: Message, Resp: Message + Default>(
     request: &Req,
     deadline: Instant,
     max_message_len: usize,
+    metadata: &http::HeaderMap,
 ) -> Result<Resp, ErrorKind> {
     let uri = match method {
         Method::Fetch => pool.fetch_uri(),
@@ -344,7 +346,7 @@ async fn send<Req: Message, Resp: Message + Default>(
     let call = async {
         let connection = pool.connection().await?;
         connection
-            .unary(uri, request, deadline, max_message_len)
+            .unary_with(uri, request, deadline, max_message_len, metadata)
             .await
     };
     runtime::until_deadline(deadline, call)

@@ -869,6 +869,7 @@ fn external_class(args: &BenchArgs) -> Result<Option<percore::config::Class>> {
         request_id: false,
         store_all_outputs: true,
         contract: percore::config::ContractConfig::default(),
+        metadata: percore::config::Metadata::default(),
         output,
         ..demo::mock_class("bench", &args.model, 10_000, 2_000, source, compute)
     }))

@@ -513,6 +513,12 @@ impl RouteBuilder {
                 Role::DataSource => None,
             },
             reads_metadata: role == Role::ComputeNode && class.contract.metadata,
+            // Credentials are the compute nodes' (the data sources speak
+            // percore's own protocol): never sent where they are not asked for.
+            metadata: match role {
+                Role::ComputeNode => header_map(&class.metadata),
+                Role::DataSource => http::HeaderMap::new(),
+            },
         };
         ReplicaSet::new(replicas, &policy, now)
             .map(Rc::new)
@@ -544,6 +550,23 @@ impl RouteBuilder {
             retries: self.limits.retries,
         }))
     }
+}
+
+/// A class's metadata as request headers, each value marked sensitive so
+/// HPACK never indexes it. The config checked every name and value.
+fn header_map(metadata: &crate::config::Metadata) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in &metadata.0 {
+        let (Ok(name), Ok(mut value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(value.expose()),
+        ) else {
+            continue;
+        };
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+    headers
 }
 
 /// One probe task per replica of `route`, until `stopped` is set (the shard

@@ -835,6 +835,7 @@ mod tests {
                 shard: 0,
                 contract: None,
                 reads_metadata: false,
+                metadata: http::HeaderMap::new(),
             };
             match ReplicaSet::new(replicas, &policy, now) {
                 Ok(set) => Rc::new(set),

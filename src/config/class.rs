@@ -12,6 +12,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::metadata::{self, Metadata, MetadataValueFile};
 use super::upstream::{HealthCheck, Upstream, UpstreamFile};
 use crate::contract::{Contract, Origin, TensorContract};
 use crate::diagnostic::{ConfigError, Source};
@@ -59,6 +60,10 @@ pub struct Class {
     /// gives as the config declares them, and whether the probes read the
     /// server's `ModelMetadata` to learn or check them.
     pub contract: ContractConfig,
+    /// Headers sent with every call of the class, credentials above all
+    /// (`token_env`, `[classes.metadata]`); never shown (see
+    /// [`Secret`](crate::config::Secret)).
+    pub metadata: Metadata,
     /// Balancing, admission, retries, hedging, health checks and ejection over
     /// the class's replicas (`[classes.upstream]`).
     pub upstream: Upstream,
@@ -186,6 +191,9 @@ pub(super) struct ClassFile {
     request_id: bool,
     store_outputs: Option<Spanned<String>>,
     contract: Option<Spanned<ContractFile>>,
+    token_env: Option<Spanned<String>>,
+    #[serde(default)]
+    metadata: BTreeMap<String, Spanned<MetadataValueFile>>,
     #[serde(default)]
     upstream: UpstreamFile,
 }
@@ -344,6 +352,13 @@ impl ClassFile {
                 source,
             )?,
         };
+        let metadata = metadata::validate(
+            self.token_env.as_ref(),
+            &self.metadata,
+            prefix,
+            source,
+            &|var| std::env::var(var).ok(),
+        )?;
         Ok(Class {
             name: self.name.get_ref().clone(),
             model: self.model.get_ref().clone(),
@@ -365,6 +380,7 @@ impl ClassFile {
             request_id: self.request_id,
             store_all_outputs,
             contract,
+            metadata,
             upstream,
         })
     }

@@ -30,6 +30,7 @@ use toml::Spanned;
 mod class;
 mod devices;
 mod grpc;
+mod metadata;
 mod postgres;
 mod sink;
 #[cfg(test)]
@@ -38,6 +39,7 @@ mod upstream;
 
 pub use class::{Class, ContractConfig, OutputSpec, Parameter};
 pub use grpc::GrpcConfig;
+pub use metadata::{Metadata, Secret};
 pub use postgres::PG_URL_ENV;
 pub use sink::{FsyncPolicy, JournalConfig, SinkConfig, DEFAULT_JOURNAL_DIR};
 pub use upstream::{BalancerKind, Ejection, HealthCheck, Hedge, Upstream};

@@ -150,7 +150,7 @@ fn unknown_fields_are_rejected_with_their_line() {
         error_of(&text),
         "conf/fleet.toml:13: unknown field `period`, expected one of `name`, `model`, \
          `model_version`, `period_ms`, `deadline_ms`, `data_sources`, `compute_nodes`, \
-         `input_name`, `output`, `outputs`, `parameters`, `request_id`, `store_outputs`, `contract`, `upstream`"
+         `input_name`, `output`, `outputs`, `parameters`, `request_id`, `store_outputs`, `contract`, `token_env`, `metadata`, `upstream`"
     );
     let text = format!("{VALID}\n[extra]\n");
     assert_eq!(
@@ -897,4 +897,63 @@ fn example_config_loads() {
     assert_eq!(names, ["camera", "thermostat"]);
     assert_eq!(config.fleet.len(), 10);
     assert_eq!(config.tuning, Tuning::default());
+}
+
+#[test]
+fn credentials_are_read_checked_and_never_shown() {
+    // nextest runs each test in a process of its own: the variables are ours.
+    std::env::set_var("PERCORE_UNIT_TOKEN", "tok-12345");
+    std::env::set_var("PERCORE_UNIT_KEY", "key-67890");
+    let with = |keys: &str| format!("{VALID}{keys}\n");
+    let config = parse(&with(
+        "token_env = \"PERCORE_UNIT_TOKEN\"\n[classes.metadata]\n\
+         X-Api-Key = { env = \"PERCORE_UNIT_KEY\" }\nx-team = \"iot\"",
+    ))
+    .unwrap();
+    let metadata = &config.classes[1].metadata;
+    assert_eq!(metadata.names(), ["authorization", "x-api-key", "x-team"]);
+    assert_eq!(metadata.0[0].1.expose(), "Bearer tok-12345");
+    assert_eq!(metadata.0[1].1.expose(), "key-67890");
+    let shown = format!("{config:?}");
+    assert!(
+        !shown.contains("tok-12345")
+            && !shown.contains("key-67890")
+            && shown.contains("<redacted>"),
+        "Debug hides the values"
+    );
+    assert_eq!(config.classes[0].metadata, Metadata::default());
+
+    let errors = [
+        (
+            "token_env = \"PERCORE_UNIT_NOT_SET\"",
+            "conf/fleet.toml:29: classes[1].token_env: environment variable \"PERCORE_UNIT_NOT_SET\" is not set",
+        ),
+        (
+            "[classes.metadata]\ncontent-type = \"text/plain\"",
+            "classes[1].metadata.content-type: is set by percore or reserved by gRPC",
+        ),
+        (
+            "[classes.metadata]\ngrpc-encoding = \"gzip\"",
+            "classes[1].metadata.grpc-encoding: is set by percore or reserved by gRPC",
+        ),
+        (
+            "[classes.metadata]\n\"bad header\" = \"x\"",
+            "classes[1].metadata.bad header: is not a valid header name",
+        ),
+        (
+            "token_env = \"PERCORE_UNIT_TOKEN\"\n[classes.metadata]\nauthorization = \"Basic x\"",
+            "classes[1].metadata.authorization: is set twice",
+        ),
+    ];
+    for (keys, expected) in errors {
+        let error = error_of(&with(keys));
+        assert!(error.contains(expected), "{keys}\n→ {error}");
+    }
+    // A value that cannot be a header is refused without repeating it.
+    std::env::set_var("PERCORE_UNIT_BAD", "line1\nsecret-part");
+    let error = error_of(&with(
+        "[classes.metadata]\nx-key = { env = \"PERCORE_UNIT_BAD\" }",
+    ));
+    assert!(error.contains("classes[1].metadata.x-key: its value is not a valid header value"));
+    assert!(!error.contains("secret-part"), "{error}");
 }

@@ -31,6 +31,8 @@ pub(super) fn config_description(config: &Config, options: &RunOptions) -> serde
             "data_sources": class.data_sources.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "compute_nodes": class.compute_nodes.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "upstream": upstream_description(&class.upstream),
+            // Names only: the values are credentials.
+            "metadata": class.metadata.names(),
         })).collect::<Vec<_>>(),
         "mocks": options.mocks,
     })

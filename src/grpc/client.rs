@@ -212,9 +212,29 @@ impl Connection {
         deadline: Instant,
         max_message_len: usize,
     ) -> Result<Resp, ErrorKind> {
+        self.unary_with(uri, request, deadline, max_message_len, &HeaderMap::new())
+            .await
+    }
+
+    /// [`Connection::unary`] with `metadata` (a class's credentials and other
+    /// headers, marked sensitive) added to the request's headers.
+    pub async fn unary_with<Req: Message, Resp: Message + Default>(
+        &self,
+        uri: &Uri,
+        request: &Req,
+        deadline: Instant,
+        max_message_len: usize,
+        metadata: &HeaderMap,
+    ) -> Result<Resp, ErrorKind> {
         let _in_flight = InFlight::enter(&self.in_flight);
         let message = self
-            .call(uri, frame::encode(request), deadline, max_message_len)
+            .call(
+                uri,
+                frame::encode(request),
+                deadline,
+                max_message_len,
+                metadata,
+            )
             .await?;
         Resp::decode(message).map_err(|error| ErrorKind::Decode(error.to_string().into()))
     }
@@ -225,6 +245,7 @@ impl Connection {
         body: Bytes,
         deadline: Instant,
         max_message_len: usize,
+        metadata: &HeaderMap,
     ) -> Result<Bytes, ErrorKind> {
         let lost = |error: h2::Error| self.lost(error);
         let not_sent = |error: h2::Error| self.not_sent(error);
@@ -232,7 +253,7 @@ impl Connection {
         traffic.sent.set(traffic.sent.get() + body.len() as u64);
         let mut send = self.send.clone().ready().await.map_err(not_sent)?;
         let (response, mut stream) = send
-            .send_request(grpc_request(uri, deadline), false)
+            .send_request(grpc_request(uri, deadline, metadata), false)
             .map_err(not_sent)?;
         send_body(&mut stream, body).await.map_err(lost)?;
 
@@ -377,7 +398,7 @@ impl Drop for InFlight<'_> {
     }
 }
 
-fn grpc_request(uri: &Uri, deadline: Instant) -> Request<()> {
+fn grpc_request(uri: &Uri, deadline: Instant, metadata: &HeaderMap) -> Request<()> {
     let mut request = Request::new(());
     *request.method_mut() = Method::POST;
     *request.uri_mut() = uri.clone();
@@ -388,6 +409,9 @@ fn grpc_request(uri: &Uri, deadline: Instant) -> Request<()> {
         "grpc-timeout",
         grpc_timeout(deadline.saturating_duration_since(Instant::now())),
     );
+    for (name, value) in metadata {
+        headers.insert(name.clone(), value.clone());
+    }
     request
 }
 

@@ -55,6 +55,13 @@ pub trait Service: 'static {
         let _ = path;
         false
     }
+
+    /// Whether a call with these request headers may be served; the error is
+    /// the UNAUTHENTICATED message (it must not repeat what was sent).
+    fn authorize(&self, headers: &http::HeaderMap) -> Result<(), String> {
+        let _ = headers;
+        Ok(())
+    }
 }
 
 /// HTTP/2 settings a server connection announces, and the connection faults a
@@ -329,6 +336,10 @@ async fn serve_call<S: Service>(
     max_message_len: usize,
 ) {
     let (head, mut body) = request.into_parts();
+    if let Err(why) = service.authorize(&head.headers) {
+        send_status(&mut respond, Code::UNAUTHENTICATED, &why);
+        return;
+    }
     let mut decoder = MessageDecoder::new(max_message_len);
     while let Some(chunk) = body.data().await {
         let Ok(chunk) = chunk else { return };

@@ -17,6 +17,7 @@ impl Code {
     pub const UNIMPLEMENTED: Code = Code(12);
     pub const INTERNAL: Code = Code(13);
     pub const UNAVAILABLE: Code = Code(14);
+    pub const UNAUTHENTICATED: Code = Code(16);
 
     /// The code with this canonical name (`"UNAVAILABLE"`), as configs write it.
     pub fn from_name(name: &str) -> Option<Code> {

@@ -156,6 +156,10 @@ pub struct MockOptions {
     /// Fault: answer every connection's HTTP/2 preface as a plain HTTP/1.1
     /// server would, and close it.
     pub http1_only: bool,
+    /// Compute node: a header every call must carry with this value
+    /// (`authorization`, `Bearer …`), else UNAUTHENTICATED, as a server behind
+    /// a token check answers.
+    pub required_header: Option<(String, String)>,
     /// While this file exists the node reports not ready (looked up on every
     /// probe), so a script can take a node out of service without restarting it.
     pub not_ready_file: Option<PathBuf>,
@@ -185,6 +189,7 @@ impl Default for MockOptions {
             goaway_after_calls: None,
             garbage_after_calls: None,
             http1_only: false,
+            required_header: None,
             not_ready_file: None,
             seed: 0x5eed,
         }
@@ -652,6 +657,17 @@ fn status(code: Code, message: &str) -> Reply {
 }
 
 impl Service for Mock {
+    fn authorize(&self, headers: &http::HeaderMap) -> Result<(), String> {
+        let Some((name, value)) = &self.options.required_header else {
+            return Ok(());
+        };
+        match headers.get(name.as_str()) {
+            Some(sent) if sent.as_bytes() == value.as_bytes() => Ok(()),
+            Some(_) => Err(format!("the {name} header is wrong")),
+            None => Err(format!("no {name} header")),
+        }
+    }
+
     async fn call(self: Rc<Self>, path: &str, message: Bytes) -> Reply {
         if self.is_probe(path) {
             return self.probe(path, message);

@@ -313,7 +313,13 @@ async fn call<Req: Message, Resp: Message + Default>(
         .map_err(|kind| Failed(kind.to_string()))?;
     let deadline = Instant::now() + set.probe_interval.min(MAX_PROBE_TIMEOUT);
     connection
-        .unary(&pool.uri(path), request, deadline, PROBE_MAX_MESSAGE)
+        .unary_with(
+            &pool.uri(path),
+            request,
+            deadline,
+            PROBE_MAX_MESSAGE,
+            &set.metadata,
+        )
         .await
         .map_err(|kind| match kind {
             ErrorKind::Status { code, .. } if code == Code::UNIMPLEMENTED => Unimplemented,

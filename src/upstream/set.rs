@@ -54,6 +54,9 @@ pub struct SetPolicy {
     pub contract: Option<Contract>,
     /// Compute nodes: whether the probes read `ModelMetadata`.
     pub reads_metadata: bool,
+    /// Headers every call to the set's nodes carries (the class's
+    /// credentials, for compute nodes), values marked sensitive.
+    pub metadata: http::HeaderMap,
 }
 
 /// Refused: a replica set needs at least one replica.
@@ -91,6 +94,8 @@ pub struct ReplicaSet {
     policy_name: (String, Role, u16),
     /// Whether the probes read `ModelMetadata` (compute nodes only).
     pub reads_metadata: bool,
+    /// Headers every call to these nodes carries, probes included.
+    pub metadata: http::HeaderMap,
     /// The contract the config declares: every replica's metadata must agree
     /// with it.
     declared: Option<Rc<Contract>>,
@@ -150,6 +155,7 @@ impl ReplicaSet {
             probe_interval: upstream.probe_interval,
             policy_name: (policy.class.clone(), policy.role, policy.shard),
             reads_metadata: policy.reads_metadata,
+            metadata: policy.metadata.clone(),
             declared: policy.contract.clone().map(Rc::new),
             contract: RefCell::new(policy.contract.clone().map(Rc::new)),
             learned_from: Cell::new(None),
@@ -489,6 +495,7 @@ mod tests {
             shard: 0,
             contract: None,
             reads_metadata: true,
+            metadata: http::HeaderMap::new(),
         }
     }
 
