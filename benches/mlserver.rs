@@ -86,6 +86,7 @@ fn percore_run(args: &Args, source: &PythonSource, server: &MlServer) -> Result<
         deadline_ms: 2_000,
         data_sources: vec![source.addr],
         compute_nodes: vec![server.grpc],
+        compute_nodes_from_etcd: false,
         input_name: "INPUT0".to_string(),
         output: Some(OutputSpec {
             name: Some("max".to_string()),

@@ -125,6 +125,7 @@ pub fn mock_class(
         deadline_ms,
         data_sources: vec![source],
         compute_nodes: vec![compute],
+        compute_nodes_from_etcd: false,
         input_name: "INPUT0".to_string(),
         requested_outputs: Vec::new(),
         parameters: Default::default(),
@@ -161,6 +162,7 @@ pub fn demo_config(
         sink: SinkConfig::sqlite(db),
         grpc: GrpcConfig::default(),
         tuning,
+        cluster: None,
     }
 }
 

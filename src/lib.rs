@@ -120,6 +120,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod contract;
@@ -164,5 +165,11 @@ pub mod proto {
     /// of the `jobs` table, written by [`crate::sink::journal`].
     pub mod journal {
         include!(concat!(env!("OUT_DIR"), "/percore.journal.v1.rs"));
+    }
+    /// etcd's v3 API (`etcdserverpb`: KV, Watch, Lease, Cluster), messages and
+    /// tonic client stubs, for [`crate::cluster`].
+    #[allow(clippy::all, missing_docs)]
+    pub mod etcd {
+        include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
     }
 }

@@ -131,6 +131,8 @@ impl Live {
         for class in &next.classes {
             match classes.iter().position(|known| known.name == class.name) {
                 Some(index) => {
+                    // A discovered class's nodes are etcd's, not the file's.
+                    let class = &keep_discovered_nodes(class, &classes[index]);
                     if classes[index] != *class {
                         classes[index] = class.clone();
                         changed[index] = true;
@@ -208,6 +210,48 @@ impl Live {
             },
             changes,
         ))
+    }
+}
+
+/// `class` as read from the file, with the compute nodes (and their weights)
+/// the run has from etcd when both it and the running `known` discover them.
+fn keep_discovered_nodes(class: &Class, known: &Class) -> Class {
+    let mut class = class.clone();
+    if class.compute_nodes_from_etcd && known.compute_nodes_from_etcd {
+        class.compute_nodes = known.compute_nodes.clone();
+        class.upstream.weights = known.upstream.weights.clone();
+    }
+    class
+}
+
+impl Live {
+    /// Gives the class named `class` the compute nodes etcd has for it now:
+    /// the reload every shard applies (that class's routes built again, no
+    /// device moved); `None` when the class is unknown or nothing changed.
+    pub fn set_compute_nodes(
+        &mut self,
+        class: &str,
+        nodes: &[crate::cluster::NodeRecord],
+    ) -> Option<Reload> {
+        let index = self.classes.iter().position(|known| known.name == class)?;
+        let mut updated = self.classes[index].clone();
+        if !updated.compute_nodes_from_etcd {
+            return None;
+        }
+        crate::cluster::join::set_nodes(&mut updated, nodes);
+        if updated == self.classes[index] {
+            return None;
+        }
+        self.classes[index] = updated;
+        let mut changed = vec![false; self.classes.len()];
+        changed[index] = true;
+        Some(Reload {
+            fleet: self.fleet.clone(),
+            classes: self.classes.clone().into(),
+            changed,
+            added: vec![Vec::new(); self.shards],
+            retired: vec![Vec::new(); self.shards],
+        })
     }
 }
 

@@ -35,7 +35,13 @@ pub struct Class {
     /// Data sources to fetch inputs from; each shard balances over them.
     pub data_sources: Vec<SocketAddr>,
     /// Compute nodes (replicas) serving the model; each shard balances over them.
+    /// For a class that discovers them in etcd, the nodes registered now (empty
+    /// until one registers: the class's ticks are then skipped, saying so).
     pub compute_nodes: Vec<SocketAddr>,
+    /// Whether the compute nodes come from etcd (`compute_nodes = "etcd"`):
+    /// registrations under `/percore/<cluster>/nodes/<class>/`, kept current by
+    /// a watch, each with its weight.
+    pub compute_nodes_from_etcd: bool,
     /// Name of the model's input tensor in the infer request.
     pub input_name: String,
     /// What every response's output must look like; `None` accepts any output.
@@ -179,7 +185,7 @@ pub(super) struct ClassFile {
     period_ms: Spanned<u64>,
     deadline_ms: Spanned<u64>,
     data_sources: Spanned<Vec<Spanned<String>>>,
-    compute_nodes: Spanned<Vec<Spanned<String>>>,
+    compute_nodes: Spanned<NodesFile>,
     #[serde(default = "default_input_name")]
     input_name: Spanned<String>,
     output: Option<OutputFile>,
@@ -196,6 +202,42 @@ pub(super) struct ClassFile {
     metadata: BTreeMap<String, Spanned<MetadataValueFile>>,
     #[serde(default)]
     upstream: UpstreamFile,
+}
+
+/// `compute_nodes` as written: a list of `"host:port"`, or a word saying where
+/// the list comes from (`"etcd"`).
+#[derive(Debug)]
+pub(super) enum NodesFile {
+    /// The nodes, each with its place in the file.
+    List(Vec<Spanned<String>>),
+    /// A source, as written.
+    Source(String),
+}
+
+impl<'de> Deserialize<'de> for NodesFile {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<NodesFile, D::Error> {
+        struct Nodes;
+        impl<'de> serde::de::Visitor<'de> for Nodes {
+            type Value = NodesFile;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of \"host:port\", or \"etcd\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<NodesFile, E> {
+                Ok(NodesFile::Source(text.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<NodesFile, A::Error> {
+                let mut nodes = Vec::new();
+                while let Some(node) = seq.next_element::<Spanned<String>>()? {
+                    nodes.push(node);
+                }
+                Ok(NodesFile::List(nodes))
+            }
+        }
+        deserializer.deserialize_any(Nodes)
+    }
 }
 
 /// `[classes.contract]`; see [`ContractConfig`].
@@ -231,8 +273,11 @@ struct OutputFile {
 // Validation: file structs → runtime structs.
 // ---------------------------------------------------------------------------------
 
+/// Checks every class; `etcd` says whether `[cluster] etcd` is set, which a
+/// class that discovers its nodes needs.
 pub(super) fn validate_classes(
     classes: &[Spanned<ClassFile>],
+    etcd: bool,
     source: &Source,
 ) -> Result<Vec<Class>, ConfigError> {
     if classes.is_empty() {
@@ -262,13 +307,45 @@ pub(super) fn validate_classes(
                 format!("class {:?} is defined twice", class.name.get_ref()),
             ));
         }
-        validated.push(class.validate(&prefix, source)?);
+        validated.push(class.validate(&prefix, etcd, source)?);
     }
     Ok(validated)
 }
 
 impl ClassFile {
-    fn validate(&self, prefix: &str, source: &Source) -> Result<Class, ConfigError> {
+    /// Where the class's compute nodes come from: the list as written and
+    /// resolved, or etcd (`true`), which needs `[cluster] etcd`.
+    fn compute_node_source(
+        &self,
+        field: &str,
+        etcd: bool,
+        source: &Source,
+    ) -> Result<(Vec<(String, SocketAddr)>, bool), ConfigError> {
+        let span = self.compute_nodes.span();
+        match self.compute_nodes.get_ref() {
+            NodesFile::List(nodes) => {
+                let nodes = Spanned::new(span, nodes.clone());
+                Ok((resolve_nodes(&nodes, field, source)?, false))
+            }
+            NodesFile::Source(word) if word == "etcd" => {
+                if !etcd {
+                    return Err(source.error(
+                        span,
+                        field,
+                        "\"etcd\" needs [cluster] with etcd = [\"http://host:2379\", …] to read the nodes from",
+                    ));
+                }
+                Ok((Vec::new(), true))
+            }
+            NodesFile::Source(word) => Err(source.error(
+                span,
+                field,
+                format!("expected a list of \"host:port\", or \"etcd\", found {word:?}"),
+            )),
+        }
+    }
+
+    fn validate(&self, prefix: &str, etcd: bool, source: &Source) -> Result<Class, ConfigError> {
         let field = |name: &str| format!("{prefix}.{name}");
         non_empty(&self.name, &field("name"), source)?;
         non_empty(&self.model, &field("model"), source)?;
@@ -332,7 +409,8 @@ impl ClassFile {
                 }
             },
         };
-        let compute_nodes = resolve_nodes(&self.compute_nodes, &field("compute_nodes"), source)?;
+        let (compute_nodes, compute_nodes_from_etcd) =
+            self.compute_node_source(&field("compute_nodes"), etcd, source)?;
         let upstream = self.upstream.validate(
             &field("upstream"),
             &compute_nodes,
@@ -373,6 +451,7 @@ impl ClassFile {
                 .into_iter()
                 .map(|(_, address)| address)
                 .collect(),
+            compute_nodes_from_etcd,
             input_name: self.input_name.get_ref().clone(),
             output,
             requested_outputs,

@@ -20,7 +20,9 @@
 //! - `devices`: `[devices]`, a device list or a generated fleet;
 //! - `sink`: `[sink]` ([`SinkConfig`]), SQLite's keys and the spill journal's;
 //!   `postgres`: PostgreSQL's keys;
-//! - `grpc`: `[grpc]` ([`GrpcConfig`]).
+//! - `grpc`: `[grpc]` ([`GrpcConfig`]);
+//! - `cluster`: `[cluster]` ([`ClusterConfig`]): the cluster's name, etcd, the
+//!   instance id, its lease and the handover's safety delay.
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +30,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 mod class;
+mod cluster;
 mod devices;
 mod grpc;
 mod metadata;
@@ -38,6 +41,7 @@ mod tests;
 mod upstream;
 
 pub use class::{Class, ContractConfig, OutputSpec, Parameter};
+pub use cluster::{ClusterConfig, DEFAULT_LEASE_TTL};
 pub use grpc::GrpcConfig;
 pub use metadata::{Metadata, Secret};
 pub use postgres::PG_URL_ENV;
@@ -49,6 +53,7 @@ pub use upstream::{BalancerKind, Ejection, HealthCheck, Hedge, Upstream};
 pub use crate::diagnostic::ConfigError;
 
 use class::{validate_classes, ClassFile};
+use cluster::ClusterFile;
 use devices::{DevicesFile, FleetSource};
 use grpc::GrpcFile;
 use sink::{validate_sink, SinkFile};
@@ -73,6 +78,8 @@ pub struct Config {
     pub grpc: GrpcConfig,
     /// Per-host settings (CPUs, connection and in-flight limits).
     pub tuning: Tuning,
+    /// `[cluster]`: this instance among several, through etcd; `None` runs alone.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Config {
@@ -128,6 +135,8 @@ struct ConfigFile {
     /// Left out means none, which validation rejects with a clear message.
     #[serde(default = "Vec::new")]
     classes: Vec<Spanned<ClassFile>>,
+    /// `[cluster]`; left out, the instance runs alone.
+    cluster: Option<ClusterFile>,
 }
 
 // ---------------------------------------------------------------------------------
@@ -140,7 +149,14 @@ impl ConfigFile {
     /// a million-line device list is read.
     fn validate(self, source: &Source, running: Option<&Tuning>) -> Result<Config, ConfigError> {
         let base = source.file.parent().unwrap_or_else(|| Path::new(""));
-        let classes = validate_classes(&self.classes, source)?;
+        let cluster = match &self.cluster {
+            Some(cluster) => Some(cluster.validate(source)?),
+            None => None,
+        };
+        let etcd = cluster
+            .as_ref()
+            .is_some_and(|cluster| !cluster.etcd.is_empty());
+        let classes = validate_classes(&self.classes, etcd, source)?;
         let class_names: Vec<&str> = classes.iter().map(|class| class.name.as_str()).collect();
         let grpc = self.grpc.validate(source)?;
         let sink = validate_sink(&self.sink, base, source)?;
@@ -170,6 +186,7 @@ impl ConfigFile {
             sink,
             grpc,
             tuning,
+            cluster,
         })
     }
 }

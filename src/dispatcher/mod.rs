@@ -84,6 +84,10 @@ pub struct RunOptions {
     /// Each message asks for a live reload: the config file (`Config::path`)
     /// read again and its device list and classes applied (tick-driven runs).
     pub reload: Option<flume::Receiver<()>>,
+    /// The cluster thread of a run with `[cluster] etcd` ([`crate::cluster::join`]):
+    /// its events (members, discovered compute nodes, etcd's reachability) are
+    /// applied as they come; dropping it (after the run) revokes the lease.
+    pub cluster: Option<crate::cluster::ClusterHandle>,
 }
 
 /// Why a run could not start or did not complete.

@@ -83,6 +83,43 @@ impl Reloader {
     }
 }
 
+impl Reloader {
+    /// Gives a class that discovers its compute nodes the ones etcd has now:
+    /// the writer gets the new names first, then every shard the reload. A
+    /// writer that cannot take the names yet leaves the nodes as they are
+    /// (the cluster thread's next change, or this one asked again, applies).
+    /// Returns whether it was applied.
+    pub(super) fn apply_nodes(
+        &mut self,
+        class: &str,
+        nodes: &[crate::cluster::NodeRecord],
+        controls: &[flume::Sender<Control>],
+    ) -> bool {
+        let before = self.live.clone();
+        let Some(reload) = self.live.set_compute_nodes(class, nodes) else {
+            return true;
+        };
+        let names = Arc::new(RowNames {
+            run: self.run.clone(),
+            fleet: reload.fleet.clone(),
+            classes: reload.classes.iter().map(class_names).collect(),
+        });
+        if self.names.try_send(names).is_err() {
+            self.live = before;
+            return false;
+        }
+        let reload = Arc::new(reload);
+        for control in controls {
+            let _ = control.send(Control::Reload(reload.clone()));
+        }
+        console::err(format_args!(
+            "cluster: class {class:?}: {}",
+            crate::cluster::join::describe(nodes)
+        ));
+        true
+    }
+}
+
 /// A class's names as rows carry them.
 pub(super) fn class_names(class: &crate::config::Class) -> ClassNames {
     ClassNames {

@@ -8,6 +8,7 @@ use super::per_second::PerSecond;
 use super::reloader::Reloader;
 use super::{Load, RunError, RunOptions, START_LEAD};
 use crate::admin::{Health, MetricsSnapshot};
+use crate::cluster::ClusterEvent;
 use crate::console;
 use crate::failures::FailureBreakdown;
 use crate::shard::Control;
@@ -54,6 +55,8 @@ pub(super) enum Message {
     Sink(Result<SinkEvent, flume::RecvError>),
     /// A reload was asked for (or, `Err`, can no longer be).
     Reload(Result<(), flume::RecvError>),
+    /// The cluster thread's news (or, `Err`, it ended).
+    Cluster(Result<ClusterEvent, flume::RecvError>),
 }
 
 /// The coordinator's view of the run while it lasts.
@@ -85,6 +88,11 @@ pub(super) struct Supervisor<'a> {
     pub(super) sink_failed: bool,
     /// Whether reload requests can still come (their sender is alive).
     pub(super) reloads_heard: bool,
+    /// Whether the cluster thread can still speak (it has not ended).
+    pub(super) cluster_heard: bool,
+    /// Discovered nodes the writer could not take the names of yet, by
+    /// class: applied again at the next status tick.
+    pub(super) nodes_pending: std::collections::BTreeMap<String, Vec<crate::cluster::NodeRecord>>,
     /// Jobs counted at the previous status line.
     pub(super) jobs_at_last_status: u64,
     /// The progress bar under the status lines, for a run with a duration
@@ -116,6 +124,8 @@ impl<'a> Supervisor<'a> {
             health: Health::Ok,
             sink_failed: false,
             reloads_heard: true,
+            cluster_heard: true,
+            nodes_pending: std::collections::BTreeMap::new(),
             jobs_at_last_status: 0,
             progress_bar: match (options.print_status, options.duration) {
                 (true, Some(duration)) => {
@@ -206,6 +216,9 @@ impl<'a> Supervisor<'a> {
         if let (Some(requests), true) = (&self.options.reload, self.reloads_heard) {
             selector = selector.recv(requests, Message::Reload);
         }
+        if let (Some(cluster), true) = (&self.options.cluster, self.cluster_heard) {
+            selector = selector.recv(&cluster.events, Message::Cluster);
+        }
         selector.wait_deadline(deadline).ok()
     }
 
@@ -279,6 +292,15 @@ impl<'a> Supervisor<'a> {
                 Some(Message::Reload(Err(flume::RecvError::Disconnected))) => {
                     self.reloads_heard = false
                 }
+                Some(Message::Cluster(Ok(event))) => {
+                    self.on_cluster_event(event, controls, reloader.as_deref_mut(), stop_sent)
+                }
+                Some(Message::Cluster(Err(flume::RecvError::Disconnected))) => {
+                    self.cluster_heard = false;
+                    console::err(format_args!(
+                        "warning: the cluster thread ended; this instance goes on with what it last knew"
+                    ));
+                }
                 None => {}
             }
             if !stop_sent {
@@ -293,6 +315,16 @@ impl<'a> Supervisor<'a> {
                 }
             }
             if Instant::now() >= next_status {
+                if !stop_sent && !self.nodes_pending.is_empty() {
+                    if let Some(reloader) = reloader.as_deref_mut() {
+                        let pending = std::mem::take(&mut self.nodes_pending);
+                        for (class, nodes) in pending {
+                            if !reloader.apply_nodes(&class, &nodes, controls) {
+                                self.nodes_pending.insert(class, nodes);
+                            }
+                        }
+                    }
+                }
                 let second = self.run_second();
                 self.per_second
                     .close_before(second.saturating_sub(SECONDS_KEPT_OPEN));
@@ -317,6 +349,45 @@ impl<'a> Supervisor<'a> {
         }
         if let Some(names) = reloader.reload(controls) {
             self.class_names = names;
+        }
+    }
+
+    /// Acts on the cluster thread's news: a discovered class's nodes go to
+    /// the shards as a reload (tick-driven runs); the members and etcd's
+    /// reachability are logged.
+    fn on_cluster_event(
+        &mut self,
+        event: ClusterEvent,
+        controls: &[flume::Sender<Control>],
+        reloader: Option<&mut Reloader>,
+        stopping: bool,
+    ) {
+        match event {
+            ClusterEvent::Members {
+                instances,
+                revision,
+            } => console::err(format_args!(
+                "cluster: {} dispatcher{} live at revision {revision}: {}",
+                instances.len(),
+                if instances.len() == 1 { "" } else { "s" },
+                instances.join(", ")
+            )),
+            ClusterEvent::Nodes { class, nodes, .. } => {
+                let (Some(reloader), false, Load::Ticks) = (reloader, stopping, self.options.load)
+                else {
+                    return;
+                };
+                self.nodes_pending.remove(&class);
+                if !reloader.apply_nodes(&class, &nodes, controls) {
+                    self.nodes_pending.insert(class, nodes);
+                }
+            }
+            ClusterEvent::Connection { up: false, detail } => console::err(format_args!(
+                "warning: cluster: etcd unreachable ({detail}); keeping the current assignment and retrying"
+            )),
+            ClusterEvent::Connection { up: true, detail } => {
+                console::err(format_args!("cluster: {detail}"))
+            }
         }
     }
 
