@@ -275,6 +275,17 @@ impl Etcd {
         Ok(self.bounded(kv.delete_range(request)).await?.deleted)
     }
 
+    /// Compacts the store's history up to `revision` (watches from before it
+    /// are then refused as compacted).
+    pub async fn compact(&self, revision: i64) -> Result<(), EtcdError> {
+        let mut kv = KvClient::new(self.channel());
+        let request = pb::CompactionRequest {
+            revision,
+            physical: true,
+        };
+        self.bounded(kv.compact(request)).await.map(drop)
+    }
+
     /// Puts `value` at `key` under `lease` only if the key does not exist or
     /// is already attached to `lease`; otherwise leaves it and says who holds it.
     pub async fn put_if_free(
@@ -374,33 +385,37 @@ impl Etcd {
         Ok((response.ttl > 0).then_some(response.ttl))
     }
 
-    /// Opens a keep-alive stream for leases.
-    pub async fn keep_alive(&self) -> Result<KeepAlive, EtcdError> {
+    /// Opens a keep-alive stream renewing `lease`, and renews it once (etcd
+    /// answers a stream's headers with its first message, so the stream
+    /// opens with a request); the TTL the lease has again, `None` if it is
+    /// gone.
+    pub async fn keep_alive(&self, lease: i64) -> Result<(KeepAlive, Option<i64>), EtcdError> {
         let (requests, outgoing) = flume::bounded::<pb::LeaseKeepAliveRequest>(4);
+        let _ = requests.try_send(pb::LeaseKeepAliveRequest { id: lease });
         let mut client = LeaseClient::new(self.channel());
         let responses = self
             .bounded(client.lease_keep_alive(leader_required(outgoing.into_stream())))
             .await?;
-        Ok(KeepAlive {
+        let mut stream = KeepAlive {
             requests,
             responses,
             url: self.url().to_string(),
-        })
-    }
-
-    /// Renews `lease` once, on a stream of its own; the TTL it has again, or
-    /// `None` when it is gone.
-    pub async fn keep_alive_once(&self, lease: i64) -> Result<Option<i64>, EtcdError> {
-        let mut stream = self.keep_alive().await?;
-        stream.send(lease)?;
+        };
         match tokio::time::timeout(self.request_timeout, stream.next()).await {
-            Ok(result) => result,
+            Ok(Ok(ttl)) => Ok((stream, ttl)),
+            Ok(Err(error)) => Err(error),
             Err(_) => Err(EtcdError::new(
                 self.url(),
                 EtcdErrorKind::Unavailable,
                 "no keep-alive answer in time",
             )),
         }
+    }
+
+    /// Renews `lease` once, on a stream of its own; the TTL it has again, or
+    /// `None` when it is gone.
+    pub async fn keep_alive_once(&self, lease: i64) -> Result<Option<i64>, EtcdError> {
+        Ok(self.keep_alive(lease).await?.1)
     }
 
     /// Watches every key starting with `prefix` from `start_revision`

@@ -350,13 +350,7 @@ impl Session {
         let prefix = keys::dispatchers_prefix(&self.spec.cluster);
         let members = match self.resume(&prefix, self.members_revision).await? {
             Some(watch) => watch,
-            None => {
-                let (kvs, revision) = self.etcd.range_prefix(&prefix).await?;
-                self.members.reset(&self.spec.cluster, &kvs);
-                self.members_revision = revision;
-                self.outbox.members(self.members.ids(), revision);
-                self.etcd.watch_prefix(&prefix, revision + 1).await?
-            }
+            None => self.fresh_members().await?,
         };
         let nodes = match self.nodes.is_empty() {
             true => None,
@@ -364,30 +358,52 @@ impl Session {
                 let prefix = keys::nodes_prefix(&self.spec.cluster);
                 Some(match self.resume(&prefix, self.nodes_revision).await? {
                     Some(watch) => watch,
-                    None => {
-                        let (kvs, revision) = self.etcd.range_prefix(&prefix).await?;
-                        self.nodes.clear();
-                        for kv in &kvs {
-                            let change = self.nodes.read_put(&self.spec.cluster, kv).await;
-                            self.nodes.apply(change);
-                        }
-                        self.nodes_revision = revision;
-                        let classes: Vec<String> = self.nodes.classes().cloned().collect();
-                        for class in classes {
-                            let nodes = self.nodes.class_nodes(&class);
-                            self.outbox.nodes(&class, nodes, revision);
-                        }
-                        self.etcd.watch_prefix(&prefix, revision + 1).await?
-                    }
+                    None => self.fresh_nodes().await?,
                 })
             }
         };
-        let keep_alive = self.etcd.keep_alive().await?;
+        let (keep_alive, ttl) = self.etcd.keep_alive(lease).await?;
+        if ttl.is_none() {
+            return Err(SyncError::Etcd(EtcdError::new(
+                self.etcd.url(),
+                EtcdErrorKind::LeaseNotFound,
+                format!("lease {lease:x} expired while syncing"),
+            )));
+        }
         Ok(Streams {
             members,
             nodes,
             keep_alive,
         })
+    }
+
+    /// The dispatchers read afresh, and a watch from the revision after.
+    async fn fresh_members(&mut self) -> Result<Watch, EtcdError> {
+        let prefix = keys::dispatchers_prefix(&self.spec.cluster);
+        let (kvs, revision) = self.etcd.range_prefix(&prefix).await?;
+        self.members.reset(&self.spec.cluster, &kvs);
+        self.members_revision = revision;
+        self.outbox.members(self.members.ids(), revision);
+        self.etcd.watch_prefix(&prefix, revision + 1).await
+    }
+
+    /// The discovered classes' nodes read afresh, and a watch from the
+    /// revision after.
+    async fn fresh_nodes(&mut self) -> Result<Watch, EtcdError> {
+        let prefix = keys::nodes_prefix(&self.spec.cluster);
+        let (kvs, revision) = self.etcd.range_prefix(&prefix).await?;
+        self.nodes.clear();
+        for kv in &kvs {
+            let change = self.nodes.read_put(&self.spec.cluster, kv).await;
+            self.nodes.apply(change);
+        }
+        self.nodes_revision = revision;
+        let classes: Vec<String> = self.nodes.classes().cloned().collect();
+        for class in classes {
+            let nodes = self.nodes.class_nodes(&class);
+            self.outbox.nodes(&class, nodes, revision);
+        }
+        self.etcd.watch_prefix(&prefix, revision + 1).await
     }
 
     /// A watch resumed after `revision` (the events missed meanwhile come
@@ -400,10 +416,7 @@ impl Session {
         match self.etcd.watch_prefix(prefix, revision + 1).await {
             Ok(watch) => Ok(Some(watch)),
             Err(error) if error.kind == EtcdErrorKind::Compacted => {
-                console::err(format_args!(
-                    "cluster: {prefix}: revision {} was compacted while etcd was away; reading it afresh",
-                    revision + 1
-                ));
+                compacted(prefix, revision);
                 Ok(None)
             }
             Err(error) => Err(error),
@@ -521,12 +534,21 @@ impl Session {
             let result: Result<(), EtcdError> = tokio::select! {
                 batch = streams.members.next() => match batch {
                     Ok(batch) => self.apply_members(batch, lease).await,
+                    // etcd may say so only after creating the watch: read afresh.
+                    Err(error) if error.kind == EtcdErrorKind::Compacted => {
+                        compacted(&keys::dispatchers_prefix(&self.spec.cluster), self.members_revision);
+                        self.fresh_members().await.map(|watch| streams.members = watch)
+                    }
                     Err(error) => Err(error),
                 },
                 batch = next_batch(&mut streams.nodes) => match batch {
                     Ok(batch) => {
                         self.apply_nodes(batch).await;
                         Ok(())
+                    }
+                    Err(error) if error.kind == EtcdErrorKind::Compacted => {
+                        compacted(&keys::nodes_prefix(&self.spec.cluster), self.nodes_revision);
+                        self.fresh_nodes().await.map(|watch| streams.nodes = Some(watch))
                     }
                     Err(error) => Err(error),
                 },
@@ -667,6 +689,14 @@ impl Session {
         }
         self.outbox.flush();
     }
+}
+
+/// Says that a watch could not resume after `revision` (compacted).
+fn compacted(prefix: &str, revision: i64) {
+    console::err(format_args!(
+        "cluster: {prefix}: revision {} was compacted while etcd was away; reading it afresh",
+        revision + 1
+    ));
 }
 
 /// Why a sync failed.
