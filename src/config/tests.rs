@@ -156,7 +156,7 @@ fn unknown_fields_are_rejected_with_their_line() {
     assert_eq!(
         error_of(&text),
         "conf/fleet.toml:30: unknown field `extra`, expected one of `tuning`, `devices`, \
-         `sink`, `grpc`, `classes`"
+         `sink`, `grpc`, `classes`, `cluster`"
     );
 }
 
@@ -956,4 +956,39 @@ fn credentials_are_read_checked_and_never_shown() {
     ));
     assert!(error.contains("classes[1].metadata.x-key: its value is not a valid header value"));
     assert!(!error.contains("secret-part"), "{error}");
+}
+
+#[test]
+fn a_cluster_section_reads_with_its_defaults_and_a_class_may_discover_its_nodes() {
+    let text = VALID.replace(
+        "compute_nodes = [\"127.0.0.1:9011\"]",
+        "compute_nodes = \"etcd\"",
+    )
+        + "\n[cluster]\nname = \"prod\"\netcd = [\"10.0.0.1:2379\", \"http://10.0.0.2:2379/\"]\n";
+    assert!(
+        text.contains("compute_nodes = \"etcd\""),
+        "the fixture names the node"
+    );
+    let config = Config::from_str(&text, Path::new("conf/fleet.toml")).unwrap();
+    let cluster = config.cluster.expect("a [cluster]");
+    assert_eq!(cluster.name, "prod");
+    assert_eq!(
+        cluster.etcd,
+        ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+    );
+    assert_eq!(cluster.instance, crate::cluster::membership::host_name());
+    assert_eq!(cluster.lease_ttl, super::DEFAULT_LEASE_TTL);
+    assert_eq!(cluster.safety_delay, None);
+    let discovered: Vec<bool> = config
+        .classes
+        .iter()
+        .map(|c| c.compute_nodes_from_etcd)
+        .collect();
+    assert!(discovered.contains(&true));
+    let class = config
+        .classes
+        .iter()
+        .find(|c| c.compute_nodes_from_etcd)
+        .unwrap();
+    assert!(class.compute_nodes.is_empty());
 }

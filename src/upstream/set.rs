@@ -517,9 +517,23 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_set_cannot_be_built() {
-        let result = ReplicaSet::new(Vec::new(), &policy(Upstream::default()), Instant::now());
+    fn an_empty_data_source_set_cannot_be_built() {
+        let policy = SetPolicy {
+            role: Role::DataSource,
+            ..policy(Upstream::default())
+        };
+        let result = ReplicaSet::new(Vec::new(), &policy, Instant::now());
         assert!(matches!(result, Err(EmptySet)));
+    }
+
+    #[test]
+    fn an_empty_compute_set_has_no_room_and_picks_nothing() {
+        // A discovered class while no node is registered.
+        let now = Instant::now();
+        let set = ReplicaSet::new(Vec::new(), &policy(Upstream::default()), now)
+            .expect("a compute set may be empty");
+        assert!(!set.has_room(now));
+        assert!(set.pick(now, &[]).is_err());
     }
 
     #[test]
