@@ -140,14 +140,29 @@ fn percentiles(histogram: &Histogram<u64>) -> String {
     )
 }
 
-/// `count` puts under one lease, `in_flight` at a time; puts/s and latencies.
-async fn puts(etcd: Arc<Etcd>, count: usize, in_flight: usize, tag: &str) -> (f64, Histogram<u64>) {
-    let (lease, _) = etcd.grant(60).await.expect("a lease");
+/// `count` puts, `in_flight` at a time, each writer under a lease of its own
+/// (`shared`: all under one lease); puts/s and latencies.
+async fn puts(
+    etcd: Arc<Etcd>,
+    count: usize,
+    in_flight: usize,
+    shared: bool,
+    tag: &str,
+) -> (f64, Histogram<u64>) {
+    let (one, _) = etcd.grant(60).await.expect("a lease");
+    let mut leases = Vec::new();
+    for _ in 0..in_flight {
+        leases.push(match shared {
+            true => one,
+            false => etcd.grant(60).await.expect("a lease").0,
+        });
+    }
     let began = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for worker in 0..in_flight {
         let etcd = etcd.clone();
         let tag = tag.to_string();
+        let lease = leases[worker];
         tasks.spawn(async move {
             let mut latencies = histogram();
             let mut index = worker;
@@ -171,7 +186,12 @@ async fn puts(etcd: Arc<Etcd>, count: usize, in_flight: usize, tag: &str) -> (f6
         let _ = all.add(done.expect("a worker"));
     }
     let rate = count as f64 / began.elapsed().as_secs_f64();
-    etcd.revoke(lease).await.expect("revoke");
+    leases.push(one);
+    leases.sort();
+    leases.dedup();
+    for lease in leases {
+        etcd.revoke(lease).await.expect("revoke");
+    }
     (rate, all)
 }
 
@@ -302,16 +322,21 @@ fn main() {
             Arc::new(Etcd::new(&[server.url.clone()], Duration::from_secs(10)).expect("a client"));
         println!("etcd 3.4 single member on loopback, fsync on; {count} keys per level\n");
         println!("put with a lease (a registration):");
-        for in_flight in [1, 64] {
-            let (rate, latencies) = puts(
-                etcd.clone(),
-                count.min(if in_flight == 1 { 2_000 } else { count }),
-                in_flight,
-                &format!("put{in_flight}"),
-            )
-            .await;
+        for (in_flight, shared) in [(1, false), (64, false), (64, true)] {
+            let keys = if in_flight == 1 {
+                count.min(5_000)
+            } else {
+                count
+            };
+            let tag = format!("put{in_flight}{shared}");
+            let (rate, latencies) = puts(etcd.clone(), keys, in_flight, shared, &tag).await;
+            let leases = if shared {
+                "one lease   "
+            } else {
+                "a lease each"
+            };
             println!(
-                "  {in_flight:>3} in flight: {rate:>8.0} puts/s   {}",
+                "  {in_flight:>3} in flight, {leases}: {rate:>8.0} puts/s   {}",
                 percentiles(&latencies)
             );
         }

@@ -38,7 +38,17 @@
 //!   once, a live reload in `reloader`) and `shutdown` (joins, CPU, merged
 //!   statistics, every result accounted for).
 //!   [`reload`]: a live reload (SIGHUP) merged into the running config — the
-//!   fleet only grows, classes matched by name — as one message per shard.
+//!   fleet only grows, classes matched by name — as one message per shard; also
+//!   how a discovered class's new compute nodes reach the shards.
+//! - [`cluster`]: the control plane's etcd work, on a thread of its own with a
+//!   current-thread tokio runtime (never on a shard): `event` (what the
+//!   coordinator hears: members, a class's nodes, etcd's reachability), `keys`
+//!   (the layout under `/percore/<cluster>/`), `etcd` (the v3 client over tonic,
+//!   stubs from `proto/etcd_rpc.proto`), `session` (register under a lease,
+//!   renew it, watch, ride out outages, resynchronise), `membership` (a
+//!   dispatcher's registration), `nodes` (a compute node's, checked), `join`
+//!   (a run joins its cluster), `backoff`, and the commands around it:
+//!   `announce` with `readiness` (`percore announce`) and `status`.
 //! - [`shard`]: the per-core loop. Owns its devices, schedule, connections,
 //!   counters; fires ticks, starts jobs, batches results to the sink.
 //! - [`tick`]: the tick grid (a pure function of device id and period) and the
@@ -115,6 +125,7 @@
 //!
 //! One coordinator (the caller of [`dispatcher::run`]), one executor thread per
 //! shard CPU, one sink writer thread, the admin thread when metrics are served,
+//! the cluster thread when `[cluster] etcd` is set,
 //! and, in demos and benchmarks, mock-node executors. Between them only bounded
 //! flume channels, created at start-up.
 
