@@ -45,6 +45,8 @@ pub fn join(config: &mut Config) -> Result<Option<ClusterHandle>, ClusterError> 
         start_timeout: START_TIMEOUT,
     };
     let handle = super::start(spec)?;
+    // Until device ownership is shared, this instance runs the whole fleet.
+    handle.report_owned_devices(config.fleet.len());
     console::err(format_args!(
         "cluster {:?}: instance {:?} registered in etcd ({}); {} dispatcher{} live: {}",
         handle.spec.cluster,
