@@ -159,10 +159,9 @@ async fn puts(
     }
     let began = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for worker in 0..in_flight {
+    for (worker, &lease) in leases.iter().enumerate() {
         let etcd = etcd.clone();
         let tag = tag.to_string();
-        let lease = leases[worker];
         tasks.spawn(async move {
             let mut latencies = histogram();
             let mut index = worker;
@@ -318,8 +317,10 @@ fn main() {
         .build()
         .expect("a runtime");
     runtime.block_on(async {
-        let etcd =
-            Arc::new(Etcd::new(&[server.url.clone()], Duration::from_secs(10)).expect("a client"));
+        let etcd = Arc::new(
+            Etcd::new(std::slice::from_ref(&server.url), Duration::from_secs(10))
+                .expect("a client"),
+        );
         println!("etcd 3.4 single member on loopback, fsync on; {count} keys per level\n");
         println!("put with a lease (a registration):");
         for (in_flight, shared) in [(1, false), (64, false), (64, true)] {
