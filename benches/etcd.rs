@@ -28,8 +28,11 @@ use percore::proto::etcd::event::EventType;
 
 /// A single etcd member on free loopback ports, killed when dropped.
 struct Server {
+    /// The etcd process.
     child: Child,
+    /// Its client URL.
     url: String,
+    /// Its data folder, removed at the end.
     _dir: tempfile::TempDir,
 }
 

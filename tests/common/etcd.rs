@@ -16,16 +16,23 @@ const ELECTION_MS: u64 = 500;
 
 /// One member: its ports, data folder and process.
 struct Member {
+    /// `m0`, `m1`, …: its name in `--initial-cluster`.
     name: String,
+    /// Where clients connect (`--listen-client-urls`).
     client_port: u16,
+    /// Where the other members connect (`--listen-peer-urls`).
     peer_port: u16,
+    /// Its data folder, kept across a kill so a restart rejoins.
     data: PathBuf,
+    /// Its log (stderr), shown when the cluster does not come up.
     log: PathBuf,
+    /// The running process; `None` while killed.
     child: Option<Child>,
 }
 
 /// A running etcd cluster (one or three members).
 pub struct Etcd {
+    /// One or three.
     members: Vec<Member>,
     /// The members' `--initial-cluster`.
     initial_cluster: String,
