@@ -128,6 +128,7 @@ pub mod demo;
 pub mod devices;
 pub mod diagnostic;
 pub mod dispatcher;
+pub mod endpoint;
 pub mod error;
 pub mod failures;
 pub mod grpc;
