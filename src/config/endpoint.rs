@@ -454,3 +454,191 @@ fn one_endpoint(
     };
     endpoint.with_tls(settings).map_err(error)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{Config, ConfigError};
+    use crate::endpoint::Scheme;
+
+    /// A config of one class whose endpoint keys are `keys` (lines of the
+    /// class, then its tables).
+    fn with(keys: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            r#"
+[devices]
+generate = {{ count = 2, mix = {{ camera = 1 }} }}
+
+[sink]
+kind = "sqlite"
+path = "out/percore.db"
+
+[[classes]]
+name = "camera"
+model = "resnet50"
+period_ms = 1000
+deadline_ms = 1000
+data_sources = ["127.0.0.1:9000"]
+{keys}
+"#
+        );
+        Config::from_str(&text, Path::new("conf/fleet.toml"))
+    }
+
+    fn error_of(keys: &str) -> String {
+        match with(keys) {
+            Ok(config) => panic!("expected an error, got {config:?}"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn host_names_are_kept_as_written_and_checked_at_load() {
+        let config = with("compute_nodes = [\"localhost:9001\", \"http://127.0.0.1:9002\"]")
+            .expect("a valid config");
+        let names: Vec<String> = config.classes[0]
+            .compute_nodes
+            .iter()
+            .map(|node| node.to_string())
+            .collect();
+        assert_eq!(names, ["localhost:9001", "127.0.0.1:9002"]);
+        assert_eq!(config.classes[0].gateway, None);
+        let error = error_of("compute_nodes = [\"no-such-host.invalid:9001\"]");
+        assert!(
+            error.starts_with(
+                "conf/fleet.toml:15: classes[0].compute_nodes[0]: cannot resolve \
+                 \"no-such-host.invalid:9001\""
+            ),
+            "{error}"
+        );
+        assert_eq!(
+            error_of("compute_nodes = [\"localhost:9001\", \"LOCALHOST:9001\"]"),
+            "conf/fleet.toml:15: classes[0].compute_nodes[1]: \"LOCALHOST:9001\" is listed twice"
+        );
+        assert_eq!(
+            error_of("compute_nodes = [\"ftp://localhost:9001\"]"),
+            "conf/fleet.toml:15: classes[0].compute_nodes[0]: unknown scheme \"ftp\" in \
+             \"ftp://localhost:9001\" (expected http:// or https://)"
+        );
+    }
+
+    #[test]
+    fn a_gateway_replaces_the_compute_nodes_and_carries_routing_headers() {
+        let config = with("gateway = \"localhost:8443\"").expect("a valid config");
+        let class = &config.classes[0];
+        assert_eq!(class.compute_nodes.len(), 1);
+        assert_eq!(class.compute_nodes[0].to_string(), "localhost:8443");
+        let gateway = class.gateway.as_ref().expect("gateway mode");
+        assert_eq!(
+            gateway.headers(&class.name, &class.model),
+            [
+                ("x-percore-class", "camera"),
+                ("x-percore-model", "resnet50")
+            ]
+        );
+        let config = with(
+            "gateway = { endpoint = \"127.0.0.1:8443\", class_header = \"X-Route\", model_header = \"\" }",
+        )
+        .expect("a valid config");
+        let class = &config.classes[0];
+        let gateway = class.gateway.as_ref().expect("gateway mode");
+        assert_eq!(
+            gateway.headers(&class.name, &class.model),
+            [("x-route", "camera")]
+        );
+    }
+
+    #[test]
+    fn gateway_mistakes_are_named_with_their_line() {
+        assert_eq!(
+            error_of("compute_nodes = [\"127.0.0.1:9001\"]\ngateway = \"127.0.0.1:8443\""),
+            "conf/fleet.toml:16: classes[0].gateway: a class has compute_nodes or a gateway, \
+             not both: it calls its replicas directly, or one gateway that balances over them"
+        );
+        assert_eq!(
+            error_of(""),
+            "conf/fleet.toml:10: classes[0].compute_nodes: missing: list the class's \
+             compute_nodes, or name the gateway in front of them"
+        );
+        assert_eq!(
+            error_of("gateway = { endpoint = \"127.0.0.1:8443\", class_header = \"grpc-route\" }"),
+            "conf/fleet.toml:15: classes[0].gateway.class_header: \"grpc-route\" is set by \
+             percore or reserved by gRPC; choose another header"
+        );
+        assert_eq!(
+            error_of(
+                "gateway = { endpoint = \"127.0.0.1:8443\", model_header = \"x-percore-class\" }"
+            ),
+            "conf/fleet.toml:15: classes[0].gateway.model_header: is the class_header too: \
+             name two headers"
+        );
+        assert_eq!(
+            error_of("gateway = \"127.0.0.1:8443\"\n[classes.metadata]\nx-percore-class = \"x\""),
+            "conf/fleet.toml:15: classes[0].gateway.class_header: \"x-percore-class\" is also \
+             in [classes.metadata]: the gateway sets it to the class's routing key"
+        );
+        let error = error_of("gateway = { endpoint = \"127.0.0.1:8443\", header = \"x\" }");
+        assert!(
+            error.starts_with("conf/fleet.toml:15: unknown field `header`, expected one of"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn tls_tables_make_bare_endpoints_tls_and_must_be_used() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, params.self_signed(&key).unwrap().pem()).unwrap();
+        let table = format!("[classes.tls]\nca_file = {:?}\n", ca.display().to_string());
+        let config = with(&format!(
+            "compute_nodes = [\"localhost:9001\", \"http://127.0.0.1:9002\"]\n\
+             authority = \"models.internal\"\n{table}"
+        ))
+        .expect("a valid config");
+        let nodes = &config.classes[0].compute_nodes;
+        assert_eq!(
+            nodes[0].scheme(),
+            Scheme::Https,
+            "bare host:port with a table"
+        );
+        assert_eq!(nodes[1].scheme(), Scheme::Http, "http:// stays plaintext");
+        assert_eq!(nodes[0].authority(), "models.internal");
+        assert!(config.classes[0].data_sources[0].tls().is_none());
+        let error = error_of(&format!(
+            "compute_nodes = [\"http://127.0.0.1:9001\"]\n{table}"
+        ));
+        assert!(
+            error.starts_with(
+                "conf/fleet.toml:16: classes[0].tls: no compute node or gateway of the class \
+                 speaks TLS"
+            ),
+            "{error}"
+        );
+        let error = error_of(
+            "compute_nodes = [\"127.0.0.1:9001\"]\n[classes.source_tls]\nca_file = \"nowhere.pem\"",
+        );
+        assert!(
+            error.starts_with(
+                "conf/fleet.toml:17: classes[0].source_tls.ca_file: cannot read conf/nowhere.pem"
+            ),
+            "{error}"
+        );
+        // A reload that reads other bytes changes the class (new pools, new
+        // connections); the same bytes leave it as it was.
+        let keys = format!("compute_nodes = [\"localhost:9001\"]\n{table}");
+        let first = with(&keys).expect("a valid config");
+        assert_eq!(with(&keys).expect("a valid config").classes, first.classes);
+        let key = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(&ca, params.self_signed(&key).unwrap().pem()).unwrap();
+        assert_ne!(with(&keys).expect("a valid config").classes, first.classes);
+        assert_eq!(
+            error_of("compute_nodes = [\"127.0.0.1:9001\"]\nauthority = \"a b\""),
+            "conf/fleet.toml:16: classes[0].authority: \"a b\" is not a valid :authority \
+             (host or host:port)"
+        );
+    }
+}

@@ -7,6 +7,10 @@
 //! do not reconnect in step), so a dead node costs a failed call instead of a
 //! connect storm. The replica's probe reconnects when the backoff ends, so a node
 //! that comes back is used again at once.
+//!
+//! A pool is made from an [`Endpoint`]: each connect resolves its host again (so a
+//! name that moved is followed), speaks TLS when it asks for it, and every error
+//! names it as written. The URIs of the per-job methods are built once, here.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
