@@ -26,7 +26,9 @@ use percore::sink::postgres::{PgUrl, PostgresOptions};
 
 /// Mock nodes serving TLS, started by `--tls`, stopped at the end.
 struct TlsMocks {
+    /// The data source, serving TLS.
     source: MockNode,
+    /// The compute node, serving TLS.
     compute: MockNode,
 }
 

@@ -69,9 +69,13 @@ impl Gateway {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TlsFile {
+    /// PEM CAs to trust, relative to the config; absent: the system's.
     ca_file: Option<Spanned<String>>,
+    /// PEM chain presented for mTLS, relative to the config.
     client_cert: Option<Spanned<String>>,
+    /// PEM key of `client_cert`, relative to the config.
     client_key: Option<Spanned<String>>,
+    /// The name certificates must carry instead of each endpoint's host.
     server_name: Option<Spanned<String>>,
 }
 
@@ -88,8 +92,11 @@ pub(super) enum GatewayFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct GatewayTable {
+    /// The gateway, as an endpoint (`host:port`, `https://…`).
     endpoint: String,
+    /// The class header's name; `""` sends none; absent: the default.
     class_header: Option<String>,
+    /// The model header's name; `""` sends none; absent: the default.
     model_header: Option<String>,
 }
 
@@ -124,11 +131,17 @@ pub(super) struct EndpointKeys<'a> {
     pub name: &'a Spanned<String>,
     /// The class's model, a gateway's routing key.
     pub model: &'a str,
+    /// `data_sources`: required.
     pub data_sources: &'a Spanned<Vec<Spanned<String>>>,
+    /// `compute_nodes`: this or `gateway`.
     pub compute_nodes: Option<&'a Spanned<Vec<Spanned<String>>>>,
+    /// `gateway`: this or `compute_nodes`.
     pub gateway: Option<&'a Spanned<GatewayFile>>,
+    /// `authority`: the compute-node calls' `:authority`.
     pub authority: Option<&'a Spanned<String>>,
+    /// `[classes.tls]`: the compute nodes' (or gateway's) TLS.
     pub tls: Option<&'a Spanned<TlsFile>>,
+    /// `[classes.source_tls]`: the data sources' TLS.
     pub source_tls: Option<&'a Spanned<TlsFile>>,
 }
 

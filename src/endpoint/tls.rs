@@ -31,8 +31,13 @@ const SESSIONS_PER_SHARD: usize = 32;
 /// Where the trusted CAs of a [`ClientTls`] come from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Trust {
-    /// A PEM file of CA certificates (`ca_file`), and its bytes as read.
-    File { path: PathBuf, pem: Arc<[u8]> },
+    /// A PEM file of CA certificates (`ca_file`).
+    File {
+        /// The file, for descriptions.
+        path: PathBuf,
+        /// Its bytes as read: two loads of the same bytes are the same trust.
+        pem: Arc<[u8]>,
+    },
     /// The system's store (`/etc/ssl/certs`, `SSL_CERT_FILE`, …), read at load.
     System,
 }
@@ -95,8 +100,10 @@ impl std::fmt::Debug for ClientTls {
 pub struct ClientTlsSpec {
     /// `ca_file`: PEM CA certificates; `None` trusts the system's store.
     pub ca_file: Option<PathBuf>,
-    /// `client_cert` and `client_key`: both or neither.
+    /// `client_cert`: the chain presented to servers that ask (mTLS); needs
+    /// `client_key`.
     pub client_cert: Option<PathBuf>,
+    /// `client_key`: the private key of `client_cert`; needs it.
     pub client_key: Option<PathBuf>,
     /// `server_name`: the name certificates must carry instead of the host.
     pub server_name: Option<String>,
