@@ -38,8 +38,9 @@ pub enum ClusterEvent {
 pub struct NodeRecord {
     /// The node's id: the last segment of its key.
     pub id: String,
-    /// Where it serves KServe v2 gRPC, `ip:port` (a host name in the
-    /// registration is resolved by the cluster thread).
+    /// Where it serves KServe v2 gRPC, `host:port` as registered (its host
+    /// checked to resolve by the cluster thread, and looked up again at every
+    /// connect, as the config's endpoints are).
     pub addr: String,
     /// Its relative weight among the class's replicas (at least 1).
     pub weight: u32,

@@ -1,13 +1,12 @@
 //! A run joins its cluster: the cluster thread started from `[cluster]`, and
 //! the discovered classes' compute nodes filled in before the shards start.
 
-use std::net::SocketAddr;
-
 use super::event::NodeRecord;
 use super::membership::{host_name, now_ms, DispatcherInfo};
 use super::{ClusterError, ClusterHandle, ClusterSpec, START_TIMEOUT};
 use crate::config::{Class, Config};
 use crate::console;
+use crate::endpoint::Endpoint;
 
 /// Starts the cluster thread when the config has `[cluster] etcd`, and gives
 /// each class that discovers its nodes the ones registered now; `None` for a
@@ -75,21 +74,24 @@ pub fn join(config: &mut Config) -> Result<Option<ClusterHandle>, ClusterError> 
 
 /// A class's compute nodes and their weights, from its registrations.
 pub fn set_nodes(class: &mut Class, nodes: &[NodeRecord]) {
-    let mut addrs = Vec::with_capacity(nodes.len());
+    let mut endpoints: Vec<Endpoint> = Vec::with_capacity(nodes.len());
     let mut weights = Vec::with_capacity(nodes.len());
     for node in nodes {
-        // The cluster thread resolved every address; two ids on one address
+        // The cluster thread checked every address; two ids on one address
         // are one replica.
-        let Ok(addr) = node.addr.parse::<SocketAddr>() else {
+        let Ok(endpoint) = Endpoint::parse(&node.addr) else {
             continue;
         };
-        if addrs.contains(&addr) {
+        if endpoints
+            .iter()
+            .any(|known| known.name() == endpoint.name())
+        {
             continue;
         }
-        addrs.push(addr);
+        endpoints.push(endpoint);
         weights.push(node.weight);
     }
-    class.compute_nodes = addrs;
+    class.compute_nodes = endpoints;
     class.upstream.weights = weights;
 }
 

@@ -45,16 +45,15 @@ pub fn parse(id: &str, value: &[u8], class_model: &str) -> Result<Registration, 
     let value: NodeValue = serde_json::from_str(text).map_err(|error| {
         format!("the value is not JSON like {{\"addr\": \"host:port\", \"weight\": 1}} ({error}): {text:?}")
     })?;
-    let addr = value.addr.trim();
-    let port = addr
-        .rsplit_once(':')
-        .filter(|(host, _)| !host.is_empty())
-        .and_then(|(_, port)| port.parse::<u16>().ok());
-    match port {
-        Some(0) => return Err(format!("addr {addr:?}: port 0 is not a usable port")),
-        Some(_) => {}
-        None => return Err(format!("addr {addr:?} is not \"host:port\"")),
+    let endpoint = crate::endpoint::Endpoint::parse(value.addr.trim())
+        .map_err(|why| format!("addr: {why}"))?;
+    if endpoint.scheme() != crate::endpoint::Scheme::Http {
+        return Err(format!(
+            "addr {:?}: TLS to a node registered in etcd is not supported yet; register host:port",
+            value.addr
+        ));
     }
+    let addr = endpoint.name().to_string();
     let weight = match &value.weight {
         None => 1,
         Some(weight) => match weight.as_u64() {
@@ -75,41 +74,45 @@ pub fn parse(id: &str, value: &[u8], class_model: &str) -> Result<Registration, 
     }
     Ok(Registration {
         id: id.to_string(),
-        addr: addr.to_string(),
+        addr,
         weight,
         model: value.model,
     })
 }
 
-/// Resolves a registration's address (a host name takes its first address,
-/// as a plain connect would); the error says why not.
+/// Checks that a registration's host resolves (an IP is taken as it is), so
+/// a typo is a warning naming the key rather than every call failing; the
+/// address stays as written, looked up again at every connect as the
+/// config's are.
 pub async fn resolve(registration: Registration) -> Result<NodeRecord, String> {
-    let addr = match registration.addr.parse::<std::net::SocketAddr>() {
-        Ok(addr) => addr,
-        Err(_) => {
-            let lookup = tokio::net::lookup_host(registration.addr.clone());
-            match tokio::time::timeout(std::time::Duration::from_secs(2), lookup).await {
-                Ok(Ok(mut addrs)) => addrs.next().ok_or_else(|| {
-                    format!("addr {:?} resolves to no address", registration.addr)
-                })?,
-                Ok(Err(error)) => {
+    if registration.addr.parse::<std::net::SocketAddr>().is_err() {
+        let lookup = tokio::net::lookup_host(registration.addr.clone());
+        match tokio::time::timeout(std::time::Duration::from_secs(2), lookup).await {
+            Ok(Ok(mut addrs)) => {
+                if addrs.next().is_none() {
                     return Err(format!(
-                        "cannot resolve addr {:?}: {error}",
+                        "addr {:?} resolves to no address",
                         registration.addr
-                    ))
-                }
-                Err(_) => {
-                    return Err(format!(
-                        "resolving addr {:?} took more than 2 s",
-                        registration.addr
-                    ))
+                    ));
                 }
             }
+            Ok(Err(error)) => {
+                return Err(format!(
+                    "cannot resolve addr {:?}: {error}",
+                    registration.addr
+                ))
+            }
+            Err(_) => {
+                return Err(format!(
+                    "resolving addr {:?} took more than 2 s",
+                    registration.addr
+                ))
+            }
         }
-    };
+    }
     Ok(NodeRecord {
         id: registration.id,
-        addr: addr.to_string(),
+        addr: registration.addr,
         weight: registration.weight,
         model: registration.model,
     })
@@ -278,11 +281,15 @@ mod tests {
 
     #[test]
     fn bad_values_say_what_is_wrong() {
-        let cases: [(&[u8], &str); 7] = [
+        let cases: [(&[u8], &str); 8] = [
             (b"not json", "not JSON"),
             (br#"{"weight": 1}"#, "not JSON"),
-            (br#"{"addr": "nohost"}"#, "is not \"host:port\""),
+            (br#"{"addr": "nohost"}"#, "expected \"host:port\""),
             (br#"{"addr": "h:0"}"#, "port 0"),
+            (
+                br#"{"addr": "https://h:1"}"#,
+                "TLS to a node registered in etcd",
+            ),
             (br#"{"addr": "h:1", "weight": 0}"#, "weight 0"),
             (br#"{"addr": "h:1", "weight": "x"}"#, "weight \"x\""),
             (br#"{"addr": "h:1", "model": "other"}"#, "model \"other\""),

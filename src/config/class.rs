@@ -4,18 +4,20 @@
 //!
 //! The runtime [`Class`] the shards and jobs read, the table as written
 //! ([`ClassFile`]), and the checks between them: names, periods and deadlines,
-//! node addresses resolved once at load, KServe v2 datatypes and shapes.
+//! KServe v2 datatypes and shapes. Where its calls go (endpoints, gateway, TLS)
+//! is [`super::endpoint`]'s.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::{SocketAddr, ToSocketAddrs};
 
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::endpoint::{self, EndpointKeys, Gateway, GatewayFile, TlsFile};
 use super::metadata::{self, Metadata, MetadataValueFile};
 use super::upstream::{HealthCheck, Upstream, UpstreamFile};
 use crate::contract::{Contract, Origin, TensorContract};
 use crate::diagnostic::{ConfigError, Source};
+use crate::endpoint::Endpoint;
 use crate::record::ClassIndex;
 
 /// A kind of device: which model it runs, how often, and which nodes serve it.
@@ -33,15 +35,20 @@ pub struct Class {
     /// most the period, so a device rarely has a tick skipped behind its own job.
     pub deadline_ms: u64,
     /// Data sources to fetch inputs from; each shard balances over them.
-    pub data_sources: Vec<SocketAddr>,
-    /// Compute nodes (replicas) serving the model; each shard balances over them.
-    /// For a class that discovers them in etcd, the nodes registered now (empty
-    /// until one registers: the class's ticks are then skipped, saying so).
-    pub compute_nodes: Vec<SocketAddr>,
+    pub data_sources: Vec<Endpoint>,
+    /// Compute nodes (replicas) serving the model; each shard balances over
+    /// them. In gateway mode, the gateway alone. For a class that discovers
+    /// them in etcd, the nodes registered now (empty until one registers: the
+    /// class's ticks are then skipped, saying so).
+    pub compute_nodes: Vec<Endpoint>,
     /// Whether the compute nodes come from etcd (`compute_nodes = "etcd"`):
     /// registrations under `/percore/<cluster>/nodes/<class>/`, kept current by
     /// a watch, each with its weight.
     pub compute_nodes_from_etcd: bool,
+    /// Set when the class calls a routing gateway (`gateway = …`) instead of
+    /// its replicas: the routing headers its calls carry. The gateway is
+    /// `compute_nodes[0]`, and balancing over the replicas is the gateway's.
+    pub gateway: Option<Gateway>,
     /// Name of the model's input tensor in the infer request.
     pub input_name: String,
     /// What every response's output must look like; `None` accepts any output.
@@ -185,7 +192,11 @@ pub(super) struct ClassFile {
     period_ms: Spanned<u64>,
     deadline_ms: Spanned<u64>,
     data_sources: Spanned<Vec<Spanned<String>>>,
-    compute_nodes: Spanned<NodesFile>,
+    compute_nodes: Option<Spanned<NodesFile>>,
+    gateway: Option<Spanned<GatewayFile>>,
+    authority: Option<Spanned<String>>,
+    tls: Option<Spanned<TlsFile>>,
+    source_tls: Option<Spanned<TlsFile>>,
     #[serde(default = "default_input_name")]
     input_name: Spanned<String>,
     output: Option<OutputFile>,
@@ -313,20 +324,21 @@ pub(super) fn validate_classes(
 }
 
 impl ClassFile {
-    /// Where the class's compute nodes come from: the list as written and
-    /// resolved, or etcd (`true`), which needs `[cluster] etcd`.
+    /// Where the class's compute nodes come from: the list as written (for
+    /// the endpoint checks), or etcd (`true`), which needs `[cluster] etcd`
+    /// and no gateway.
     fn compute_node_source(
         &self,
         field: &str,
         etcd: bool,
         source: &Source,
-    ) -> Result<(Vec<(String, SocketAddr)>, bool), ConfigError> {
-        let span = self.compute_nodes.span();
-        match self.compute_nodes.get_ref() {
-            NodesFile::List(nodes) => {
-                let nodes = Spanned::new(span, nodes.clone());
-                Ok((resolve_nodes(&nodes, field, source)?, false))
-            }
+    ) -> Result<(Option<Spanned<Vec<Spanned<String>>>>, bool), ConfigError> {
+        let Some(nodes) = &self.compute_nodes else {
+            return Ok((None, false));
+        };
+        let span = nodes.span();
+        match nodes.get_ref() {
+            NodesFile::List(list) => Ok((Some(Spanned::new(span, list.clone())), false)),
             NodesFile::Source(word) if word == "etcd" => {
                 if !etcd {
                     return Err(source.error(
@@ -335,7 +347,14 @@ impl ClassFile {
                         "\"etcd\" needs [cluster] with etcd = [\"http://host:2379\", …] to read the nodes from",
                     ));
                 }
-                Ok((Vec::new(), true))
+                if let Some(gateway) = &self.gateway {
+                    return Err(source.error(
+                        gateway.span(),
+                        field.replace("compute_nodes", "gateway"),
+                        "a class has compute_nodes = \"etcd\" or a gateway, not both",
+                    ));
+                }
+                Ok((None, true))
             }
             NodesFile::Source(word) => Err(source.error(
                 span,
@@ -409,8 +428,32 @@ impl ClassFile {
                 }
             },
         };
-        let (compute_nodes, compute_nodes_from_etcd) =
+        let metadata = metadata::validate(
+            self.token_env.as_ref(),
+            &self.metadata,
+            prefix,
+            source,
+            &|var| std::env::var(var).ok(),
+        )?;
+        let (listed, compute_nodes_from_etcd) =
             self.compute_node_source(&field("compute_nodes"), etcd, source)?;
+        let endpoints = endpoint::validate(
+            &EndpointKeys {
+                name: &self.name,
+                model: self.model.get_ref(),
+                data_sources: &self.data_sources,
+                compute_nodes: listed.as_ref(),
+                discovered: compute_nodes_from_etcd,
+                gateway: self.gateway.as_ref(),
+                authority: self.authority.as_ref(),
+                tls: self.tls.as_ref(),
+                source_tls: self.source_tls.as_ref(),
+            },
+            &metadata,
+            prefix,
+            source,
+        )?;
+        let compute_nodes = endpoints.compute_nodes;
         let upstream = self.upstream.validate(
             &field("upstream"),
             &compute_nodes,
@@ -430,28 +473,19 @@ impl ClassFile {
                 source,
             )?,
         };
-        let metadata = metadata::validate(
-            self.token_env.as_ref(),
-            &self.metadata,
-            prefix,
-            source,
-            &|var| std::env::var(var).ok(),
-        )?;
         Ok(Class {
             name: self.name.get_ref().clone(),
             model: self.model.get_ref().clone(),
             model_version: self.model_version.clone(),
             period_ms,
             deadline_ms,
-            data_sources: resolve_nodes(&self.data_sources, &field("data_sources"), source)?
-                .into_iter()
-                .map(|(_, address)| address)
-                .collect(),
+            data_sources: endpoints.data_sources,
             compute_nodes: compute_nodes
                 .into_iter()
-                .map(|(_, address)| address)
+                .map(|(_, endpoint)| endpoint)
                 .collect(),
             compute_nodes_from_etcd,
+            gateway: endpoints.gateway,
             input_name: self.input_name.get_ref().clone(),
             output,
             requested_outputs,
@@ -595,45 +629,4 @@ fn non_empty(value: &Spanned<String>, field: &str, source: &Source) -> Result<()
         return Err(source.error(value.span(), field, "must not be empty"));
     }
     Ok(())
-}
-
-/// Resolve each `host:port` once, at load, so a typo (or port 0) stops the start
-/// instead of failing every job. A name that resolves to several addresses takes the first,
-/// as a plain `connect` would; write an IP literal to be explicit. Each address
-/// comes with its text as written, for keys that name a node.
-fn resolve_nodes(
-    nodes: &Spanned<Vec<Spanned<String>>>,
-    field: &str,
-    source: &Source,
-) -> Result<Vec<(String, SocketAddr)>, ConfigError> {
-    if nodes.get_ref().is_empty() {
-        return Err(source.error(nodes.span(), field, "must list at least one address"));
-    }
-    let mut addresses = Vec::with_capacity(nodes.get_ref().len());
-    for (index, node) in nodes.get_ref().iter().enumerate() {
-        let text = node.get_ref().as_str();
-        let error =
-            |message: String| source.error(node.span(), format!("{field}[{index}]"), message);
-        let port = text
-            .rsplit_once(':')
-            .filter(|(host, _)| !host.is_empty())
-            .and_then(|(_, port)| port.parse::<u16>().ok());
-        let Some(port) = port else {
-            return Err(error(format!("expected \"host:port\", found {text:?}")));
-        };
-        // Connecting to port 0 always fails, so every job would.
-        if port == 0 {
-            return Err(error(format!("port 0 is not a usable port in {text:?}")));
-        }
-        let address = text
-            .to_socket_addrs()
-            .map_err(|cause| error(format!("cannot resolve {text:?}: {cause}")))?
-            .next()
-            .ok_or_else(|| error(format!("{text:?} resolves to no address")))?;
-        if addresses.iter().any(|(_, known)| *known == address) {
-            return Err(error(format!("{text:?} is listed twice")));
-        }
-        addresses.push((text.to_string(), address));
-    }
-    Ok(addresses)
 }
