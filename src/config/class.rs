@@ -215,6 +215,9 @@ pub(super) struct ClassFile {
     upstream: UpstreamFile,
 }
 
+/// A list of endpoints as written, each with its place in the file.
+type NodeList = Spanned<Vec<Spanned<String>>>;
+
 /// `compute_nodes` as written: a list of `"host:port"`, or a word saying where
 /// the list comes from (`"etcd"`).
 #[derive(Debug)]
@@ -332,7 +335,7 @@ impl ClassFile {
         field: &str,
         etcd: bool,
         source: &Source,
-    ) -> Result<(Option<Spanned<Vec<Spanned<String>>>>, bool), ConfigError> {
+    ) -> Result<(Option<NodeList>, bool), ConfigError> {
         let Some(nodes) = &self.compute_nodes else {
             return Ok((None, false));
         };
