@@ -7,18 +7,12 @@ fn main() {
         .canonicalize()
         .unwrap();
 
+    // percore: liburing is vendored beside this file; upstream ran
+    // `git submodule update --init` here, which in percore's checkout would
+    // act on percore's repository.
     let liburing = match env::var("GLOMMIO_LIBURING_DIR") {
         Ok(path) => PathBuf::from(path).canonicalize().unwrap(),
-        Err(_) => {
-            Command::new("git")
-                .arg("submodule")
-                .arg("update")
-                .arg("--init")
-                .status()
-                .unwrap();
-
-            project.join("liburing")
-        }
+        Err(_) => project.join("liburing"),
     };
 
     // Run the configure script in OUT_DIR to get `compat.h`
