@@ -41,6 +41,8 @@
 //!   fleet only grows, classes matched by name — as one message per shard.
 //! - [`shard`]: the per-core loop. Owns its devices, schedule, connections,
 //!   counters; fires ticks, starts jobs, batches results to the sink.
+//!   [`inbox`]: the coordinator's messages taken off their channel as they
+//!   arrive, so a shard loop sleeps until its next due time or a message.
 //! - [`tick`]: the tick grid (a pure function of device id and period) and the
 //!   per-shard schedule that fires it.
 //! - [`job`]: one job — Fetch, then ModelInfer, under one deadline, each call one
@@ -131,6 +133,7 @@ pub mod dispatcher;
 pub mod error;
 pub mod failures;
 pub mod grpc;
+pub mod inbox;
 pub mod job;
 pub mod mock;
 pub mod record;

@@ -1857,15 +1857,19 @@ impl Reactor {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
             // percore: a timeout armed for an earlier sleep is kept when it
-            // fires no later than this one must (an early wake-up only finds
-            // nothing due); one that would fire too late, or one left with no
-            // user timer at all, is cancelled.
+            // fires at most a millisecond before this one must (an early
+            // wake-up only finds nothing due); one that would fire too late,
+            // or much too early, or one left with no user timer at all, is
+            // cancelled.
+            const EARLY_ENOUGH: Duration = Duration::from_millis(1);
             let now = Instant::now();
             let wanted = user_timer.map(|dur| now + dur);
             let armed = self.latency_preemption_timeout_src.take();
             let keep = match (&armed, self.latency_timeout_deadline.get(), wanted) {
                 (Some(src), Some(armed_at), Some(wanted)) => {
-                    !src.is_completed() && armed_at <= wanted
+                    !src.is_completed()
+                        && armed_at <= wanted
+                        && wanted - armed_at <= EARLY_ENOUGH
                 }
                 _ => false,
             };
