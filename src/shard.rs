@@ -14,13 +14,13 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Class, HealthCheck, Upstream};
 use crate::devices::{stable_hash, Fleet};
+use crate::endpoint::Endpoint;
 use crate::grpc::client::ClientSettings;
 use crate::inbox::Inbox;
 use crate::job::{self, ClassRoute, Payload};
@@ -443,8 +443,10 @@ impl Drop for ExitNotice {
 struct RouteBuilder {
     /// Connect timeout and keepalive, shared by every pool.
     settings: Rc<ClientSettings>,
-    /// Every node pool of the shard, by node.
-    pools: HashMap<SocketAddr, Rc<NodePool>>,
+    /// Every node pool of the shard, by endpoint (host and port as written,
+    /// scheme, TLS settings, authority): two classes that name one node alike
+    /// share its connections.
+    pools: HashMap<Endpoint, Rc<NodePool>>,
     /// Connections per node, retries, budget and message limits.
     limits: ShardLimits,
     /// This shard, for the pools' jitter seeds and the sets' log lines.
@@ -487,8 +489,8 @@ impl RouteBuilder {
         let replicas = nodes
             .iter()
             .enumerate()
-            .map(|(index, &node)| {
-                let pool = self.pools.entry(node).or_insert_with(|| {
+            .map(|(index, node)| {
+                let pool = self.pools.entry(node.clone()).or_insert_with(|| {
                     NodePool::new(
                         node,
                         self.limits.connections_per_node,
@@ -530,7 +532,7 @@ impl RouteBuilder {
             // Credentials are the compute nodes' (the data sources speak
             // percore's own protocol): never sent where they are not asked for.
             metadata: match role {
-                Role::ComputeNode => header_map(&class.metadata),
+                Role::ComputeNode => compute_headers(class),
                 Role::DataSource => http::HeaderMap::new(),
             },
         };
@@ -564,6 +566,24 @@ impl RouteBuilder {
             retries: self.limits.retries,
         }))
     }
+}
+
+/// The headers of every call to a class's compute nodes (or gateway): its
+/// metadata, and in gateway mode the routing headers (class and model names,
+/// not secret, so HPACK may index them).
+fn compute_headers(class: &Class) -> http::HeaderMap {
+    let mut headers = header_map(&class.metadata);
+    if let Some(gateway) = &class.gateway {
+        for (name, value) in gateway.headers(&class.name, &class.model) {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_str(value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+    }
+    headers
 }
 
 /// A class's metadata as request headers, each value marked sensitive so

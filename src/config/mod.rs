@@ -17,6 +17,9 @@
 //! - `class`: `[[classes]]` with `[classes.output]`, `[classes.parameters]` and
 //!   `[classes.contract]` ([`Class`], [`OutputSpec`], [`Parameter`],
 //!   [`ContractConfig`]); `upstream`: `[classes.upstream]` ([`Upstream`]);
+//!   `endpoint`: where a class's calls go — `data_sources`, `compute_nodes` or
+//!   a `gateway` ([`Gateway`]), `authority`, `[classes.tls]` and
+//!   `[classes.source_tls]` — as [`crate::endpoint::Endpoint`]s;
 //! - `devices`: `[devices]`, a device list or a generated fleet;
 //! - `sink`: `[sink]` ([`SinkConfig`]), SQLite's keys and the spill journal's;
 //!   `postgres`: PostgreSQL's keys;
@@ -29,6 +32,7 @@ use toml::Spanned;
 
 mod class;
 mod devices;
+mod endpoint;
 mod grpc;
 mod metadata;
 mod postgres;
@@ -38,6 +42,7 @@ mod tests;
 mod upstream;
 
 pub use class::{Class, ContractConfig, OutputSpec, Parameter};
+pub use endpoint::{Gateway, DEFAULT_CLASS_HEADER, DEFAULT_MODEL_HEADER};
 pub use grpc::GrpcConfig;
 pub use metadata::{Metadata, Secret};
 pub use postgres::PG_URL_ENV;

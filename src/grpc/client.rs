@@ -9,6 +9,7 @@
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,6 +21,8 @@ use prost::Message;
 use super::coalesce::CoalescingStream;
 use super::frame::{self, FrameError, MessageDecoder};
 use super::status::{read_status, Code, StatusError};
+use super::tls::{self, Watch, Watched};
+use crate::endpoint::{resolve, Connector};
 use crate::error::{ConnectError, ErrorKind};
 use crate::runtime;
 
@@ -70,8 +73,8 @@ pub struct Traffic {
 pub struct Connection {
     /// h2's handle for opening streams; cloned per call, as `ready()` consumes it.
     send: SendRequest<Bytes>,
-    /// The node, for error messages.
-    node: SocketAddr,
+    /// The node as the config writes it (`host:port`), for error messages.
+    node: Arc<str>,
     /// Calls open on this connection, so the pool can pick the least loaded one and
     /// open another connection when the peer's stream limit is reached; shared with
     /// the write coalescing, which batches only when there are several.
@@ -95,26 +98,73 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects and performs the HTTP/2 handshake; the connection is then driven by
-    /// a task on the current executor until it closes, and pinged every
-    /// `keepalive_interval`.
+    /// Resolves the endpoint, connects (to each of its addresses in turn
+    /// until one answers), speaks TLS if the endpoint asks for it, and performs
+    /// the HTTP/2 handshake, all within the connect timeout; the connection is
+    /// then driven by a task on the current executor until it closes, and
+    /// pinged every `keepalive_interval`.
     pub async fn open(
-        node: SocketAddr,
+        target: &Connector,
         settings: &ClientSettings,
         traffic: Rc<Traffic>,
     ) -> Result<Connection, ConnectError> {
         let deadline = Instant::now() + settings.connect_timeout;
         let timed_out = || ConnectError::TimedOut(settings.connect_timeout);
-        let stream = runtime::until_deadline(
-            deadline,
-            runtime::connect(node, settings.connect_timeout, &settings.net),
-        )
-        .await
-        .ok_or_else(timed_out)?
-        .map_err(|error| match error.kind() {
-            std::io::ErrorKind::TimedOut => timed_out(),
-            kind => ConnectError::Tcp(kind),
-        })?;
+        let addresses =
+            runtime::until_deadline(deadline, resolve::resolve(&target.host, target.port))
+                .await
+                .ok_or_else(timed_out)?
+                .map_err(ConnectError::Resolve)?;
+        let stream = connect_any(&addresses, deadline, settings).await?;
+        // What the stream saw, should the HTTP/2 handshake fail: a TLS record
+        // from a peer reached in the clear, a TLS alert after the handshake.
+        let watch = Rc::new(Watch::default());
+        let opened = match &target.tls {
+            None => {
+                let stream = Watched::new(stream, watch.clone());
+                Connection::handshake(stream, target, deadline, settings, traffic).await
+            }
+            Some(tls_target) => {
+                let stream = runtime::until_deadline(deadline, tls::connect(stream, tls_target))
+                    .await
+                    .ok_or_else(timed_out)?
+                    .map_err(ConnectError::Tls)?;
+                let stream = Watched::new(stream, watch.clone());
+                Connection::handshake(stream, target, deadline, settings, traffic).await
+            }
+        };
+        match opened {
+            Err(ConnectError::Handshake(detail)) => {
+                if let Some(tls_error) = watch.tls_error() {
+                    return Err(ConnectError::Tls(tls_error));
+                }
+                if target.tls.is_none() && watch.peer_answered_in_tls() {
+                    return Err(ConnectError::Handshake(
+                        "it answered in TLS: write its endpoint as https://host:port, \
+                         or give its class a TLS table"
+                            .to_string(),
+                    ));
+                }
+                Err(ConnectError::Handshake(detail))
+            }
+            other => other,
+        }
+    }
+
+    /// The HTTP/2 handshake on a connected `stream` (plaintext or TLS),
+    /// with the write coalescing between h2 and it.
+    async fn handshake<S>(
+        stream: S,
+        target: &Connector,
+        deadline: Instant,
+        settings: &ClientSettings,
+        traffic: Rc<Traffic>,
+    ) -> Result<Connection, ConnectError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+    {
+        let timed_out = || ConnectError::TimedOut(settings.connect_timeout);
+        let node = target.name.clone();
         let in_flight = Rc::new(Cell::new(0));
         let tuning = settings.net;
         let handshake = h2::client::Builder::new()
@@ -131,21 +181,25 @@ impl Connection {
             .max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
             .max_local_error_reset_streams(None)
             .handshake::<_, Bytes>(CoalescingStream::new(stream, in_flight.clone()));
-        let handshake_failed =
-            |step: &str, error: h2::Error| ConnectError::Handshake(format!("{step}: {error}"));
         let (send, mut connection) = runtime::until_deadline(deadline, handshake)
             .await
             .ok_or_else(timed_out)?
-            .map_err(|error| handshake_failed("h2 handshake", error))?;
+            .map_err(|error| handshake_failed(&error))?;
         let ping_pong = connection.ping_pong();
         let closed = Rc::new(Cell::new(false));
         let closed_by_driver = closed.clone();
+        // Why the connection ended, when h2 says: a ping only learns that it
+        // did (a broken pipe), the driver learns why (a TLS alert, bad frames).
+        let ended_with = Rc::new(RefCell::new(None::<h2::Error>));
+        let ended_with_by_driver = ended_with.clone();
         let (kill, killed) = flume::bounded::<()>(1);
         runtime::spawn(async move {
             // The error, if any, reaches callers through their streams. Dropping
             // the connection (when killed) fails every open stream.
             let run = async {
-                let _ = connection.await;
+                if let Err(error) = connection.await {
+                    *ended_with_by_driver.borrow_mut() = Some(error);
+                }
             };
             let kill_signal = async {
                 let _ = killed.recv_async().await;
@@ -160,10 +214,15 @@ impl Connection {
         // peer that is not an HTTP/2 server fails here, on the first frame it
         // sends back.
         if let Some(mut ping_pong) = ping_pong {
-            runtime::until_deadline(deadline, ping_pong.ping(h2::Ping::opaque()))
+            let answered = runtime::until_deadline(deadline, ping_pong.ping(h2::Ping::opaque()))
                 .await
-                .ok_or_else(timed_out)?
-                .map_err(|error| handshake_failed("h2 handshake", error))?;
+                .ok_or_else(timed_out)?;
+            if let Err(error) = answered {
+                // Let the driver record why, if it has not yet.
+                futures_lite::future::yield_now().await;
+                let cause = ended_with.borrow_mut().take();
+                return Err(handshake_failed(cause.as_ref().unwrap_or(&error)));
+            }
             if let Some(interval) = settings.keepalive_interval {
                 runtime::spawn(keepalive(
                     ping_pong,
@@ -171,7 +230,7 @@ impl Connection {
                     settings.keepalive_timeout,
                     closed.clone(),
                     kill.clone(),
-                    node,
+                    node.clone(),
                 ))
                 .detach();
             }
@@ -188,8 +247,9 @@ impl Connection {
         })
     }
 
-    pub fn node(&self) -> SocketAddr {
-        self.node
+    /// The node as the config writes it.
+    pub fn node(&self) -> &Arc<str> {
+        &self.node
     }
 
     pub fn is_closed(&self) -> bool {
@@ -354,12 +414,12 @@ impl Connection {
             || (error.is_go_away() && error.is_remote());
         if refused {
             return ErrorKind::Refused {
-                node: self.node,
+                node: self.node.clone(),
                 detail: error.to_string().into(),
             };
         }
         ErrorKind::ConnectionLost {
-            node: self.node,
+            node: self.node.clone(),
             detail: error.to_string().into(),
         }
     }
@@ -369,10 +429,43 @@ impl Connection {
     fn not_sent(&self, error: h2::Error) -> ErrorKind {
         self.closed.set(true);
         ErrorKind::Refused {
-            node: self.node,
+            node: self.node.clone(),
             detail: error.to_string().into(),
         }
     }
+}
+
+/// Connects to the first of `addresses` that answers, within `deadline`; the
+/// error is the last address's.
+async fn connect_any(
+    addresses: &[SocketAddr],
+    deadline: Instant,
+    settings: &ClientSettings,
+) -> Result<runtime::Stream, ConnectError> {
+    let timed_out = || ConnectError::TimedOut(settings.connect_timeout);
+    let mut last = ConnectError::Tcp(std::io::ErrorKind::AddrNotAvailable);
+    for &address in addresses {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        let connected =
+            runtime::until_deadline(deadline, runtime::connect(address, left, &settings.net))
+                .await
+                .ok_or_else(timed_out)?;
+        match connected {
+            Ok(stream) => return Ok(stream),
+            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => return Err(timed_out()),
+            Err(error) => last = ConnectError::Tcp(error.kind()),
+        }
+    }
+    Err(last)
+}
+
+/// A failed HTTP/2 handshake: a peer that does not speak HTTP/2 (or broke
+/// the connection under it; [`Connection::open`] puts a TLS cause first).
+fn handshake_failed(error: &h2::Error) -> ConnectError {
+    ConnectError::Handshake(format!("h2 handshake: {error}"))
 }
 
 /// Pings the peer every `interval` while the connection is open; a PING not
@@ -383,7 +476,7 @@ async fn keepalive(
     timeout: Duration,
     closed: Rc<Cell<bool>>,
     kill: flume::Sender<()>,
-    node: SocketAddr,
+    node: Arc<str>,
 ) {
     loop {
         runtime::sleep(interval).await;
