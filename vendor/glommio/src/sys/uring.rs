@@ -1228,11 +1228,14 @@ pub(crate) struct Reactor {
     /// (it now only ever holds a user timer armed for a sleep), so a later
     /// sleep keeps it instead of cancelling and arming another.
     latency_timeout_deadline: Cell<Option<Instant>>,
-    /// percore: when the running task queue must yield. Preemption is
-    /// decided by the clock here, not by a timeout armed in the latency ring
-    /// on every turn of the executor (an SQE, its cancellation and an
-    /// `io_uring_enter` for each, every turn).
-    preempt_deadline: Cell<Option<Instant>>,
+    /// percore: when the running task queue must yield, in nanoseconds of
+    /// `CLOCK_MONOTONIC_COARSE` (0: no deadline). Preemption is decided by
+    /// the clock here, not by a timeout armed in the latency ring on every
+    /// turn of the executor (an SQE, its cancellation and an `io_uring_enter`
+    /// for each, every turn). The coarse clock is a memory read (no TSC), as
+    /// cheap as the ring-pointer comparison `need_preempt` also makes, and its
+    /// resolution (a scheduler tick, 1–4 ms) is far below the 100 ms slice.
+    preempt_deadline: Cell<u64>,
 
     link_fd: RawFd,
 
@@ -1287,6 +1290,22 @@ macro_rules! flush_rings {
         )*
         io::Result::Ok(ret)
     }}
+}
+
+/// percore: `CLOCK_MONOTONIC_COARSE` in nanoseconds: the time of the last
+/// scheduler tick, read from the vDSO's data page without the TSC.
+#[inline]
+fn coarse_now_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write; the clock id is a constant
+    // Linux has had since 2.6.32.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) };
+    (now.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(now.tv_nsec as u64)
 }
 
 fn align_up(v: usize, align: usize) -> usize {
@@ -1365,7 +1384,7 @@ impl Reactor {
             latency_preemption_timeout_src: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             latency_timeout_deadline: Cell::new(None),
-            preempt_deadline: Cell::new(None),
+            preempt_deadline: Cell::new(0),
             blocking_thread,
             link_fd,
             notifier,
@@ -1854,7 +1873,7 @@ impl Reactor {
             && lat_ring.can_sleep();
 
         if should_sleep {
-            self.preempt_deadline.set(None);
+            self.preempt_deadline.set(0);
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
             // percore: a timeout armed for an earlier sleep is kept when it
@@ -1919,7 +1938,9 @@ impl Reactor {
         // latency ring has something: I/O that matters, a user timer, the
         // throughput timeout), checked by `need_preempt`.
         if let Some(preempt) = preempt {
-            self.preempt_deadline.set(Some(Instant::now() + preempt));
+            let slice = u64::try_from(preempt.as_nanos()).unwrap_or(u64::MAX);
+            self.preempt_deadline
+                .set(coarse_now_ns().saturating_add(slice).max(1));
         }
 
         Ok(should_sleep)
@@ -1928,10 +1949,8 @@ impl Reactor {
     /// percore: whether the running task queue has used its time slice.
     #[inline]
     pub(crate) fn preempt_deadline_passed(&self) -> bool {
-        match self.preempt_deadline.get() {
-            Some(deadline) => Instant::now() >= deadline,
-            None => false,
-        }
+        let deadline = self.preempt_deadline.get();
+        deadline != 0 && coarse_now_ns() >= deadline
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
