@@ -54,6 +54,8 @@
 //!   `announce` with `readiness` (`percore announce`) and `status`.
 //! - [`shard`]: the per-core loop. Owns its devices, schedule, connections,
 //!   counters; fires ticks, starts jobs, batches results to the sink.
+//!   [`inbox`]: the coordinator's messages taken off their channel as they
+//!   arrive, so a shard loop sleeps until its next due time or a message.
 //! - [`tick`]: the tick grid (a pure function of device id and period) and the
 //!   per-shard schedule that fires it.
 //! - [`job`]: one job — Fetch, then ModelInfer, under one deadline, each call one
@@ -155,6 +157,7 @@ pub mod endpoint;
 pub mod error;
 pub mod failures;
 pub mod grpc;
+pub mod inbox;
 pub mod job;
 pub mod mock;
 pub mod record;

@@ -88,6 +88,10 @@ pub struct Connection {
     /// Our own cap on streams open at once, below the peer's
     /// `max_concurrent_streams` (the tuning file's `max_streams_per_connection`).
     max_streams: Option<usize>,
+    /// The last `grpc-timeout` value sent and its whole milliseconds: calls of
+    /// one class have one deadline, so most calls send the same value, made
+    /// once instead of formatted per call.
+    last_timeout: RefCell<(u64, HeaderValue)>,
     /// Ends the driver task, and with it the connection, when sent to (or when
     /// every sender is gone); held here so the driver lives as long as this.
     _kill: flume::Sender<()>,
@@ -238,6 +242,7 @@ impl Connection {
             closed,
             traffic,
             max_streams: tuning.max_streams_per_connection,
+            last_timeout: RefCell::new((0, HeaderValue::from_static("0m"))),
             _kill: kill,
         })
     }
@@ -312,10 +317,17 @@ impl Connection {
         let traffic = &self.traffic;
         traffic.sent.set(traffic.sent.get() + body.len() as u64);
         let mut send = self.send.clone().ready().await.map_err(not_sent)?;
+        let timeout = self.timeout_header(deadline);
         let (response, mut stream) = send
-            .send_request(grpc_request(uri, deadline, metadata), false)
+            .send_request(grpc_request(uri, timeout, metadata), false)
             .map_err(not_sent)?;
-        send_body(&mut stream, body).await.map_err(lost)?;
+        // The whole message goes to h2 in the same executor round as the
+        // HEADERS frame, so both leave in one write: waiting for capacity
+        // first would let the connection task flush HEADERS alone and cost a
+        // second `send` (and a second wake-up of the node) per call. h2 keeps
+        // the `Bytes` (no copy) and sends it as the peer's window allows; the
+        // message is in memory already, so nothing more is buffered.
+        stream.send_data(body, true).map_err(lost)?;
 
         let response = response.await.map_err(lost)?;
         let (head, mut body) = response.into_parts();
@@ -354,6 +366,23 @@ impl Connection {
             }
         }
         decoder.finish().map_err(|error| self.frame_error(error))
+    }
+
+    /// The `grpc-timeout` header for a call ending at `deadline`, in whole
+    /// milliseconds, rounded down (the node gives up no later than we do).
+    /// Millisecond values repeat from call to call, so HPACK's table keeps
+    /// them: microseconds made every call's value new, inserted and evicted
+    /// one more entry of the connection's table each time.
+    fn timeout_header(&self, deadline: Instant) -> HeaderValue {
+        let millis = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .min(MAX_TIMEOUT_MS as u128) as u64;
+        let mut last = self.last_timeout.borrow_mut();
+        if last.0 != millis {
+            *last = (millis, grpc_timeout_ms(millis));
+        }
+        last.1.clone()
     }
 
     /// The node broke the gRPC framing on a stream. The connection itself may
@@ -491,56 +520,34 @@ impl Drop for InFlight<'_> {
     }
 }
 
-fn grpc_request(uri: &Uri, deadline: Instant, metadata: &HeaderMap) -> Request<()> {
+fn grpc_request(uri: &Uri, timeout: HeaderValue, metadata: &HeaderMap) -> Request<()> {
     let mut request = Request::new(());
     *request.method_mut() = Method::POST;
     *request.uri_mut() = uri.clone();
     let headers = request.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    headers.insert(TE, HeaderValue::from_static("trailers"));
-    headers.insert(
-        "grpc-timeout",
-        grpc_timeout(deadline.saturating_duration_since(Instant::now())),
-    );
+    headers.reserve(3 + metadata.len());
+    // `append`: the names are not there yet, so no lookup for one to replace.
+    headers.append(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.append(TE, HeaderValue::from_static("trailers"));
+    headers.append(GRPC_TIMEOUT.clone(), timeout);
     for (name, value) in metadata {
         headers.insert(name.clone(), value.clone());
     }
     request
 }
 
-/// Formats a timeout as gRPC wants it: at most 8 digits and a unit.
-fn grpc_timeout(remaining: Duration) -> HeaderValue {
-    let micros = remaining.as_micros();
-    let text = if micros < 100_000_000 {
-        format!("{micros}u")
-    } else {
-        format!("{}m", (remaining.as_millis()).min(99_999_999))
-    };
+/// `grpc-timeout`, made once.
+static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
+/// The largest timeout gRPC can say in milliseconds: at most 8 digits.
+const MAX_TIMEOUT_MS: u64 = 99_999_999;
+
+/// Formats a timeout of whole milliseconds as gRPC wants it: at most 8
+/// digits and the unit `m`.
+fn grpc_timeout_ms(millis: u64) -> HeaderValue {
+    let text = format!("{}m", millis.min(MAX_TIMEOUT_MS));
     // Digits and a unit letter are always a valid header value.
     HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("99999999m"))
-}
-
-/// Sends the request body within flow control: waits for the peer's window rather
-/// than buffering an unbounded amount inside h2.
-async fn send_body(stream: &mut h2::SendStream<Bytes>, mut body: Bytes) -> Result<(), h2::Error> {
-    stream.reserve_capacity(body.len());
-    loop {
-        let capacity = stream.capacity();
-        if capacity >= body.len() {
-            return stream.send_data(body, true);
-        }
-        if capacity > 0 {
-            let chunk = body.split_to(capacity);
-            stream.send_data(chunk, false)?;
-            stream.reserve_capacity(body.len());
-            continue;
-        }
-        match std::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
-            Some(Ok(_)) => {}
-            Some(Err(error)) => return Err(error),
-            None => return stream.send_data(body, true),
-        }
-    }
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), ErrorKind> {
@@ -575,9 +582,9 @@ mod tests {
 
     #[test]
     fn grpc_timeout_uses_at_most_eight_digits() {
-        assert_eq!(grpc_timeout(Duration::from_millis(1500)), "1500000u");
-        assert_eq!(grpc_timeout(Duration::from_secs(100)), "100000m");
-        assert_eq!(grpc_timeout(Duration::from_secs(10_000_000)), "99999999m");
-        assert_eq!(grpc_timeout(Duration::ZERO), "0u");
+        assert_eq!(grpc_timeout_ms(1500), "1500m");
+        assert_eq!(grpc_timeout_ms(100_000), "100000m");
+        assert_eq!(grpc_timeout_ms(10_000_000_000), "99999999m");
+        assert_eq!(grpc_timeout_ms(0), "0m");
     }
 }
