@@ -120,6 +120,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod contract;
@@ -133,6 +134,7 @@ pub mod failures;
 pub mod grpc;
 pub mod job;
 pub mod mock;
+pub mod placement;
 pub mod record;
 pub mod reload;
 pub mod report;

@@ -156,7 +156,7 @@ fn unknown_fields_are_rejected_with_their_line() {
     assert_eq!(
         error_of(&text),
         "conf/fleet.toml:30: unknown field `extra`, expected one of `tuning`, `devices`, \
-         `sink`, `grpc`, `classes`"
+         `sink`, `grpc`, `classes`, `cluster`"
     );
 }
 
