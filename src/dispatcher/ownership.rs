@@ -21,10 +21,13 @@
 //!
 //! Before its first `Members`, a clustered instance runs nothing; its first
 //! assignment starts after the safety delay like any gain. An empty member
-//! list keeps the last assignment (never drop everything on a bad read); a
-//! list without this instance (its registration lapsed) is taken as if it
-//! were in it, until the cluster thread registers it again; an older revision
-//! than the last one applied is ignored.
+//! list keeps the last assignment (never drop everything on a bad read). A
+//! list without this instance means its registration lapsed and the others
+//! are taking its devices: it stops them all, and gets its share back (after
+//! the delay) once the cluster thread has registered it again — so no device
+//! runs on two instances that see the same membership. An older revision than
+//! the last one applied is ignored. An instance cut off from etcd hears
+//! nothing and keeps what it runs.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
@@ -177,16 +180,14 @@ impl Ownership {
             ));
             return None;
         }
-        let mut names = instances.to_vec();
-        if !names.contains(&self.cluster.instance) {
+        if !instances.contains(&self.cluster.instance) {
             console::err(format_args!(
                 "cluster: warning: this instance ({}) is not among the live ones at revision \
-                 {revision} (its registration lapsed?); it keeps its share as if it were",
+                 {revision} (its registration lapsed?): the others take its devices; it stops them",
                 self.cluster.instance
             ));
-            names.push(self.cluster.instance.clone());
         }
-        let instances = Rendezvous::new(names);
+        let instances = Rendezvous::new(instances.to_vec());
         self.revision = revision;
         self.status.instances = instances.owners();
         self.status.revision = revision;
@@ -476,11 +477,12 @@ mod tests {
         assert_eq!(removed, 0);
         assert!((1_000..2_000).contains(&gained), "{gained}");
         assert_eq!(handover.start_at_ms, 5_700);
-        // This instance missing from the list: taken as if it were there.
-        assert!(ownership
-            .members(&live, &names(&["c"]), 10, 6_000)
-            .is_some_and(|(changes, _)| count(&changes) == (0, 0)));
-        assert_eq!(ownership.status.handovers, 4);
+        // This instance missing from the list: it stops everything it runs.
+        let run_here = ownership.status.devices;
+        let (changes, _) = ownership.members(&live, &names(&["c"]), 10, 6_000).unwrap();
+        assert_eq!(count(&changes), (0, run_here));
+        assert_eq!(ownership.status.devices, 0);
+        assert_eq!(ownership.status.handovers, 5);
     }
 
     #[test]
