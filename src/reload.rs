@@ -182,7 +182,9 @@ impl Live {
 
     /// The class named `class` served by `nodes` (address and weight) from now
     /// on, as a compute node registry says: its compute nodes and their weights
-    /// are replaced, nothing else. Refused for an unknown class or no node.
+    /// are replaced, nothing else. Refused for an unknown class. An empty list
+    /// is the registry's word too: the class has no compute node (a shard that
+    /// cannot build a class without one keeps its last, and says so).
     pub fn replace_nodes(
         &mut self,
         class: &str,
@@ -191,9 +193,6 @@ impl Live {
         let Some(index) = self.classes.iter().position(|known| known.name == class) else {
             return Err(format!("no class {class:?} in the config"));
         };
-        if nodes.is_empty() {
-            return Err(format!("class {class:?} would have no compute node"));
-        }
         let mut changed = vec![false; self.classes.len()];
         let current = &self.classes[index];
         let addresses: Vec<SocketAddr> = nodes.iter().map(|&(addr, _)| addr).collect();
@@ -407,12 +406,14 @@ mod tests {
             live.node_names[0],
             ["127.0.0.1:2", "127.0.0.1:7001", "127.0.0.1:7002"]
         );
-        // The same nodes again change nothing; an empty list or an unknown class is refused.
+        // The same nodes again change nothing; an unknown class is refused.
         let again = live.replace_nodes("a", &[(first, 3), (second, 1)]).unwrap();
         assert_eq!(again.changed, [false]);
-        assert!(live.replace_nodes("a", &[]).is_err());
         assert!(live.replace_nodes("zzz", &[(first, 1)]).is_err());
         assert_eq!(live.classes[0].compute_nodes, [first, second]);
+        // No node registered any more: the class has none.
+        assert_eq!(live.replace_nodes("a", &[]).unwrap().changed, [true]);
+        assert!(live.classes[0].compute_nodes.is_empty());
     }
 
     #[test]

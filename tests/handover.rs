@@ -134,11 +134,15 @@ fn devices_move_between_instances_without_a_tick_twice() {
         let members = |instances: &[&str], revision: i64| {
             let sent = now_ms();
             for tx in &events {
-                tx.send(ClusterEvent::Members {
+                let event = ClusterEvent::Members {
                     instances: instances.iter().map(|s| s.to_string()).collect(),
                     revision,
-                })
-                .expect("a coordinator is listening");
+                };
+                if tx.send(event).is_err() {
+                    // The run ended early: say why.
+                    let ended: Vec<_> = done_rx.try_iter().collect();
+                    panic!("an instance stopped listening: {ended:?}");
+                }
             }
             sent
         };

@@ -31,9 +31,12 @@ pub const DEFAULT_CLUSTER_NAME: &str = "percore";
 /// instance's devices move after at most this (plus the safety delay).
 pub const DEFAULT_LEASE_TTL_S: u64 = 10;
 
-/// Longest lease accepted: a day. Longer would leave a dead instance's devices
-/// unserved for longer than anyone would want.
-const MAX_LEASE_TTL_S: u64 = 86_400;
+/// Shortest lease accepted: etcd's shortest.
+const MIN_LEASE_TTL_S: u64 = 2;
+
+/// Longest lease accepted: an hour. Longer would leave a dead instance's
+/// devices unserved for longer than anyone would want.
+const MAX_LEASE_TTL_S: u64 = 3_600;
 
 /// `[cluster]`, validated. [`Default`] is a lone instance running every device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,11 +254,13 @@ impl ClusterFile {
             if !cluster.uses_etcd() {
                 return Err(without_etcd(ttl.span(), "lease_ttl_s"));
             }
-            if !(1..=MAX_LEASE_TTL_S).contains(ttl.get_ref()) {
+            if !(MIN_LEASE_TTL_S..=MAX_LEASE_TTL_S).contains(ttl.get_ref()) {
                 return Err(source.error(
                     ttl.span(),
                     "cluster.lease_ttl_s",
-                    format!("must be between 1 and {MAX_LEASE_TTL_S}"),
+                    format!(
+                        "must be from {MIN_LEASE_TTL_S} (etcd's shortest lease) to {MAX_LEASE_TTL_S} seconds"
+                    ),
                 ));
             }
             cluster.lease_ttl_s = *ttl.get_ref();

@@ -999,7 +999,7 @@ fn cluster_mistakes_name_their_line() {
         ("lease_ttl_s = 5", "conf/fleet.toml:31: cluster.lease_ttl_s: has no effect without cluster.etcd (only etcd membership moves devices)"),
         ("instance = \"a/b\"", "conf/fleet.toml:31: cluster.instance: \"a/b\": must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' or '-' (it is part of etcd keys)"),
         ("etcd = [\"http://h:1\"]\nslice = \"1/2\"", "conf/fleet.toml:32: cluster.slice: a static split cannot be combined with cluster.etcd: etcd membership places every device on a live instance"),
-        ("etcd = [\"http://h:1\"]\nlease_ttl_s = 0", "conf/fleet.toml:32: cluster.lease_ttl_s: must be between 1 and 86400"),
+        ("etcd = [\"http://h:1\"]\nlease_ttl_s = 0", "conf/fleet.toml:32: cluster.lease_ttl_s: must be from 2 (etcd's shortest lease) to 3600 seconds"),
         ("etcd = [\"http://h:1\"]\nsafety_delay_ms = 100", "conf/fleet.toml:32: cluster.safety_delay_ms: must be at least the largest deadline_ms (60000 ms, class \"thermostat\"), so a device's last job on the instance that lost it has ended before the instance that gained it starts it"),
         ("shards = 2", "conf/fleet.toml:31: unknown field `shards`, expected one of `name`, `etcd`, `instance`, `lease_ttl_s`, `safety_delay_ms`, `classes`, `slice`"),
     ];

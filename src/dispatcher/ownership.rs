@@ -289,8 +289,9 @@ impl Ownership {
     }
 
     /// A class's registered compute nodes, resolved: the addresses and weights
-    /// to apply, or `None` (with a warning) when the list is stale or leaves
-    /// the class with no usable node.
+    /// to apply, or `None` when the list is stale or the class unknown. Nodes
+    /// that cannot be used are left out with a warning; none left is the
+    /// registry's word that the class has no node now.
     pub(super) fn nodes(
         &mut self,
         classes: &[Class],
@@ -337,9 +338,8 @@ impl Ownership {
         if resolved.is_empty() {
             console::err(format_args!(
                 "cluster: warning: class {class:?} has no usable registered compute node at \
-                 revision {revision}; it keeps the ones it has"
+                 revision {revision}"
             ));
-            return None;
         }
         Some(resolved)
     }
@@ -520,11 +520,13 @@ mod tests {
         let addresses: Vec<String> = resolved.iter().map(|(a, _)| a.to_string()).collect();
         assert_eq!(addresses, ["127.0.0.1:7001", "127.0.0.1:7003"]);
         assert!(resolved.iter().all(|&(_, weight)| weight == 2));
-        // Older than applied, unknown class, nothing usable: nothing to do.
+        // Older than applied, or an unknown class: nothing to do.
         assert!(ownership.nodes(&config.classes, "a", &nodes, 2).is_none());
         assert!(ownership.nodes(&config.classes, "zzz", &nodes, 9).is_none());
-        assert!(ownership
-            .nodes(&config.classes, "b", &nodes[2..4], 9)
-            .is_none());
+        // Nothing usable: the class has no node.
+        assert_eq!(
+            ownership.nodes(&config.classes, "b", &nodes[2..4], 9),
+            Some(Vec::new())
+        );
     }
 }
