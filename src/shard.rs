@@ -319,9 +319,14 @@ pub async fn run(plan: ShardPlan) {
         .map(|class| (0..class.compute_nodes.len() as u16).collect())
         .collect();
     let mut slots = Slots::with_capacity(devices.len());
-    for (id, class) in devices {
+    for (count, (id, class)) in devices.into_iter().enumerate() {
         if let Some(held) = slots.insert(id, class) {
             slots.schedule(held);
+        }
+        // A million devices take tens of ms: in slices, so the executor's
+        // stall detector sees no task hold it (the first tick is START_LEAD away).
+        if count % 65_536 == 65_535 {
+            runtime::yield_if_needed().await;
         }
     }
     let routes = match builder.routes(&classes) {
