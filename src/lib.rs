@@ -16,7 +16,10 @@
 //!   one file per section of it, each with its runtime types, its tables as
 //!   written and the checks between them: `mod.rs` (`Config`, its loading and
 //!   reload, the top level), `class.rs` (`[[classes]]` with its output,
-//!   parameters and contract), `upstream.rs` (`[classes.upstream]`: balancing,
+//!   parameters and contract), `endpoint.rs` (where a class's calls go:
+//!   `data_sources`, `compute_nodes` or a `gateway` with its routing headers,
+//!   `authority`, `[classes.tls]`, `[classes.source_tls]`), `metadata.rs`
+//!   (`token_env`, `[classes.metadata]`), `upstream.rs` (`[classes.upstream]`: balancing,
 //!   limits, retries, hedging, probes, ejection), `devices.rs`, `sink.rs` (SQLite
 //!   and the spill journal's keys), `postgres.rs`, `grpc.rs`; unit tests in
 //!   `tests.rs`. [`diagnostic`]: the [`diagnostic::ConfigError`] every start-up
@@ -54,6 +57,8 @@
 //!   devices sit in [`shard::slots`], one slot each with a generation, so they
 //!   can join and leave while it runs without a job of a device that left
 //!   touching the one that took its slot.
+//!   [`inbox`]: the coordinator's messages taken off their channel as they
+//!   arrive, so a shard loop sleeps until its next due time or a message.
 //! - [`tick`]: the tick grid (a pure function of device id and period) and the
 //!   per-shard schedule that fires it, changed in batches (devices out and in).
 //! - [`job`]: one job — Fetch, then ModelInfer, under one deadline, each call one
@@ -61,6 +66,12 @@
 //!   [`record::JobRecord`]: ok, failed with a reason, or skipped with a reason,
 //!   with the replica that answered and the attempts made, keyed by the device's
 //!   id ([`record::DeviceId`]) and the tick.
+//! - [`endpoint`]: a node as the config names it, carried to the pool: host as
+//!   written, port, `http`/`https`, TLS settings, `:authority`
+//!   ([`endpoint::Endpoint`]); [`endpoint::resolve`] looks names up at every
+//!   connect, off the shard (the executor's blocking thread);
+//!   [`endpoint::tls`] reads CAs, client certificates and keys (and the mock
+//!   nodes' server side) into rustls configurations, one per shard.
 //! - [`upstream`]: a shard's way to the nodes: connection pools per node
 //!   ([`upstream::pool`]), a class's never-empty replica set per role
 //!   ([`upstream::set`]: picks, admission, outcomes, ejection), the balancer
@@ -68,7 +79,9 @@
 //!   over peak EWMA), per-replica health ([`upstream::health`]), the retry
 //!   budget ([`upstream::retry`]) and the readiness probes ([`upstream::probe`]).
 //! - [`grpc`]: gRPC on `h2`: message framing, status trailers, the unary client
-//!   and the server the mock nodes use. [`tensor`]: KServe v2 tensor checks.
+//!   and the server the mock nodes use; [`grpc::tls`] puts TLS under the write
+//!   coalescing (h2 → coalescing → TLS → TCP), requires ALPN `h2` and puts TLS
+//!   failures in words. [`tensor`]: KServe v2 tensor checks.
 //!   [`contract`]: a class's model contract — inputs and outputs by name,
 //!   datatype and shape, from the config or the server's `ModelMetadata` —
 //!   checked by the probes against each replica and by every job on what it
@@ -143,9 +156,11 @@ pub mod demo;
 pub mod devices;
 pub mod diagnostic;
 pub mod dispatcher;
+pub mod endpoint;
 pub mod error;
 pub mod failures;
 pub mod grpc;
+pub mod inbox;
 pub mod job;
 pub mod mock;
 pub mod placement;

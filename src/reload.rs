@@ -30,11 +30,11 @@
 //! the names it needs.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::config::{Class, Config};
 use crate::devices::Fleet;
+use crate::endpoint::Endpoint;
 use crate::record::{ClassIndex, DeviceIndex};
 use crate::shard::DeviceChanges;
 
@@ -188,14 +188,14 @@ impl Live {
     pub fn replace_nodes(
         &mut self,
         class: &str,
-        nodes: &[(SocketAddr, u32)],
+        nodes: &[(Endpoint, u32)],
     ) -> Result<Merged, String> {
         let Some(index) = self.classes.iter().position(|known| known.name == class) else {
             return Err(format!("no class {class:?} in the config"));
         };
         let mut changed = vec![false; self.classes.len()];
         let current = &self.classes[index];
-        let addresses: Vec<SocketAddr> = nodes.iter().map(|&(addr, _)| addr).collect();
+        let addresses: Vec<Endpoint> = nodes.iter().map(|(node, _)| node.clone()).collect();
         let weights: Vec<u32> = nodes.iter().map(|&(_, weight)| weight.max(1)).collect();
         if current.compute_nodes != addresses || current.upstream.weights != weights {
             let class = &mut self.classes[index];
@@ -394,11 +394,16 @@ mod tests {
         let start = config(&class("a", 1000), "d1,a\n");
         let mut live = Live::new(&start);
         assert_eq!(live.node_index()[0][..], [0]);
-        let first: SocketAddr = "127.0.0.1:7001".parse().unwrap();
-        let second: SocketAddr = "127.0.0.1:7002".parse().unwrap();
-        let merged = live.replace_nodes("a", &[(first, 3), (second, 0)]).unwrap();
+        let first = Endpoint::parse("127.0.0.1:7001").unwrap();
+        let second = Endpoint::parse("127.0.0.1:7002").unwrap();
+        let merged = live
+            .replace_nodes("a", &[(first.clone(), 3), (second.clone(), 0)])
+            .unwrap();
         assert_eq!(merged.changed, [true]);
-        assert_eq!(merged.classes[0].compute_nodes, [first, second]);
+        assert_eq!(
+            merged.classes[0].compute_nodes,
+            [first.clone(), second.clone()]
+        );
         assert_eq!(merged.classes[0].upstream.weights, [3, 1], "0 counts as 1");
         // The config's node stays named (index 0): rows of jobs it ran still say so.
         assert_eq!(live.node_index()[0][..], [1, 2]);
@@ -407,9 +412,11 @@ mod tests {
             ["127.0.0.1:2", "127.0.0.1:7001", "127.0.0.1:7002"]
         );
         // The same nodes again change nothing; an unknown class is refused.
-        let again = live.replace_nodes("a", &[(first, 3), (second, 1)]).unwrap();
+        let again = live
+            .replace_nodes("a", &[(first.clone(), 3), (second.clone(), 1)])
+            .unwrap();
         assert_eq!(again.changed, [false]);
-        assert!(live.replace_nodes("zzz", &[(first, 1)]).is_err());
+        assert!(live.replace_nodes("zzz", &[(first.clone(), 1)]).is_err());
         assert_eq!(live.classes[0].compute_nodes, [first, second]);
         // No node registered any more: the class has none.
         assert_eq!(live.replace_nodes("a", &[]).unwrap().changed, [true]);

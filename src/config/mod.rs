@@ -17,6 +17,9 @@
 //! - `class`: `[[classes]]` with `[classes.output]`, `[classes.parameters]` and
 //!   `[classes.contract]` ([`Class`], [`OutputSpec`], [`Parameter`],
 //!   [`ContractConfig`]); `upstream`: `[classes.upstream]` ([`Upstream`]);
+//!   `endpoint`: where a class's calls go — `data_sources`, `compute_nodes` or
+//!   a `gateway` ([`Gateway`]), `authority`, `[classes.tls]` and
+//!   `[classes.source_tls]` — as [`crate::endpoint::Endpoint`]s;
 //! - `devices`: `[devices]`, a device list or a generated fleet;
 //! - `sink`: `[sink]` ([`SinkConfig`]), SQLite's keys and the spill journal's;
 //!   `postgres`: PostgreSQL's keys;
@@ -31,6 +34,7 @@ use toml::Spanned;
 mod class;
 mod cluster;
 mod devices;
+mod endpoint;
 mod grpc;
 mod metadata;
 mod postgres;
@@ -43,6 +47,7 @@ pub use class::{Class, ContractConfig, OutputSpec, Parameter};
 pub use cluster::{
     host_name, ClusterConfig, Slice, StaticSplit, DEFAULT_CLUSTER_NAME, DEFAULT_LEASE_TTL_S,
 };
+pub use endpoint::{Gateway, DEFAULT_CLASS_HEADER, DEFAULT_MODEL_HEADER};
 pub use grpc::GrpcConfig;
 pub use metadata::{Metadata, Secret};
 pub use postgres::PG_URL_ENV;

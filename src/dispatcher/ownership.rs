@@ -29,14 +29,13 @@
 //! the last one applied is ignored. An instance cut off from etcd hears
 //! nothing and keeps what it runs.
 
-use std::net::{SocketAddr, ToSocketAddrs};
-
 use serde_json::{json, Value};
 
 use crate::cluster::event::NodeRecord;
 use crate::config::{Class, ClusterConfig};
 use crate::console;
 use crate::devices::stable_hash;
+use crate::endpoint::Endpoint;
 use crate::placement::{shard_placement, Placement, Rendezvous};
 use crate::record::{ClassIndex, DeviceId, DeviceIndex};
 use crate::reload::{Live, Merged};
@@ -288,17 +287,19 @@ impl Ownership {
         (changes, handover)
     }
 
-    /// A class's registered compute nodes, resolved: the addresses and weights
-    /// to apply, or `None` when the list is stale or the class unknown. Nodes
-    /// that cannot be used are left out with a warning; none left is the
-    /// registry's word that the class has no node now.
+    /// A class's registered compute nodes as endpoints (names are resolved at
+    /// each connect, as the config's are): the endpoints and weights to apply,
+    /// or `None` when the list is stale or the class unknown. An `https` node
+    /// speaks TLS with the class's settings (those of its configured compute
+    /// nodes). Nodes that cannot be used are left out with a warning; none left
+    /// is the registry's word that the class has no node now.
     pub(super) fn nodes(
         &mut self,
         classes: &[Class],
         class: &str,
         nodes: &[NodeRecord],
         revision: i64,
-    ) -> Option<Vec<(SocketAddr, u32)>> {
+    ) -> Option<Vec<(Endpoint, u32)>> {
         let Some(index) = classes.iter().position(|known| known.name == class) else {
             console::err(format_args!(
                 "cluster: warning: compute nodes registered for class {class:?}, which the config does not have; ignored"
@@ -311,7 +312,11 @@ impl Ownership {
         }
         self.node_revisions[index] = revision;
         let model = &classes[index].model;
-        let mut resolved: Vec<(SocketAddr, u32)> = Vec::with_capacity(nodes.len());
+        let tls = classes[index]
+            .compute_nodes
+            .iter()
+            .find_map(|node| node.tls().cloned());
+        let mut resolved: Vec<(Endpoint, u32)> = Vec::with_capacity(nodes.len());
         for node in nodes {
             if let Some(theirs) = node.model.as_deref().filter(|theirs| theirs != model) {
                 console::err(format_args!(
@@ -321,14 +326,28 @@ impl Ownership {
                 ));
                 continue;
             }
-            match resolve(&node.addr) {
-                Ok(addr) if resolved.iter().any(|(known, _)| *known == addr) => {
+            let endpoint = Endpoint::parse(&node.addr).and_then(|endpoint| {
+                match (endpoint.scheme(), &tls) {
+                    (crate::endpoint::Scheme::Http, _) => Ok(endpoint),
+                    (crate::endpoint::Scheme::Https, Some(tls)) => endpoint.with_tls(tls.clone()),
+                    (crate::endpoint::Scheme::Https, None) => Err(format!(
+                        "{:?} is https but the class has no TLS settings (its compute nodes speak plaintext)",
+                        node.addr
+                    )),
+                }
+            });
+            match endpoint {
+                Ok(endpoint)
+                    if resolved
+                        .iter()
+                        .any(|(known, _)| known.name() == endpoint.name()) =>
+                {
                     console::err(format_args!(
-                        "cluster: warning: compute node {:?} of class {class:?} repeats {addr}; left out",
+                        "cluster: warning: compute node {:?} of class {class:?} repeats {endpoint}; left out",
                         node.id
                     ));
                 }
-                Ok(addr) => resolved.push((addr, node.weight.max(1))),
+                Ok(endpoint) => resolved.push((endpoint, node.weight.max(1))),
                 Err(why) => console::err(format_args!(
                     "cluster: warning: compute node {:?} of class {class:?}: {why}; left out",
                     node.id
@@ -359,24 +378,6 @@ impl Ownership {
             "etcd_up": self.status.connection.as_ref().map(|(up, _)| *up),
         })
     }
-}
-
-/// `host:port` to an address, as the config resolves its nodes' (the first
-/// address a name resolves to; port 0 refused).
-fn resolve(text: &str) -> Result<SocketAddr, String> {
-    let port = text
-        .rsplit_once(':')
-        .filter(|(host, _)| !host.is_empty())
-        .and_then(|(_, port)| port.parse::<u16>().ok());
-    match port {
-        None => return Err(format!("expected \"host:port\", found {text:?}")),
-        Some(0) => return Err(format!("port 0 is not a usable port in {text:?}")),
-        Some(_) => {}
-    }
-    text.to_socket_addrs()
-        .map_err(|cause| format!("cannot resolve {text:?}: {cause}"))?
-        .next()
-        .ok_or_else(|| format!("{text:?} resolves to no address"))
 }
 
 #[cfg(test)]
@@ -515,18 +516,21 @@ mod tests {
             node("n4", "nowhere", None),
             node("n5", "127.0.0.1:7002", Some("other")),
             node("n6", "127.0.0.1:7003", None),
+            node("n7", "https://127.0.0.1:7004", None),
         ];
         let resolved = ownership.nodes(&config.classes, "a", &nodes, 3).unwrap();
         let addresses: Vec<String> = resolved.iter().map(|(a, _)| a.to_string()).collect();
         assert_eq!(addresses, ["127.0.0.1:7001", "127.0.0.1:7003"]);
-        assert!(resolved.iter().all(|&(_, weight)| weight == 2));
+        assert!(resolved.iter().all(|(_, weight)| *weight == 2));
         // Older than applied, or an unknown class: nothing to do.
         assert!(ownership.nodes(&config.classes, "a", &nodes, 2).is_none());
         assert!(ownership.nodes(&config.classes, "zzz", &nodes, 9).is_none());
         // Nothing usable: the class has no node.
         assert_eq!(
-            ownership.nodes(&config.classes, "b", &nodes[2..4], 9),
-            Some(Vec::new())
+            ownership
+                .nodes(&config.classes, "b", &nodes[2..4], 9)
+                .map(|nodes| nodes.len()),
+            Some(0)
         );
     }
 }
