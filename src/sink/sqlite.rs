@@ -115,7 +115,33 @@ impl SqliteSink {
     /// `synchronous=NORMAL`, creates the `jobs` table if missing, and checks that
     /// the file can be written: a read-only file (or file system) is refused here,
     /// at start-up, not found out by the first batch.
+    ///
+    /// Several dispatchers may open one file at the same moment (instances of a
+    /// cluster sharing a sink). SQLite answers some of those races with "database
+    /// is locked" at once, without waiting on `busy_timeout` (switching to WAL,
+    /// upgrading a read lock to a write lock), so a transient failure here opens
+    /// again until `busy_timeout` has passed. Nothing is committed before the last
+    /// step, so a retry never leaves half a start behind.
     pub fn open(
+        path: &Path,
+        busy_timeout: std::time::Duration,
+        names: Arc<RowNames>,
+    ) -> Result<SqliteSink, SinkError> {
+        let deadline = std::time::Instant::now() + busy_timeout;
+        let mut pause = std::time::Duration::from_millis(5);
+        loop {
+            match SqliteSink::open_once(path, busy_timeout, Arc::clone(&names)) {
+                Err(error) if error.transient && std::time::Instant::now() + pause < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(100));
+                }
+                opened => return opened,
+            }
+        }
+    }
+
+    /// One attempt of [`SqliteSink::open`].
+    fn open_once(
         path: &Path,
         busy_timeout: std::time::Duration,
         names: Arc<RowNames>,
@@ -634,6 +660,43 @@ mod tests {
         let row = read_row(&path, "thermo-02", 1_700_000_000_000);
         assert_eq!(row.outcome, "failed");
         assert_eq!((row.output, row.infer_us), (None, None));
+    }
+
+    #[test]
+    fn instances_opening_one_new_file_at_once_all_start() {
+        // Cluster instances sharing a sink race to switch the new file to WAL and
+        // create its tables; SQLite refuses some of those races at once.
+        for round in 0..40 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("jobs.db");
+            open_at_once(&path, 6, round);
+        }
+    }
+
+    fn open_at_once(path: &Path, instances: usize, round: usize) {
+        let barrier = std::sync::Barrier::new(instances);
+        let opened: Vec<Result<(), String>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..instances)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        SqliteSink::open(path, DEFAULT_BUSY_TIMEOUT, names())
+                            .map(drop)
+                            .map_err(|error| error.to_string())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(
+            opened.iter().all(Result::is_ok),
+            "round {round}: {opened:?}"
+        );
+        let runs: i64 = Connection::open(path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM runs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(runs, instances as i64);
     }
 
     #[test]
