@@ -34,34 +34,47 @@
 //!   [`tuning::generate`] writes one from the topology, [`tuning::pin`] pins the
 //!   threads around the shards. [`devices`]: the fleet
 //!   (CSV or generated), the stable hash that places a device on a shard.
+//!   [`placement`]: which owner a device belongs to, a small trait with its
+//!   algorithms beside it — `Modulo` (an instance's shards) and `Rendezvous`
+//!   (highest random weight over named owners: a cluster's live instances).
+//!   `config/cluster.rs` reads `[cluster]`: etcd membership or a static split.
 //! - [`dispatcher`]: the coordinator, on the calling thread, never on a shard; a
 //!   run is three files: `start` (splits the fleet over shards, opens the sink,
 //!   makes every channel, starts the shards), `supervise` (status, metrics, the
 //!   interval log in `per_second`, a stop, a sink failure that stops the run at
-//!   once, a live reload in `reloader`) and `shutdown` (joins, CPU, merged
-//!   statistics, every result accounted for).
+//!   once, a live reload, a membership change and registered compute nodes in
+//!   `reloader`) and `shutdown` (joins, CPU, merged statistics, every result
+//!   accounted for). `ownership` holds which device runs here on which shard
+//!   (static split, or rendezvous over the live instances) and turns a
+//!   membership change into each shard's gains and losses (handover: losses at
+//!   once, gains after the safety delay).
 //!   [`reload`]: a live reload (SIGHUP) merged into the running config — the
-//!   fleet only grows, classes matched by name — as one message per shard; also
-//!   how a discovered class's new compute nodes reach the shards.
-//! - [`cluster`]: the control plane's etcd work, on a thread of its own with a
-//!   current-thread tokio runtime (never on a shard): `event` (what the
-//!   coordinator hears: members, a class's nodes, etcd's reachability), `keys`
-//!   (the layout under `/percore/<cluster>/`), `etcd` (the v3 client over tonic,
+//!   fleet only grows, classes matched by name, compute node names only grow —
+//!   as one message per shard.
+//! - [`cluster`]: several instances sharing a fleet through etcd — the control
+//!   plane's etcd work, on a thread of its own with a current-thread tokio
+//!   runtime (never on a shard): `event` (the one interface to the
+//!   coordinator: members, a class's nodes, etcd's reachability), `keys` (the
+//!   layout under `/percore/<cluster>/`), `etcd` (the v3 client over tonic,
 //!   stubs from `proto/etcd_rpc.proto`), `session` (register under a lease,
 //!   renew it, watch, ride out outages, resynchronise), `membership` (a
 //!   dispatcher's registration), `nodes` (a compute node's, checked), `join`
 //!   (a run joins its cluster), `backoff`, and the commands around it:
 //!   `announce` with `readiness` (`percore announce`) and `status`.
 //! - [`shard`]: the per-core loop. Owns its devices, schedule, connections,
-//!   counters; fires ticks, starts jobs, batches results to the sink.
+//!   counters; fires ticks, starts jobs, batches results to the sink. Its
+//!   devices sit in [`shard::slots`], one slot each with a generation, so they
+//!   can join and leave while it runs without a job of a device that left
+//!   touching the one that took its slot.
 //!   [`inbox`]: the coordinator's messages taken off their channel as they
 //!   arrive, so a shard loop sleeps until its next due time or a message.
 //! - [`tick`]: the tick grid (a pure function of device id and period) and the
-//!   per-shard schedule that fires it.
+//!   per-shard schedule that fires it, changed in batches (devices out and in).
 //! - [`job`]: one job — Fetch, then ModelInfer, under one deadline, each call one
 //!   or more attempts (retries on other replicas, hedges) — ending in a
 //!   [`record::JobRecord`]: ok, failed with a reason, or skipped with a reason,
-//!   with the replica that answered and the attempts made.
+//!   with the replica that answered and the attempts made, keyed by the device's
+//!   id ([`record::DeviceId`]) and the tick.
 //! - [`endpoint`]: a node as the config names it, carried to the pool: host as
 //!   written, port, `http`/`https`, TLS settings, `:authority`
 //!   ([`endpoint::Endpoint`]); [`endpoint::resolve`] looks names up at every
@@ -160,6 +173,7 @@ pub mod grpc;
 pub mod inbox;
 pub mod job;
 pub mod mock;
+pub mod placement;
 pub mod record;
 pub mod reload;
 pub mod report;

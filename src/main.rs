@@ -765,7 +765,7 @@ fn demo_command(args: DemoArgs, stop: flume::Receiver<()>) -> Result<i32> {
         stage: StageMode::Whole,
         // The demo's config is built in, with no file to read again.
         reload: None,
-        cluster: None,
+        ..RunOptions::default()
     };
     let result = dispatcher::run(&config, &options);
     mocks.stop();
@@ -790,7 +790,8 @@ fn run_command(
     check_placement(&config.tuning)?;
     let admin = start_admin_and_pin(&args.output.admin, &mut config.tuning)?;
     // After pinning: the cluster thread shares the coordinator's CPUs.
-    let cluster = percore::cluster::join(&mut config)?;
+    // Registered before the run starts: the first membership includes this instance.
+    let cluster = percore::cluster::join(&config)?;
     let options = RunOptions {
         duration: args.duration,
         load: Load::Ticks,
@@ -801,7 +802,8 @@ fn run_command(
         mocks: None,
         stage: StageMode::Whole,
         reload,
-        cluster,
+        cluster: cluster.as_ref().map(|handle| handle.events.clone()),
+        cluster_devices: cluster.as_ref().map(|handle| handle.device_report()),
     };
     let finished = dispatcher::run(&config, &options)
         .map_err(anyhow::Error::from)
@@ -809,6 +811,7 @@ fn run_command(
     // The lease is revoked here, once every result is written: the other
     // instances take this one's devices over now rather than at its expiry.
     drop(options);
+    drop(cluster);
     if let Some(admin) = admin {
         admin.stop();
     }

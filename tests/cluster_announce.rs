@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::etcd::Etcd;
 use percore::config::Config;
-use percore::dispatcher::{self, RunOptions};
 use percore::mock::{MockKind, MockOptions};
 
 /// The announcer's lease TTL (s) and check interval (ms).
@@ -134,14 +133,9 @@ compute_nodes = "etcd"
     );
     let path = dir.path().join("percore.toml");
     std::fs::write(&path, text).unwrap();
-    let mut config = Config::load(&path).expect("the config loads");
+    let config = Config::load(&path).expect("the config loads");
     let run = std::thread::spawn(move || {
-        let cluster = percore::cluster::join(&mut config).expect("joins");
-        let options = RunOptions {
-            cluster,
-            ..common::run_options(Duration::from_secs(10))
-        };
-        dispatcher::run(&config, &options).expect("the run")
+        common::etcd::run_in_cluster(&config, common::run_options(Duration::from_secs(10)))
     });
 
     let traffic = time_until(Duration::from_secs(5), || {

@@ -113,10 +113,10 @@ fn cluster_mistakes_name_the_file_and_line() {
         ("", "\"etcd\"", "percore.toml:16: classes[0].compute_nodes: \"etcd\" needs [cluster] with etcd"),
         ("", "\"consul\"", "expected a list of \"host:port\", or \"etcd\", found \"consul\""),
         ("\n[cluster]\nname = \"c\"\netcd = [\"https://10.0.0.1:2379\"]\n", "\"etcd\"", "percore.toml:12: cluster.etcd[0]: \"https://10.0.0.1:2379\": TLS to etcd is not supported"),
-        ("\n[cluster]\nname = \"c\"\netcd = [\"127.0.0.1\"]\n", "\"etcd\"", "cluster.etcd[0]: \"127.0.0.1\": expected http://host:port"),
-        ("\n[cluster]\nname = \"a/b\"\netcd = [\"127.0.0.1:2379\"]\n", "\"etcd\"", "percore.toml:11: cluster.name: the cluster's name \"a/b\" must not contain '/'"),
-        ("\n[cluster]\nname = \"c\"\netcd = [\"127.0.0.1:2379\"]\nlease_ttl_s = 1\n", "\"etcd\"", "cluster.lease_ttl_s: must be from 2"),
-        ("\n[cluster]\nname = \"c\"\netcd = [\"127.0.0.1:2379\"]\nleases = 1\n", "\"etcd\"", "unknown field `leases`"),
+        ("\n[cluster]\nname = \"c\"\netcd = [\"127.0.0.1\"]\n", "\"etcd\"", "percore.toml:12: cluster.etcd[0]: expected \"http://host:port\", found \"127.0.0.1\""),
+        ("\n[cluster]\nname = \"a/b\"\netcd = [\"http://127.0.0.1:2379\"]\n", "\"etcd\"", "percore.toml:11: cluster.name: \"a/b\": must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' or '-'"),
+        ("\n[cluster]\nname = \"c\"\netcd = [\"http://127.0.0.1:2379\"]\nlease_ttl_s = 1\n", "\"etcd\"", "cluster.lease_ttl_s: must be from 2"),
+        ("\n[cluster]\nname = \"c\"\netcd = [\"http://127.0.0.1:2379\"]\nleases = 1\n", "\"etcd\"", "unknown field `leases`"),
     ];
     for (cluster, nodes, expected) in cases {
         let path = write_config(dir.path(), cluster, nodes);

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::etcd::Etcd;
 use percore::config::Config;
-use percore::dispatcher::{self, RunOptions};
 use percore::mock::{MockKind, MockOptions};
 
 /// A config file for one discovered class `meter` (period 100 ms) of
@@ -71,13 +70,7 @@ fn run_in_thread(
     duration: Duration,
 ) -> std::thread::JoinHandle<(Config, percore::summary::RunSummary)> {
     std::thread::spawn(move || {
-        let mut config = config;
-        let cluster = percore::cluster::join(&mut config).expect("joins the cluster");
-        let options = RunOptions {
-            cluster,
-            ..common::run_options(duration)
-        };
-        let summary = dispatcher::run(&config, &options).expect("the run");
+        let summary = common::etcd::run_in_cluster(&config, common::run_options(duration));
         (config, summary)
     })
 }

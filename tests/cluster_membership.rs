@@ -127,7 +127,7 @@ fn instances_see_each_other_and_a_killed_one_goes_within_its_ttl() {
         .expect("b starts");
     wait_members(&a, &["a", "b"], Duration::from_secs(10));
     // The owned devices a says it has land in its registration.
-    a.report_owned_devices(1234);
+    a.device_report().report(1234);
     let written = (0..40).any(|_| {
         std::thread::sleep(Duration::from_millis(100));
         etcd.get_prefix("/percore/m/dispatchers/a")[0]

@@ -176,7 +176,7 @@ impl Bench {
             sink,
             grpc: GrpcConfig::default(),
             tuning: self.tuning.clone(),
-            cluster: None,
+            cluster: crate::config::ClusterConfig::default(),
         }
     }
 

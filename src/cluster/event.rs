@@ -1,8 +1,16 @@
 //! What the cluster thread (etcd) tells the coordinator.
 //!
 //! The one interface between the control plane's etcd work ([`crate::cluster`])
-//! and the coordinator that turns it into device ownership and replica lists:
-//! states, not deltas, so a coordinator that reads late only needs the newest.
+//! and the coordinator: the cluster thread owns every etcd call; the
+//! coordinator ([`crate::dispatcher::run`], through
+//! [`RunOptions::cluster`](crate::dispatcher::RunOptions::cluster)) only
+//! receives these, over a bounded flume channel, and acts on them: a
+//! membership change moves devices between instances (handover, in
+//! `dispatcher::ownership`), a class's registered compute nodes replace its
+//! list on every shard, a lost connection is logged and shown while ownership
+//! stays as it is. States, not deltas, so a coordinator that reads late only
+//! needs the newest. The thread registers this instance before it sends the
+//! first `Members`, so the first membership a run applies includes it.
 
 /// What the cluster thread (etcd) tells the coordinator, over a bounded flume channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,8 +50,9 @@ pub struct NodeRecord {
     /// checked to resolve by the cluster thread, and looked up again at every
     /// connect, as the config's endpoints are).
     pub addr: String,
-    /// Its relative weight among the class's replicas (at least 1).
+    /// Its relative weight among the class's replicas (at least 1; 0 is taken as 1).
     pub weight: u32,
-    /// The model it says it serves, if the registration says.
+    /// The model it says it serves, if the registration says; a node naming
+    /// another model than its class's is left out, with a warning.
     pub model: Option<String>,
 }

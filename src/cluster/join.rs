@@ -1,29 +1,37 @@
-//! A run joins its cluster: the cluster thread started from `[cluster]`, and
-//! the discovered classes' compute nodes filled in before the shards start.
+//! A run joins its cluster: the cluster thread started from `[cluster]`.
+//!
+//! The thread registers this instance before it says anything, then sends the
+//! members and each discovered class's nodes as its first events; the
+//! coordinator applies them as it applies every later change
+//! (`dispatcher::ownership`): nothing runs here before the first membership,
+//! and a discovered class has no compute node before its first list.
+
+use std::time::Duration;
 
 use super::event::NodeRecord;
 use super::membership::{host_name, now_ms, DispatcherInfo};
 use super::{ClusterError, ClusterHandle, ClusterSpec, START_TIMEOUT};
-use crate::config::{Class, Config};
+use crate::config::Config;
 use crate::console;
-use crate::endpoint::Endpoint;
 
-/// Starts the cluster thread when the config has `[cluster] etcd`, and gives
-/// each class that discovers its nodes the ones registered now; `None` for a
-/// run without etcd. Errors: etcd does not answer within
+/// Starts the cluster thread when the config has `[cluster] etcd`; `None` for
+/// a run without etcd. Errors: etcd does not answer within
 /// [`START_TIMEOUT`], or the instance id is taken.
-pub fn join(config: &mut Config) -> Result<Option<ClusterHandle>, ClusterError> {
-    let Some(cluster) = &config.cluster else {
-        return Ok(None);
-    };
-    if cluster.etcd.is_empty() {
+pub fn join(config: &Config) -> Result<Option<ClusterHandle>, ClusterError> {
+    let cluster = &config.cluster;
+    if !cluster.uses_etcd() {
         return Ok(None);
     }
+    let endpoints = cluster
+        .etcd
+        .iter()
+        .map(|url| super::etcd::parse_url(url).map_err(ClusterError))
+        .collect::<Result<Vec<String>, ClusterError>>()?;
     let spec = ClusterSpec {
         cluster: cluster.name.clone(),
-        endpoints: cluster.etcd.clone(),
+        endpoints,
         instance: cluster.instance.clone(),
-        lease_ttl: cluster.lease_ttl,
+        lease_ttl: Duration::from_secs(cluster.lease_ttl_s),
         discovered: config
             .classes
             .iter()
@@ -44,8 +52,6 @@ pub fn join(config: &mut Config) -> Result<Option<ClusterHandle>, ClusterError> 
         start_timeout: START_TIMEOUT,
     };
     let handle = super::start(spec)?;
-    // Until device ownership is shared, this instance runs the whole fleet.
-    handle.report_owned_devices(config.fleet.len());
     console::err(format_args!(
         "cluster {:?}: instance {:?} registered in etcd ({}); {} dispatcher{} live: {}",
         handle.spec.cluster,
@@ -59,9 +65,8 @@ pub fn join(config: &mut Config) -> Result<Option<ClusterHandle>, ClusterError> 
         },
         handle.initial.members.join(", ")
     ));
-    for class in config.classes.iter_mut() {
+    for class in &config.classes {
         if let Some(nodes) = handle.initial.nodes.get(&class.name) {
-            set_nodes(class, nodes);
             console::err(format_args!(
                 "cluster: class {:?}: {}",
                 class.name,
@@ -70,29 +75,6 @@ pub fn join(config: &mut Config) -> Result<Option<ClusterHandle>, ClusterError> 
         }
     }
     Ok(Some(handle))
-}
-
-/// A class's compute nodes and their weights, from its registrations.
-pub fn set_nodes(class: &mut Class, nodes: &[NodeRecord]) {
-    let mut endpoints: Vec<Endpoint> = Vec::with_capacity(nodes.len());
-    let mut weights = Vec::with_capacity(nodes.len());
-    for node in nodes {
-        // The cluster thread checked every address; two ids on one address
-        // are one replica.
-        let Ok(endpoint) = Endpoint::parse(&node.addr) else {
-            continue;
-        };
-        if endpoints
-            .iter()
-            .any(|known| known.name() == endpoint.name())
-        {
-            continue;
-        }
-        endpoints.push(endpoint);
-        weights.push(node.weight);
-    }
-    class.compute_nodes = endpoints;
-    class.upstream.weights = weights;
 }
 
 /// `2 compute nodes: a (10.0.0.1:8001), b (10.0.0.2:8001, weight 2)`.

@@ -77,20 +77,8 @@ impl Members {
     }
 }
 
-/// This host's name, the default instance id: `/proc/sys/kernel/hostname`,
-/// else `$HOSTNAME`, else `localhost`.
-pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|name| name.trim().to_string())
-        .filter(|name| !name.is_empty())
-        .or_else(|| {
-            std::env::var("HOSTNAME")
-                .ok()
-                .filter(|name| !name.is_empty())
-        })
-        .unwrap_or_else(|| "localhost".to_string())
-}
+/// This host's name, the default instance id.
+pub use crate::config::host_name;
 
 /// Now, in Unix milliseconds.
 pub fn now_ms() -> i64 {

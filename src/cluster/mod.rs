@@ -183,11 +183,27 @@ pub fn start(spec: ClusterSpec) -> Result<ClusterHandle, ClusterError> {
     }
 }
 
-impl ClusterHandle {
-    /// Tells the thread how many devices this dispatcher owns now; never
-    /// blocks (a full queue drops the count, the next one replaces it).
-    pub fn report_owned_devices(&self, count: usize) {
+/// How the coordinator tells the cluster thread how many devices this
+/// dispatcher runs now ([`crate::dispatcher::RunOptions::cluster_devices`]).
+#[derive(Clone)]
+pub struct DeviceReport {
+    /// Commands to the cluster thread.
+    commands: flume::Sender<Command>,
+}
+
+impl DeviceReport {
+    /// Never blocks: a full queue drops the count (the next change sends another).
+    pub fn report(&self, count: usize) {
         let _ = self.commands.try_send(Command::OwnedDevices(count));
+    }
+}
+
+impl ClusterHandle {
+    /// Where the coordinator reports the devices it runs.
+    pub fn device_report(&self) -> DeviceReport {
+        DeviceReport {
+            commands: self.commands.clone(),
+        }
     }
 
     /// Revokes the lease (so the others take over at once) and ends the thread.

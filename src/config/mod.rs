@@ -24,8 +24,9 @@
 //! - `sink`: `[sink]` ([`SinkConfig`]), SQLite's keys and the spill journal's;
 //!   `postgres`: PostgreSQL's keys;
 //! - `grpc`: `[grpc]` ([`GrpcConfig`]);
-//! - `cluster`: `[cluster]` ([`ClusterConfig`]): the cluster's name, etcd, the
-//!   instance id, its lease and the handover's safety delay.
+//! - `cluster`: `[cluster]` ([`ClusterConfig`]): etcd membership (the cluster's
+//!   name, etcd, the instance id, its lease, the handover's safety delay) or a
+//!   static split.
 
 use std::path::{Path, PathBuf};
 
@@ -45,7 +46,9 @@ mod tests;
 mod upstream;
 
 pub use class::{Class, ContractConfig, OutputSpec, Parameter};
-pub use cluster::{ClusterConfig, DEFAULT_LEASE_TTL};
+pub use cluster::{
+    host_name, ClusterConfig, Slice, StaticSplit, DEFAULT_CLUSTER_NAME, DEFAULT_LEASE_TTL_S,
+};
 pub use endpoint::{Gateway, DEFAULT_CLASS_HEADER, DEFAULT_MODEL_HEADER};
 pub use grpc::GrpcConfig;
 pub use metadata::{Metadata, Secret};
@@ -83,8 +86,9 @@ pub struct Config {
     pub grpc: GrpcConfig,
     /// Per-host settings (CPUs, connection and in-flight limits).
     pub tuning: Tuning,
-    /// `[cluster]`: this instance among several, through etcd; `None` runs alone.
-    pub cluster: Option<ClusterConfig>,
+    /// How this instance shares the fleet with others: etcd membership, a
+    /// static split, or (the default) not at all.
+    pub cluster: ClusterConfig,
 }
 
 impl Config {
@@ -140,8 +144,9 @@ struct ConfigFile {
     /// Left out means none, which validation rejects with a clear message.
     #[serde(default = "Vec::new")]
     classes: Vec<Spanned<ClassFile>>,
-    /// `[cluster]`; left out, the instance runs alone.
-    cluster: Option<ClusterFile>,
+    /// Sharing the fleet with other instances; left out, this one runs it all.
+    #[serde(default)]
+    cluster: ClusterFile,
 }
 
 // ---------------------------------------------------------------------------------
@@ -154,17 +159,12 @@ impl ConfigFile {
     /// a million-line device list is read.
     fn validate(self, source: &Source, running: Option<&Tuning>) -> Result<Config, ConfigError> {
         let base = source.file.parent().unwrap_or_else(|| Path::new(""));
-        let cluster = match &self.cluster {
-            Some(cluster) => Some(cluster.validate(source)?),
-            None => None,
-        };
-        let etcd = cluster
-            .as_ref()
-            .is_some_and(|cluster| !cluster.etcd.is_empty());
-        let classes = validate_classes(&self.classes, etcd, source)?;
+        // `compute_nodes = "etcd"` needs `[cluster] etcd`, which is checked after the classes.
+        let classes = validate_classes(&self.classes, self.cluster.names_etcd(), source)?;
         let class_names: Vec<&str> = classes.iter().map(|class| class.name.as_str()).collect();
         let grpc = self.grpc.validate(source)?;
         let sink = validate_sink(&self.sink, base, source)?;
+        let cluster = self.cluster.validate(&classes, source)?;
         let fleet_source =
             self.devices
                 .get_ref()

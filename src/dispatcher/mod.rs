@@ -34,6 +34,7 @@ use start::Running;
 use supervise::FinalReport;
 
 mod describe;
+mod ownership;
 mod per_second;
 mod reloader;
 mod shutdown;
@@ -84,10 +85,13 @@ pub struct RunOptions {
     /// Each message asks for a live reload: the config file (`Config::path`)
     /// read again and its device list and classes applied (tick-driven runs).
     pub reload: Option<flume::Receiver<()>>,
-    /// The cluster thread of a run with `[cluster] etcd` ([`crate::cluster::join`]):
-    /// its events (members, discovered compute nodes, etcd's reachability) are
-    /// applied as they come; dropping it (after the run) revokes the lease.
-    pub cluster: Option<crate::cluster::ClusterHandle>,
+    /// What the cluster thread (etcd) says: membership changes move devices
+    /// to and from this instance (handover), registered compute nodes replace
+    /// a class's, etcd outages are shown. `None` without etcd.
+    pub cluster: Option<flume::Receiver<crate::cluster::event::ClusterEvent>>,
+    /// Where to tell the cluster thread how many devices this instance runs
+    /// (written into its registration, for `percore status`); `None` without etcd.
+    pub cluster_devices: Option<crate::cluster::DeviceReport>,
 }
 
 /// Why a run could not start or did not complete.

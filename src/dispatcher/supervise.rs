@@ -8,7 +8,7 @@ use super::per_second::PerSecond;
 use super::reloader::Reloader;
 use super::{Load, RunError, RunOptions, START_LEAD};
 use crate::admin::{Health, MetricsSnapshot};
-use crate::cluster::ClusterEvent;
+use crate::cluster::event::{ClusterEvent, NodeRecord};
 use crate::console;
 use crate::failures::FailureBreakdown;
 use crate::shard::Control;
@@ -55,7 +55,7 @@ pub(super) enum Message {
     Sink(Result<SinkEvent, flume::RecvError>),
     /// A reload was asked for (or, `Err`, can no longer be).
     Reload(Result<(), flume::RecvError>),
-    /// The cluster thread's news (or, `Err`, it ended).
+    /// The cluster thread said something (or, `Err`, has stopped).
     Cluster(Result<ClusterEvent, flume::RecvError>),
 }
 
@@ -88,11 +88,18 @@ pub(super) struct Supervisor<'a> {
     pub(super) sink_failed: bool,
     /// Whether reload requests can still come (their sender is alive).
     pub(super) reloads_heard: bool,
-    /// Whether the cluster thread can still speak (it has not ended).
+    /// Whether cluster events can still come (the cluster thread is alive).
     pub(super) cluster_heard: bool,
-    /// Discovered nodes the writer could not take the names of yet, by
-    /// class: applied again at the next status tick.
-    pub(super) nodes_pending: std::collections::BTreeMap<String, Vec<crate::cluster::NodeRecord>>,
+    /// etcd is unreachable, as the cluster thread last said: the status
+    /// line says so (ownership stays as it is meanwhile).
+    pub(super) etcd_down: Option<String>,
+    /// Registered compute nodes the writer could not take the names of yet,
+    /// by class: applied again at the next status tick (only the newest list
+    /// of a class is kept).
+    pub(super) nodes_pending: std::collections::BTreeMap<String, (Vec<NodeRecord>, i64)>,
+    /// The device count last told to the cluster thread (for its
+    /// registration, which `percore status` shows); `None` before one.
+    pub(super) devices_reported: Option<usize>,
     /// Jobs counted at the previous status line.
     pub(super) jobs_at_last_status: u64,
     /// The progress bar under the status lines, for a run with a duration
@@ -125,7 +132,9 @@ impl<'a> Supervisor<'a> {
             sink_failed: false,
             reloads_heard: true,
             cluster_heard: true,
+            etcd_down: None,
             nodes_pending: std::collections::BTreeMap::new(),
+            devices_reported: None,
             jobs_at_last_status: 0,
             progress_bar: match (options.print_status, options.duration) {
                 (true, Some(duration)) => {
@@ -216,8 +225,10 @@ impl<'a> Supervisor<'a> {
         if let (Some(requests), true) = (&self.options.reload, self.reloads_heard) {
             selector = selector.recv(requests, Message::Reload);
         }
-        if let (Some(cluster), true) = (&self.options.cluster, self.cluster_heard) {
-            selector = selector.recv(&cluster.events, Message::Cluster);
+        // A membership change waits for no status line either: a lost device
+        // must stop at once.
+        if let (Some(events), true) = (&self.options.cluster, self.cluster_heard) {
+            selector = selector.recv(events, Message::Cluster);
         }
         selector.wait_deadline(deadline).ok()
     }
@@ -293,12 +304,14 @@ impl<'a> Supervisor<'a> {
                     self.reloads_heard = false
                 }
                 Some(Message::Cluster(Ok(event))) => {
-                    self.on_cluster_event(event, controls, reloader.as_deref_mut(), stop_sent)
+                    if let Some(reloader) = reloader.as_deref_mut() {
+                        self.on_cluster_event(event, controls, reloader, stop_sent);
+                    }
                 }
                 Some(Message::Cluster(Err(flume::RecvError::Disconnected))) => {
                     self.cluster_heard = false;
                     console::err(format_args!(
-                        "warning: the cluster thread ended; this instance goes on with what it last knew"
+                        "cluster: the cluster thread has stopped; this instance keeps the devices it runs"
                     ));
                 }
                 None => {}
@@ -315,15 +328,8 @@ impl<'a> Supervisor<'a> {
                 }
             }
             if Instant::now() >= next_status {
-                if !stop_sent && !self.nodes_pending.is_empty() {
-                    if let Some(reloader) = reloader.as_deref_mut() {
-                        let pending = std::mem::take(&mut self.nodes_pending);
-                        for (class, nodes) in pending {
-                            if !reloader.apply_nodes(&class, &nodes, controls) {
-                                self.nodes_pending.insert(class, nodes);
-                            }
-                        }
-                    }
+                if let Some(reloader) = reloader.as_deref_mut() {
+                    self.cluster_tick(controls, reloader, stop_sent);
                 }
                 let second = self.run_second();
                 self.per_second
@@ -339,6 +345,83 @@ impl<'a> Supervisor<'a> {
         Ok(finished.into_iter().flatten().collect())
     }
 
+    /// Once a second with a cluster: registered compute nodes the writer
+    /// could not take before are applied again, and the cluster thread hears
+    /// how many devices this instance runs now (when that changed).
+    fn cluster_tick(
+        &mut self,
+        controls: &[flume::Sender<Control>],
+        reloader: &mut Reloader,
+        stopping: bool,
+    ) {
+        if !stopping && !self.nodes_pending.is_empty() {
+            for (class, (nodes, revision)) in std::mem::take(&mut self.nodes_pending) {
+                if !reloader.nodes(&class, &nodes, revision, controls) {
+                    self.nodes_pending.insert(class, (nodes, revision));
+                }
+            }
+        }
+        if let Some(report) = &self.options.cluster_devices {
+            let devices = reloader.ownership.status.devices;
+            if self.devices_reported != Some(devices) {
+                report.report(devices);
+                self.devices_reported = Some(devices);
+            }
+        }
+    }
+
+    /// Acts on what the cluster thread says: a membership change moves
+    /// devices, registered compute nodes replace a class's, a lost or found
+    /// etcd is logged and shown. Nothing moves once the run is stopping.
+    pub(super) fn on_cluster_event(
+        &mut self,
+        event: ClusterEvent,
+        controls: &[flume::Sender<Control>],
+        reloader: &mut Reloader,
+        stopping: bool,
+    ) {
+        match event {
+            ClusterEvent::Connection { up, detail } => {
+                if up {
+                    console::err(format_args!("cluster: etcd reachable again: {detail}"));
+                    self.etcd_down = None;
+                } else {
+                    console::err(format_args!(
+                        "cluster: warning: etcd unreachable: {detail}; this instance keeps the devices it runs"
+                    ));
+                    self.etcd_down = Some(detail.clone());
+                }
+                reloader.ownership.status.connection = Some((up, detail));
+            }
+            _ if stopping => {}
+            _ if self.options.load != Load::Ticks => {
+                console::err(format_args!(
+                    "cluster: only tick-driven runs change their devices; ignored"
+                ));
+            }
+            ClusterEvent::Members {
+                instances,
+                revision,
+            } => {
+                reloader.members(&instances, revision, self.clock.now_ms(), controls);
+            }
+            ClusterEvent::Nodes {
+                class,
+                nodes,
+                revision,
+            } => {
+                self.nodes_pending.remove(&class);
+                if !reloader.nodes(&class, &nodes, revision, controls) {
+                    console::err(format_args!(
+                        "cluster: the sink writer has not taken the last changes' names yet; \
+                         class {class:?} gets its registered compute nodes at the next status tick"
+                    ));
+                    self.nodes_pending.insert(class, (nodes, revision));
+                }
+            }
+        }
+    }
+
     /// Applies a reload request (tick-driven runs only).
     pub(super) fn reload(&mut self, controls: &[flume::Sender<Control>], reloader: &mut Reloader) {
         if self.options.load != Load::Ticks {
@@ -349,45 +432,6 @@ impl<'a> Supervisor<'a> {
         }
         if let Some(names) = reloader.reload(controls) {
             self.class_names = names;
-        }
-    }
-
-    /// Acts on the cluster thread's news: a discovered class's nodes go to
-    /// the shards as a reload (tick-driven runs); the members and etcd's
-    /// reachability are logged.
-    fn on_cluster_event(
-        &mut self,
-        event: ClusterEvent,
-        controls: &[flume::Sender<Control>],
-        reloader: Option<&mut Reloader>,
-        stopping: bool,
-    ) {
-        match event {
-            ClusterEvent::Members {
-                instances,
-                revision,
-            } => console::err(format_args!(
-                "cluster: {} dispatcher{} live at revision {revision}: {}",
-                instances.len(),
-                if instances.len() == 1 { "" } else { "s" },
-                instances.join(", ")
-            )),
-            ClusterEvent::Nodes { class, nodes, .. } => {
-                let (Some(reloader), false, Load::Ticks) = (reloader, stopping, self.options.load)
-                else {
-                    return;
-                };
-                self.nodes_pending.remove(&class);
-                if !reloader.apply_nodes(&class, &nodes, controls) {
-                    self.nodes_pending.insert(class, nodes);
-                }
-            }
-            ClusterEvent::Connection { up: false, detail } => console::err(format_args!(
-                "warning: cluster: etcd unreachable ({detail}); keeping the current assignment and retrying"
-            )),
-            ClusterEvent::Connection { up: true, detail } => {
-                console::err(format_args!("cluster: {detail}"))
-            }
         }
     }
 
@@ -446,6 +490,10 @@ impl<'a> Supervisor<'a> {
         if let Health::Failing(cause) = &self.health {
             line.push_str(" | FAILING: ");
             line.push_str(cause);
+        }
+        if let Some(detail) = &self.etcd_down {
+            line.push_str(" | etcd DOWN: ");
+            line.push_str(detail);
         }
         if let Some(bar) = &self.progress_bar {
             bar.set(started.elapsed());
@@ -571,7 +619,7 @@ mod tests {
         let mut buffer = String::new();
         let mut push = |outcome: Outcome| {
             let record = JobRecord {
-                device: 0,
+                device: "dev-0".into(),
                 tick_ms: 0,
                 class: 0,
                 shard: 0,

@@ -342,3 +342,21 @@ fn health(port: u16) -> bool {
     let _ = stream.read_to_string(&mut response);
     response.contains("\"health\":\"true\"")
 }
+
+/// Runs `config` as a member of its `[cluster]`, as `percore run` does: the
+/// cluster thread started (this instance registered) first, its events and
+/// device reports wired into the run, its lease revoked after the run.
+pub fn run_in_cluster(
+    config: &percore::config::Config,
+    options: percore::dispatcher::RunOptions,
+) -> percore::summary::RunSummary {
+    let cluster = percore::cluster::join(config).expect("joins the cluster");
+    let options = percore::dispatcher::RunOptions {
+        cluster: cluster.as_ref().map(|handle| handle.events.clone()),
+        cluster_devices: cluster.as_ref().map(|handle| handle.device_report()),
+        ..options
+    };
+    let summary = percore::dispatcher::run(config, &options).expect("the run");
+    drop(cluster);
+    summary
+}

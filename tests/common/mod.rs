@@ -88,7 +88,7 @@ pub fn config(classes: Vec<Class>, devices: usize, db: PathBuf, grpc: GrpcConfig
         sink: SinkConfig::sqlite(db),
         grpc,
         tuning: tuning(),
-        cluster: None,
+        cluster: percore::config::ClusterConfig::default(),
     }
 }
 
