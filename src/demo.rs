@@ -123,8 +123,9 @@ pub fn mock_class(
         model_version: String::new(),
         period_ms,
         deadline_ms,
-        data_sources: vec![source],
-        compute_nodes: vec![compute],
+        data_sources: vec![source.into()],
+        compute_nodes: vec![compute.into()],
+        gateway: None,
         input_name: "INPUT0".to_string(),
         requested_outputs: Vec::new(),
         parameters: Default::default(),
@@ -161,6 +162,7 @@ pub fn demo_config(
         sink: SinkConfig::sqlite(db),
         grpc: GrpcConfig::default(),
         tuning,
+        cluster: crate::config::ClusterConfig::default(),
     }
 }
 

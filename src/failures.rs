@@ -15,9 +15,9 @@
 
 use std::fmt::Write as _;
 
-use crate::error::{ErrorKind, Stage};
+use crate::error::{ConnectError, ErrorKind, Stage};
 use crate::grpc::status::Code;
-use crate::record::{DeviceIndex, JobRecord, Outcome, SkipReason};
+use crate::record::{DeviceId, JobRecord, Outcome, SkipReason};
 
 /// Distinct exact reason texts kept per (stage, class); more are only counted
 /// (in [`FailureCount::other_texts`]). Five is enough to see a pattern (one
@@ -64,6 +64,9 @@ pub enum ReasonClass {
     AttemptTimeout,
     /// No connection to the node could be opened.
     Connect,
+    /// TCP connected but TLS failed (a certificate, a client certificate the
+    /// server refused, no ALPN `h2`): a configuration to fix, not a node down.
+    Tls,
     /// A connection broke mid-call.
     ConnectionLost,
     /// The node did not take the call.
@@ -93,6 +96,10 @@ impl ReasonClass {
             ErrorKind::Status { code, .. } => ReasonClass::grpc(*code),
             ErrorKind::DeadlineExceeded => ReasonClass::Deadline,
             ErrorKind::AttemptTimeout { .. } => ReasonClass::AttemptTimeout,
+            ErrorKind::Connect {
+                cause: ConnectError::Tls(_),
+                ..
+            } => ReasonClass::Tls,
             ErrorKind::Connect { .. } => ReasonClass::Connect,
             ErrorKind::ConnectionLost { .. } => ReasonClass::ConnectionLost,
             ErrorKind::Refused { .. } => ReasonClass::Refused,
@@ -123,6 +130,7 @@ impl ReasonClass {
             ReasonClass::Deadline => "deadline",
             ReasonClass::AttemptTimeout => "attempt timeout",
             ReasonClass::Connect => "connect",
+            ReasonClass::Tls => "tls",
             ReasonClass::ConnectionLost => "connection lost",
             ReasonClass::Refused => "refused",
             ReasonClass::Protocol => "protocol",
@@ -150,7 +158,7 @@ pub struct ReasonText {
     /// Records with exactly this text.
     pub count: u64,
     /// The first device seen with it: where to start looking.
-    pub example_device: DeviceIndex,
+    pub example_device: DeviceId,
 }
 
 /// The failed jobs (or skipped ticks) of one stage and reason class.
@@ -201,7 +209,7 @@ impl FailureCount {
     }
 
     /// Counts `count` records with `text` (first seen on `device`).
-    fn add_text(&mut self, text: &str, count: u64, device: DeviceIndex) {
+    fn add_text(&mut self, text: &str, count: u64, device: &DeviceId) {
         self.count += count;
         if let Some(kept) = self.texts.iter_mut().find(|kept| *kept.text == *text) {
             kept.count += count;
@@ -209,7 +217,7 @@ impl FailureCount {
             self.texts.push(ReasonText {
                 text: text.into(),
                 count,
-                example_device: device,
+                example_device: device.clone(),
             });
         } else {
             self.other_texts += count;
@@ -243,7 +251,7 @@ impl FailureBreakdown {
                 (None, ReasonClass::Skipped(*reason))
             }
         };
-        self.entry(stage, class).add_text(text, 1, record.device);
+        self.entry(stage, class).add_text(text, 1, &record.device);
     }
 
     fn entry(&mut self, stage: Option<Stage>, class: ReasonClass) -> &mut FailureCount {
@@ -264,7 +272,7 @@ impl FailureBreakdown {
         for theirs in &other.entries {
             let ours = self.entry(theirs.stage, theirs.class);
             for text in &theirs.texts {
-                ours.add_text(&text.text, text.count, text.example_device);
+                ours.add_text(&text.text, text.count, &text.example_device);
             }
             ours.count += theirs.other_texts;
             ours.other_texts += theirs.other_texts;
@@ -300,12 +308,12 @@ mod tests {
     use super::*;
     use crate::error::JobError;
     use crate::record::StageLatency;
-    use std::net::SocketAddr;
+    use std::sync::Arc;
     use std::time::Instant;
 
-    fn record(device: DeviceIndex, outcome: Outcome) -> JobRecord {
+    fn record(device: u32, outcome: Outcome) -> JobRecord {
         JobRecord {
-            device,
+            device: DeviceId::new(&device.to_string()),
             tick_ms: 0,
             class: 0,
             shard: 0,
@@ -331,7 +339,7 @@ mod tests {
 
     #[test]
     fn every_error_kind_has_its_bounded_class() {
-        let node: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+        let node: Arc<str> = "127.0.0.1:9001".into();
         let cases = [
             (status(Code::NOT_FOUND, "no such model"), "grpc NOT_FOUND"),
             (status(Code(16), ""), "grpc UNAUTHENTICATED"),
@@ -339,26 +347,36 @@ mod tests {
             (status(Code(u32::MAX), ""), "grpc NON_STANDARD"),
             (ErrorKind::DeadlineExceeded, "deadline"),
             (
-                ErrorKind::AttemptTimeout { node, after_ms: 50 },
+                ErrorKind::AttemptTimeout {
+                    node: node.clone(),
+                    after_ms: 50,
+                },
                 "attempt timeout",
             ),
             (
                 ErrorKind::Connect {
-                    node,
+                    node: node.clone(),
                     cause: crate::error::ConnectError::Tcp(std::io::ErrorKind::ConnectionRefused),
                 },
                 "connect",
             ),
             (
+                ErrorKind::Connect {
+                    node: node.clone(),
+                    cause: crate::error::ConnectError::Tls("invalid peer certificate".into()),
+                },
+                "tls",
+            ),
+            (
                 ErrorKind::ConnectionLost {
-                    node,
+                    node: node.clone(),
                     detail: "reset".into(),
                 },
                 "connection lost",
             ),
             (
                 ErrorKind::Refused {
-                    node,
+                    node: node.clone(),
                     detail: "goaway".into(),
                 },
                 "refused",
@@ -432,8 +450,8 @@ mod tests {
         assert_eq!(infer.other_texts, 2);
         let top = infer.top_text().unwrap();
         assert_eq!(
-            (&*top.text, top.count, top.example_device),
-            ("infer: grpc status 5 NOT_FOUND: model m0", 2, 0)
+            (&*top.text, top.count, top.example_device.as_str()),
+            ("infer: grpc status 5 NOT_FOUND: model m0", 2, "0")
         );
         assert_eq!(
             infer.texts.iter().map(|t| t.count).sum::<u64>() + infer.other_texts,
@@ -486,7 +504,11 @@ mod tests {
         assert_eq!(deadline.count, 8);
         assert_eq!(deadline.texts.len(), 1, "same text on both shards");
         assert_eq!(deadline.texts[0].count, 8);
-        assert_eq!(deadline.texts[0].example_device, 0, "the first shard's");
+        assert_eq!(
+            deadline.texts[0].example_device.as_str(),
+            "0",
+            "the first shard's"
+        );
         let decode = total
             .entries
             .iter()

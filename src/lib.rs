@@ -16,7 +16,10 @@
 //!   one file per section of it, each with its runtime types, its tables as
 //!   written and the checks between them: `mod.rs` (`Config`, its loading and
 //!   reload, the top level), `class.rs` (`[[classes]]` with its output,
-//!   parameters and contract), `upstream.rs` (`[classes.upstream]`: balancing,
+//!   parameters and contract), `endpoint.rs` (where a class's calls go:
+//!   `data_sources`, `compute_nodes` or a `gateway` with its routing headers,
+//!   `authority`, `[classes.tls]`, `[classes.source_tls]`), `metadata.rs`
+//!   (`token_env`, `[classes.metadata]`), `upstream.rs` (`[classes.upstream]`: balancing,
 //!   limits, retries, hedging, probes, ejection), `devices.rs`, `sink.rs` (SQLite
 //!   and the spill journal's keys), `postgres.rs`, `grpc.rs`; unit tests in
 //!   `tests.rs`. [`diagnostic`]: the [`diagnostic::ConfigError`] every start-up
@@ -31,22 +34,44 @@
 //!   [`tuning::generate`] writes one from the topology, [`tuning::pin`] pins the
 //!   threads around the shards. [`devices`]: the fleet
 //!   (CSV or generated), the stable hash that places a device on a shard.
+//!   [`placement`]: which owner a device belongs to, a small trait with its
+//!   algorithms beside it — `Modulo` (an instance's shards) and `Rendezvous`
+//!   (highest random weight over named owners: a cluster's live instances).
+//!   `config/cluster.rs` reads `[cluster]`: etcd membership or a static split.
 //! - [`dispatcher`]: the coordinator, on the calling thread, never on a shard; a
 //!   run is three files: `start` (splits the fleet over shards, opens the sink,
 //!   makes every channel, starts the shards), `supervise` (status, metrics, the
 //!   interval log in `per_second`, a stop, a sink failure that stops the run at
-//!   once, a live reload in `reloader`) and `shutdown` (joins, CPU, merged
-//!   statistics, every result accounted for).
+//!   once, a live reload, a membership change and registered compute nodes in
+//!   `reloader`) and `shutdown` (joins, CPU, merged statistics, every result
+//!   accounted for). `ownership` holds which device runs here on which shard
+//!   (static split, or rendezvous over the live instances) and turns a
+//!   membership change into each shard's gains and losses (handover: losses at
+//!   once, gains after the safety delay).
 //!   [`reload`]: a live reload (SIGHUP) merged into the running config — the
-//!   fleet only grows, classes matched by name — as one message per shard.
+//!   fleet only grows, classes matched by name, compute node names only grow —
+//!   as one message per shard. [`cluster`]: several instances sharing a fleet
+//!   through etcd; [`cluster::event`] is what its thread tells the coordinator.
 //! - [`shard`]: the per-core loop. Owns its devices, schedule, connections,
-//!   counters; fires ticks, starts jobs, batches results to the sink.
+//!   counters; fires ticks, starts jobs, batches results to the sink. Its
+//!   devices sit in [`shard::slots`], one slot each with a generation, so they
+//!   can join and leave while it runs without a job of a device that left
+//!   touching the one that took its slot.
+//!   [`inbox`]: the coordinator's messages taken off their channel as they
+//!   arrive, so a shard loop sleeps until its next due time or a message.
 //! - [`tick`]: the tick grid (a pure function of device id and period) and the
-//!   per-shard schedule that fires it.
+//!   per-shard schedule that fires it, changed in batches (devices out and in).
 //! - [`job`]: one job — Fetch, then ModelInfer, under one deadline, each call one
 //!   or more attempts (retries on other replicas, hedges) — ending in a
 //!   [`record::JobRecord`]: ok, failed with a reason, or skipped with a reason,
-//!   with the replica that answered and the attempts made.
+//!   with the replica that answered and the attempts made, keyed by the device's
+//!   id ([`record::DeviceId`]) and the tick.
+//! - [`endpoint`]: a node as the config names it, carried to the pool: host as
+//!   written, port, `http`/`https`, TLS settings, `:authority`
+//!   ([`endpoint::Endpoint`]); [`endpoint::resolve`] looks names up at every
+//!   connect, off the shard (the executor's blocking thread);
+//!   [`endpoint::tls`] reads CAs, client certificates and keys (and the mock
+//!   nodes' server side) into rustls configurations, one per shard.
 //! - [`upstream`]: a shard's way to the nodes: connection pools per node
 //!   ([`upstream::pool`]), a class's never-empty replica set per role
 //!   ([`upstream::set`]: picks, admission, outcomes, ejection), the balancer
@@ -54,7 +79,9 @@
 //!   over peak EWMA), per-replica health ([`upstream::health`]), the retry
 //!   budget ([`upstream::retry`]) and the readiness probes ([`upstream::probe`]).
 //! - [`grpc`]: gRPC on `h2`: message framing, status trailers, the unary client
-//!   and the server the mock nodes use. [`tensor`]: KServe v2 tensor checks.
+//!   and the server the mock nodes use; [`grpc::tls`] puts TLS under the write
+//!   coalescing (h2 → coalescing → TLS → TCP), requires ALPN `h2` and puts TLS
+//!   failures in words. [`tensor`]: KServe v2 tensor checks.
 //!   [`contract`]: a class's model contract — inputs and outputs by name,
 //!   datatype and shape, from the config or the server's `ModelMetadata` —
 //!   checked by the probes against each replica and by every job on what it
@@ -120,6 +147,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod contract;
@@ -128,11 +156,14 @@ pub mod demo;
 pub mod devices;
 pub mod diagnostic;
 pub mod dispatcher;
+pub mod endpoint;
 pub mod error;
 pub mod failures;
 pub mod grpc;
+pub mod inbox;
 pub mod job;
 pub mod mock;
+pub mod placement;
 pub mod record;
 pub mod reload;
 pub mod report;

@@ -7,6 +7,13 @@
 //! the bounded flume channels in [`ShardChannels`], made at start-up: batches of
 //! results to the sink, reports to the coordinator, control messages from it.
 //!
+//! Its devices sit in [`slots`]: each has a slot with a generation, the
+//! schedule fires slots, and a job holds its slot and generation, so devices
+//! can join and leave while the shard runs ([`Control::Devices`], a live
+//! reload) without a job of a device that left touching the one that took its
+//! slot. Devices leave at the next round of due ticks; they join at their first
+//! tick at or after the time the coordinator says (a handover's safety delay).
+//!
 //! A job is the whole job ([`job::run`]) except under `bench --stages`, where
 //! the run's [`StageMode`] makes it one stage alone: the fetch, the infer on a
 //! payload the shard fetched once, or a synthetic row for the sink; the choice
@@ -14,16 +21,17 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Class, HealthCheck, Upstream};
-use crate::devices::{stable_hash, Fleet};
+use crate::devices::stable_hash;
+use crate::endpoint::Endpoint;
 use crate::grpc::client::ClientSettings;
+use crate::inbox::Inbox;
 use crate::job::{self, ClassRoute, Payload};
-use crate::record::{DeviceIndex, JobRecord, Outcome, SkipReason, StageLatency};
+use crate::record::{ClassIndex, DeviceId, JobRecord, Outcome, SkipReason, StageLatency};
 use crate::reload::Reload;
 use crate::runtime;
 use crate::stats::{Counters, ShardReport, ShardStats, UpstreamStats};
@@ -31,12 +39,22 @@ use crate::tick::{self, Clock, Schedule};
 use crate::upstream::probe::{self, ModelRef};
 use crate::upstream::{NodePool, Replica, ReplicaSet, Role, SetPolicy};
 
-/// How often finished results are handed to the sink. Short enough to keep sink
-/// lag low, long enough that batches amortise the channel and the transaction.
+pub mod slots;
+
+use slots::{SlotRef, SlotState, Slots};
+
+/// How long the first result of a batch waits for others before the batch is
+/// handed to the sink, when the shard is awake anyway (a job finishing after
+/// this sends it): short enough to keep sink lag low, long enough that
+/// batches amortise the channel and the transaction.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(5);
 
-/// How often the shard looks at its control channel while no tick is due.
-const CONTROL_POLL: Duration = Duration::from_millis(50);
+/// How long the first result of a batch waits at most: when no job finishes
+/// after FLUSH_INTERVAL to send it, a timer does. Waking only for that would
+/// cost a shard at a few thousand jobs a second a wake-up every 5 ms (and the
+/// writer a transaction): at that rate a job finishes within a millisecond
+/// anyway, and at lower rates a row reaches the sink within this.
+const FLUSH_LATEST: Duration = Duration::from_millis(25);
 
 /// How often progress counters go to the coordinator: at every whole second of
 /// the run, so each interval covers one second of the run and per-second plots
@@ -125,6 +143,28 @@ pub enum Control {
     /// A live reload (tick-driven runs only): applied before the next round of
     /// due ticks.
     Reload(Arc<Reload>),
+    /// Devices this shard gains and loses (tick-driven runs only): the losses
+    /// before the next round of due ticks, the gains from `start_at_ms` on.
+    Devices(Box<DeviceChanges>),
+}
+
+/// Devices a shard gains and loses at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceChanges {
+    /// Devices to run, with their class; one already here is left as it is.
+    pub add: Vec<(DeviceId, ClassIndex)>,
+    /// Devices to stop: none of their ticks fires from the next round on; a
+    /// job in flight ends and is written. One not here is ignored.
+    pub remove: Vec<DeviceId>,
+    /// The gained devices' first tick is their first at or after this Unix ms
+    /// (`i64::MIN`: the next tick).
+    pub start_at_ms: i64,
+}
+
+impl DeviceChanges {
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
 }
 
 /// A shard's ends of the channels made at start-up.
@@ -165,10 +205,9 @@ pub struct ShardLimits {
 pub struct ShardPlan {
     /// This shard's number, written in its rows.
     pub index: u16,
-    /// The devices this shard owns (by stable hash of their id).
-    pub devices: Vec<DeviceIndex>,
-    /// The whole fleet, read-only: ids and classes by index.
-    pub fleet: Arc<Fleet>,
+    /// The devices this shard starts with, and their classes (more may join
+    /// and these may leave while it runs).
+    pub devices: Vec<(DeviceId, ClassIndex)>,
     /// The class table, read-only; each shard builds its own routes from it.
     pub classes: Arc<[Class]>,
     /// Shared Unix-to-monotonic mapping, so all shards agree on tick times.
@@ -190,14 +229,17 @@ pub struct ShardPlan {
 struct Shard {
     /// This shard's number.
     index: u16,
-    /// The fleet, the routes and this shard's devices: what a reload changes.
-    /// Borrowed briefly (never across an await) by each dispatch and job.
+    /// The routes and this shard's devices: what a reload or a handover
+    /// changes. Borrowed briefly (never across an await) by each dispatch and job.
     members: RefCell<Members>,
     /// Builds routes and keeps every node pool, for a reload's new routes.
     builder: RefCell<RouteBuilder>,
-    /// A reload the coordinator sent, for the tick loop to apply between two
-    /// rounds of due ticks.
-    pending_reload: RefCell<Option<Arc<Reload>>>,
+    /// Reloads the coordinator sent, for the tick loop to apply between two
+    /// rounds of due ticks, in order.
+    pending_reloads: RefCell<Vec<Arc<Reload>>>,
+    /// Device changes the coordinator sent, for the tick loop to apply
+    /// between two rounds of due ticks, in order.
+    pending_changes: RefCell<Vec<DeviceChanges>>,
     /// Jobs started and not finished.
     in_flight: Cell<usize>,
     /// Calls retried on another node, for the metrics.
@@ -217,15 +259,19 @@ struct Shard {
     stats: RefCell<ShardStats>,
     /// Set once no new jobs will start; the flusher then drains and stops.
     no_more_jobs: Cell<bool>,
-    /// The flusher while it waits for a first result (nothing to hand to the
-    /// sink): woken by the push that ends the wait, or when no more jobs will
-    /// start. An idle shard so sleeps instead of waking every FLUSH_INTERVAL.
+    /// The flusher while it waits: for a first result (an idle shard sleeps
+    /// instead of waking every FLUSH_INTERVAL), then for the push that finds
+    /// the batch due. Woken by that push, or when no more jobs will start.
     flusher_waiting: Cell<Option<std::task::Waker>>,
+    /// When the results waiting now are due to go to the sink (their first
+    /// one's time plus FLUSH_INTERVAL); `None` while there are none.
+    flush_due: Cell<Option<Instant>>,
     /// Per class: set when the shard is done or a reload replaced the class's
     /// route, to stop the probes of its replicas.
     probes_stopped: RefCell<Vec<Rc<Cell<bool>>>>,
-    /// Stop and release from the coordinator.
-    control: flume::Receiver<Control>,
+    /// Control messages from the coordinator as they arrive: a loop sleeps
+    /// until its next due time or a message, whichever comes first.
+    inbox: Rc<Inbox<Control>>,
     /// Progress and the final report to the coordinator.
     reports: flume::Sender<ShardReport>,
     /// Set when the coordinator asks to stop early: the Unix ms to stop at.
@@ -248,26 +294,20 @@ struct Shard {
     payloads: RefCell<Vec<Option<Rc<Payload>>>>,
 }
 
-/// What a live reload changes on a shard, in one place.
+/// What a live reload or a handover changes on a shard, in one place.
 struct Members {
-    /// Ids and classes of all devices (read-only, shared by the shards; an
-    /// `Rc` of it per shard, so a job's copy is no atomic count on a cache
-    /// line every shard writes).
-    #[allow(clippy::redundant_allocation)]
-    fleet: Rc<Arc<Fleet>>,
     /// Per class: this shard's replica sets and the class settings a job
     /// needs; a job holds its own `Rc`, so a reload never pulls one from under it.
     routes: Vec<Rc<ClassRoute>>,
+    /// Per class: for each of its compute nodes (replica order), its index in
+    /// the writer's names of the class's nodes, which only grow; a job holds
+    /// the map of its route, so a row names the node that answered even when
+    /// the class's nodes changed meanwhile.
+    node_names: Vec<Rc<[u16]>>,
     /// Every node pool of this shard, for connection and traffic gauges.
     pools: Vec<Rc<NodePool>>,
-    /// Shard-local device index -> fleet index; only grows (a reload appends).
-    devices: Vec<DeviceIndex>,
-    /// Per local device: whether its previous job still runs (at most one in flight).
-    busy: Vec<Cell<bool>>,
-    /// Per local device: its last tick, so closed-loop ticks never repeat a key.
-    last_tick_ms: Vec<Cell<i64>>,
-    /// Per local device: retired by a reload, so never scheduled again.
-    retired: Vec<bool>,
+    /// This shard's devices, one slot each; the schedule and jobs point here.
+    slots: Slots,
 }
 
 /// The executor's main future: runs the shard's workload, drains, reports, and
@@ -276,7 +316,6 @@ pub async fn run(plan: ShardPlan) {
     let ShardPlan {
         index,
         devices,
-        fleet,
         classes,
         clock,
         workload,
@@ -286,6 +325,21 @@ pub async fn run(plan: ShardPlan) {
         mut exit_notice,
     } = plan;
     let mut builder = RouteBuilder::new(&limits, index);
+    let node_names = classes
+        .iter()
+        .map(|class| (0..class.compute_nodes.len() as u16).collect())
+        .collect();
+    let mut slots = Slots::with_capacity(devices.len());
+    for (count, (id, class)) in devices.into_iter().enumerate() {
+        if let Some(held) = slots.insert(id, class) {
+            slots.schedule(held);
+        }
+        // A million devices take tens of ms: in slices, so the executor's
+        // stall detector sees no task hold it (the first tick is START_LEAD away).
+        if count % 65_536 == 65_535 {
+            runtime::yield_if_needed().await;
+        }
+    }
     let routes = match builder.routes(&classes) {
         Ok(built) => built,
         Err(message) => {
@@ -300,16 +354,14 @@ pub async fn run(plan: ShardPlan) {
     let shard = Rc::new(Shard {
         index,
         members: RefCell::new(Members {
-            busy: devices.iter().map(|_| Cell::new(false)).collect(),
-            last_tick_ms: devices.iter().map(|_| Cell::new(i64::MIN)).collect(),
-            retired: vec![false; devices.len()],
-            devices,
-            fleet: Rc::new(fleet),
+            slots,
+            node_names,
             pools: builder.pools(),
             routes,
         }),
         builder: RefCell::new(builder),
-        pending_reload: RefCell::new(None),
+        pending_reloads: RefCell::new(Vec::new()),
+        pending_changes: RefCell::new(Vec::new()),
         in_flight: Cell::new(0),
         retries: Cell::new(0),
         executor: Cell::new(runtime::ExecutorStats::default()),
@@ -320,6 +372,7 @@ pub async fn run(plan: ShardPlan) {
         stats: RefCell::new(ShardStats::new(classes.len())),
         no_more_jobs: Cell::new(false),
         flusher_waiting: Cell::new(None),
+        flush_due: Cell::new(None),
         probes_stopped: RefCell::new(Vec::new()),
         stop_at_ms: Cell::new(None),
         aborted: Cell::new(false),
@@ -327,7 +380,9 @@ pub async fn run(plan: ShardPlan) {
         run_start,
         closed_loop_cursor: Cell::new(0),
         clock,
-        control: channels.control,
+        inbox: Inbox::listen(channels.control, |message| {
+            matches!(message, Control::Release)
+        }),
         reports: channels.reports,
         stage,
         payloads: RefCell::new(Vec::new()),
@@ -383,11 +438,11 @@ pub async fn run(plan: ShardPlan) {
         })
         .await;
     exit_notice.finished = true;
-    // Stay alive until the coordinator has read this thread's CPU time.
-    while let Ok(message) = shard.control.recv_async().await {
-        if matches!(message, Control::Release) {
-            break;
-        }
+    // Stay alive until the coordinator has read this thread's CPU time:
+    // Release is the inbox's last message (and a coordinator gone closes it).
+    while !shard.inbox.is_closed() {
+        shard.inbox.arrival().await;
+        while shard.inbox.pop().is_some() {}
     }
 }
 
@@ -429,8 +484,10 @@ impl Drop for ExitNotice {
 struct RouteBuilder {
     /// Connect timeout and keepalive, shared by every pool.
     settings: Rc<ClientSettings>,
-    /// Every node pool of the shard, by node.
-    pools: HashMap<SocketAddr, Rc<NodePool>>,
+    /// Every node pool of the shard, by endpoint (host and port as written,
+    /// scheme, TLS settings, authority): two classes that name one node alike
+    /// share its connections.
+    pools: HashMap<Endpoint, Rc<NodePool>>,
     /// Connections per node, retries, budget and message limits.
     limits: ShardLimits,
     /// This shard, for the pools' jitter seeds and the sets' log lines.
@@ -473,8 +530,8 @@ impl RouteBuilder {
         let replicas = nodes
             .iter()
             .enumerate()
-            .map(|(index, &node)| {
-                let pool = self.pools.entry(node).or_insert_with(|| {
+            .map(|(index, node)| {
+                let pool = self.pools.entry(node.clone()).or_insert_with(|| {
                     NodePool::new(
                         node,
                         self.limits.connections_per_node,
@@ -516,7 +573,7 @@ impl RouteBuilder {
             // Credentials are the compute nodes' (the data sources speak
             // percore's own protocol): never sent where they are not asked for.
             metadata: match role {
-                Role::ComputeNode => header_map(&class.metadata),
+                Role::ComputeNode => compute_headers(class),
                 Role::DataSource => http::HeaderMap::new(),
             },
         };
@@ -550,6 +607,24 @@ impl RouteBuilder {
             retries: self.limits.retries,
         }))
     }
+}
+
+/// The headers of every call to a class's compute nodes (or gateway): its
+/// metadata, and in gateway mode the routing headers (class and model names,
+/// not secret, so HPACK may index them).
+fn compute_headers(class: &Class) -> http::HeaderMap {
+    let mut headers = header_map(&class.metadata);
+    if let Some(gateway) = &class.gateway {
+        for (name, value) in gateway.headers(&class.name, &class.model) {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_str(value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+    }
+    headers
 }
 
 /// A class's metadata as request headers, each value marked sensitive so
@@ -594,22 +669,73 @@ fn start_probes(route: &ClassRoute, stopped: &Rc<Cell<bool>>) {
     }
 }
 
+/// The period of each class, by class index: the schedule's lanes.
+fn periods_of(classes: &[Class]) -> Vec<u64> {
+    classes.iter().map(|class| class.period_ms).collect()
+}
+
+/// A scheduled slot's entry in the schedule: its class's lane, its phase, the slot.
+fn schedule_entry(periods: &[u64], local: u32, slot: &slots::Slot) -> (usize, u64, u32) {
+    let class = usize::from(slot.class);
+    // Slots only hold classes the shard has routes for, and every route's
+    // class has a period; a missing one would be a bug, kept from panicking.
+    let period = periods.get(class).copied().unwrap_or(1).max(1);
+    (class, tick::phase_ms(stable_hash(&slot.id), period), local)
+}
+
 async fn tick_loop(shard: &Rc<Shard>, classes: &[Class], start_ms: i64, end_ms: i64) {
+    let mut periods = periods_of(classes);
     let mut schedule = shard.schedule(classes, start_ms);
-    // Every tick at or before this has been fired: a reload's schedule starts
-    // after it, so a device that stays is neither skipped nor fired twice.
+    // Every tick at or before this has been fired: changes apply after it, so
+    // a device that stays is neither skipped nor fired twice.
     let mut fired_through = start_ms - 1;
+    // Gained devices waiting for their start, earliest first.
+    let mut waiting: Vec<(i64, Vec<SlotRef>)> = Vec::new();
     let mut end_ms = end_ms;
     loop {
         if let Some(stop_ms) = shard.poll_control() {
             end_ms = end_ms.min(stop_ms);
         }
-        let reload = shard.pending_reload.borrow_mut().take();
-        if let Some(reload) = reload {
+        let reloads = std::mem::take(&mut *shard.pending_reloads.borrow_mut());
+        for reload in reloads {
             shard.apply(&reload);
+            periods = periods_of(&reload.classes);
+            let changes = reload.devices.get(usize::from(shard.index)).cloned();
+            if let Some(changes) = changes {
+                shard.change_devices(
+                    changes,
+                    &mut schedule,
+                    &periods,
+                    &mut waiting,
+                    fired_through + 1,
+                );
+            }
+            // Periods may have changed: every phase is placed again.
             schedule = shard.schedule(&reload.classes, fired_through + 1);
         }
+        let changes = std::mem::take(&mut *shard.pending_changes.borrow_mut());
+        for changes in changes {
+            shard.change_devices(
+                changes,
+                &mut schedule,
+                &periods,
+                &mut waiting,
+                fired_through + 1,
+            );
+        }
         let through = shard.clock.now_ms().min(end_ms - 1);
+        // Gains whose start has come: the ticks before it fire first, so the
+        // gained devices' first tick is their first at or after the start.
+        while waiting.first().is_some_and(|(start, _)| *start <= through) {
+            let (start, held) = waiting.remove(0);
+            if start - 1 > fired_through {
+                schedule.fire_due(start - 1, |_, local, tick_ms| {
+                    shard.dispatch(local, tick_ms, shard.clock.instant_of(tick_ms))
+                });
+                fired_through = start - 1;
+            }
+            shard.start_waiting(held, &mut schedule, &periods, fired_through + 1);
+        }
         schedule.fire_due(through, |_, local, tick_ms| {
             shard.dispatch(local, tick_ms, shard.clock.instant_of(tick_ms))
         });
@@ -625,15 +751,19 @@ async fn tick_loop(shard: &Rc<Shard>, classes: &[Class], start_ms: i64, end_ms: 
         let mut wake = shard.next_wake();
         if let Some(next) = next_due {
             wake = wake.min(shard.clock.instant_of(next));
-        } else if end_ms < i64::MAX {
+        }
+        if let Some((start, _)) = waiting.first() {
+            wake = wake.min(shard.clock.instant_of(*start));
+        }
+        if next_due.is_none() && end_ms < i64::MAX {
             wake = wake.min(shard.clock.instant_of(end_ms));
         }
-        runtime::sleep_until(wake).await;
+        shard.sleep_until(wake).await;
     }
 }
 
 async fn closed_loop(shard: &Rc<Shard>, concurrency: usize, start_ms: i64, end_ms: i64) {
-    if shard.members.borrow().devices.is_empty() {
+    if shard.members.borrow().slots.is_empty() {
         return;
     }
     runtime::sleep_until(shard.clock.instant_of(start_ms)).await;
@@ -641,7 +771,8 @@ async fn closed_loop(shard: &Rc<Shard>, concurrency: usize, start_ms: i64, end_m
         .map(|_| runtime::spawn(closed_loop_worker(shard.clone(), end_ms)))
         .collect();
     while shard.clock.now_ms() < shard.end_ms(end_ms) {
-        runtime::sleep_until(shard.next_wake()).await;
+        let end = shard.clock.instant_of(shard.end_ms(end_ms));
+        shard.sleep_until(shard.next_wake().min(end)).await;
         shard.poll_control();
         shard.progress_if_due();
     }
@@ -662,8 +793,8 @@ async fn closed_loop_worker(shard: Rc<Shard>, end_ms: i64) {
         };
         // A device that ran this millisecond takes the next one: keys stay unique.
         let tick_ms = shard.next_tick_ms(local, now_ms);
-        shard.begin(local);
-        run_job(&shard, local, tick_ms, Instant::now()).await;
+        let held = shard.begin(local);
+        run_job(&shard, held, tick_ms, Instant::now()).await;
         runtime::yield_if_needed().await;
     }
 }
@@ -704,7 +835,7 @@ impl Arrivals {
 const OPEN_LOOP_GRANULARITY: Duration = Duration::from_micros(200);
 
 async fn open_loop(shard: &Rc<Shard>, mut arrivals: Arrivals, start_ms: i64, end_ms: i64) {
-    if shard.members.borrow().devices.is_empty() {
+    if shard.members.borrow().slots.is_empty() {
         return;
     }
     let mut planned = shard.clock.instant_of(start_ms);
@@ -726,7 +857,7 @@ async fn open_loop(shard: &Rc<Shard>, mut arrivals: Arrivals, start_ms: i64, end
         let wake = planned
             .max(now + OPEN_LOOP_GRANULARITY)
             .min(shard.next_wake());
-        runtime::sleep_until(wake).await;
+        shard.sleep_until(wake).await;
     }
 }
 
@@ -734,22 +865,20 @@ async fn open_loop(shard: &Rc<Shard>, mut arrivals: Arrivals, start_ms: i64, end
 /// this shard owns, before the first job is due. A class whose fetch fails is
 /// fetched again by its first job.
 async fn fetch_payloads(shard: &Shard) {
-    let (fleet, routes, devices) = {
+    let (routes, devices) = {
         let members = shard.members.borrow();
-        (
-            members.fleet.clone(),
-            members.routes.clone(),
-            members.devices.clone(),
-        )
+        // One device per class is enough.
+        let mut devices: Vec<Option<DeviceId>> = vec![None; members.routes.len()];
+        for (_, slot) in members.slots.scheduled() {
+            if let Some(first @ None) = devices.get_mut(usize::from(slot.class)) {
+                *first = Some(slot.id.clone());
+            }
+        }
+        (members.routes.clone(), devices)
     };
     let mut payloads = vec![None; routes.len()];
     for (class, slot) in payloads.iter_mut().enumerate() {
-        let device = devices
-            .iter()
-            .copied()
-            .find(|&device| fleet.class(device) as usize == class);
-        if let Some(device) = device {
-            let id = fleet.id(device);
+        if let Some(Some(id)) = devices.get(class) {
             let tick_ms = shard.clock.now_ms();
             if let Ok(payload) = job::fetch_payload(&routes[class], id, tick_ms).await {
                 *slot = Some(Rc::new(payload));
@@ -788,16 +917,23 @@ async fn run_infer_only(
     job::run_infer_only(route, &payload, planned).await
 }
 
-async fn run_job(shard: &Shard, local: u32, tick_ms: i64, planned: Instant) {
-    let (device, class, route, fleet) = {
+/// Runs the job of the device in `held` for one tick and hands its record over.
+/// The device's id, class and route are taken at the start: the device may
+/// leave (and its slot be reused) while the job runs, and its row is still its own.
+async fn run_job(shard: &Shard, held: SlotRef, tick_ms: i64, planned: Instant) {
+    let (device, class, route, node_names) = {
         let members = shard.members.borrow();
-        let device = members.devices[local as usize];
-        let class = members.fleet.class(device);
-        let route = members.routes[class as usize].clone();
-        (device, class, route, members.fleet.clone())
+        let slot = members.slots.get(held.slot);
+        let class = slot.class;
+        (
+            slot.id.clone(),
+            class,
+            members.routes[class as usize].clone(),
+            members.node_names.get(class as usize).cloned(),
+        )
     };
     let route = &*route;
-    let device_id = fleet.id(device);
+    let device_id = device.as_str();
     let finished = match shard.stage {
         StageMode::Whole => job::run(route, device_id, tick_ms, planned).await,
         StageMode::FetchOnly => job::run_fetch_only(route, device_id, tick_ms, planned).await,
@@ -813,8 +949,15 @@ async fn run_job(shard: &Shard, local: u32, tick_ms: i64, planned: Instant) {
         Ok(outputs) => (Outcome::Ok, outputs),
         Err(error) => (Outcome::Failed(error), Vec::new()),
     };
-    shard.members.borrow().busy[local as usize].set(false);
+    shard.members.borrow().slots.finish(held);
     shard.in_flight.set(shard.in_flight.get() - 1);
+    // The node's index among the writer's names of the class's nodes; a
+    // replica past the map (none: the map is the route's) names none.
+    let compute_node = finished.compute_node.and_then(|replica| {
+        node_names
+            .as_deref()
+            .and_then(|names| names.get(usize::from(replica)).copied())
+    });
     shard.push(JobRecord {
         device,
         tick_ms,
@@ -823,33 +966,36 @@ async fn run_job(shard: &Shard, local: u32, tick_ms: i64, planned: Instant) {
         outcome,
         outputs,
         latency: finished.latency,
-        compute_node: finished.compute_node,
+        compute_node,
         attempts: finished.attempts,
         ready_at: Instant::now(),
     });
 }
 
-/// Hands results to the sink every FLUSH_INTERVAL while there are any, until
-/// the shard is done and drained; with none it sleeps until the next one.
-/// Awaiting a full channel is the sink's backpressure.
+/// Hands results to the sink in batches while there are any, until the shard
+/// is done and drained; with none it sleeps until the next one. A batch goes
+/// when a result is pushed FLUSH_INTERVAL or more after the batch's first (the
+/// shard is awake then anyway), or FLUSH_LATEST after it by a timer, or at the
+/// end. Awaiting a full channel is the sink's backpressure.
 async fn flush_results(
     shard: Rc<Shard>,
     results: flume::Sender<Vec<JobRecord>>,
     recycled: flume::Receiver<Vec<JobRecord>>,
 ) -> Result<(), String> {
     loop {
-        // Park until there is something to flush (or the end); then give the
-        // batch FLUSH_INTERVAL to fill.
-        std::future::poll_fn(|cx| {
-            if shard.no_more_jobs.get() || !shard.results.borrow().is_empty() {
-                std::task::Poll::Ready(())
-            } else {
-                shard.flusher_waiting.set(Some(cx.waker().clone()));
-                std::task::Poll::Pending
-            }
-        })
+        // Park until there is something to flush (or the end).
+        shard
+            .flusher_wait(|| !shard.results.borrow().is_empty())
+            .await;
+        let first = Instant::now();
+        shard.flush_due.set(Some(first + FLUSH_INTERVAL));
+        // Then until a push finds the batch due, or FLUSH_LATEST.
+        runtime::until_deadline(
+            first + FLUSH_LATEST,
+            shard.flusher_wait(|| shard.flush_due.get().is_none()),
+        )
         .await;
-        runtime::sleep(FLUSH_INTERVAL).await;
+        shard.flush_due.set(None);
         let last_round = shard.no_more_jobs.get();
         if !shard.results.borrow().is_empty() {
             let spare = recycled
@@ -875,10 +1021,10 @@ impl Shard {
     /// skipped.
     fn dispatch(self: &Rc<Self>, local: u32, tick_ms: i64, planned: Instant) {
         let members = self.members.borrow();
-        let device = members.devices[local as usize];
-        let class = members.fleet.class(device);
+        let slot = members.slots.get(local);
+        let class = slot.class;
         let route = &members.routes[class as usize];
-        let skip = if members.busy[local as usize].get() {
+        let skip = if slot.busy.get() {
             Some(SkipReason::PreviousJobRunning)
         } else if self.in_flight.get() >= self.max_in_flight {
             Some(SkipReason::ShardAtCapacity)
@@ -890,6 +1036,7 @@ impl Shard {
             None
         };
         if let Some(reason) = skip {
+            let device = slot.id.clone();
             drop(members);
             self.push(JobRecord {
                 device,
@@ -908,28 +1055,29 @@ impl Shard {
             });
             return;
         }
-        members.busy[local as usize].set(true);
+        let held = members.slots.begin(local);
         self.in_flight.set(self.in_flight.get() + 1);
-        let slot = route.computes.admit();
+        let admitted = route.computes.admit();
         drop(members);
         let shard = self.clone();
         runtime::spawn(async move {
-            run_job(&shard, local, tick_ms, planned).await;
-            drop(slot);
+            run_job(&shard, held, tick_ms, planned).await;
+            drop(admitted);
         })
         .detach();
     }
 
-    fn begin(&self, local: u32) {
-        self.members.borrow().busy[local as usize].set(true);
+    /// A closed-loop job starts on `local`: the hold its job keeps.
+    fn begin(&self, local: u32) -> SlotRef {
         self.in_flight.set(self.in_flight.get() + 1);
+        self.members.borrow().slots.begin(local)
     }
 
     /// The next tick key of a closed- or open-loop device: `now_ms`, or one
     /// past its last if that was this millisecond, so keys stay unique.
     fn next_tick_ms(&self, local: u32, now_ms: i64) -> i64 {
         let members = self.members.borrow();
-        let last = &members.last_tick_ms[local as usize];
+        let last = &members.slots.get(local).last_tick_ms;
         let tick_ms = now_ms.max(last.get() + 1);
         last.set(tick_ms);
         tick_ms
@@ -939,18 +1087,88 @@ impl Shard {
     /// from `start_ms` on.
     fn schedule(&self, classes: &[Class], start_ms: i64) -> Schedule {
         let members = self.members.borrow();
-        let periods: Vec<u64> = classes.iter().map(|class| class.period_ms).collect();
+        let periods = periods_of(classes);
         let entries = members
-            .devices
-            .iter()
-            .enumerate()
-            .filter(|&(local, _)| !members.retired[local])
-            .map(|(local, &device)| {
-                let class = members.fleet.class(device) as usize;
-                let phase = tick::phase_ms(stable_hash(members.fleet.id(device)), periods[class]);
-                (class, phase, local as u32)
-            });
+            .slots
+            .scheduled()
+            .map(|(local, slot)| schedule_entry(&periods, local, slot));
         Schedule::new(&periods, entries, start_ms)
+    }
+
+    /// Applies device changes to the slots and the schedule, as of `from_ms`
+    /// (every tick before it has fired): losses at once, gains at once when
+    /// they may start by then, else kept waiting in `waiting` for their time.
+    fn change_devices(
+        &self,
+        changes: DeviceChanges,
+        schedule: &mut Schedule,
+        periods: &[u64],
+        waiting: &mut Vec<(i64, Vec<SlotRef>)>,
+        from_ms: i64,
+    ) {
+        let mut members = self.members.borrow_mut();
+        let classes = members.routes.len();
+        let mut removed = Vec::with_capacity(changes.remove.len());
+        for id in &changes.remove {
+            if let Some((slot, SlotState::Scheduled)) = members.slots.remove(id) {
+                removed.push(slot);
+            }
+        }
+        let mut gained = Vec::with_capacity(changes.add.len());
+        for (id, class) in changes.add {
+            // The coordinator only names classes it sent; one past the routes
+            // would have no route to run on.
+            if usize::from(class) >= classes {
+                crate::console::err(format_args!(
+                    "percore: shard {}: device {id} has class {class}, beyond the {classes} known; not run",
+                    self.index
+                ));
+                continue;
+            }
+            if let Some(held) = members.slots.insert(id, class) {
+                gained.push(held);
+            }
+        }
+        let mut added = Vec::new();
+        if changes.start_at_ms <= from_ms {
+            for held in gained {
+                if members.slots.schedule(held) {
+                    added.push(schedule_entry(
+                        periods,
+                        held.slot,
+                        members.slots.get(held.slot),
+                    ));
+                }
+            }
+        } else if !gained.is_empty() {
+            let at = waiting.partition_point(|(start, _)| *start <= changes.start_at_ms);
+            waiting.insert(at, (changes.start_at_ms, gained));
+        }
+        schedule.change(periods, &removed, &added, from_ms);
+    }
+
+    /// Gained devices whose wait is over start, as of `start_ms` (every tick
+    /// before it has fired).
+    fn start_waiting(
+        &self,
+        held: Vec<SlotRef>,
+        schedule: &mut Schedule,
+        periods: &[u64],
+        start_ms: i64,
+    ) {
+        let mut members = self.members.borrow_mut();
+        let mut added = Vec::with_capacity(held.len());
+        for held in held {
+            // Removed while it waited: its slot changed generation.
+            if members.slots.schedule(held) {
+                added.push(schedule_entry(
+                    periods,
+                    held.slot,
+                    members.slots.get(held.slot),
+                ));
+            }
+        }
+        schedule.change(periods, &[], &added, start_ms);
     }
 
     /// Starts the probes of every class's route.
@@ -964,10 +1182,9 @@ impl Shard {
         }
     }
 
-    /// Applies a live reload: the longer fleet, new routes for the classes
-    /// that changed (their old probes stop; jobs in flight keep the old route
-    /// until they end), and the devices added and retired. The tick loop then
-    /// builds its schedule again.
+    /// Applies a live reload: new routes for the classes that changed (their
+    /// old probes stop; jobs in flight keep the old route until they end). The
+    /// tick loop then applies its device changes and builds its schedule again.
     fn apply(&self, reload: &Reload) {
         let mut routes = Vec::with_capacity(reload.classes.len());
         for (class, settings) in reload.classes.iter().enumerate() {
@@ -1004,37 +1221,44 @@ impl Shard {
             routes.push(route);
         }
         self.stats.borrow_mut().add_classes(reload.classes.len());
-        let retired = &reload.retired[usize::from(self.index)];
-        let added = &reload.added[usize::from(self.index)];
         let mut members = self.members.borrow_mut();
-        members.fleet = Rc::new(reload.fleet.clone());
         members.routes = routes;
+        members.node_names = reload
+            .node_names
+            .iter()
+            .map(|names| Rc::from(&names[..]))
+            .collect();
         members.pools = self.builder.borrow().pools();
-        if !retired.is_empty() {
-            let locals: HashMap<DeviceIndex, usize> = members
-                .devices
-                .iter()
-                .enumerate()
-                .map(|(local, &device)| (device, local))
-                .collect();
-            for device in retired {
-                if let Some(&local) = locals.get(device) {
-                    members.retired[local] = true;
-                }
-            }
-        }
-        for &device in added {
-            members.devices.push(device);
-            members.busy.push(Cell::new(false));
-            members.last_tick_ms.push(Cell::new(i64::MIN));
-            members.retired.push(false);
-        }
     }
 
     fn push(&self, record: JobRecord) {
         self.stats.borrow_mut().record(&record);
+        let ready_at = record.ready_at;
         self.results.borrow_mut().push(record);
-        self.wake_flusher();
+        match self.flush_due.get() {
+            // The batch is due: the flusher sends it now, on this wake-up.
+            Some(due) if ready_at >= due => {
+                self.flush_due.set(None);
+                self.wake_flusher();
+            }
+            Some(_) => {}
+            // The batch's first result, if the flusher waits for one.
+            None => self.wake_flusher(),
+        }
+    }
+
+    /// Resolves when `ready()` holds or no more jobs will start; the flusher's
+    /// only way to wait for the shard, woken by [`Shard::wake_flusher`].
+    async fn flusher_wait(&self, ready: impl Fn() -> bool) {
+        std::future::poll_fn(|cx| {
+            if self.no_more_jobs.get() || ready() {
+                std::task::Poll::Ready(())
+            } else {
+                self.flusher_waiting.set(Some(cx.waker().clone()));
+                std::task::Poll::Pending
+            }
+        })
+        .await
     }
 
     /// Wakes the flusher if it is parked waiting for a result (under load it
@@ -1048,7 +1272,7 @@ impl Shard {
     /// The next device in turn, busy or not (open loop: a busy one is skipped and
     /// recorded as such).
     fn next_device_in_turn(&self) -> u32 {
-        let local = self.closed_loop_cursor.get() % self.members.borrow().devices.len();
+        let local = self.closed_loop_cursor.get() % self.members.borrow().slots.len();
         self.closed_loop_cursor.set(local + 1);
         local as u32
     }
@@ -1056,11 +1280,14 @@ impl Shard {
     /// The next device in turn whose previous job has finished.
     fn next_idle_device(&self) -> Option<u32> {
         let members = self.members.borrow();
-        let count = members.devices.len();
+        let count = members.slots.len();
         let start = self.closed_loop_cursor.get();
         let found = (0..count)
             .map(|offset| (start + offset) % count)
-            .find(|&local| !members.busy[local].get())?;
+            .find(|&local| {
+                let slot = members.slots.get(local as u32);
+                slot.state == SlotState::Scheduled && !slot.busy.get()
+            })?;
         self.closed_loop_cursor.set(found + 1);
         Some(found as u32)
     }
@@ -1068,7 +1295,7 @@ impl Shard {
     /// Applies pending control messages; returns the stop time if one was asked
     /// for. A stop time already past becomes now: ticks already fired stay fired.
     fn poll_control(&self) -> Option<i64> {
-        while let Ok(message) = self.control.try_recv() {
+        while let Some(message) = self.inbox.pop() {
             match message {
                 Control::StopAt(stop_ms) => {
                     let stop_ms = stop_ms.max(self.clock.now_ms());
@@ -1080,7 +1307,10 @@ impl Shard {
                     self.stop_at_ms.set(Some(self.clock.now_ms()));
                 }
                 Control::Reload(reload) => {
-                    self.pending_reload.replace(Some(reload));
+                    self.pending_reloads.borrow_mut().push(reload);
+                }
+                Control::Devices(changes) => {
+                    self.pending_changes.borrow_mut().push(*changes);
                 }
                 Control::Release => {}
             }
@@ -1088,10 +1318,22 @@ impl Shard {
         self.stop_at_ms.get()
     }
 
-    /// When the loop must look up again even if nothing is due: for control
-    /// messages, and for the next progress report.
+    /// When the loop must look up again even if nothing is due: for the next
+    /// progress report (a control message wakes it at once, see
+    /// [`Shard::sleep_until`]).
     fn next_wake(&self) -> Instant {
-        (Instant::now() + CONTROL_POLL).min(self.next_progress.get())
+        self.next_progress.get()
+    }
+
+    /// Sleeps until `wake`, or until a control message arrives.
+    async fn sleep_until(&self, wake: Instant) {
+        if self.inbox.is_closed() {
+            // Nothing more can arrive (the coordinator is gone): a plain sleep,
+            // not a wait that would end at once, every time.
+            runtime::sleep_until(wake).await;
+        } else {
+            runtime::until_deadline(wake, self.inbox.arrival()).await;
+        }
     }
 
     /// Sends progress if a whole second of the run has passed since the last.

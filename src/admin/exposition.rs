@@ -375,7 +375,6 @@ fn gauge(
 mod tests {
     use super::*;
     use crate::stats::{StageHistograms, UpstreamTotals};
-    use std::net::SocketAddr;
 
     #[test]
     fn exposition_lists_every_shard_outcome_and_cumulative_buckets() {
@@ -416,7 +415,7 @@ mod tests {
         // Shard 0's failure is in its breakdown; its two skips are not.
         let mut breakdown = FailureBreakdown::default();
         let failed = crate::record::JobRecord {
-            device: 0,
+            device: "dev-0".into(),
             tick_ms: 0,
             class: 0,
             shard: 0,
@@ -512,7 +511,7 @@ mod tests {
         let replica = |port: u16, requests: u64| ReplicaTotals {
             class: 0,
             role: ReplicaRole::ComputeNode,
-            node: SocketAddr::from(([127, 0, 0, 1], port)),
+            node: format!("127.0.0.1:{port}").into(),
             requests,
             failures: 2,
             ejections: 1,
