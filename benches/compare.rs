@@ -96,7 +96,6 @@ mod validate;
 mod window;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use load::Load;
@@ -439,11 +438,15 @@ fn main() {
 
 /// Where things are: the crate, the target directory, the percore binary.
 struct Paths {
+    /// The crate's directory: the Python stubs are generated from its `proto/`.
     manifest: PathBuf,
     /// `target/compare`: results, logs, databases.
     out: PathBuf,
+    /// One directory per run's client and mock logs, under `out`.
     logs: PathBuf,
+    /// The percore binary: `percore bench` and the mock nodes.
     percore: PathBuf,
+    /// Where the Python clients' venv lives.
     venv: PathBuf,
 }
 
@@ -466,7 +469,10 @@ fn paths() -> Result<Paths, String> {
     Ok(Paths {
         manifest,
         logs,
-        percore: target.join("release").join("percore"),
+        // Built by `cargo bench` itself, with this bench's feature set: a
+        // `cargo build --bin percore` from here would rebuild the crate without the
+        // dev-dependencies' features, and the next `cargo bench` rebuild it back.
+        percore: PathBuf::from(env!("CARGO_BIN_EXE_percore")),
         venv: target.join("compare-venv"),
         out,
     })
@@ -513,18 +519,6 @@ fn run(args: &Args) -> Result<bool, String> {
         return Ok(true);
     }
 
-    eprintln!("compare: cargo build --release --bin percore");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
-        .args(["build", "--release", "--bin", "percore"])
-        .current_dir(&paths.manifest)
-        .status()
-        .map_err(|error| format!("cannot run {cargo} build: {error}"))?;
-    if !status.success() {
-        return Err(format!(
-            "cargo build --release --bin percore failed ({status})"
-        ));
-    }
     let python = if args.clients.iter().any(|c| c.is_python()) {
         Some(python::prepare(&paths.venv, &paths.manifest)?)
     } else {
