@@ -164,10 +164,10 @@ impl Client {
             Client::PythonMultiprocessing => {
                 format!("Python grpc.aio, {} processes{shared}", cpus.len())
             }
-            Client::PythonThreads => format!(
-                "Python thread pool ({} threads)",
-                self.threads(load, open_loop_threads)
-            ),
+            Client::PythonThreads => match self.threads(load, open_loop_threads) {
+                1 => "Python thread pool (1 thread)".into(),
+                threads => format!("Python thread pool ({threads} threads)"),
+            },
             Client::PythonSequential => "Python sequential".into(),
         }
     }

@@ -308,6 +308,17 @@ impl Medians {
         })
     }
 
+    /// Own CPU for the tables: the window's figure, read the same way for every
+    /// client (`percore bench`'s own counts its warm-up too), or what the client
+    /// said where the window has none.
+    fn own_cpu_us_per_job(&self) -> f64 {
+        if self.charged_us_per_job.is_finite() {
+            self.charged_us_per_job
+        } else {
+            self.cpu_us_per_job
+        }
+    }
+
     fn to_json(&self) -> Value {
         json!({
             "jobs_per_s": self.jobs_per_s,
@@ -413,9 +424,10 @@ pub fn markdown(settings: &Settings, cells: &[Cell]) -> String {
          run(s) of {} s after a {} s warm-up (`percore bench` reports over its whole run, \
          warm-up included).\n\n\
          - **Idle host** (nothing else runs; CPUs idle between jobs, and a vCPU that halts \
-         takes long to wake): **jobs/s**, **own CPU** (user + system time of the client's \
-         own process(es) per job, as the client measured it; percore: its dispatcher \
-         threads), **e2e** latency, and **stat busy**: each CPU's busy share by `/proc/stat` \
+         takes long to wake): **jobs/s**, **own CPU** (CPU time of the client's own \
+         process(es) per job over the measured window, read from \
+         `/proc/PID/task/*/schedstat` the same way for every client; what each client \
+         reported itself is in results.json), **e2e** latency, and **stat busy**: each CPU's busy share by `/proc/stat` \
          (tick-sampled at 250 Hz, machine-wide, mocks included).\n\
          - **Busy host** (runs of their own with the co-runner: a `SCHED_IDLE` spinner on \
          each CPU, so no CPU ever idles): jobs/s, own CPU, and **caused CPU**: what the \
@@ -470,7 +482,7 @@ pub fn markdown(settings: &Settings, cells: &[Cell]) -> String {
                 Some(m) => format!(
                     "{} | {} | {} | {} | {} | {}",
                     thousands(m.jobs_per_s),
-                    one_decimal(m.cpu_us_per_job),
+                    one_decimal(m.own_cpu_us_per_job()),
                     thousands(m.p50_us),
                     thousands(m.p99_us),
                     thousands(m.p999_us),
@@ -482,7 +494,7 @@ pub fn markdown(settings: &Settings, cells: &[Cell]) -> String {
                 Some(m) => format!(
                     "{} | {} | **{}** | {}",
                     thousands(m.jobs_per_s),
-                    one_decimal(m.cpu_us_per_job),
+                    one_decimal(m.own_cpu_us_per_job()),
                     one_decimal(m.caused_us_per_job),
                     busy(&m.busy),
                 ),
