@@ -35,20 +35,22 @@ pub fn start(
     logs: &Path,
 ) -> Result<MockNodes, String> {
     let start_one = |kind: &str| -> Result<(Child, SocketAddr), String> {
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             kind,
             "--listen",
             "127.0.0.1:0",
             "--cpus",
             &cpu.to_string(),
-            "--payload-bytes",
-            &payload_bytes.to_string(),
             "--service-time-us",
             &service_time_us.to_string(),
         ]
         .iter()
         .map(|word| word.to_string())
         .collect();
+        // The compute node answers whatever it is sent; only the source makes data.
+        if kind == "mock-source" {
+            args.extend(["--payload-bytes".into(), payload_bytes.to_string()]);
+        }
         let log = logs.join(format!("{kind}.log"));
         let mut child = process::spawn(kind, &cpu.to_string(), percore, &args, &log)?;
         let text = child.wait_for_line("listening on ", START_TIMEOUT)?;

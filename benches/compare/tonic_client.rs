@@ -2,18 +2,26 @@
 //!
 //! Runs in its own process (the benchmark re-executes itself with `--tonic-client`,
 //! pinned with taskset) so its CPU time can be measured alone. A tokio multi-thread
-//! runtime with one worker per CPU it may use runs `concurrency` tasks in a closed
-//! loop; each takes the next device in turn, calls `Fetch`, forwards the tensor to
-//! `ModelInfer` (one tonic `Channel`, that is one HTTP/2 connection, per node, like a
-//! percore shard), checks the output and sends the row over a bounded tokio channel
-//! to a writer thread. The writer drains what is queued every [`FLUSH_INTERVAL`]
-//! into one SQLite transaction (same schema, pragmas and upsert as percore's sink).
+//! runtime with one worker per CPU it may use runs the jobs; each takes the next
+//! device in turn, calls `Fetch`, forwards the tensor to `ModelInfer` (one tonic
+//! `Channel`, that is one HTTP/2 connection, per node, like a percore shard), checks
+//! the output and sends the row over a bounded tokio channel to a writer thread. The
+//! writer drains what is queued every [`FLUSH_INTERVAL`] into one SQLite transaction
+//! (same schema, pragmas and upsert as percore's sink), and counts the jobs.
 //!
-//! Prints one JSON line on stdout: jobs, CPU (`getrusage(RUSAGE_SELF)`: every thread,
-//! tokio workers and the writer included) and latency percentiles, all over the
-//! measured window that follows the warm-up.
+//! - Closed loop: `concurrency` tasks, each running one job after another.
+//! - Open loop (`rate`): a pacer thread spawns one task per arrival, evenly spaced;
+//!   arrivals due within [`OPEN_LOOP_GRANULARITY`] start together, as in percore's
+//!   shards (tokio's own timer has a 1 ms resolution). Latency counts from each
+//!   job's planned arrival.
+//!
+//! Prints `measuring` when its measured window starts, then one JSON line on stdout
+//! at the end: jobs, CPU (`getrusage(RUSAGE_SELF)`: every thread, tokio workers, the
+//! pacer and the writer included) and latency percentiles, all over the measured
+//! window that follows the warm-up.
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -40,6 +48,12 @@ const FLUSH_INTERVAL: Duration = Duration::from_millis(5);
 const MAX_BATCH_ROWS: usize = 8192;
 /// Time allowed for one job (both calls), sent as `grpc-timeout` too.
 const JOB_DEADLINE: Duration = Duration::from_secs(2);
+/// Open loop: arrivals due within this much of each other start together
+/// (percore's `OPEN_LOOP_GRANULARITY`).
+const OPEN_LOOP_GRANULARITY: Duration = Duration::from_micros(200);
+
+/// The rows' `run_id` (percore's names its run; one name does here).
+const RUN_ID: &str = "compare-tonic";
 
 /// Phases of a run, shared by every task.
 const WARMING_UP: u8 = 0;
@@ -50,7 +64,10 @@ const STOPPING: u8 = 2;
 pub struct Options {
     pub source: String,
     pub compute: String,
+    /// Closed loop: jobs in flight (ignored with `rate`).
     pub concurrency: usize,
+    /// Open loop: jobs/s, evenly spaced.
+    pub rate: Option<u64>,
     pub warmup: Duration,
     pub duration: Duration,
     pub devices: usize,
@@ -65,6 +82,7 @@ impl Options {
             self.source.clone(),
             self.compute.clone(),
             self.concurrency.to_string(),
+            self.rate.unwrap_or(0).to_string(),
             self.warmup.as_millis().to_string(),
             self.duration.as_millis().to_string(),
             self.devices.to_string(),
@@ -74,8 +92,9 @@ impl Options {
 
     /// Reads the words after `--tonic-client`.
     pub fn parse(words: &[String]) -> Result<Options, String> {
-        let [source, compute, concurrency, warmup_ms, duration_ms, devices, db] = words else {
-            return Err(format!("--tonic-client takes 7 values, got {words:?}"));
+        let [source, compute, concurrency, rate, warmup_ms, duration_ms, devices, db] = words
+        else {
+            return Err(format!("--tonic-client takes 8 values, got {words:?}"));
         };
         let number = |word: &str| -> Result<u64, String> {
             word.parse()
@@ -85,6 +104,7 @@ impl Options {
             source: source.clone(),
             compute: compute.clone(),
             concurrency: number(concurrency)? as usize,
+            rate: Some(number(rate)?).filter(|&rate| rate > 0),
             warmup: Duration::from_millis(number(warmup_ms)?),
             duration: Duration::from_millis(number(duration_ms)?),
             devices: number(devices)? as usize,
@@ -102,15 +122,18 @@ struct Row {
     fetch_us: Option<i64>,
     infer_us: Option<i64>,
     end_to_end_us: i64,
+    /// It finished while the phase was [`MEASURING`]: counted in the figures.
+    measured: bool,
 }
 
-/// What one task counted while the phase was [`MEASURING`].
-struct TaskTally {
+/// What the writer counted: the jobs that finished while [`MEASURING`], and
+/// every row it wrote.
+struct Tally {
     ok: u64,
     failed: u64,
-    /// Jobs finished in any phase, to check against the rows written.
-    total: u64,
     end_to_end: Histogram<u64>,
+    /// Rows written, of every phase: each job finished is one row.
+    written: u64,
 }
 
 /// Everything shared by the tasks.
@@ -121,10 +144,21 @@ struct Shared {
     phase: AtomicU8,
     source: Channel,
     compute: Channel,
+    /// Open loop: jobs started and not yet finished, so the end can wait for them.
+    in_flight: AtomicUsize,
+    /// Jobs finished in any phase, to check against the rows the writer wrote.
+    finished: AtomicU64,
 }
 
 /// Runs the client and prints its JSON line; the error names what failed.
 pub fn run(options: Options) -> Result<(), String> {
+    let line = run_to_json(&options)?;
+    println!("{line}");
+    Ok(())
+}
+
+/// Runs the client; its figures as the JSON line `run` prints.
+pub fn run_to_json(options: &Options) -> Result<serde_json::Value, String> {
     let workers = percore::tuning::allowed_cpus().len().max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -137,7 +171,10 @@ pub fn run(options: Options) -> Result<(), String> {
     let (rows_tx, rows_rx) = tokio::sync::mpsc::channel::<Row>(CHANNEL_ROWS);
     let writer = std::thread::Builder::new()
         .name("writer".into())
-        .spawn(move || write_rows(conn, writer_fleet, rows_rx))
+        .spawn({
+            let compute_node = options.compute.clone();
+            move || write_rows(conn, writer_fleet, compute_node, rows_rx)
+        })
         .map_err(|error| format!("tonic client: cannot start the writer thread: {error}"))?;
 
     let measured = runtime.block_on(async {
@@ -157,46 +194,72 @@ pub fn run(options: Options) -> Result<(), String> {
             phase: AtomicU8::new(WARMING_UP),
             source: connect(&options.source).await?,
             compute: connect(&options.compute).await?,
+            in_flight: AtomicUsize::new(0),
+            finished: AtomicU64::new(0),
         });
-        let tasks: Vec<_> = (0..options.concurrency.max(1))
-            .map(|_| tokio::spawn(job_loop(shared.clone(), rows_tx.clone())))
-            .collect();
+        let mut tasks = Vec::new();
+        let mut pacer = None;
+        match options.rate {
+            None => {
+                for _ in 0..options.concurrency.max(1) {
+                    tasks.push(tokio::spawn(job_loop(shared.clone(), rows_tx.clone())));
+                }
+            }
+            Some(rate) => {
+                let handle = tokio::runtime::Handle::current();
+                let (shared, rows) = (shared.clone(), rows_tx.clone());
+                pacer = Some(
+                    std::thread::Builder::new()
+                        .name("pacer".into())
+                        .spawn(move || pace(handle, shared, rows, rate))
+                        .map_err(|error| {
+                            format!("tonic client: cannot start the pacer thread: {error}")
+                        })?,
+                );
+            }
+        }
         drop(rows_tx);
         tokio::time::sleep(options.warmup).await;
         let cpu_start = rusage_self();
         let started = Instant::now();
         shared.phase.store(MEASURING, Ordering::Relaxed);
+        println!("measuring");
+        let _ = std::io::stdout().flush();
         tokio::time::sleep(options.duration).await;
         shared.phase.store(STOPPING, Ordering::Relaxed);
         let elapsed = started.elapsed();
         let cpu = rusage_self().saturating_sub(cpu_start);
-        let mut tally = TaskTally::new();
         for task in tasks {
-            let one = task
-                .await
+            task.await
                 .map_err(|error| format!("tonic client: a task panicked: {error}"))?;
-            tally.ok += one.ok;
-            tally.failed += one.failed;
-            tally.total += one.total;
-            tally
-                .end_to_end
-                .add(&one.end_to_end)
-                .map_err(|error| format!("tonic client: merging histograms: {error}"))?;
         }
-        Ok::<_, String>((tally, elapsed, cpu))
+        if let Some(pacer) = pacer {
+            pacer
+                .join()
+                .map_err(|_| "tonic client: the pacer thread panicked".to_string())?;
+            // Jobs in flight end within their deadline.
+            let limit = Instant::now() + JOB_DEADLINE + Duration::from_secs(1);
+            while shared.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < limit {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        Ok::<_, String>((elapsed, cpu, shared))
     })?;
-    let (tally, elapsed, cpu) = measured;
-    let rows_written = writer
+    let (elapsed, cpu, shared) = measured;
+    let finished = shared.finished.load(Ordering::Relaxed);
+    drop(shared);
+    drop(runtime);
+    let tally = writer
         .join()
         .map_err(|_| "tonic client: the writer thread panicked".to_string())??;
     let jobs = tally.ok + tally.failed;
     let hist = &tally.end_to_end;
-    let line = serde_json::json!({
+    Ok(serde_json::json!({
         "jobs": jobs,
         "ok": tally.ok,
         "failed": tally.failed,
-        "jobs_total": tally.total,
-        "rows_written": rows_written,
+        "jobs_total": finished,
+        "rows_written": tally.written,
         "elapsed_s": elapsed.as_secs_f64(),
         "cpu_s": cpu.as_secs_f64(),
         "workers": workers,
@@ -206,77 +269,101 @@ pub fn run(options: Options) -> Result<(), String> {
             "p999": hist.value_at_quantile(0.999),
             "max": hist.max(),
         },
-    });
-    println!("{line}");
-    Ok(())
-}
-
-impl TaskTally {
-    fn new() -> TaskTally {
-        TaskTally {
-            ok: 0,
-            failed: 0,
-            total: 0,
-            end_to_end: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
-        }
-    }
+    }))
 }
 
 /// One closed-loop task: a job, its row to the writer, the next job.
-async fn job_loop(shared: Arc<Shared>, rows: tokio::sync::mpsc::Sender<Row>) -> TaskTally {
-    let mut tally = TaskTally::new();
-    let mut source = tonic::client::Grpc::new(shared.source.clone());
-    let mut compute = tonic::client::Grpc::new(shared.compute.clone());
-    let devices = shared.fleet.len();
+async fn job_loop(shared: Arc<Shared>, rows: tokio::sync::mpsc::Sender<Row>) {
+    let mut clients = Clients::new(&shared);
     while shared.phase.load(Ordering::Relaxed) != STOPPING {
-        let device = (shared.cursor.fetch_add(1, Ordering::Relaxed) % devices) as u32;
-        let tick_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| since.as_millis() as i64);
-        let started = Instant::now();
-        let mut row = Row {
-            device,
-            tick_ms,
-            result: Err(String::new()),
-            fetch_us: None,
-            infer_us: None,
-            end_to_end_us: 0,
-        };
-        let job = run_job(
-            &mut source,
-            &mut compute,
-            shared.fleet.id(device),
-            tick_ms,
-            &mut row,
-        );
-        row.result = match tokio::time::timeout(JOB_DEADLINE, job).await {
-            Ok(result) => result,
-            Err(_) => Err(format!(
-                "{}: deadline exceeded",
-                if row.fetch_us.is_none() {
-                    "fetch"
-                } else {
-                    "infer"
-                }
-            )),
-        };
-        let end_to_end_us = started.elapsed().as_micros() as i64;
-        row.end_to_end_us = end_to_end_us;
-        if shared.phase.load(Ordering::Relaxed) == MEASURING {
-            match row.result {
-                Ok(_) => tally.ok += 1,
-                Err(_) => tally.failed += 1,
-            }
-            tally
-                .end_to_end
-                .saturating_record(end_to_end_us.max(1) as u64);
-        }
-        tally.total += 1;
+        let row = one_job(&shared, &mut clients, Instant::now()).await;
         if rows.send(row).await.is_err() {
             break; // the writer failed; it reports why
         }
     }
-    tally
+}
+
+/// The open loop's pacer thread: spawns one job per planned arrival until the
+/// phase is [`STOPPING`].
+fn pace(
+    runtime: tokio::runtime::Handle,
+    shared: Arc<Shared>,
+    rows: tokio::sync::mpsc::Sender<Row>,
+    rate: u64,
+) {
+    let gap = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let mut planned = Instant::now();
+    while shared.phase.load(Ordering::Relaxed) != STOPPING {
+        let now = Instant::now();
+        while planned <= now {
+            shared.in_flight.fetch_add(1, Ordering::Relaxed);
+            let (shared, rows) = (shared.clone(), rows.clone());
+            runtime.spawn(async move {
+                let mut clients = Clients::new(&shared);
+                let row = one_job(&shared, &mut clients, planned).await;
+                let _ = rows.send(row).await; // the writer failed: it reports why
+                shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+            });
+            planned += gap;
+        }
+        let wake = planned.max(now + OPEN_LOOP_GRANULARITY);
+        std::thread::sleep(wake.saturating_duration_since(Instant::now()));
+    }
+}
+
+/// A task's gRPC clients of both nodes (handles on the shared channels).
+struct Clients {
+    source: tonic::client::Grpc<Channel>,
+    compute: tonic::client::Grpc<Channel>,
+}
+
+impl Clients {
+    fn new(shared: &Shared) -> Clients {
+        Clients {
+            source: tonic::client::Grpc::new(shared.source.clone()),
+            compute: tonic::client::Grpc::new(shared.compute.clone()),
+        }
+    }
+}
+
+/// One job; its end-to-end latency counts from `since` (its start, or its
+/// planned arrival in the open loop).
+async fn one_job(shared: &Shared, clients: &mut Clients, since: Instant) -> Row {
+    let device = (shared.cursor.fetch_add(1, Ordering::Relaxed) % shared.fleet.len()) as u32;
+    let tick_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64);
+    let mut row = Row {
+        device,
+        tick_ms,
+        result: Err(String::new()),
+        fetch_us: None,
+        infer_us: None,
+        end_to_end_us: 0,
+        measured: false,
+    };
+    let job = run_job(
+        &mut clients.source,
+        &mut clients.compute,
+        shared.fleet.id(device),
+        tick_ms,
+        &mut row,
+    );
+    row.result = match tokio::time::timeout(JOB_DEADLINE, job).await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "{}: deadline exceeded",
+            if row.fetch_us.is_none() {
+                "fetch"
+            } else {
+                "infer"
+            }
+        )),
+    };
+    row.end_to_end_us = since.elapsed().as_micros() as i64;
+    row.measured = shared.phase.load(Ordering::Relaxed) == MEASURING;
+    shared.finished.fetch_add(1, Ordering::Relaxed);
+    row
 }
 
 /// Fetch, then ModelInfer with the fetched tensor, then the output check.
@@ -359,14 +446,21 @@ fn check_output(mut response: ModelInferResponse) -> Result<Bytes, String> {
 }
 
 /// The writer thread: every FLUSH_INTERVAL, what is queued (up to MAX_BATCH_ROWS)
-/// becomes one transaction. Returns the rows written.
+/// becomes one transaction. Returns the rows written and the measured jobs' figures.
 fn write_rows(
     mut conn: Connection,
     fleet: Arc<Fleet>,
+    compute_node: String,
     mut rows: tokio::sync::mpsc::Receiver<Row>,
-) -> Result<u64, String> {
+) -> Result<Tally, String> {
     let mut batch: Vec<Row> = Vec::with_capacity(MAX_BATCH_ROWS);
-    let mut written = 0u64;
+    let mut tally = Tally {
+        ok: 0,
+        failed: 0,
+        end_to_end: Histogram::new_with_bounds(1, 60_000_000, 3)
+            .map_err(|error| format!("tonic client: histogram: {error}"))?,
+        written: 0,
+    };
     while let Some(first) = rows.blocking_recv() {
         let round = Instant::now();
         batch.push(first);
@@ -383,7 +477,19 @@ fn write_rows(
             let mut upsert = tx
                 .prepare_cached(sql::UPSERT)
                 .map_err(|error| format!("tonic client: sqlite: preparing the upsert: {error}"))?;
+            let mut output_upsert = tx.prepare_cached(sql::OUTPUT_UPSERT).map_err(|error| {
+                format!("tonic client: sqlite: preparing the output upsert: {error}")
+            })?;
             for row in batch.drain(..) {
+                if row.measured {
+                    match row.result {
+                        Ok(_) => tally.ok += 1,
+                        Err(_) => tally.failed += 1,
+                    }
+                    tally
+                        .end_to_end
+                        .saturating_record(row.end_to_end_us.max(1) as u64);
+                }
                 let (outcome, reason, output) = match &row.result {
                     Ok(output) => ("ok", None, Some(&output[..])),
                     Err(reason) => ("failed", Some(reason.as_str()), None),
@@ -402,9 +508,26 @@ fn write_rows(
                         row.infer_us,
                         row.end_to_end_us,
                         0i64,
+                        compute_node,
+                        1i64,
+                        RUN_ID,
                     ])
                     .map_err(|error| format!("tonic client: sqlite: upsert failed: {error}"))?;
-                written += 1;
+                if let Some(output) = output {
+                    output_upsert
+                        .execute(params![
+                            fleet.id(row.device),
+                            row.tick_ms,
+                            "OUTPUT0",
+                            "FP32",
+                            "1,2",
+                            output,
+                        ])
+                        .map_err(|error| {
+                            format!("tonic client: sqlite: output upsert failed: {error}")
+                        })?;
+                }
+                tally.written += 1;
             }
         }
         tx.commit()
@@ -413,7 +536,7 @@ fn write_rows(
             std::thread::sleep(left);
         }
     }
-    Ok(written)
+    Ok(tally)
 }
 
 /// User + system CPU of this process, every thread included.
