@@ -138,6 +138,7 @@ pub fn mock_class(
             shape: vec![1, 2],
         }),
         upstream: Upstream::default(),
+        batching: None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! `[[classes]]`: a kind of device, the model that serves it and how often it
 //! ticks, with its `[classes.output]`, `[classes.parameters]` and
-//! `[classes.contract]` tables (`[classes.upstream]` is [`super::upstream`]'s).
+//! `[classes.contract]` tables (`[classes.upstream]` is [`super::upstream`]'s,
+//! `[classes.batching]` [`super::batching`]'s).
 //!
 //! The runtime [`Class`] the shards and jobs read, the table as written
 //! ([`ClassFile`]), and the checks between them: names, periods and deadlines,
@@ -12,6 +13,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::batching::{Batching, BatchingFile};
 use super::metadata::{self, Metadata, MetadataValueFile};
 use super::upstream::{HealthCheck, Upstream, UpstreamFile};
 use crate::contract::{Contract, Origin, TensorContract};
@@ -67,6 +69,9 @@ pub struct Class {
     /// Balancing, admission, retries, hedging, health checks and ejection over
     /// the class's replicas (`[classes.upstream]`).
     pub upstream: Upstream,
+    /// Client-side batching of the class's ModelInfer calls
+    /// (`[classes.batching]`); `None`, the default, sends each job alone.
+    pub batching: Option<Batching>,
 }
 
 /// `[classes.contract]`: what a class's model takes and gives, and where
@@ -196,6 +201,7 @@ pub(super) struct ClassFile {
     metadata: BTreeMap<String, Spanned<MetadataValueFile>>,
     #[serde(default)]
     upstream: UpstreamFile,
+    batching: Option<BatchingFile>,
 }
 
 /// `[classes.contract]`; see [`ContractConfig`].
@@ -359,6 +365,10 @@ impl ClassFile {
             source,
             &|var| std::env::var(var).ok(),
         )?;
+        let batching = match &self.batching {
+            None => None,
+            Some(batching) => Some(batching.validate(deadline_ms, &field("batching"), source)?),
+        };
         Ok(Class {
             name: self.name.get_ref().clone(),
             model: self.model.get_ref().clone(),
@@ -382,6 +392,7 @@ impl ClassFile {
             contract,
             metadata,
             upstream,
+            batching,
         })
     }
 }

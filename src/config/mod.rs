@@ -17,6 +17,7 @@
 //! - `class`: `[[classes]]` with `[classes.output]`, `[classes.parameters]` and
 //!   `[classes.contract]` ([`Class`], [`OutputSpec`], [`Parameter`],
 //!   [`ContractConfig`]); `upstream`: `[classes.upstream]` ([`Upstream`]);
+//!   `batching`: `[classes.batching]` ([`Batching`]);
 //! - `devices`: `[devices]`, a device list or a generated fleet;
 //! - `sink`: `[sink]` ([`SinkConfig`]), SQLite's keys and the spill journal's;
 //!   `postgres`: PostgreSQL's keys;
@@ -27,6 +28,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+mod batching;
 mod class;
 mod devices;
 mod grpc;
@@ -37,6 +39,7 @@ mod sink;
 mod tests;
 mod upstream;
 
+pub use batching::{Batching, DEFAULT_LINGER, MAX_BATCH_LIMIT};
 pub use class::{Class, ContractConfig, OutputSpec, Parameter};
 pub use grpc::GrpcConfig;
 pub use metadata::{Metadata, Secret};
