@@ -357,6 +357,7 @@ pub async fn run(plan: ShardPlan) {
         }
     }
     let end_ms = shard.end_ms(end_ms);
+    shard.flush_batches();
     while shard.in_flight.get() > 0 && !shard.aborted.get() {
         runtime::sleep(Duration::from_millis(1)).await;
         shard.poll_control();
@@ -548,6 +549,7 @@ impl RouteBuilder {
             computes: self.replica_set(class, Role::ComputeNode)?,
             max_message_len: self.limits.max_message_len,
             retries: self.limits.retries,
+            batcher: class.batching.as_ref().map(job::Batcher::new),
         }))
     }
 }
@@ -645,6 +647,7 @@ async fn closed_loop(shard: &Rc<Shard>, concurrency: usize, start_ms: i64, end_m
         shard.poll_control();
         shard.progress_if_due();
     }
+    shard.flush_batches();
     for worker in workers {
         worker.await;
     }
@@ -1028,6 +1031,16 @@ impl Shard {
             members.busy.push(Cell::new(false));
             members.last_tick_ms.push(Cell::new(i64::MIN));
             members.retired.push(false);
+        }
+    }
+
+    /// Sends the batches gathering on every class without waiting for more
+    /// jobs: no new job starts (the run ends or was aborted).
+    fn flush_batches(&self) {
+        for route in &self.members.borrow().routes {
+            if let Some(batcher) = &route.batcher {
+                batcher.flush();
+            }
         }
     }
 
