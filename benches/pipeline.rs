@@ -5,7 +5,11 @@
 //! cargo bench --bench pipeline -- [--shards N] [--service-time-us U]
 //!     [--concurrency C | --rate R [--poisson] | --tick-rate R] [--duration SECS]
 //!     [--payload-bytes B] [--devices N] [--postgres postgresql://user@host:port/db]
+//!     [--batch B [--linger-us L]]
 //! ```
+//! `--batch B` batches the class's ModelInfer calls, up to B rows each, with a
+//! linger of L µs (default 1000), as `[classes.batching]` does; the output's
+//! `bench.infer_calls` is the calls the mock compute node took.
 //! With `--postgres` the rows go into that database (a table per level, dropped
 //! after it) instead of a scratch SQLite file.
 //! Shards take the first N allowed CPUs; mock nodes take the CPUs left over (or
@@ -14,9 +18,10 @@
 use std::time::Duration;
 
 use percore::bench::{Bench, BenchOptions, Level};
+use percore::config::{Batching, DEFAULT_LINGER, MAX_BATCH_LIMIT};
 use percore::sink::postgres::{PgUrl, PostgresOptions};
 
-fn parse_args() -> Result<(BenchOptions, Level), String> {
+fn parse_args() -> Result<(BenchOptions, Level, Option<Batching>), String> {
     let mut options = BenchOptions {
         shards: 1,
         poisson: false,
@@ -30,6 +35,8 @@ fn parse_args() -> Result<(BenchOptions, Level), String> {
         scratch_dir: std::env::temp_dir().join(format!("percore-bench-{}", std::process::id())),
     };
     let mut level = Level::Concurrency(64);
+    let mut batch: Option<usize> = None;
+    let mut linger = DEFAULT_LINGER;
     let mut words = std::env::args().skip(1);
     while let Some(flag) = words.next() {
         match flag.as_str() {
@@ -55,6 +62,8 @@ fn parse_args() -> Result<(BenchOptions, Level), String> {
             "--duration" => options.duration = Duration::from_secs(number()?),
             "--payload-bytes" => options.payload_bytes = number()? as usize,
             "--devices" => options.devices = number()? as usize,
+            "--batch" => batch = Some(number()? as usize),
+            "--linger-us" => linger = Duration::from_micros(number()?),
             "--postgres" => {
                 let url = PgUrl::parse(&value).map_err(|why| format!("--postgres {why}"))?;
                 let mut postgres = PostgresOptions::new(url);
@@ -64,11 +73,18 @@ fn parse_args() -> Result<(BenchOptions, Level), String> {
             other => return Err(format!("unknown flag {other}")),
         }
     }
-    Ok((options, level))
+    let batching = match batch {
+        None => None,
+        Some(max_batch) if (2..=MAX_BATCH_LIMIT as usize).contains(&max_batch) => {
+            Some(Batching { max_batch, linger })
+        }
+        Some(other) => return Err(format!("--batch {other}: must be 2 to {MAX_BATCH_LIMIT}")),
+    };
+    Ok((options, level, batching))
 }
 
 fn main() {
-    let (options, level) = match parse_args() {
+    let (options, level, batching) = match parse_args() {
         Ok(parsed) => parsed,
         Err(error) => {
             eprintln!("pipeline: {error}");
@@ -82,17 +98,22 @@ fn main() {
         "level": level.to_string(),
         "payload_bytes": options.payload_bytes,
         "devices": options.devices,
+        "batch": batching.map(|b| b.max_batch),
+        "linger_us": batching.map(|b| b.linger.as_micros() as u64),
     });
     let result = Bench::start(options).and_then(|bench| {
+        let bench = bench.with_batching(batching);
         let summary = bench.run(level);
+        let calls = bench.infer_calls();
         bench.stop();
-        summary
+        summary.map(|summary| (summary, calls))
     });
     let _ = std::fs::remove_dir_all(scratch);
     match result {
-        Ok(summary) => {
+        Ok((summary, calls)) => {
             let mut json = summary.to_json();
             json["bench"] = described;
+            json["bench"]["infer_calls"] = calls.into();
             println!(
                 "{}",
                 serde_json::to_string_pretty(&json).unwrap_or_default()
