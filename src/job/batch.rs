@@ -303,6 +303,9 @@ impl Drop for Member {
     fn drop(&mut self) {
         // Only when the batch was dropped unsent (its driver's shard stopped
         // under it): the job still ends, with a reason.
+        if self.slot.is_none() {
+            return;
+        }
         self.answer(Answer {
             outputs: Err(JobError::new(
                 Stage::Infer,
@@ -495,6 +498,69 @@ mod tests {
             id: String::new(),
             slot: None,
         }
+    }
+
+    #[test]
+    fn jobs_join_the_batch_of_their_layout_until_it_is_full() {
+        let batcher = Batcher::new(&Batching {
+            max_batch: 3,
+            linger: Duration::from_millis(5),
+        });
+        let now = Instant::now();
+        let deadline = now + Duration::from_secs(1);
+        let first = batcher
+            .join(member(1, &[1, 2]), deadline, now)
+            .expect("the first job drives its batch");
+        assert_eq!(first.send_at.get(), now + Duration::from_millis(5));
+        assert!(batcher.join(member(1, &[3, 4]), deadline, now).is_none());
+        // Another layout gathers beside it.
+        let mut wider = member(1, &[1, 2, 3]);
+        wider.inputs.tensors[0].shape = vec![1, 3];
+        let other = batcher
+            .join(wider, deadline, now)
+            .expect("a batch of its own");
+        assert_eq!(batcher.open.borrow().len(), 2);
+        // Two rows do not fit beside two of three: that batch goes, this job
+        // drives the next.
+        let next = batcher
+            .join(member(2, &[5, 6, 7, 8]), deadline, now)
+            .expect("the next batch");
+        assert!(first.sealed.get() && first.nudged.get());
+        assert_eq!(first.rows.get(), 2);
+        assert!(!next.sealed.get());
+        // A job whose deadline is near brings the send time forward; its row
+        // fills the batch, which goes at once.
+        let near = now + Duration::from_millis(7);
+        assert!(batcher.join(member(1, &[9, 10]), near, now).is_none());
+        assert_eq!(next.deadline.get(), near);
+        let by_deadline = near - Duration::from_millis(5);
+        assert!(next.send_at.get() <= by_deadline.max(Instant::now()));
+        assert!(next.sealed.get());
+        assert_eq!(next.members.borrow().len(), 2);
+        assert_eq!(batcher.open.borrow().len(), 1, "only the other layout's");
+        // The shard stops: what gathers goes.
+        batcher.flush();
+        assert!(other.sealed.get());
+        assert!(batcher.open.borrow().is_empty());
+        // A job of more rows than a batch holds goes alone, at once.
+        let alone = batcher
+            .join(member(4, &[0; 8]), deadline, now)
+            .expect("its own batch");
+        assert!(alone.sealed.get());
+        assert!(batcher.open.borrow().is_empty());
+    }
+
+    #[test]
+    fn a_member_dropped_unanswered_still_ends_its_job() {
+        let slot = Rc::new(Slot::default());
+        let mut dropped = member(1, &[1, 2]);
+        dropped.slot = Some(slot.clone());
+        drop(dropped);
+        let answer = slot.answer.take().expect("an answer");
+        assert_eq!(
+            answer.outputs.unwrap_err().to_string(),
+            "infer: no replica available: the batch was dropped unsent: its shard stopped"
+        );
     }
 
     #[test]
