@@ -17,7 +17,8 @@
 //!   written and the checks between them: `mod.rs` (`Config`, its loading and
 //!   reload, the top level), `class.rs` (`[[classes]]` with its output,
 //!   parameters and contract), `upstream.rs` (`[classes.upstream]`: balancing,
-//!   limits, retries, hedging, probes, ejection), `devices.rs`, `sink.rs` (SQLite
+//!   limits, retries, hedging, probes, ejection), `batching.rs`
+//!   (`[classes.batching]`: rows per call, linger), `devices.rs`, `sink.rs` (SQLite
 //!   and the spill journal's keys), `postgres.rs`, `grpc.rs`; unit tests in
 //!   `tests.rs`. [`diagnostic`]: the [`diagnostic::ConfigError`] every start-up
 //!   file reports, naming file, line and field, and the TOML text it points into;
@@ -46,7 +47,10 @@
 //! - [`job`]: one job — Fetch, then ModelInfer, under one deadline, each call one
 //!   or more attempts (retries on other replicas, hedges) — ending in a
 //!   [`record::JobRecord`]: ok, failed with a reason, or skipped with a reason,
-//!   with the replica that answered and the attempts made.
+//!   with the replica that answered and the attempts made. Its `batch` module
+//!   ([`job::Batcher`], one per class and shard when the class batches)
+//!   gathers jobs' checked inputs into one ModelInfer, stacked along the first
+//!   dimension, and splits the answer back into each job's rows.
 //! - [`upstream`]: a shard's way to the nodes: connection pools per node
 //!   ([`upstream::pool`]), a class's never-empty replica set per role
 //!   ([`upstream::set`]: picks, admission, outcomes, ejection), the balancer
