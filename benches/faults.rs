@@ -163,7 +163,7 @@ fn run_one(args: &Args, balancer: BalancerKind) -> Result<String, String> {
     let db = dir.join("jobs.db");
     let mut class =
         percore::demo::mock_class("meter", "mock", 1_000, 1_000, source.addr, replicas[0].addr);
-    class.compute_nodes = nodes.iter().map(|(addr, _)| *addr).collect();
+    class.compute_nodes = nodes.iter().map(|(addr, _)| (*addr).into()).collect();
     class.upstream = Upstream {
         balancer,
         ..Upstream::default()

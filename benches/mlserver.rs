@@ -84,8 +84,9 @@ fn percore_run(args: &Args, source: &PythonSource, server: &MlServer) -> Result<
         model_version: String::new(),
         period_ms: 10_000,
         deadline_ms: 2_000,
-        data_sources: vec![source.addr],
-        compute_nodes: vec![server.grpc],
+        data_sources: vec![source.addr.into()],
+        compute_nodes: vec![server.grpc.into()],
+        gateway: None,
         input_name: "INPUT0".to_string(),
         output: Some(OutputSpec {
             name: Some("max".to_string()),

@@ -5,23 +5,118 @@
 //! cargo bench --bench pipeline -- [--shards N] [--service-time-us U]
 //!     [--concurrency C | --rate R [--poisson] | --tick-rate R] [--duration SECS]
 //!     [--payload-bytes B] [--devices N] [--postgres postgresql://user@host:port/db]
-//!     [--batch B [--linger-us L]]
+//!     [--tls] [--batch B [--linger-us L]]
 //! ```
 //! `--batch B` batches the class's ModelInfer calls, up to B rows each, with a
 //! linger of L µs (default 1000), as `[classes.batching]` does; the output's
 //! `bench.infer_calls` is the calls the mock compute node took.
 //! With `--postgres` the rows go into that database (a table per level, dropped
-//! after it) instead of a scratch SQLite file.
+//! after it) instead of a scratch SQLite file. With `--tls` both calls of every
+//! job go over TLS: the mock nodes serve a certificate made at start (rcgen) by
+//! a CA the class trusts (`[classes.tls] ca_file`, `[classes.source_tls]`).
 //! Shards take the first N allowed CPUs; mock nodes take the CPUs left over (or
 //! share when none are). CPU per job counts dispatcher threads only.
 
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::time::Duration;
 
 use percore::bench::{Bench, BenchOptions, Level};
 use percore::config::{Batching, DEFAULT_LINGER, MAX_BATCH_LIMIT};
+use percore::endpoint::tls::{server_config, ClientTlsSpec};
+use percore::endpoint::{ClientTls, Endpoint};
+use percore::mock::{MockKind, MockNode, MockOptions, ServiceTime};
 use percore::sink::postgres::{PgUrl, PostgresOptions};
 
-fn parse_args() -> Result<(BenchOptions, Level, Option<Batching>), String> {
+/// Mock nodes serving TLS, started by `--tls`, stopped at the end.
+struct TlsMocks {
+    /// The data source, serving TLS.
+    source: MockNode,
+    /// The compute node, serving TLS.
+    compute: MockNode,
+}
+
+/// Writes a CA and a certificate for 127.0.0.1 into `dir`, starts both mock
+/// nodes with TLS on the CPUs no shard takes, and returns them with the class
+/// that reaches them over TLS.
+fn tls_mocks(
+    options: &BenchOptions,
+    dir: &Path,
+) -> Result<(TlsMocks, percore::config::Class), String> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let failed = |what: &str, error: &dyn std::fmt::Display| format!("--tls: {what}: {error}");
+    std::fs::create_dir_all(dir).map_err(|e| failed("scratch folder", &e))?;
+    let mut ca_params =
+        CertificateParams::new(Vec::<String>::new()).map_err(|e| failed("CA", &e))?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().map_err(|e| failed("CA key", &e))?;
+    let ca = CertifiedIssuer::self_signed(ca_params, ca_key).map_err(|e| failed("CA", &e))?;
+    let params = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .map_err(|e| failed("certificate", &e))?;
+    let key = KeyPair::generate().map_err(|e| failed("key", &e))?;
+    let cert = params
+        .signed_by(&key, &ca)
+        .map_err(|e| failed("certificate", &e))?;
+    for (name, text) in [
+        ("ca.pem", ca.as_ref().pem()),
+        ("server.pem", cert.pem()),
+        ("server.key", key.serialize_pem()),
+    ] {
+        std::fs::write(dir.join(name), text).map_err(|e| failed(name, &e))?;
+    }
+    let server = server_config(&dir.join("server.pem"), &dir.join("server.key"), None)?;
+    let cpus = percore::tuning::allowed_cpus();
+    let mock_cpus: Vec<Option<usize>> = match cpus.get(options.shards..) {
+        Some(rest) if !rest.is_empty() => rest.iter().map(|&cpu| Some(cpu)).collect(),
+        _ => vec![None],
+    };
+    let mock = MockOptions {
+        service_time: ServiceTime::Fixed(options.service_time),
+        payload_bytes: options.payload_bytes,
+        tls: Some(server),
+        ..MockOptions::default()
+    };
+    let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let start = |kind| {
+        MockNode::start(kind, any, &mock_cpus, 512 * 1024, mock.clone())
+            .map_err(|error| failed("mock node", &error))
+    };
+    let mocks = TlsMocks {
+        source: start(MockKind::Source)?,
+        compute: start(MockKind::Compute)?,
+    };
+    let trust = ClientTls::load(&ClientTlsSpec {
+        ca_file: Some(dir.join("ca.pem")),
+        ..ClientTlsSpec::default()
+    })
+    .map_err(|error| failed(error.key, &error.message))?;
+    let over_tls = |addr: SocketAddr| Endpoint::from(addr).with_tls(trust.clone());
+    let mut class = percore::demo::mock_class(
+        "bench",
+        "mock",
+        10_000,
+        2_000,
+        mocks.source.addr,
+        mocks.compute.addr,
+    );
+    class.data_sources = vec![over_tls(mocks.source.addr)?];
+    class.compute_nodes = vec![over_tls(mocks.compute.addr)?];
+    Ok((mocks, class))
+}
+
+/// What the command line asks for.
+struct Args {
+    /// Every level's options.
+    options: BenchOptions,
+    /// The level run.
+    level: Level,
+    /// `--tls`: both calls of every job over TLS.
+    tls: bool,
+    /// `--batch B --linger-us L`: the class batches its ModelInfer calls.
+    batching: Option<Batching>,
+}
+
+fn parse_args() -> Result<Args, String> {
     let mut options = BenchOptions {
         shards: 1,
         poisson: false,
@@ -35,6 +130,7 @@ fn parse_args() -> Result<(BenchOptions, Level, Option<Batching>), String> {
         scratch_dir: std::env::temp_dir().join(format!("percore-bench-{}", std::process::id())),
     };
     let mut level = Level::Concurrency(64);
+    let mut tls = false;
     let mut batch: Option<usize> = None;
     let mut linger = DEFAULT_LINGER;
     let mut words = std::env::args().skip(1);
@@ -43,6 +139,10 @@ fn parse_args() -> Result<(BenchOptions, Level, Option<Batching>), String> {
             "--bench" => continue, // added by `cargo bench`
             "--poisson" => {
                 options.poisson = true;
+                continue;
+            }
+            "--tls" => {
+                tls = true;
                 continue;
             }
             _ => {}
@@ -80,11 +180,21 @@ fn parse_args() -> Result<(BenchOptions, Level, Option<Batching>), String> {
         }
         Some(other) => return Err(format!("--batch {other}: must be 2 to {MAX_BATCH_LIMIT}")),
     };
-    Ok((options, level, batching))
+    Ok(Args {
+        options,
+        level,
+        tls,
+        batching,
+    })
 }
 
 fn main() {
-    let (options, level, batching) = match parse_args() {
+    let Args {
+        mut options,
+        level,
+        tls,
+        batching,
+    } = match parse_args() {
         Ok(parsed) => parsed,
         Err(error) => {
             eprintln!("pipeline: {error}");
@@ -92,7 +202,21 @@ fn main() {
         }
     };
     let scratch = options.scratch_dir.clone();
+    let mut tls_mocks_started = None;
+    if tls {
+        match tls_mocks(&options, &scratch.join("tls")) {
+            Ok((mocks, class)) => {
+                options.external = Some(class);
+                tls_mocks_started = Some(mocks);
+            }
+            Err(error) => {
+                eprintln!("pipeline: {error}");
+                std::process::exit(1);
+            }
+        }
+    }
     let described = serde_json::json!({
+        "tls": tls,
         "shards": options.shards,
         "service_time_us": options.service_time.as_micros() as u64,
         "level": level.to_string(),
@@ -108,6 +232,16 @@ fn main() {
         bench.stop();
         summary.map(|summary| (summary, calls))
     });
+    let result = result.map(|(summary, calls)| {
+        let tls_calls = tls_mocks_started
+            .as_ref()
+            .map(|mocks| mocks.compute.control().calls());
+        (summary, calls.or(tls_calls))
+    });
+    if let Some(mocks) = tls_mocks_started {
+        mocks.source.stop();
+        mocks.compute.stop();
+    }
     let _ = std::fs::remove_dir_all(scratch);
     match result {
         Ok((summary, calls)) => {

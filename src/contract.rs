@@ -13,7 +13,7 @@
 //! holds is a few string comparisons.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::sync::Arc;
 
 use crate::proto::inference::model_infer_request::InferInputTensor;
 use crate::proto::inference::model_metadata_response::TensorMetadata;
@@ -32,12 +32,12 @@ pub struct TensorContract {
 }
 
 /// Where a contract was read, for messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
     /// `[classes.contract]` in the config.
     Config,
-    /// The `ModelMetadata` answer of this compute node.
-    Metadata(SocketAddr),
+    /// The `ModelMetadata` answer of this compute node (as the config writes it).
+    Metadata(Arc<str>),
 }
 
 impl fmt::Display for Origin {
@@ -105,7 +105,7 @@ fn names(tensors: &[TensorContract]) -> String {
 
 impl Contract {
     /// The contract a server's `ModelMetadata` answer describes, read from `node`.
-    pub fn from_metadata(metadata: &ModelMetadataResponse, node: SocketAddr) -> Contract {
+    pub fn from_metadata(metadata: &ModelMetadataResponse, node: Arc<str>) -> Contract {
         Contract {
             model: metadata.name.clone(),
             inputs: metadata
@@ -324,8 +324,8 @@ mod tests {
         }
     }
 
-    fn node() -> SocketAddr {
-        "127.0.0.1:9000".parse().unwrap()
+    fn node() -> Arc<str> {
+        "127.0.0.1:9000".into()
     }
 
     fn served() -> Contract {

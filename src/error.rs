@@ -7,7 +7,7 @@
 //! - Start-up errors (config, device list, tuning) are [`ConfigError`](crate::config::ConfigError)s
 //!   that name the file, line and field; the binary wraps them in `anyhow` at its edge.
 
-use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::grpc::status::Code;
@@ -40,24 +40,23 @@ pub struct JobError {
 }
 
 /// What went wrong in one call; the variants are the cases an operator acts on differently.
+/// A `node` is the endpoint as the config writes it (`host:port`), the
+/// shard's own copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ErrorKind {
     /// No connection to the node could be opened (refused, unreachable, timed out).
-    Connect {
-        node: SocketAddr,
-        cause: ConnectError,
-    },
+    Connect { node: Arc<str>, cause: ConnectError },
     /// An open connection broke, or the peer reset the stream, mid-call.
-    ConnectionLost { node: SocketAddr, detail: Box<str> },
+    ConnectionLost { node: Arc<str>, detail: Box<str> },
     /// The node did not take the call: its connection was closing (GOAWAY) or
     /// broke before the request went out, or it refused the stream. Nothing was
     /// processed, so the call may be sent again, to this node too.
-    Refused { node: SocketAddr, detail: Box<str> },
+    Refused { node: Arc<str>, detail: Box<str> },
     /// The job's deadline passed before the call answered.
     DeadlineExceeded,
     /// One attempt took longer than the class's `attempt_timeout_ms` and was
     /// abandoned (its stream reset); another replica may be faster.
-    AttemptTimeout { node: SocketAddr, after_ms: u64 },
+    AttemptTimeout { node: Arc<str>, after_ms: u64 },
     /// No replica of the class could take the call: every one is ejected, not
     /// ready or at its outstanding limit on this shard.
     NoReplica(&'static str),
@@ -77,7 +76,7 @@ pub enum ErrorKind {
     /// its server said, at its last probe, that it cannot (the model unknown
     /// or not ready, another version, a contract that does not fit). The call
     /// was not sent.
-    ModelUnavailable { node: SocketAddr, reason: Box<str> },
+    ModelUnavailable { node: Arc<str>, reason: Box<str> },
     /// What the job would send, or what the model answered, breaks the class's
     /// model contract (see [`crate::contract`]).
     Contract(Box<str>),
@@ -91,6 +90,12 @@ pub enum ConnectError {
     Tcp(std::io::ErrorKind),
     /// Connect plus handshake took longer than the connect timeout.
     TimedOut(Duration),
+    /// The endpoint's host name did not resolve (looked up at every connect).
+    Resolve(String),
+    /// TCP connected but TLS failed: the handshake (the server's certificate,
+    /// a client certificate it refused, no ALPN `h2`), or a TLS alert on the
+    /// first read; the text is rustls's reason and what it means.
+    Tls(String),
     /// TCP connected but the HTTP/2 handshake failed: the peer is not an HTTP/2
     /// server (an HTTP/1.1 port, TLS expected) or it closed the connection.
     Handshake(String),
@@ -103,6 +108,8 @@ impl std::fmt::Display for ConnectError {
             ConnectError::TimedOut(after) => {
                 write!(f, "no HTTP/2 connection within {} ms", after.as_millis())
             }
+            ConnectError::Resolve(detail) => f.write_str(detail),
+            ConnectError::Tls(detail) => write!(f, "TLS: {detail}"),
             ConnectError::Handshake(detail) => {
                 write!(f, "the peer does not speak HTTP/2 ({detail})")
             }

@@ -15,7 +15,7 @@
 
 use std::fmt::Write as _;
 
-use crate::error::{ErrorKind, Stage};
+use crate::error::{ConnectError, ErrorKind, Stage};
 use crate::grpc::status::Code;
 use crate::record::{DeviceIndex, JobRecord, Outcome, SkipReason};
 
@@ -64,6 +64,9 @@ pub enum ReasonClass {
     AttemptTimeout,
     /// No connection to the node could be opened.
     Connect,
+    /// TCP connected but TLS failed (a certificate, a client certificate the
+    /// server refused, no ALPN `h2`): a configuration to fix, not a node down.
+    Tls,
     /// A connection broke mid-call.
     ConnectionLost,
     /// The node did not take the call.
@@ -93,6 +96,10 @@ impl ReasonClass {
             ErrorKind::Status { code, .. } => ReasonClass::grpc(*code),
             ErrorKind::DeadlineExceeded => ReasonClass::Deadline,
             ErrorKind::AttemptTimeout { .. } => ReasonClass::AttemptTimeout,
+            ErrorKind::Connect {
+                cause: ConnectError::Tls(_),
+                ..
+            } => ReasonClass::Tls,
             ErrorKind::Connect { .. } => ReasonClass::Connect,
             ErrorKind::ConnectionLost { .. } => ReasonClass::ConnectionLost,
             ErrorKind::Refused { .. } => ReasonClass::Refused,
@@ -123,6 +130,7 @@ impl ReasonClass {
             ReasonClass::Deadline => "deadline",
             ReasonClass::AttemptTimeout => "attempt timeout",
             ReasonClass::Connect => "connect",
+            ReasonClass::Tls => "tls",
             ReasonClass::ConnectionLost => "connection lost",
             ReasonClass::Refused => "refused",
             ReasonClass::Protocol => "protocol",
@@ -300,7 +308,7 @@ mod tests {
     use super::*;
     use crate::error::JobError;
     use crate::record::StageLatency;
-    use std::net::SocketAddr;
+    use std::sync::Arc;
     use std::time::Instant;
 
     fn record(device: DeviceIndex, outcome: Outcome) -> JobRecord {
@@ -331,7 +339,7 @@ mod tests {
 
     #[test]
     fn every_error_kind_has_its_bounded_class() {
-        let node: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+        let node: Arc<str> = "127.0.0.1:9001".into();
         let cases = [
             (status(Code::NOT_FOUND, "no such model"), "grpc NOT_FOUND"),
             (status(Code(16), ""), "grpc UNAUTHENTICATED"),
@@ -339,26 +347,36 @@ mod tests {
             (status(Code(u32::MAX), ""), "grpc NON_STANDARD"),
             (ErrorKind::DeadlineExceeded, "deadline"),
             (
-                ErrorKind::AttemptTimeout { node, after_ms: 50 },
+                ErrorKind::AttemptTimeout {
+                    node: node.clone(),
+                    after_ms: 50,
+                },
                 "attempt timeout",
             ),
             (
                 ErrorKind::Connect {
-                    node,
+                    node: node.clone(),
                     cause: crate::error::ConnectError::Tcp(std::io::ErrorKind::ConnectionRefused),
                 },
                 "connect",
             ),
             (
+                ErrorKind::Connect {
+                    node: node.clone(),
+                    cause: crate::error::ConnectError::Tls("invalid peer certificate".into()),
+                },
+                "tls",
+            ),
+            (
                 ErrorKind::ConnectionLost {
-                    node,
+                    node: node.clone(),
                     detail: "reset".into(),
                 },
                 "connection lost",
             ),
             (
                 ErrorKind::Refused {
-                    node,
+                    node: node.clone(),
                     detail: "goaway".into(),
                 },
                 "refused",

@@ -16,7 +16,10 @@
 //!   one file per section of it, each with its runtime types, its tables as
 //!   written and the checks between them: `mod.rs` (`Config`, its loading and
 //!   reload, the top level), `class.rs` (`[[classes]]` with its output,
-//!   parameters and contract), `upstream.rs` (`[classes.upstream]`: balancing,
+//!   parameters and contract), `endpoint.rs` (where a class's calls go:
+//!   `data_sources`, `compute_nodes` or a `gateway` with its routing headers,
+//!   `authority`, `[classes.tls]`, `[classes.source_tls]`), `metadata.rs`
+//!   (`token_env`, `[classes.metadata]`), `upstream.rs` (`[classes.upstream]`: balancing,
 //!   limits, retries, hedging, probes, ejection), `batching.rs`
 //!   (`[classes.batching]`: rows per call, linger), `devices.rs`, `sink.rs` (SQLite
 //!   and the spill journal's keys), `postgres.rs`, `grpc.rs`; unit tests in
@@ -42,6 +45,8 @@
 //!   fleet only grows, classes matched by name — as one message per shard.
 //! - [`shard`]: the per-core loop. Owns its devices, schedule, connections,
 //!   counters; fires ticks, starts jobs, batches results to the sink.
+//!   [`inbox`]: the coordinator's messages taken off their channel as they
+//!   arrive, so a shard loop sleeps until its next due time or a message.
 //! - [`tick`]: the tick grid (a pure function of device id and period) and the
 //!   per-shard schedule that fires it.
 //! - [`job`]: one job — Fetch, then ModelInfer, under one deadline, each call one
@@ -51,6 +56,12 @@
 //!   ([`job::Batcher`], one per class and shard when the class batches)
 //!   gathers jobs' checked inputs into one ModelInfer, stacked along the first
 //!   dimension, and splits the answer back into each job's rows.
+//! - [`endpoint`]: a node as the config names it, carried to the pool: host as
+//!   written, port, `http`/`https`, TLS settings, `:authority`
+//!   ([`endpoint::Endpoint`]); [`endpoint::resolve`] looks names up at every
+//!   connect, off the shard (the executor's blocking thread);
+//!   [`endpoint::tls`] reads CAs, client certificates and keys (and the mock
+//!   nodes' server side) into rustls configurations, one per shard.
 //! - [`upstream`]: a shard's way to the nodes: connection pools per node
 //!   ([`upstream::pool`]), a class's never-empty replica set per role
 //!   ([`upstream::set`]: picks, admission, outcomes, ejection), the balancer
@@ -58,7 +69,9 @@
 //!   over peak EWMA), per-replica health ([`upstream::health`]), the retry
 //!   budget ([`upstream::retry`]) and the readiness probes ([`upstream::probe`]).
 //! - [`grpc`]: gRPC on `h2`: message framing, status trailers, the unary client
-//!   and the server the mock nodes use. [`tensor`]: KServe v2 tensor checks.
+//!   and the server the mock nodes use; [`grpc::tls`] puts TLS under the write
+//!   coalescing (h2 → coalescing → TLS → TCP), requires ALPN `h2` and puts TLS
+//!   failures in words. [`tensor`]: KServe v2 tensor checks.
 //!   [`contract`]: a class's model contract — inputs and outputs by name,
 //!   datatype and shape, from the config or the server's `ModelMetadata` —
 //!   checked by the probes against each replica and by every job on what it
@@ -132,9 +145,11 @@ pub mod demo;
 pub mod devices;
 pub mod diagnostic;
 pub mod dispatcher;
+pub mod endpoint;
 pub mod error;
 pub mod failures;
 pub mod grpc;
+pub mod inbox;
 pub mod job;
 pub mod mock;
 pub mod record;

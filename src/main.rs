@@ -410,6 +410,15 @@ struct MockArgs {
     /// node out of service and back.
     #[arg(long)]
     not_ready_file: Option<PathBuf>,
+    /// Serve over TLS with this certificate chain (PEM); needs --tls-key. ALPN h2.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require a client certificate signed by one of these CAs (PEM): mTLS.
+    #[arg(long, requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
 }
 
 /// Parses a duration flag: `5s`, `500ms`, `2m`, `1h 30m` (humantime's units), or
@@ -1169,6 +1178,19 @@ fn mock_command(
             .collect(),
         None => vec![None],
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            percore::endpoint::tls::server_config(cert, key, args.client_ca.as_deref())
+                .map_err(anyhow::Error::msg)
+                .context("--tls-cert/--tls-key/--client-ca")?,
+        ),
+        _ => None,
+    };
+    let scheme = match (&tls, &args.client_ca) {
+        (None, _) => "",
+        (Some(_), None) => " (TLS)",
+        (Some(_), Some(_)) => " (TLS, client certificate required)",
+    };
     let service_time = Duration::from_micros(args.service_time_us);
     let options = MockOptions {
         service_time: if args.exponential {
@@ -1195,10 +1217,11 @@ fn mock_command(
         garbage_after_calls: args.garbage_after_calls,
         http1_only: args.http1,
         not_ready_file: args.not_ready_file,
+        tls,
         ..MockOptions::default()
     };
     let node = MockNode::start(kind, args.listen, &cpus, args.io_memory_kib * 1024, options)?;
-    say!("listening on {}\n", node.addr);
+    say!("listening on {}{scheme}\n", node.addr);
     let _ = stop.recv();
     node.stop();
     Ok(())

@@ -14,14 +14,15 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Class, HealthCheck, Upstream};
 use crate::devices::{stable_hash, Fleet};
+use crate::endpoint::Endpoint;
 use crate::grpc::client::ClientSettings;
+use crate::inbox::Inbox;
 use crate::job::{self, ClassRoute, Payload};
 use crate::record::{DeviceIndex, JobRecord, Outcome, SkipReason, StageLatency};
 use crate::reload::Reload;
@@ -31,12 +32,18 @@ use crate::tick::{self, Clock, Schedule};
 use crate::upstream::probe::{self, ModelRef};
 use crate::upstream::{NodePool, Replica, ReplicaSet, Role, SetPolicy};
 
-/// How often finished results are handed to the sink. Short enough to keep sink
-/// lag low, long enough that batches amortise the channel and the transaction.
+/// How long the first result of a batch waits for others before the batch is
+/// handed to the sink, when the shard is awake anyway (a job finishing after
+/// this sends it): short enough to keep sink lag low, long enough that
+/// batches amortise the channel and the transaction.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(5);
 
-/// How often the shard looks at its control channel while no tick is due.
-const CONTROL_POLL: Duration = Duration::from_millis(50);
+/// How long the first result of a batch waits at most: when no job finishes
+/// after FLUSH_INTERVAL to send it, a timer does. Waking only for that would
+/// cost a shard at a few thousand jobs a second a wake-up every 5 ms (and the
+/// writer a transaction): at that rate a job finishes within a millisecond
+/// anyway, and at lower rates a row reaches the sink within this.
+const FLUSH_LATEST: Duration = Duration::from_millis(25);
 
 /// How often progress counters go to the coordinator: at every whole second of
 /// the run, so each interval covers one second of the run and per-second plots
@@ -217,15 +224,19 @@ struct Shard {
     stats: RefCell<ShardStats>,
     /// Set once no new jobs will start; the flusher then drains and stops.
     no_more_jobs: Cell<bool>,
-    /// The flusher while it waits for a first result (nothing to hand to the
-    /// sink): woken by the push that ends the wait, or when no more jobs will
-    /// start. An idle shard so sleeps instead of waking every FLUSH_INTERVAL.
+    /// The flusher while it waits: for a first result (an idle shard sleeps
+    /// instead of waking every FLUSH_INTERVAL), then for the push that finds
+    /// the batch due. Woken by that push, or when no more jobs will start.
     flusher_waiting: Cell<Option<std::task::Waker>>,
+    /// When the results waiting now are due to go to the sink (their first
+    /// one's time plus FLUSH_INTERVAL); `None` while there are none.
+    flush_due: Cell<Option<Instant>>,
     /// Per class: set when the shard is done or a reload replaced the class's
     /// route, to stop the probes of its replicas.
     probes_stopped: RefCell<Vec<Rc<Cell<bool>>>>,
-    /// Stop and release from the coordinator.
-    control: flume::Receiver<Control>,
+    /// Control messages from the coordinator as they arrive: a loop sleeps
+    /// until its next due time or a message, whichever comes first.
+    inbox: Rc<Inbox<Control>>,
     /// Progress and the final report to the coordinator.
     reports: flume::Sender<ShardReport>,
     /// Set when the coordinator asks to stop early: the Unix ms to stop at.
@@ -320,6 +331,7 @@ pub async fn run(plan: ShardPlan) {
         stats: RefCell::new(ShardStats::new(classes.len())),
         no_more_jobs: Cell::new(false),
         flusher_waiting: Cell::new(None),
+        flush_due: Cell::new(None),
         probes_stopped: RefCell::new(Vec::new()),
         stop_at_ms: Cell::new(None),
         aborted: Cell::new(false),
@@ -327,7 +339,9 @@ pub async fn run(plan: ShardPlan) {
         run_start,
         closed_loop_cursor: Cell::new(0),
         clock,
-        control: channels.control,
+        inbox: Inbox::listen(channels.control, |message| {
+            matches!(message, Control::Release)
+        }),
         reports: channels.reports,
         stage,
         payloads: RefCell::new(Vec::new()),
@@ -384,11 +398,11 @@ pub async fn run(plan: ShardPlan) {
         })
         .await;
     exit_notice.finished = true;
-    // Stay alive until the coordinator has read this thread's CPU time.
-    while let Ok(message) = shard.control.recv_async().await {
-        if matches!(message, Control::Release) {
-            break;
-        }
+    // Stay alive until the coordinator has read this thread's CPU time:
+    // Release is the inbox's last message (and a coordinator gone closes it).
+    while !shard.inbox.is_closed() {
+        shard.inbox.arrival().await;
+        while shard.inbox.pop().is_some() {}
     }
 }
 
@@ -430,8 +444,10 @@ impl Drop for ExitNotice {
 struct RouteBuilder {
     /// Connect timeout and keepalive, shared by every pool.
     settings: Rc<ClientSettings>,
-    /// Every node pool of the shard, by node.
-    pools: HashMap<SocketAddr, Rc<NodePool>>,
+    /// Every node pool of the shard, by endpoint (host and port as written,
+    /// scheme, TLS settings, authority): two classes that name one node alike
+    /// share its connections.
+    pools: HashMap<Endpoint, Rc<NodePool>>,
     /// Connections per node, retries, budget and message limits.
     limits: ShardLimits,
     /// This shard, for the pools' jitter seeds and the sets' log lines.
@@ -474,8 +490,8 @@ impl RouteBuilder {
         let replicas = nodes
             .iter()
             .enumerate()
-            .map(|(index, &node)| {
-                let pool = self.pools.entry(node).or_insert_with(|| {
+            .map(|(index, node)| {
+                let pool = self.pools.entry(node.clone()).or_insert_with(|| {
                     NodePool::new(
                         node,
                         self.limits.connections_per_node,
@@ -517,7 +533,7 @@ impl RouteBuilder {
             // Credentials are the compute nodes' (the data sources speak
             // percore's own protocol): never sent where they are not asked for.
             metadata: match role {
-                Role::ComputeNode => header_map(&class.metadata),
+                Role::ComputeNode => compute_headers(class),
                 Role::DataSource => http::HeaderMap::new(),
             },
         };
@@ -552,6 +568,24 @@ impl RouteBuilder {
             batcher: class.batching.as_ref().map(job::Batcher::new),
         }))
     }
+}
+
+/// The headers of every call to a class's compute nodes (or gateway): its
+/// metadata, and in gateway mode the routing headers (class and model names,
+/// not secret, so HPACK may index them).
+fn compute_headers(class: &Class) -> http::HeaderMap {
+    let mut headers = header_map(&class.metadata);
+    if let Some(gateway) = &class.gateway {
+        for (name, value) in gateway.headers(&class.name, &class.model) {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_str(value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+    }
+    headers
 }
 
 /// A class's metadata as request headers, each value marked sensitive so
@@ -630,7 +664,7 @@ async fn tick_loop(shard: &Rc<Shard>, classes: &[Class], start_ms: i64, end_ms: 
         } else if end_ms < i64::MAX {
             wake = wake.min(shard.clock.instant_of(end_ms));
         }
-        runtime::sleep_until(wake).await;
+        shard.sleep_until(wake).await;
     }
 }
 
@@ -643,7 +677,8 @@ async fn closed_loop(shard: &Rc<Shard>, concurrency: usize, start_ms: i64, end_m
         .map(|_| runtime::spawn(closed_loop_worker(shard.clone(), end_ms)))
         .collect();
     while shard.clock.now_ms() < shard.end_ms(end_ms) {
-        runtime::sleep_until(shard.next_wake()).await;
+        let end = shard.clock.instant_of(shard.end_ms(end_ms));
+        shard.sleep_until(shard.next_wake().min(end)).await;
         shard.poll_control();
         shard.progress_if_due();
     }
@@ -729,7 +764,7 @@ async fn open_loop(shard: &Rc<Shard>, mut arrivals: Arrivals, start_ms: i64, end
         let wake = planned
             .max(now + OPEN_LOOP_GRANULARITY)
             .min(shard.next_wake());
-        runtime::sleep_until(wake).await;
+        shard.sleep_until(wake).await;
     }
 }
 
@@ -832,27 +867,30 @@ async fn run_job(shard: &Shard, local: u32, tick_ms: i64, planned: Instant) {
     });
 }
 
-/// Hands results to the sink every FLUSH_INTERVAL while there are any, until
-/// the shard is done and drained; with none it sleeps until the next one.
-/// Awaiting a full channel is the sink's backpressure.
+/// Hands results to the sink in batches while there are any, until the shard
+/// is done and drained; with none it sleeps until the next one. A batch goes
+/// when a result is pushed FLUSH_INTERVAL or more after the batch's first (the
+/// shard is awake then anyway), or FLUSH_LATEST after it by a timer, or at the
+/// end. Awaiting a full channel is the sink's backpressure.
 async fn flush_results(
     shard: Rc<Shard>,
     results: flume::Sender<Vec<JobRecord>>,
     recycled: flume::Receiver<Vec<JobRecord>>,
 ) -> Result<(), String> {
     loop {
-        // Park until there is something to flush (or the end); then give the
-        // batch FLUSH_INTERVAL to fill.
-        std::future::poll_fn(|cx| {
-            if shard.no_more_jobs.get() || !shard.results.borrow().is_empty() {
-                std::task::Poll::Ready(())
-            } else {
-                shard.flusher_waiting.set(Some(cx.waker().clone()));
-                std::task::Poll::Pending
-            }
-        })
+        // Park until there is something to flush (or the end).
+        shard
+            .flusher_wait(|| !shard.results.borrow().is_empty())
+            .await;
+        let first = Instant::now();
+        shard.flush_due.set(Some(first + FLUSH_INTERVAL));
+        // Then until a push finds the batch due, or FLUSH_LATEST.
+        runtime::until_deadline(
+            first + FLUSH_LATEST,
+            shard.flusher_wait(|| shard.flush_due.get().is_none()),
+        )
         .await;
-        runtime::sleep(FLUSH_INTERVAL).await;
+        shard.flush_due.set(None);
         let last_round = shard.no_more_jobs.get();
         if !shard.results.borrow().is_empty() {
             let spare = recycled
@@ -1046,8 +1084,32 @@ impl Shard {
 
     fn push(&self, record: JobRecord) {
         self.stats.borrow_mut().record(&record);
+        let ready_at = record.ready_at;
         self.results.borrow_mut().push(record);
-        self.wake_flusher();
+        match self.flush_due.get() {
+            // The batch is due: the flusher sends it now, on this wake-up.
+            Some(due) if ready_at >= due => {
+                self.flush_due.set(None);
+                self.wake_flusher();
+            }
+            Some(_) => {}
+            // The batch's first result, if the flusher waits for one.
+            None => self.wake_flusher(),
+        }
+    }
+
+    /// Resolves when `ready()` holds or no more jobs will start; the flusher's
+    /// only way to wait for the shard, woken by [`Shard::wake_flusher`].
+    async fn flusher_wait(&self, ready: impl Fn() -> bool) {
+        std::future::poll_fn(|cx| {
+            if self.no_more_jobs.get() || ready() {
+                std::task::Poll::Ready(())
+            } else {
+                self.flusher_waiting.set(Some(cx.waker().clone()));
+                std::task::Poll::Pending
+            }
+        })
+        .await
     }
 
     /// Wakes the flusher if it is parked waiting for a result (under load it
@@ -1081,7 +1143,7 @@ impl Shard {
     /// Applies pending control messages; returns the stop time if one was asked
     /// for. A stop time already past becomes now: ticks already fired stay fired.
     fn poll_control(&self) -> Option<i64> {
-        while let Ok(message) = self.control.try_recv() {
+        while let Some(message) = self.inbox.pop() {
             match message {
                 Control::StopAt(stop_ms) => {
                     let stop_ms = stop_ms.max(self.clock.now_ms());
@@ -1101,10 +1163,22 @@ impl Shard {
         self.stop_at_ms.get()
     }
 
-    /// When the loop must look up again even if nothing is due: for control
-    /// messages, and for the next progress report.
+    /// When the loop must look up again even if nothing is due: for the next
+    /// progress report (a control message wakes it at once, see
+    /// [`Shard::sleep_until`]).
     fn next_wake(&self) -> Instant {
-        (Instant::now() + CONTROL_POLL).min(self.next_progress.get())
+        self.next_progress.get()
+    }
+
+    /// Sleeps until `wake`, or until a control message arrives.
+    async fn sleep_until(&self, wake: Instant) {
+        if self.inbox.is_closed() {
+            // Nothing more can arrive (the coordinator is gone): a plain sleep,
+            // not a wait that would end at once, every time.
+            runtime::sleep_until(wake).await;
+        } else {
+            runtime::until_deadline(wake, self.inbox.arrival()).await;
+        }
     }
 
     /// Sends progress if a whole second of the run has passed since the last.

@@ -12,8 +12,8 @@
 //! shards' latest copies into [`UpstreamTotals`] for `/metrics` and the summary.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
@@ -396,8 +396,9 @@ pub struct ReplicaStats {
     pub class: ClassIndex,
     /// Data source or compute node: one node may be both for a class.
     pub role: ReplicaRole,
-    /// The node's address: what identifies a replica to an operator.
-    pub node: SocketAddr,
+    /// The node as the config writes it (`host:port`): what identifies a
+    /// replica to an operator.
+    pub node: Arc<str>,
     /// Attempts on it that ended (ok or not; cancelled hedges excluded), so
     /// far: its share of the load.
     pub requests: u64,
@@ -418,8 +419,8 @@ pub struct ReplicaStats {
 
 impl ReplicaStats {
     /// The merge key: one replica of one set of one class.
-    fn key(&self) -> (ClassIndex, ReplicaRole, SocketAddr) {
-        (self.class, self.role, self.node)
+    fn key(&self) -> (ClassIndex, ReplicaRole, Arc<str>) {
+        (self.class, self.role, self.node.clone())
     }
 }
 
@@ -489,8 +490,8 @@ pub struct ReplicaTotals {
     pub class: ClassIndex,
     /// Data source or compute node.
     pub role: ReplicaRole,
-    /// The node's address.
-    pub node: SocketAddr,
+    /// The node as the config writes it.
+    pub node: Arc<str>,
     /// Attempts that ended, summed over shards.
     pub requests: u64,
     /// Attempts that counted against the replica, summed over shards.
@@ -520,7 +521,7 @@ impl Default for ReplicaTotals {
         ReplicaTotals {
             class: 0,
             role: ReplicaRole::ComputeNode,
-            node: SocketAddr::from(([0, 0, 0, 0], 0)),
+            node: Arc::from(""),
             requests: 0,
             failures: 0,
             ejections: 0,
@@ -549,7 +550,7 @@ impl UpstreamTotals {
     /// readiness and ejection become counts of shards.
     pub fn merge<'a>(shards: impl IntoIterator<Item = &'a UpstreamStats>) -> UpstreamTotals {
         let mut totals = UpstreamTotals::default();
-        let mut index: HashMap<(ClassIndex, ReplicaRole, SocketAddr), usize> = HashMap::new();
+        let mut index: HashMap<(ClassIndex, ReplicaRole, Arc<str>), usize> = HashMap::new();
         // Per entry: Σ requests × estimate, divided by Σ requests at the end.
         let mut weighted_us: Vec<f64> = Vec::new();
         for shard in shards {
@@ -558,7 +559,7 @@ impl UpstreamTotals {
                     totals.replicas.push(ReplicaTotals {
                         class: replica.class,
                         role: replica.role,
-                        node: replica.node,
+                        node: replica.node.clone(),
                         ..ReplicaTotals::default()
                     });
                     weighted_us.push(0.0);
@@ -738,11 +739,18 @@ mod tests {
         assert_eq!(stats.latency.end_to_end.len(), 3);
     }
 
+    /// The port of a `127.0.0.1:PORT` node name.
+    fn port_of(node: &str) -> u16 {
+        node.rsplit_once(':')
+            .and_then(|(_, port)| port.parse().ok())
+            .unwrap()
+    }
+
     fn replica(class: ClassIndex, port: u16, requests: u64, ewma_latency_us: f64) -> ReplicaStats {
         ReplicaStats {
             class,
             role: ReplicaRole::ComputeNode,
-            node: SocketAddr::from(([127, 0, 0, 1], port)),
+            node: format!("127.0.0.1:{port}").into(),
             requests,
             failures: requests / 10,
             ejections: 1,
@@ -779,7 +787,7 @@ mod tests {
         let keys: Vec<_> = totals
             .replicas
             .iter()
-            .map(|r| (r.class, r.role, r.node.port()))
+            .map(|r| (r.class, r.role, port_of(&r.node)))
             .collect();
         assert_eq!(
             keys,
@@ -824,7 +832,9 @@ mod tests {
         let set = |role: Role, ports: &[u16]| {
             let replicas = ports
                 .iter()
-                .map(|&port| Replica::detached(SocketAddr::from(([127, 0, 0, 1], port)), 1, now))
+                .map(|&port| {
+                    Replica::detached(std::net::SocketAddr::from(([127, 0, 0, 1], port)), 1, now)
+                })
                 .collect();
             let policy = SetPolicy {
                 class: "camera".into(),
@@ -875,7 +885,7 @@ mod tests {
                 (
                     r.class,
                     r.role,
-                    r.node.port(),
+                    port_of(&r.node),
                     r.requests,
                     r.failures,
                     r.outstanding,

@@ -448,7 +448,7 @@ mod tests {
                     ReplicaTotals {
                         class: 0,
                         role: ReplicaRole::ComputeNode,
-                        node: "127.0.0.1:9001".parse().unwrap(),
+                        node: "127.0.0.1:9001".into(),
                         requests: 3_000,
                         failures: 600,
                         ejections: 2,
@@ -461,7 +461,7 @@ mod tests {
                     ReplicaTotals {
                         class: 0,
                         role: ReplicaRole::ComputeNode,
-                        node: "127.0.0.1:9002".parse().unwrap(),
+                        node: "127.0.0.1:9002".into(),
                         requests: 1_000,
                         failures: 300,
                         ..ReplicaTotals::default()

@@ -125,7 +125,7 @@ fn an_unknown_field_is_named_with_its_line() {
         error,
         format!(
             "{}:12: unknown field `perod_ms`, expected one of `name`, `model`, \
-             `model_version`, `period_ms`, `deadline_ms`, `data_sources`, `compute_nodes`, \
+             `model_version`, `period_ms`, `deadline_ms`, `data_sources`, `compute_nodes`, `gateway`, `authority`, `tls`, `source_tls`, \
              `input_name`, `output`, `outputs`, `parameters`, `request_id`, `store_outputs`, `contract`, `token_env`, `metadata`, `upstream`",
             config_path.display()
         )

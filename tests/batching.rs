@@ -365,7 +365,7 @@ fn a_device_whose_tensor_breaks_the_contract_fails_alone() {
         linger: Duration::from_millis(20),
     };
     let mut class = common::class(METER, good.addr, compute.addr);
-    class.data_sources = vec![good.addr, bad.addr];
+    class.data_sources = vec![good.addr.into(), bad.addr.into()];
     class.output = None;
     class.batching = Some(batching);
     class.contract = ContractConfig {

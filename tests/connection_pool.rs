@@ -59,7 +59,7 @@ fn full_connections_make_the_pool_open_another_up_to_its_limit() {
     );
     let addr = compute.addr;
     let (results, connections) = on_executor(move || async move {
-        let pool = NodePool::new(addr, 3, Rc::new(ClientSettings::default()), 0);
+        let pool = NodePool::new(&addr.into(), 3, Rc::new(ClientSettings::default()), 0);
         let calls: Vec<_> = (0..8u8)
             .map(|i| {
                 let pool = pool.clone();
@@ -114,7 +114,7 @@ fn messages_larger_than_the_flow_control_windows_arrive_intact() {
     let (fetched, inferred) = on_executor(move || async move {
         let settings = Rc::new(ClientSettings::default());
         let deadline = Instant::now() + Duration::from_secs(20);
-        let source = NodePool::new(source_addr, 1, settings.clone(), 0);
+        let source = NodePool::new(&source_addr.into(), 1, settings.clone(), 0);
         let connection = source.connection().await.expect("connects to the source");
         let request = FetchRequest {
             device_id: "dev-big".into(),
@@ -125,7 +125,7 @@ fn messages_larger_than_the_flow_control_windows_arrive_intact() {
             .unary(source.fetch_uri(), &request, deadline, 4 << 20)
             .await
             .expect("the large fetch succeeds");
-        let compute = NodePool::new(compute_addr, 1, settings, 0);
+        let compute = NodePool::new(&compute_addr.into(), 1, settings, 0);
         let connection = compute.connection().await.expect("connects to compute");
         let inferred: ModelInferResponse = connection
             .unary(

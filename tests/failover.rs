@@ -36,7 +36,7 @@ fn run_with_a_dead_replica(retries: u32) {
     let db = dir.path().join("jobs.db");
     let mut class = common::class(CAMERA, source.addr, compute.addr);
     let dead = dead_address();
-    class.compute_nodes = vec![dead, compute.addr];
+    class.compute_nodes = vec![dead.into(), compute.addr.into()];
     let grpc = GrpcConfig {
         retries,
         ..GrpcConfig::default()

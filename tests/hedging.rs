@@ -40,7 +40,7 @@ fn run_with(upstream: Upstream) -> (Vec<common::Row>, percore::summary::RunSumma
     let dir = tempfile::tempdir().expect("a temporary directory");
     let db = dir.path().join("jobs.db");
     let mut class = common::class(METER, source.addr, healthy.addr);
-    class.compute_nodes = vec![healthy.addr, hanging.addr];
+    class.compute_nodes = vec![healthy.addr.into(), hanging.addr.into()];
     class.upstream = upstream;
     let config = common::config(vec![class], 500, db.clone(), GrpcConfig::default());
     let summary = common::run(&config, Duration::from_secs(3));

@@ -56,7 +56,7 @@ fn on_executor<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(
 /// Opens one client connection to `node`, as a shard would.
 async fn open(node: SocketAddr) -> Connection {
     match Connection::open(
-        node,
+        &percore::endpoint::Endpoint::from(node).connector(),
         &ClientSettings::default(),
         Rc::new(Traffic::default()),
     )
@@ -631,7 +631,7 @@ fn http1_only_answers_the_preface_as_an_http1_server() {
     let read = socket.read_to_end(&mut answer);
     let opened = on_executor(move || async move {
         Connection::open(
-            addr,
+            &percore::endpoint::Endpoint::from(addr).connector(),
             &ClientSettings::default(),
             Rc::new(Traffic::default()),
         )

@@ -52,11 +52,12 @@ where
     };
     let task = move || async move {
         let settings = ClientSettings::default();
-        let connection = match Connection::open(addr, &settings, Rc::new(Traffic::default())).await
-        {
-            Ok(connection) => connection,
-            Err(error) => panic!("cannot connect to {addr}: {error}"),
-        };
+        let connector = percore::endpoint::Endpoint::from(addr).connector();
+        let connection =
+            match Connection::open(&connector, &settings, Rc::new(Traffic::default())).await {
+                Ok(connection) => connection,
+                Err(error) => panic!("cannot connect to {addr}: {error}"),
+            };
         let uri: Uri = format!("http://{addr}{path}").parse().expect("a valid URI");
         let deadline = Instant::now() + Duration::from_secs(5);
         connection.unary(&uri, &request, deadline, 4 << 20).await

@@ -44,7 +44,7 @@ fn replica_counters_add_up_to_the_attempts_and_reach_every_output() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let db = dir.path().join("jobs.db");
     let mut class = common::class(METER, source.addr, computes[0].addr);
-    class.compute_nodes.push(computes[1].addr);
+    class.compute_nodes.push(computes[1].addr.into());
     let config = common::config(vec![class], 600, db.clone(), GrpcConfig::default());
     let admin =
         AdminServer::start("127.0.0.1:0".parse().expect("an address")).expect("admin starts");
@@ -95,8 +95,15 @@ fn replica_counters_add_up_to_the_attempts_and_reach_every_output() {
     assert_eq!(sources.len(), 1, "{replicas:?}");
     assert_eq!(compute_nodes.len(), 2, "{replicas:?}");
     assert_eq!(
-        compute_nodes.iter().map(|r| r.node).collect::<Vec<_>>(),
-        config.classes[0].compute_nodes,
+        compute_nodes
+            .iter()
+            .map(|r| r.node.to_string())
+            .collect::<Vec<_>>(),
+        config.classes[0]
+            .compute_nodes
+            .iter()
+            .map(|node| node.to_string())
+            .collect::<Vec<_>>(),
         "config order"
     );
 

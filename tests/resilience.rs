@@ -45,7 +45,7 @@ fn fast_mock() -> MockNode {
 
 fn class_over(source: SocketAddr, computes: &[SocketAddr], upstream: Upstream) -> Class {
     let mut class = common::class(METER, source, computes[0]);
-    class.compute_nodes = computes.to_vec();
+    class.compute_nodes = computes.iter().map(|&addr| addr.into()).collect();
     class.upstream = upstream;
     class
 }

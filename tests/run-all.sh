@@ -22,6 +22,15 @@ if [ ! -x /usr/bin/chromium ]; then
   apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
 
+# tests/gateway.rs routes calls through a real nginx (grpc_pass), which it starts
+# itself from examples/nginx/percore-gateway.conf: Debian's package.
+if [ ! -x /usr/sbin/nginx ]; then
+  echo "installing nginx for tests/gateway.rs" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends nginx >/dev/null
+fi
+
 # tests/mlserver.rs runs a real inference server (MLServer) and a data source written
 # in Python (examples/python/): a venv in this checkout's target/, with the pins of
 # examples/python/requirements.txt, made again only when they change, and the gRPC

@@ -375,7 +375,6 @@ fn gauge(
 mod tests {
     use super::*;
     use crate::stats::{StageHistograms, UpstreamTotals};
-    use std::net::SocketAddr;
 
     #[test]
     fn exposition_lists_every_shard_outcome_and_cumulative_buckets() {
@@ -512,7 +511,7 @@ mod tests {
         let replica = |port: u16, requests: u64| ReplicaTotals {
             class: 0,
             role: ReplicaRole::ComputeNode,
-            node: SocketAddr::from(([127, 0, 0, 1], port)),
+            node: format!("127.0.0.1:{port}").into(),
             requests,
             failures: 2,
             ejections: 1,

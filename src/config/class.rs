@@ -5,19 +5,21 @@
 //!
 //! The runtime [`Class`] the shards and jobs read, the table as written
 //! ([`ClassFile`]), and the checks between them: names, periods and deadlines,
-//! node addresses resolved once at load, KServe v2 datatypes and shapes.
+//! KServe v2 datatypes and shapes. Where its calls go (endpoints, gateway, TLS)
+//! is [`super::endpoint`]'s.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::{SocketAddr, ToSocketAddrs};
 
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::batching::{Batching, BatchingFile};
+use super::endpoint::{self, EndpointKeys, Gateway, GatewayFile, TlsFile};
 use super::metadata::{self, Metadata, MetadataValueFile};
 use super::upstream::{HealthCheck, Upstream, UpstreamFile};
 use crate::contract::{Contract, Origin, TensorContract};
 use crate::diagnostic::{ConfigError, Source};
+use crate::endpoint::Endpoint;
 use crate::record::ClassIndex;
 
 /// A kind of device: which model it runs, how often, and which nodes serve it.
@@ -35,9 +37,14 @@ pub struct Class {
     /// most the period, so a device rarely has a tick skipped behind its own job.
     pub deadline_ms: u64,
     /// Data sources to fetch inputs from; each shard balances over them.
-    pub data_sources: Vec<SocketAddr>,
-    /// Compute nodes (replicas) serving the model; each shard balances over them.
-    pub compute_nodes: Vec<SocketAddr>,
+    pub data_sources: Vec<Endpoint>,
+    /// Compute nodes (replicas) serving the model; each shard balances over
+    /// them. In gateway mode, the gateway alone.
+    pub compute_nodes: Vec<Endpoint>,
+    /// Set when the class calls a routing gateway (`gateway = …`) instead of
+    /// its replicas: the routing headers its calls carry. The gateway is
+    /// `compute_nodes[0]`, and balancing over the replicas is the gateway's.
+    pub gateway: Option<Gateway>,
     /// Name of the model's input tensor in the infer request.
     pub input_name: String,
     /// What every response's output must look like; `None` accepts any output.
@@ -184,7 +191,11 @@ pub(super) struct ClassFile {
     period_ms: Spanned<u64>,
     deadline_ms: Spanned<u64>,
     data_sources: Spanned<Vec<Spanned<String>>>,
-    compute_nodes: Spanned<Vec<Spanned<String>>>,
+    compute_nodes: Option<Spanned<Vec<Spanned<String>>>>,
+    gateway: Option<Spanned<GatewayFile>>,
+    authority: Option<Spanned<String>>,
+    tls: Option<Spanned<TlsFile>>,
+    source_tls: Option<Spanned<TlsFile>>,
     #[serde(default = "default_input_name")]
     input_name: Spanned<String>,
     output: Option<OutputFile>,
@@ -338,7 +349,29 @@ impl ClassFile {
                 }
             },
         };
-        let compute_nodes = resolve_nodes(&self.compute_nodes, &field("compute_nodes"), source)?;
+        let metadata = metadata::validate(
+            self.token_env.as_ref(),
+            &self.metadata,
+            prefix,
+            source,
+            &|var| std::env::var(var).ok(),
+        )?;
+        let endpoints = endpoint::validate(
+            &EndpointKeys {
+                name: &self.name,
+                model: self.model.get_ref(),
+                data_sources: &self.data_sources,
+                compute_nodes: self.compute_nodes.as_ref(),
+                gateway: self.gateway.as_ref(),
+                authority: self.authority.as_ref(),
+                tls: self.tls.as_ref(),
+                source_tls: self.source_tls.as_ref(),
+            },
+            &metadata,
+            prefix,
+            source,
+        )?;
+        let compute_nodes = endpoints.compute_nodes;
         let upstream = self.upstream.validate(
             &field("upstream"),
             &compute_nodes,
@@ -358,13 +391,6 @@ impl ClassFile {
                 source,
             )?,
         };
-        let metadata = metadata::validate(
-            self.token_env.as_ref(),
-            &self.metadata,
-            prefix,
-            source,
-            &|var| std::env::var(var).ok(),
-        )?;
         let batching = match &self.batching {
             None => None,
             Some(batching) => Some(batching.validate(deadline_ms, &field("batching"), source)?),
@@ -375,14 +401,12 @@ impl ClassFile {
             model_version: self.model_version.clone(),
             period_ms,
             deadline_ms,
-            data_sources: resolve_nodes(&self.data_sources, &field("data_sources"), source)?
-                .into_iter()
-                .map(|(_, address)| address)
-                .collect(),
+            data_sources: endpoints.data_sources,
             compute_nodes: compute_nodes
                 .into_iter()
-                .map(|(_, address)| address)
+                .map(|(_, endpoint)| endpoint)
                 .collect(),
+            gateway: endpoints.gateway,
             input_name: self.input_name.get_ref().clone(),
             output,
             requested_outputs,
@@ -527,45 +551,4 @@ fn non_empty(value: &Spanned<String>, field: &str, source: &Source) -> Result<()
         return Err(source.error(value.span(), field, "must not be empty"));
     }
     Ok(())
-}
-
-/// Resolve each `host:port` once, at load, so a typo (or port 0) stops the start
-/// instead of failing every job. A name that resolves to several addresses takes the first,
-/// as a plain `connect` would; write an IP literal to be explicit. Each address
-/// comes with its text as written, for keys that name a node.
-fn resolve_nodes(
-    nodes: &Spanned<Vec<Spanned<String>>>,
-    field: &str,
-    source: &Source,
-) -> Result<Vec<(String, SocketAddr)>, ConfigError> {
-    if nodes.get_ref().is_empty() {
-        return Err(source.error(nodes.span(), field, "must list at least one address"));
-    }
-    let mut addresses = Vec::with_capacity(nodes.get_ref().len());
-    for (index, node) in nodes.get_ref().iter().enumerate() {
-        let text = node.get_ref().as_str();
-        let error =
-            |message: String| source.error(node.span(), format!("{field}[{index}]"), message);
-        let port = text
-            .rsplit_once(':')
-            .filter(|(host, _)| !host.is_empty())
-            .and_then(|(_, port)| port.parse::<u16>().ok());
-        let Some(port) = port else {
-            return Err(error(format!("expected \"host:port\", found {text:?}")));
-        };
-        // Connecting to port 0 always fails, so every job would.
-        if port == 0 {
-            return Err(error(format!("port 0 is not a usable port in {text:?}")));
-        }
-        let address = text
-            .to_socket_addrs()
-            .map_err(|cause| error(format!("cannot resolve {text:?}: {cause}")))?
-            .next()
-            .ok_or_else(|| error(format!("{text:?} resolves to no address")))?;
-        if addresses.iter().any(|(_, known)| *known == address) {
-            return Err(error(format!("{text:?} is listed twice")));
-        }
-        addresses.push((text.to_string(), address));
-    }
-    Ok(addresses)
 }

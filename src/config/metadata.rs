@@ -31,6 +31,12 @@ const RESERVED: [&str; 6] = [
     "grpc-timeout",
 ];
 
+/// Whether a lowercase header name is one percore sets itself or gRPC and
+/// HTTP/2 reserve (`grpc-*`, pseudo-headers): no config may set it.
+pub(super) fn is_reserved(lowercase: &str) -> bool {
+    RESERVED.contains(&lowercase) || lowercase.starts_with("grpc-") || lowercase.starts_with(':')
+}
+
 /// A header value that must not be shown: its `Debug` is `<redacted>`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -103,10 +109,7 @@ pub(super) fn validate(
         if http::HeaderName::from_bytes(lowercase.as_bytes()).is_err() {
             return Err(source.error(value.span(), field, "is not a valid header name"));
         }
-        if RESERVED.contains(&lowercase.as_str())
-            || lowercase.starts_with("grpc-")
-            || lowercase.starts_with(':')
-        {
+        if is_reserved(&lowercase) {
             return Err(source.error(
                 value.span(),
                 field,

@@ -17,6 +17,9 @@
 //! - `class`: `[[classes]]` with `[classes.output]`, `[classes.parameters]` and
 //!   `[classes.contract]` ([`Class`], [`OutputSpec`], [`Parameter`],
 //!   [`ContractConfig`]); `upstream`: `[classes.upstream]` ([`Upstream`]);
+//!   `endpoint`: where a class's calls go — `data_sources`, `compute_nodes` or
+//!   a `gateway` ([`Gateway`]), `authority`, `[classes.tls]` and
+//!   `[classes.source_tls]` — as [`crate::endpoint::Endpoint`]s;
 //!   `batching`: `[classes.batching]` ([`Batching`]);
 //! - `devices`: `[devices]`, a device list or a generated fleet;
 //! - `sink`: `[sink]` ([`SinkConfig`]), SQLite's keys and the spill journal's;
@@ -31,6 +34,7 @@ use toml::Spanned;
 mod batching;
 mod class;
 mod devices;
+mod endpoint;
 mod grpc;
 mod metadata;
 mod postgres;
@@ -41,6 +45,7 @@ mod upstream;
 
 pub use batching::{Batching, DEFAULT_LINGER, MAX_BATCH_LIMIT};
 pub use class::{Class, ContractConfig, OutputSpec, Parameter};
+pub use endpoint::{Gateway, DEFAULT_CLASS_HEADER, DEFAULT_MODEL_HEADER};
 pub use grpc::GrpcConfig;
 pub use metadata::{Metadata, Secret};
 pub use postgres::PG_URL_ENV;

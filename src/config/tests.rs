@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use super::postgres::{validate_postgres_sink, PostgresSinkFile};
 use super::*;
 use crate::contract::{Origin, TensorContract};
+use crate::endpoint::Endpoint;
 use crate::tuning::Tuning;
 
 /// A minimal valid config with a generated fleet, so no file is needed.
@@ -69,8 +70,8 @@ fn parses_a_valid_config_with_defaults() {
     assert_eq!(
         camera.compute_nodes,
         vec![
-            "127.0.0.1:9001".parse::<SocketAddr>().unwrap(),
-            "[::1]:9002".parse::<SocketAddr>().unwrap()
+            Endpoint::from("127.0.0.1:9001".parse::<SocketAddr>().unwrap()),
+            Endpoint::from("[::1]:9002".parse::<SocketAddr>().unwrap())
         ]
     );
     assert_eq!(
@@ -149,7 +150,7 @@ fn unknown_fields_are_rejected_with_their_line() {
     assert_eq!(
         error_of(&text),
         "conf/fleet.toml:13: unknown field `period`, expected one of `name`, `model`, \
-         `model_version`, `period_ms`, `deadline_ms`, `data_sources`, `compute_nodes`, \
+         `model_version`, `period_ms`, `deadline_ms`, `data_sources`, `compute_nodes`, `gateway`, `authority`, `tls`, `source_tls`, \
          `input_name`, `output`, `outputs`, `parameters`, `request_id`, `store_outputs`, `contract`, `token_env`, `metadata`, `upstream`, \
          `batching`"
     );

@@ -8,13 +8,13 @@
 //! [`Upstream`] is plain data the shards build their replica sets from.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::diagnostic::{ConfigError, Source};
+use crate::endpoint::Endpoint;
 use crate::grpc::status::Code;
 
 /// How a class's calls are balanced, bounded, retried, hedged and health-checked.
@@ -182,12 +182,12 @@ struct EjectionFile {
 }
 
 impl UpstreamFile {
-    /// `compute_nodes` are the class's nodes as written and as resolved, so
-    /// weights can name them the way the file does.
+    /// `compute_nodes` are the class's nodes as written and as endpoints, so
+    /// weights can name them the way the file does (or as `host:port`).
     pub(super) fn validate(
         &self,
         prefix: &str,
-        compute_nodes: &[(String, SocketAddr)],
+        compute_nodes: &[(String, Endpoint)],
         deadline: Duration,
         source: &Source,
     ) -> Result<Upstream, ConfigError> {
@@ -210,8 +210,8 @@ impl UpstreamFile {
             let mut by_node = vec![1; compute_nodes.len()];
             for (node, weight) in weights {
                 let name = format!("weights.{:?}", node.get_ref());
-                let Some(index) = compute_nodes.iter().position(|(text, addr)| {
-                    text == node.get_ref() || addr.to_string() == *node.get_ref()
+                let Some(index) = compute_nodes.iter().position(|(text, endpoint)| {
+                    text == node.get_ref() || endpoint.name() == node.get_ref()
                 }) else {
                     let listed: Vec<&str> = compute_nodes.iter().map(|(t, _)| t.as_str()).collect();
                     return Err(source.error(

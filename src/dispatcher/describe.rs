@@ -30,11 +30,38 @@ pub(super) fn config_description(config: &Config, options: &RunOptions) -> serde
             "deadline_ms": class.deadline_ms,
             "data_sources": class.data_sources.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "compute_nodes": class.compute_nodes.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "transport": transport_description(class),
             "upstream": upstream_description(&class.upstream),
             // Names only: the values are credentials.
             "metadata": class.metadata.names(),
         })).collect::<Vec<_>>(),
         "mocks": options.mocks,
+    })
+}
+
+/// How a class's calls travel: TLS per role (paths and names, nothing read
+/// from the files), the `:authority` override, and the gateway's routing
+/// headers in gateway mode.
+fn transport_description(class: &crate::config::Class) -> serde_json::Value {
+    let tls = |endpoints: &[crate::endpoint::Endpoint]| {
+        endpoints
+            .iter()
+            .find_map(|endpoint| endpoint.tls().map(|tls| tls.describe()))
+    };
+    let authority = class
+        .compute_nodes
+        .first()
+        .filter(|endpoint| endpoint.authority() != endpoint.name())
+        .map(|endpoint| endpoint.authority().to_string());
+    serde_json::json!({
+        "compute_tls": tls(&class.compute_nodes),
+        "data_source_tls": tls(&class.data_sources),
+        "authority": authority,
+        "gateway": class.gateway.as_ref().map(|gateway| serde_json::json!({
+            "endpoint": class.compute_nodes.first().map(|e| e.to_string()),
+            "class_header": gateway.class_header,
+            "model_header": gateway.model_header,
+        })),
     })
 }
 

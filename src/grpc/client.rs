@@ -6,9 +6,10 @@
 //! the stream's flow-control capacity, read the response headers, body and
 //! trailers, and turn everything that can go wrong into an [`ErrorKind`].
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,6 +21,8 @@ use prost::Message;
 use super::coalesce::CoalescingStream;
 use super::frame::{self, FrameError, MessageDecoder};
 use super::status::{read_status, Code, StatusError};
+use super::tls::{self, Watch, Watched};
+use crate::endpoint::{resolve, Connector};
 use crate::error::{ConnectError, ErrorKind};
 use crate::runtime;
 
@@ -70,8 +73,8 @@ pub struct Traffic {
 pub struct Connection {
     /// h2's handle for opening streams; cloned per call, as `ready()` consumes it.
     send: SendRequest<Bytes>,
-    /// The node, for error messages.
-    node: SocketAddr,
+    /// The node as the config writes it (`host:port`), for error messages.
+    node: Arc<str>,
     /// Calls open on this connection, so the pool can pick the least loaded one and
     /// open another connection when the peer's stream limit is reached; shared with
     /// the write coalescing, which batches only when there are several.
@@ -85,32 +88,83 @@ pub struct Connection {
     /// Our own cap on streams open at once, below the peer's
     /// `max_concurrent_streams` (the tuning file's `max_streams_per_connection`).
     max_streams: Option<usize>,
+    /// The last `grpc-timeout` value sent and its whole milliseconds: calls of
+    /// one class have one deadline, so most calls send the same value, made
+    /// once instead of formatted per call.
+    last_timeout: RefCell<(u64, HeaderValue)>,
     /// Ends the driver task, and with it the connection, when sent to (or when
     /// every sender is gone); held here so the driver lives as long as this.
     _kill: flume::Sender<()>,
 }
 
 impl Connection {
-    /// Connects and performs the HTTP/2 handshake; the connection is then driven by
-    /// a task on the current executor until it closes, and pinged every
-    /// `keepalive_interval`.
+    /// Resolves the endpoint, connects (to each of its addresses in turn
+    /// until one answers), speaks TLS if the endpoint asks for it, and performs
+    /// the HTTP/2 handshake, all within the connect timeout; the connection is
+    /// then driven by a task on the current executor until it closes, and
+    /// pinged every `keepalive_interval`.
     pub async fn open(
-        node: SocketAddr,
+        target: &Connector,
         settings: &ClientSettings,
         traffic: Rc<Traffic>,
     ) -> Result<Connection, ConnectError> {
         let deadline = Instant::now() + settings.connect_timeout;
         let timed_out = || ConnectError::TimedOut(settings.connect_timeout);
-        let stream = runtime::until_deadline(
-            deadline,
-            runtime::connect(node, settings.connect_timeout, &settings.net),
-        )
-        .await
-        .ok_or_else(timed_out)?
-        .map_err(|error| match error.kind() {
-            std::io::ErrorKind::TimedOut => timed_out(),
-            kind => ConnectError::Tcp(kind),
-        })?;
+        let addresses =
+            runtime::until_deadline(deadline, resolve::resolve(&target.host, target.port))
+                .await
+                .ok_or_else(timed_out)?
+                .map_err(ConnectError::Resolve)?;
+        let stream = connect_any(&addresses, deadline, settings).await?;
+        // What the stream saw, should the HTTP/2 handshake fail: a TLS record
+        // from a peer reached in the clear, a TLS alert after the handshake.
+        let watch = Rc::new(Watch::default());
+        let opened = match &target.tls {
+            None => {
+                let stream = Watched::new(stream, watch.clone());
+                Connection::handshake(stream, target, deadline, settings, traffic).await
+            }
+            Some(tls_target) => {
+                let stream = runtime::until_deadline(deadline, tls::connect(stream, tls_target))
+                    .await
+                    .ok_or_else(timed_out)?
+                    .map_err(ConnectError::Tls)?;
+                let stream = Watched::new(stream, watch.clone());
+                Connection::handshake(stream, target, deadline, settings, traffic).await
+            }
+        };
+        match opened {
+            Err(ConnectError::Handshake(detail)) => {
+                if let Some(tls_error) = watch.tls_error() {
+                    return Err(ConnectError::Tls(tls_error));
+                }
+                if target.tls.is_none() && watch.peer_answered_in_tls() {
+                    return Err(ConnectError::Handshake(
+                        "it answered in TLS: write its endpoint as https://host:port, \
+                         or give its class a TLS table"
+                            .to_string(),
+                    ));
+                }
+                Err(ConnectError::Handshake(detail))
+            }
+            other => other,
+        }
+    }
+
+    /// The HTTP/2 handshake on a connected `stream` (plaintext or TLS),
+    /// with the write coalescing between h2 and it.
+    async fn handshake<S>(
+        stream: S,
+        target: &Connector,
+        deadline: Instant,
+        settings: &ClientSettings,
+        traffic: Rc<Traffic>,
+    ) -> Result<Connection, ConnectError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+    {
+        let timed_out = || ConnectError::TimedOut(settings.connect_timeout);
+        let node = target.name.clone();
         let in_flight = Rc::new(Cell::new(0));
         let tuning = settings.net;
         let handshake = h2::client::Builder::new()
@@ -127,21 +181,25 @@ impl Connection {
             .max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
             .max_local_error_reset_streams(None)
             .handshake::<_, Bytes>(CoalescingStream::new(stream, in_flight.clone()));
-        let handshake_failed =
-            |step: &str, error: h2::Error| ConnectError::Handshake(format!("{step}: {error}"));
         let (send, mut connection) = runtime::until_deadline(deadline, handshake)
             .await
             .ok_or_else(timed_out)?
-            .map_err(|error| handshake_failed("h2 handshake", error))?;
+            .map_err(|error| handshake_failed(&error))?;
         let ping_pong = connection.ping_pong();
         let closed = Rc::new(Cell::new(false));
         let closed_by_driver = closed.clone();
+        // Why the connection ended, when h2 says: a ping only learns that it
+        // did (a broken pipe), the driver learns why (a TLS alert, bad frames).
+        let ended_with = Rc::new(RefCell::new(None::<h2::Error>));
+        let ended_with_by_driver = ended_with.clone();
         let (kill, killed) = flume::bounded::<()>(1);
         runtime::spawn(async move {
             // The error, if any, reaches callers through their streams. Dropping
             // the connection (when killed) fails every open stream.
             let run = async {
-                let _ = connection.await;
+                if let Err(error) = connection.await {
+                    *ended_with_by_driver.borrow_mut() = Some(error);
+                }
             };
             let kill_signal = async {
                 let _ = killed.recv_async().await;
@@ -156,10 +214,15 @@ impl Connection {
         // peer that is not an HTTP/2 server fails here, on the first frame it
         // sends back.
         if let Some(mut ping_pong) = ping_pong {
-            runtime::until_deadline(deadline, ping_pong.ping(h2::Ping::opaque()))
+            let answered = runtime::until_deadline(deadline, ping_pong.ping(h2::Ping::opaque()))
                 .await
-                .ok_or_else(timed_out)?
-                .map_err(|error| handshake_failed("h2 handshake", error))?;
+                .ok_or_else(timed_out)?;
+            if let Err(error) = answered {
+                // Let the driver record why, if it has not yet.
+                futures_lite::future::yield_now().await;
+                let cause = ended_with.borrow_mut().take();
+                return Err(handshake_failed(cause.as_ref().unwrap_or(&error)));
+            }
             if let Some(interval) = settings.keepalive_interval {
                 runtime::spawn(keepalive(
                     ping_pong,
@@ -167,7 +230,7 @@ impl Connection {
                     settings.keepalive_timeout,
                     closed.clone(),
                     kill.clone(),
-                    node,
+                    node.clone(),
                 ))
                 .detach();
             }
@@ -179,12 +242,14 @@ impl Connection {
             closed,
             traffic,
             max_streams: tuning.max_streams_per_connection,
+            last_timeout: RefCell::new((0, HeaderValue::from_static("0m"))),
             _kill: kill,
         })
     }
 
-    pub fn node(&self) -> SocketAddr {
-        self.node
+    /// The node as the config writes it.
+    pub fn node(&self) -> &Arc<str> {
+        &self.node
     }
 
     pub fn is_closed(&self) -> bool {
@@ -252,10 +317,17 @@ impl Connection {
         let traffic = &self.traffic;
         traffic.sent.set(traffic.sent.get() + body.len() as u64);
         let mut send = self.send.clone().ready().await.map_err(not_sent)?;
+        let timeout = self.timeout_header(deadline);
         let (response, mut stream) = send
-            .send_request(grpc_request(uri, deadline, metadata), false)
+            .send_request(grpc_request(uri, timeout, metadata), false)
             .map_err(not_sent)?;
-        send_body(&mut stream, body).await.map_err(lost)?;
+        // The whole message goes to h2 in the same executor round as the
+        // HEADERS frame, so both leave in one write: waiting for capacity
+        // first would let the connection task flush HEADERS alone and cost a
+        // second `send` (and a second wake-up of the node) per call. h2 keeps
+        // the `Bytes` (no copy) and sends it as the peer's window allows; the
+        // message is in memory already, so nothing more is buffered.
+        stream.send_data(body, true).map_err(lost)?;
 
         let response = response.await.map_err(lost)?;
         let (head, mut body) = response.into_parts();
@@ -296,6 +368,23 @@ impl Connection {
         decoder.finish().map_err(|error| self.frame_error(error))
     }
 
+    /// The `grpc-timeout` header for a call ending at `deadline`, in whole
+    /// milliseconds, rounded down (the node gives up no later than we do).
+    /// Millisecond values repeat from call to call, so HPACK's table keeps
+    /// them: microseconds made every call's value new, inserted and evicted
+    /// one more entry of the connection's table each time.
+    fn timeout_header(&self, deadline: Instant) -> HeaderValue {
+        let millis = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .min(MAX_TIMEOUT_MS as u128) as u64;
+        let mut last = self.last_timeout.borrow_mut();
+        if last.0 != millis {
+            *last = (millis, grpc_timeout_ms(millis));
+        }
+        last.1.clone()
+    }
+
     /// The node broke the gRPC framing on a stream. The connection itself may
     /// still be sound, but a node that does this cannot be trusted with more
     /// calls on it: it takes no new ones, and the pool opens a fresh connection.
@@ -325,12 +414,12 @@ impl Connection {
             || (error.is_go_away() && error.is_remote());
         if refused {
             return ErrorKind::Refused {
-                node: self.node,
+                node: self.node.clone(),
                 detail: error.to_string().into(),
             };
         }
         ErrorKind::ConnectionLost {
-            node: self.node,
+            node: self.node.clone(),
             detail: error.to_string().into(),
         }
     }
@@ -340,10 +429,43 @@ impl Connection {
     fn not_sent(&self, error: h2::Error) -> ErrorKind {
         self.closed.set(true);
         ErrorKind::Refused {
-            node: self.node,
+            node: self.node.clone(),
             detail: error.to_string().into(),
         }
     }
+}
+
+/// Connects to the first of `addresses` that answers, within `deadline`; the
+/// error is the last address's.
+async fn connect_any(
+    addresses: &[SocketAddr],
+    deadline: Instant,
+    settings: &ClientSettings,
+) -> Result<runtime::Stream, ConnectError> {
+    let timed_out = || ConnectError::TimedOut(settings.connect_timeout);
+    let mut last = ConnectError::Tcp(std::io::ErrorKind::AddrNotAvailable);
+    for &address in addresses {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        let connected =
+            runtime::until_deadline(deadline, runtime::connect(address, left, &settings.net))
+                .await
+                .ok_or_else(timed_out)?;
+        match connected {
+            Ok(stream) => return Ok(stream),
+            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => return Err(timed_out()),
+            Err(error) => last = ConnectError::Tcp(error.kind()),
+        }
+    }
+    Err(last)
+}
+
+/// A failed HTTP/2 handshake: a peer that does not speak HTTP/2 (or broke
+/// the connection under it; [`Connection::open`] puts a TLS cause first).
+fn handshake_failed(error: &h2::Error) -> ConnectError {
+    ConnectError::Handshake(format!("h2 handshake: {error}"))
 }
 
 /// Pings the peer every `interval` while the connection is open; a PING not
@@ -354,7 +476,7 @@ async fn keepalive(
     timeout: Duration,
     closed: Rc<Cell<bool>>,
     kill: flume::Sender<()>,
-    node: SocketAddr,
+    node: Arc<str>,
 ) {
     loop {
         runtime::sleep(interval).await;
@@ -398,56 +520,34 @@ impl Drop for InFlight<'_> {
     }
 }
 
-fn grpc_request(uri: &Uri, deadline: Instant, metadata: &HeaderMap) -> Request<()> {
+fn grpc_request(uri: &Uri, timeout: HeaderValue, metadata: &HeaderMap) -> Request<()> {
     let mut request = Request::new(());
     *request.method_mut() = Method::POST;
     *request.uri_mut() = uri.clone();
     let headers = request.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    headers.insert(TE, HeaderValue::from_static("trailers"));
-    headers.insert(
-        "grpc-timeout",
-        grpc_timeout(deadline.saturating_duration_since(Instant::now())),
-    );
+    headers.reserve(3 + metadata.len());
+    // `append`: the names are not there yet, so no lookup for one to replace.
+    headers.append(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.append(TE, HeaderValue::from_static("trailers"));
+    headers.append(GRPC_TIMEOUT.clone(), timeout);
     for (name, value) in metadata {
         headers.insert(name.clone(), value.clone());
     }
     request
 }
 
-/// Formats a timeout as gRPC wants it: at most 8 digits and a unit.
-fn grpc_timeout(remaining: Duration) -> HeaderValue {
-    let micros = remaining.as_micros();
-    let text = if micros < 100_000_000 {
-        format!("{micros}u")
-    } else {
-        format!("{}m", (remaining.as_millis()).min(99_999_999))
-    };
+/// `grpc-timeout`, made once.
+static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
+/// The largest timeout gRPC can say in milliseconds: at most 8 digits.
+const MAX_TIMEOUT_MS: u64 = 99_999_999;
+
+/// Formats a timeout of whole milliseconds as gRPC wants it: at most 8
+/// digits and the unit `m`.
+fn grpc_timeout_ms(millis: u64) -> HeaderValue {
+    let text = format!("{}m", millis.min(MAX_TIMEOUT_MS));
     // Digits and a unit letter are always a valid header value.
     HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("99999999m"))
-}
-
-/// Sends the request body within flow control: waits for the peer's window rather
-/// than buffering an unbounded amount inside h2.
-async fn send_body(stream: &mut h2::SendStream<Bytes>, mut body: Bytes) -> Result<(), h2::Error> {
-    stream.reserve_capacity(body.len());
-    loop {
-        let capacity = stream.capacity();
-        if capacity >= body.len() {
-            return stream.send_data(body, true);
-        }
-        if capacity > 0 {
-            let chunk = body.split_to(capacity);
-            stream.send_data(chunk, false)?;
-            stream.reserve_capacity(body.len());
-            continue;
-        }
-        match std::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
-            Some(Ok(_)) => {}
-            Some(Err(error)) => return Err(error),
-            None => return stream.send_data(body, true),
-        }
-    }
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), ErrorKind> {
@@ -482,9 +582,9 @@ mod tests {
 
     #[test]
     fn grpc_timeout_uses_at_most_eight_digits() {
-        assert_eq!(grpc_timeout(Duration::from_millis(1500)), "1500000u");
-        assert_eq!(grpc_timeout(Duration::from_secs(100)), "100000m");
-        assert_eq!(grpc_timeout(Duration::from_secs(10_000_000)), "99999999m");
-        assert_eq!(grpc_timeout(Duration::ZERO), "0u");
+        assert_eq!(grpc_timeout_ms(1500), "1500m");
+        assert_eq!(grpc_timeout_ms(100_000), "100000m");
+        assert_eq!(grpc_timeout_ms(10_000_000_000), "99999999m");
+        assert_eq!(grpc_timeout_ms(0), "0m");
     }
 }

@@ -6,6 +6,8 @@
 //! - [`client`]: one unary call on one shard-owned connection.
 //! - [`server`]: the unary server the built-in mock nodes run on.
 //! - [`coalesce`]: gathers a scheduler round's HTTP/2 writes into one `send`.
+//! - [`tls`]: TLS under the coalescing (client handshake with ALPN `h2`, the
+//!   mocks' accept), and TLS failures in words.
 
 pub mod client;
 pub mod coalesce;
@@ -13,3 +15,4 @@ pub mod frame;
 pub mod methods;
 pub mod server;
 pub mod status;
+pub mod tls;

@@ -7,12 +7,17 @@
 //! Connection faults live here, because they need the socket rather than a
 //! reply: dropping it, GOAWAY, writing bytes that are not HTTP/2 after some calls,
 //! or answering the HTTP/2 preface as an HTTP/1.1 server would.
+//!
+//! With a TLS configuration ([`ServerSettings::tls`]) every connection speaks
+//! TLS first (ALPN `h2`; with client CAs, a client certificate is required),
+//! then the same HTTP/2 over it.
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -24,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::coalesce::CoalescingStream;
 use super::frame::MessageDecoder;
 use super::status::{percent_encode, Code};
+use super::tls;
 use crate::runtime::{self, Listener, Stream};
 
 /// What a service answers to one call.
@@ -93,6 +99,10 @@ pub struct ServerSettings {
     /// close it, as a plain HTTP/1.1 server does when a gRPC client is pointed
     /// at its port.
     pub http1_only: bool,
+    /// TLS every connection speaks before HTTP/2 (certificate, key, ALPN
+    /// `h2`, and the client CAs when a client certificate is required);
+    /// `None` serves HTTP/2 in the clear.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServerSettings {
@@ -106,6 +116,7 @@ impl Default for ServerSettings {
             goaway_after_calls: None,
             garbage_after_calls: None,
             http1_only: false,
+            tls: None,
         }
     }
 }
@@ -120,6 +131,9 @@ pub const NOT_HTTP2: &[u8] =
 /// it to close, before the socket is dropped: enough for a client on loopback or
 /// a LAN, short enough that silent clients do not pile up.
 const FAULT_LINGER: Duration = Duration::from_secs(1);
+
+/// How long a client has to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts connections on `listener` and serves `service` on them until `stop` completes.
 pub async fn serve<S: Service>(
@@ -159,6 +173,38 @@ async fn serve_connection<S: Service>(
         answer_as_http1(stream).await;
         return;
     }
+    let Some(config) = settings.tls.clone() else {
+        serve_http2(stream, peer, service, settings).await;
+        return;
+    };
+    let deadline = Instant::now() + TLS_HANDSHAKE_TIMEOUT;
+    let name = settings.name;
+    match runtime::until_deadline(deadline, tls::accept(stream, &config)).await {
+        Some(Ok(stream)) => serve_http2(stream, peer, service, settings).await,
+        Some(Err((why, stream))) => {
+            crate::console::err(format_args!(
+                "{name}: TLS handshake with {peer} failed: {why}"
+            ));
+            // Close as a TLS server should: the alert written, then the
+            // client's bytes read until it closes, so no RST overtakes it.
+            write_and_close(stream, b"").await;
+        }
+        None => crate::console::err(format_args!(
+            "{name}: TLS handshake with {peer} not done within {} s; closing",
+            TLS_HANDSHAKE_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// Serves HTTP/2 on a connection, plaintext or TLS.
+async fn serve_http2<S: Service, T>(
+    stream: T,
+    peer: std::net::SocketAddr,
+    service: Rc<S>,
+    settings: Rc<ServerSettings>,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + 'static,
+{
     // The connection task can take the socket back from h2 to inject a fault.
     let socket = Rc::new(RefCell::new(Some(stream)));
     // A server's responses are queued as calls complete, when a count of calls

@@ -156,6 +156,10 @@ pub struct MockOptions {
     /// Fault: answer every connection's HTTP/2 preface as a plain HTTP/1.1
     /// server would, and close it.
     pub http1_only: bool,
+    /// TLS on every connection (`--tls-cert`, `--tls-key`, `--client-ca`):
+    /// the server configuration, with client CAs when mTLS is required;
+    /// `None` serves in the clear.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Compute node: a header every call must carry with this value
     /// (`authorization`, `Bearer …`), else UNAUTHENTICATED, as a server behind
     /// a token check answers.
@@ -189,6 +193,7 @@ impl Default for MockOptions {
             goaway_after_calls: None,
             garbage_after_calls: None,
             http1_only: false,
+            tls: None,
             required_header: None,
             not_ready_file: None,
             seed: 0x5eed,
@@ -793,6 +798,7 @@ impl MockNode {
                     goaway_after_calls: options.goaway_after_calls,
                     garbage_after_calls: options.garbage_after_calls,
                     http1_only: options.http1_only,
+                    tls: options.tls.clone(),
                     ..ServerSettings::default()
                 };
                 let mock = Rc::new(Mock {

@@ -233,6 +233,18 @@ pub fn spawn<T: 'static>(future: impl Future<Output = T> + 'static) -> Task<T> {
     glommio::spawn_local(future)
 }
 
+/// Runs `work` on the current executor's blocking thread (glommio's helper
+/// thread, on the executor's CPU) and waits for it without blocking the
+/// executor: for the few calls that can only block, such as `getaddrinfo`.
+/// Dropping the future does not stop `work`; its result is then discarded.
+pub async fn spawn_blocking<F, R>(work: F) -> R
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    glommio::executor().spawn_blocking(work).await
+}
+
 /// Sleeps on the current executor's timer.
 pub async fn sleep(duration: Duration) {
     glommio::timer::Timer::new(duration).await;

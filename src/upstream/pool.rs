@@ -7,15 +7,20 @@
 //! do not reconnect in step), so a dead node costs a failed call instead of a
 //! connect storm. The replica's probe reconnects when the backoff ends, so a node
 //! that comes back is used again at once.
+//!
+//! A pool is made from an [`Endpoint`]: each connect resolves its host again (so a
+//! name that moved is followed), speaks TLS when it asks for it, and every error
+//! names it as written. The URIs of the per-job methods are built once, here.
 
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use http::Uri;
 
+use crate::endpoint::{Connector, Endpoint};
 use crate::error::ConnectError;
 use crate::error::ErrorKind;
 use crate::grpc::client::{ClientSettings, Connection, Traffic};
@@ -41,8 +46,12 @@ enum ConnectState {
 
 /// One shard's connections to one node. Owned by that shard (`Rc`), never shared.
 pub struct NodePool {
-    /// The node's address.
-    node: SocketAddr,
+    /// The node as the config writes it, and how to connect to it (its host
+    /// resolved at every connect, TLS with this shard's own client
+    /// configuration).
+    connector: Connector,
+    /// The endpoint as configured, for URIs of other methods (probes).
+    endpoint: Endpoint,
     /// Prebuilt URI of `DataSource/Fetch` on this node, so a call only clones it.
     fetch_uri: Uri,
     /// Prebuilt URI of `ModelInfer` on this node.
@@ -70,19 +79,18 @@ pub struct NodePool {
 impl NodePool {
     /// `seed` differs per shard, so shards back off from a node out of step.
     pub fn new(
-        node: SocketAddr,
+        endpoint: &Endpoint,
         max_connections: usize,
         settings: Rc<ClientSettings>,
         seed: u64,
     ) -> Rc<NodePool> {
-        let uri = |path: &str| -> Uri {
-            // An IP:port authority and a fixed path always form a valid URI.
-            format!("http://{node}{path}").parse().unwrap_or_default()
-        };
+        let connector = endpoint.connector();
+        let jitter = (crate::devices::stable_hash(&connector.name) ^ seed) | 1;
         Rc::new(NodePool {
-            node,
-            fetch_uri: uri(methods::FETCH),
-            infer_uri: uri(methods::MODEL_INFER),
+            fetch_uri: endpoint.uri(methods::FETCH),
+            infer_uri: endpoint.uri(methods::MODEL_INFER),
+            connector,
+            endpoint: endpoint.clone(),
             connections: RefCell::new(Vec::new()),
             max_connections: max_connections.max(1),
             state: RefCell::new(ConnectState::Idle),
@@ -91,12 +99,14 @@ impl NodePool {
             waiters: RefCell::new(Vec::new()),
             settings,
             traffic: Rc::new(Traffic::default()),
-            jitter: Cell::new((crate::devices::stable_hash(&node.to_string()) ^ seed) | 1),
+            jitter: Cell::new(jitter),
         })
     }
 
-    pub fn node(&self) -> SocketAddr {
-        self.node
+    /// The node as the config writes it (`host:port`): errors, rows and
+    /// metrics name it so.
+    pub fn node(&self) -> Arc<str> {
+        self.connector.name.clone()
     }
 
     pub fn fetch_uri(&self) -> &Uri {
@@ -109,9 +119,7 @@ impl NodePool {
 
     /// The URI of any method on this node (probes; not on the per-job path).
     pub fn uri(&self, path: &str) -> Uri {
-        format!("http://{}{path}", self.node)
-            .parse()
-            .unwrap_or_default()
+        self.endpoint.uri(path)
     }
 
     /// Open connections right now (for gauges and tests).
@@ -185,8 +193,8 @@ impl NodePool {
                     self.connect_ended(self.generation.get()).await;
                 }
                 ConnectState::BackingOff { retry_at, cause } if Instant::now() < retry_at => {
-                    return least_loaded.ok_or(ErrorKind::Connect {
-                        node: self.node,
+                    return least_loaded.ok_or_else(|| ErrorKind::Connect {
+                        node: self.node(),
                         cause,
                     });
                 }
@@ -229,7 +237,8 @@ impl NodePool {
         *self.state.borrow_mut() = ConnectState::Connecting;
         let pool = self.clone();
         runtime::spawn(async move {
-            let result = Connection::open(pool.node, &pool.settings, pool.traffic.clone()).await;
+            let result =
+                Connection::open(&pool.connector, &pool.settings, pool.traffic.clone()).await;
             let next_state = match result {
                 Ok(connection) => {
                     pool.connections.borrow_mut().push(Rc::new(connection));

@@ -266,7 +266,7 @@ async fn read_metadata(set: &ReplicaSet, index: usize, model: &ModelRef) -> Opti
         }
     };
     let node = set.replica(index).node();
-    let served = Contract::from_metadata(&metadata, node);
+    let served = Contract::from_metadata(&metadata, node.clone());
     if let Err(why) = served.serves(&model.version, &model.requested_outputs) {
         return Some(Probe::Refused(why));
     }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::health::ReplicaHealth;
@@ -31,11 +32,12 @@ impl Replica {
 
     /// A replica with a pool of its own, for tests of the algorithms.
     pub fn detached(node: SocketAddr, weight: u32, now: Instant) -> Replica {
-        let pool = NodePool::new(node, 1, Rc::new(ClientSettings::default()), 0);
+        let pool = NodePool::new(&node.into(), 1, Rc::new(ClientSettings::default()), 0);
         Replica::new(pool, weight, now)
     }
 
-    pub fn node(&self) -> SocketAddr {
+    /// The node as the config writes it (`host:port`).
+    pub fn node(&self) -> Arc<str> {
         self.pool.node()
     }
 }

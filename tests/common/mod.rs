@@ -394,22 +394,36 @@ pub const EXIT_ALL_FAILED: i32 = 4;
 /// run that ends otherwise than with 0 or [`EXIT_ALL_FAILED`], or outlives 60
 /// s, fails the test.
 pub fn run_percore(config: &Path, duration: &str, summary: &Path) -> (i32, String) {
+    let summary = summary.to_str().expect("a UTF-8 path");
+    let (code, _stdout, stderr) =
+        run_percore_with(config, &["--duration", duration, "--summary-json", summary]);
+    (code, stderr)
+}
+
+/// `percore run --config CONFIG --admin none ARGS…` run to its end; its exit
+/// code, stdout and stderr (stderr also echoed to the test's). A run that
+/// ends otherwise than with 0 or [`EXIT_ALL_FAILED`], or outlives 60 s,
+/// fails the test.
+pub fn run_percore_with(config: &Path, args: &[&str]) -> (i32, String, String) {
     use std::io::Read as _;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_percore"))
         .args(["run", "--config"])
         .arg(config)
-        .args(["--duration", duration, "--admin", "none", "--summary-json"])
-        .arg(summary)
-        .stdout(std::process::Stdio::null())
+        .args(["--admin", "none"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("percore starts");
-    let mut pipe = child.stderr.take().expect("a stderr pipe");
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = pipe.read_to_string(&mut text);
-        text
-    });
+    let read_all = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().expect("a stdout pipe")));
+    let stderr = read_all(Box::new(child.stderr.take().expect("a stderr pipe")));
     let began = std::time::Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
@@ -422,14 +436,40 @@ pub fn run_percore(config: &Path, duration: &str, summary: &Path) -> (i32, Strin
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let stderr = reader.join().expect("stderr read");
+    let stdout = stdout.join().expect("stdout read");
+    let stderr = stderr.join().expect("stderr read");
     eprintln!("{stderr}");
     let code = status.code().unwrap_or(-1);
     assert!(
         code == 0 || code == EXIT_ALL_FAILED,
         "percore run exited with {status}: {stderr}"
     );
-    (code, stderr)
+    (code, stdout, stderr)
+}
+
+/// Fails the test if `needle` is in any of `texts` (a run's output) or in
+/// any file under `dir` (everything the run wrote).
+pub fn assert_nowhere(dir: &Path, texts: &[&str], needle: &str) {
+    for text in texts {
+        assert!(!text.contains(needle), "the secret was printed");
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("a folder") {
+                stack.push(entry.expect("an entry").path());
+            }
+            continue;
+        }
+        let bytes = std::fs::read(&path).expect("a file");
+        assert!(
+            !bytes
+                .windows(needle.len())
+                .any(|window| window == needle.as_bytes()),
+            "the secret is in {}",
+            path.display()
+        );
+    }
 }
 
 /// Reads a `--summary-json` file.

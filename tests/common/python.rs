@@ -77,8 +77,8 @@ impl PythonSource {
     }
 }
 /// Reads a child's first line of stdout, `listening on ADDR` (what the mocks and
-/// the Python source print once they take calls): the address, and the line
-/// itself for a failure message.
+/// the Python source print once they take calls; a TLS mock adds `(TLS)`):
+/// the address, and the line itself for a failure message.
 pub fn read_listening_line(child: &mut Child) -> (Option<SocketAddr>, String) {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
@@ -90,6 +90,7 @@ pub fn read_listening_line(child: &mut Child) -> (Option<SocketAddr>, String) {
     let line = String::from_utf8_lossy(&line).into_owned();
     let addr = line
         .strip_prefix("listening on ")
+        .and_then(|rest| rest.split_whitespace().next())
         .and_then(|addr| addr.parse().ok());
     (addr, line)
 }
