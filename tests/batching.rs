@@ -191,7 +191,7 @@ fn each_device_gets_its_own_answer_from_a_batch_in_fewer_calls() {
     common::assert_exact_ticks(&plain, &summary, &rows);
     common::assert_counts(&summary, &rows);
     assert_eq!(common::reasons(&rows, "failed"), Default::default());
-    let plain_ok = assert_outputs_alone(&plain_db, Computation::MaxL2, &[spec.clone()]);
+    let plain_ok = assert_outputs_alone(&plain_db, Computation::MaxL2, std::slice::from_ref(&spec));
     assert_eq!(plain_calls, plain_ok, "unbatched: one ModelInfer per job");
 
     // Batched: the same answers per device, fewer calls.

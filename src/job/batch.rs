@@ -25,10 +25,11 @@
 //! - **The call** is one ModelInfer with the class's model, parameters and
 //!   requested outputs, under the batch's earliest deadline; it is retried,
 //!   hedged and counted in the retry budget as one call. Every job of the
-//!   batch counts its attempts as its own (a job's `attempts` = its fetch's
-//!   + the batch's) and names the replica that answered; the batch's retries
-//!   go to the metrics once, with its first job. With `request_id = true` its
-//!   `id` is the jobs' `<device>@<tick>`, comma-separated, in row order.
+//!   batch counts its attempts as its own (a job's `attempts` are its
+//!   fetch's and the batch's) and names the replica that answered; the
+//!   batch's retries go to the metrics once, with its first job. With
+//!   `request_id = true` its `id` is the jobs' `<device>@<tick>`,
+//!   comma-separated, in row order.
 //! - **Splitting.** Every output's first dimension must be the batch's rows
 //!   (else every job fails: `batched output "OUTPUT0" has shape [3, 2] for a
 //!   batch of 4`); each job gets its rows of each output, a slice of the
