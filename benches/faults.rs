@@ -178,6 +178,7 @@ fn run_one(args: &Args, balancer: BalancerKind) -> Result<String, String> {
             io_memory_kib: 256,
             ..Tuning::default()
         },
+        cluster: percore::config::ClusterConfig::default(),
     };
     let control = replicas[2].control();
     let half = Duration::from_secs(args.seconds / 2);

@@ -16,8 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use percore::devices::Fleet;
-use percore::record::{JobRecord, Outcome, Output, StageLatency};
+use percore::record::{DeviceId, JobRecord, Outcome, Output, StageLatency};
 use percore::sink::postgres::{PgUrl, PostgresOptions};
 use percore::sink::run::RunIdentity;
 use percore::sink::{self, ClassNames, RowNames, Sink, SinkTarget};
@@ -61,10 +60,8 @@ fn parse_args() -> Result<(usize, usize), String> {
 
 /// `all_outputs`: whether rows carry their output for `job_outputs`
 /// (`store_outputs = "all"`) or only `jobs.output` (`"first"`).
-fn names(devices: usize, all_outputs: bool) -> Arc<RowNames> {
-    let entries = (0..devices).map(|d| (format!("bench-{d:06}"), 0)).collect();
+fn names(all_outputs: bool) -> Arc<RowNames> {
     Arc::new(RowNames {
-        fleet: Arc::new(Fleet::from_parts(entries)),
         classes: vec![ClassNames {
             all_outputs,
             class: "camera".into(),
@@ -92,6 +89,9 @@ fn measure(
         bytes: Bytes::from_static(&[7; 16]),
     };
     let mut records = Vec::with_capacity(batch);
+    let ids: Vec<DeviceId> = (0..devices)
+        .map(|d| DeviceId::new(&format!("bench-{d:06}")))
+        .collect();
     let cpu_start = percore::cpu::current_thread();
     let start = Instant::now();
     let mut written = 0;
@@ -103,7 +103,7 @@ fn measure(
         records.clear();
         for index in written..(written + batch).min(rows) {
             records.push(JobRecord {
-                device: (index % devices) as u32,
+                device: ids[index % devices].clone(),
                 tick_ms: base_ms + (index / devices) as i64 * 1_000,
                 class: 0,
                 shard: (index % 2) as u16,
@@ -141,13 +141,9 @@ fn run() -> Result<Vec<Measurement>, String> {
     for (all_outputs, backend) in [(true, "sqlite"), (false, "sqlite/1st")] {
         for batch in BATCH_SIZES {
             let path = scratch.join(format!("sink-{all_outputs}-{batch}.db"));
-            let mut sink = sink::open(
-                &SinkTarget::sqlite(&path),
-                names(devices, all_outputs),
-                false,
-            )
-            .map_err(|error| error.to_string())?
-            .sink;
+            let mut sink = sink::open(&SinkTarget::sqlite(&path), names(all_outputs), false)
+                .map_err(|error| error.to_string())?
+                .sink;
             results.push(measure(backend, &mut *sink, batch, rows, devices)?);
         }
     }
@@ -168,7 +164,7 @@ fn run() -> Result<Vec<Measurement>, String> {
         for batch in BATCH_SIZES {
             let result = sink::open(
                 &SinkTarget::Postgres(options.clone()),
-                names(devices, all_outputs),
+                names(all_outputs),
                 false,
             )
             .map_err(|error| error.to_string())

@@ -163,6 +163,7 @@ pub fn demo_config(
         sink: SinkConfig::sqlite(db),
         grpc: GrpcConfig::default(),
         tuning,
+        cluster: crate::config::ClusterConfig::default(),
     }
 }
 

@@ -302,7 +302,7 @@ pub fn stable_hash(id: &str) -> u64 {
 }
 
 /// The output step of splitmix64 (Steele, Lea & Flood), a strong 64-bit bit mixer.
-fn splitmix64_finalise(mut z: u64) -> u64 {
+pub(crate) fn splitmix64_finalise(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)

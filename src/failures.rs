@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 
 use crate::error::{ConnectError, ErrorKind, Stage};
 use crate::grpc::status::Code;
-use crate::record::{DeviceIndex, JobRecord, Outcome, SkipReason};
+use crate::record::{DeviceId, JobRecord, Outcome, SkipReason};
 
 /// Distinct exact reason texts kept per (stage, class); more are only counted
 /// (in [`FailureCount::other_texts`]). Five is enough to see a pattern (one
@@ -158,7 +158,7 @@ pub struct ReasonText {
     /// Records with exactly this text.
     pub count: u64,
     /// The first device seen with it: where to start looking.
-    pub example_device: DeviceIndex,
+    pub example_device: DeviceId,
 }
 
 /// The failed jobs (or skipped ticks) of one stage and reason class.
@@ -209,7 +209,7 @@ impl FailureCount {
     }
 
     /// Counts `count` records with `text` (first seen on `device`).
-    fn add_text(&mut self, text: &str, count: u64, device: DeviceIndex) {
+    fn add_text(&mut self, text: &str, count: u64, device: &DeviceId) {
         self.count += count;
         if let Some(kept) = self.texts.iter_mut().find(|kept| *kept.text == *text) {
             kept.count += count;
@@ -217,7 +217,7 @@ impl FailureCount {
             self.texts.push(ReasonText {
                 text: text.into(),
                 count,
-                example_device: device,
+                example_device: device.clone(),
             });
         } else {
             self.other_texts += count;
@@ -251,7 +251,7 @@ impl FailureBreakdown {
                 (None, ReasonClass::Skipped(*reason))
             }
         };
-        self.entry(stage, class).add_text(text, 1, record.device);
+        self.entry(stage, class).add_text(text, 1, &record.device);
     }
 
     fn entry(&mut self, stage: Option<Stage>, class: ReasonClass) -> &mut FailureCount {
@@ -272,7 +272,7 @@ impl FailureBreakdown {
         for theirs in &other.entries {
             let ours = self.entry(theirs.stage, theirs.class);
             for text in &theirs.texts {
-                ours.add_text(&text.text, text.count, text.example_device);
+                ours.add_text(&text.text, text.count, &text.example_device);
             }
             ours.count += theirs.other_texts;
             ours.other_texts += theirs.other_texts;
@@ -311,9 +311,9 @@ mod tests {
     use std::sync::Arc;
     use std::time::Instant;
 
-    fn record(device: DeviceIndex, outcome: Outcome) -> JobRecord {
+    fn record(device: u32, outcome: Outcome) -> JobRecord {
         JobRecord {
-            device,
+            device: DeviceId::new(&device.to_string()),
             tick_ms: 0,
             class: 0,
             shard: 0,
@@ -450,8 +450,8 @@ mod tests {
         assert_eq!(infer.other_texts, 2);
         let top = infer.top_text().unwrap();
         assert_eq!(
-            (&*top.text, top.count, top.example_device),
-            ("infer: grpc status 5 NOT_FOUND: model m0", 2, 0)
+            (&*top.text, top.count, top.example_device.as_str()),
+            ("infer: grpc status 5 NOT_FOUND: model m0", 2, "0")
         );
         assert_eq!(
             infer.texts.iter().map(|t| t.count).sum::<u64>() + infer.other_texts,
@@ -504,7 +504,11 @@ mod tests {
         assert_eq!(deadline.count, 8);
         assert_eq!(deadline.texts.len(), 1, "same text on both shards");
         assert_eq!(deadline.texts[0].count, 8);
-        assert_eq!(deadline.texts[0].example_device, 0, "the first shard's");
+        assert_eq!(
+            deadline.texts[0].example_device.as_str(),
+            "0",
+            "the first shard's"
+        );
         let decode = total
             .entries
             .iter()

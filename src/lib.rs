@@ -35,24 +35,38 @@
 //!   [`tuning::generate`] writes one from the topology, [`tuning::pin`] pins the
 //!   threads around the shards. [`devices`]: the fleet
 //!   (CSV or generated), the stable hash that places a device on a shard.
+//!   [`placement`]: which owner a device belongs to, a small trait with its
+//!   algorithms beside it — `Modulo` (an instance's shards) and `Rendezvous`
+//!   (highest random weight over named owners: a cluster's live instances).
+//!   `config/cluster.rs` reads `[cluster]`: etcd membership or a static split.
 //! - [`dispatcher`]: the coordinator, on the calling thread, never on a shard; a
 //!   run is three files: `start` (splits the fleet over shards, opens the sink,
 //!   makes every channel, starts the shards), `supervise` (status, metrics, the
 //!   interval log in `per_second`, a stop, a sink failure that stops the run at
-//!   once, a live reload in `reloader`) and `shutdown` (joins, CPU, merged
-//!   statistics, every result accounted for).
+//!   once, a live reload, a membership change and registered compute nodes in
+//!   `reloader`) and `shutdown` (joins, CPU, merged statistics, every result
+//!   accounted for). `ownership` holds which device runs here on which shard
+//!   (static split, or rendezvous over the live instances) and turns a
+//!   membership change into each shard's gains and losses (handover: losses at
+//!   once, gains after the safety delay).
 //!   [`reload`]: a live reload (SIGHUP) merged into the running config — the
-//!   fleet only grows, classes matched by name — as one message per shard.
+//!   fleet only grows, classes matched by name, compute node names only grow —
+//!   as one message per shard. [`cluster`]: several instances sharing a fleet
+//!   through etcd; [`cluster::event`] is what its thread tells the coordinator.
 //! - [`shard`]: the per-core loop. Owns its devices, schedule, connections,
-//!   counters; fires ticks, starts jobs, batches results to the sink.
+//!   counters; fires ticks, starts jobs, batches results to the sink. Its
+//!   devices sit in [`shard::slots`], one slot each with a generation, so they
+//!   can join and leave while it runs without a job of a device that left
+//!   touching the one that took its slot.
 //!   [`inbox`]: the coordinator's messages taken off their channel as they
 //!   arrive, so a shard loop sleeps until its next due time or a message.
 //! - [`tick`]: the tick grid (a pure function of device id and period) and the
-//!   per-shard schedule that fires it.
+//!   per-shard schedule that fires it, changed in batches (devices out and in).
 //! - [`job`]: one job — Fetch, then ModelInfer, under one deadline, each call one
 //!   or more attempts (retries on other replicas, hedges) — ending in a
 //!   [`record::JobRecord`]: ok, failed with a reason, or skipped with a reason,
-//!   with the replica that answered and the attempts made. Its `batch` module
+//!   with the replica that answered and the attempts made, keyed by the device's
+//!   id ([`record::DeviceId`]) and the tick. Its `batch` module
 //!   ([`job::Batcher`], one per class and shard when the class batches)
 //!   gathers jobs' checked inputs into one ModelInfer, stacked along the first
 //!   dimension, and splits the answer back into each job's rows.
@@ -137,6 +151,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod contract;
@@ -152,6 +167,7 @@ pub mod grpc;
 pub mod inbox;
 pub mod job;
 pub mod mock;
+pub mod placement;
 pub mod record;
 pub mod reload;
 pub mod report;

@@ -654,6 +654,7 @@ fn demo_command(args: DemoArgs, stop: flume::Receiver<()>) -> Result<i32> {
         stage: StageMode::Whole,
         // The demo's config is built in, with no file to read again.
         reload: None,
+        cluster: None,
     };
     let result = dispatcher::run(&config, &options);
     mocks.stop();
@@ -687,6 +688,8 @@ fn run_command(
         mocks: None,
         stage: StageMode::Whole,
         reload,
+        // The etcd side (src/cluster/) feeds this when [cluster] etcd is set.
+        cluster: None,
     };
     let finished = dispatcher::run(&config, &options)
         .map_err(anyhow::Error::from)

@@ -2,16 +2,73 @@
 //!
 //! A `JobRecord` is built on the shard that owns the device, crosses to the sink
 //! thread inside a batch over a bounded flume channel, and becomes exactly one row
-//! keyed by (device, tick). It carries indexes, not names, so building one on the
-//! hot path allocates nothing but its outputs' list; the sink resolves names from the shared, immutable
-//! [`Fleet`](crate::devices::Fleet) and class table.
+//! keyed by (device, tick). It carries the device's id itself ([`DeviceId`], a
+//! shared reference-counted string: one count per job, no copy), so a shard can
+//! run a device that is in no list the writer knows (one it gained from another
+//! instance); the class and the compute node stay indexes, which the sink
+//! resolves from the class table. Building one on the hot path allocates
+//! nothing but its outputs' list.
 
+use std::borrow::Borrow;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
 use std::time::Instant;
 
 pub use crate::tensor::Output;
 
-/// Index of a device in the [`Fleet`](crate::devices::Fleet), stable for a run.
+/// Index of a device in the [`Fleet`](crate::devices::Fleet), the coordinator's
+/// list of every device; stable for a run. Records carry the [`DeviceId`] instead.
 pub type DeviceIndex = u32;
+
+/// A device's id as shards hold it and records carry it: immutable text behind
+/// one reference count. A shard makes it once when it gains the device; each
+/// job's record takes a clone (one count increment, no allocation) that the
+/// writer drops after the commit.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceId(Arc<str>);
+
+impl DeviceId {
+    pub fn new(id: &str) -> DeviceId {
+        DeviceId(Arc::from(id))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Deref for DeviceId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Maps keyed by id are looked up with a plain `&str`.
+impl Borrow<str> for DeviceId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for DeviceId {
+    fn from(id: &str) -> DeviceId {
+        DeviceId::new(id)
+    }
+}
+
+impl fmt::Debug for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// Index of a class in the config's class list, stable for a run.
 pub type ClassIndex = u16;
@@ -19,8 +76,8 @@ pub type ClassIndex = u16;
 /// One tick's result, owned by the shard that made it until it is sent to the sink.
 #[derive(Debug, Clone)]
 pub struct JobRecord {
-    /// Which device (index into the fleet); with `tick_ms`, the row's primary key.
-    pub device: DeviceIndex,
+    /// Which device, by its id; with `tick_ms`, the row's primary key.
+    pub device: DeviceId,
     /// Planned tick time in Unix milliseconds: the grid point, not when the job ran,
     /// so every process computes the same key for the same tick.
     pub tick_ms: i64,

@@ -7,6 +7,13 @@
 //! the bounded flume channels in [`ShardChannels`], made at start-up: batches of
 //! results to the sink, reports to the coordinator, control messages from it.
 //!
+//! Its devices sit in [`slots`]: each has a slot with a generation, the
+//! schedule fires slots, and a job holds its slot and generation, so devices
+//! can join and leave while the shard runs ([`Control::Devices`], a live
+//! reload) without a job of a device that left touching the one that took its
+//! slot. Devices leave at the next round of due ticks; they join at their first
+//! tick at or after the time the coordinator says (a handover's safety delay).
+//!
 //! A job is the whole job ([`job::run`]) except under `bench --stages`, where
 //! the run's [`StageMode`] makes it one stage alone: the fetch, the infer on a
 //! payload the shard fetched once, or a synthetic row for the sink; the choice
@@ -19,18 +26,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Class, HealthCheck, Upstream};
-use crate::devices::{stable_hash, Fleet};
+use crate::devices::stable_hash;
 use crate::endpoint::Endpoint;
 use crate::grpc::client::ClientSettings;
 use crate::inbox::Inbox;
 use crate::job::{self, ClassRoute, Payload};
-use crate::record::{DeviceIndex, JobRecord, Outcome, SkipReason, StageLatency};
+use crate::record::{ClassIndex, DeviceId, JobRecord, Outcome, SkipReason, StageLatency};
 use crate::reload::Reload;
 use crate::runtime;
 use crate::stats::{Counters, ShardReport, ShardStats, UpstreamStats};
 use crate::tick::{self, Clock, Schedule};
 use crate::upstream::probe::{self, ModelRef};
 use crate::upstream::{NodePool, Replica, ReplicaSet, Role, SetPolicy};
+
+pub mod slots;
+
+use slots::{SlotRef, SlotState, Slots};
 
 /// How long the first result of a batch waits for others before the batch is
 /// handed to the sink, when the shard is awake anyway (a job finishing after
@@ -132,6 +143,28 @@ pub enum Control {
     /// A live reload (tick-driven runs only): applied before the next round of
     /// due ticks.
     Reload(Arc<Reload>),
+    /// Devices this shard gains and loses (tick-driven runs only): the losses
+    /// before the next round of due ticks, the gains from `start_at_ms` on.
+    Devices(Box<DeviceChanges>),
+}
+
+/// Devices a shard gains and loses at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceChanges {
+    /// Devices to run, with their class; one already here is left as it is.
+    pub add: Vec<(DeviceId, ClassIndex)>,
+    /// Devices to stop: none of their ticks fires from the next round on; a
+    /// job in flight ends and is written. One not here is ignored.
+    pub remove: Vec<DeviceId>,
+    /// The gained devices' first tick is their first at or after this Unix ms
+    /// (`i64::MIN`: the next tick).
+    pub start_at_ms: i64,
+}
+
+impl DeviceChanges {
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
 }
 
 /// A shard's ends of the channels made at start-up.
@@ -172,10 +205,9 @@ pub struct ShardLimits {
 pub struct ShardPlan {
     /// This shard's number, written in its rows.
     pub index: u16,
-    /// The devices this shard owns (by stable hash of their id).
-    pub devices: Vec<DeviceIndex>,
-    /// The whole fleet, read-only: ids and classes by index.
-    pub fleet: Arc<Fleet>,
+    /// The devices this shard starts with, and their classes (more may join
+    /// and these may leave while it runs).
+    pub devices: Vec<(DeviceId, ClassIndex)>,
     /// The class table, read-only; each shard builds its own routes from it.
     pub classes: Arc<[Class]>,
     /// Shared Unix-to-monotonic mapping, so all shards agree on tick times.
@@ -197,14 +229,17 @@ pub struct ShardPlan {
 struct Shard {
     /// This shard's number.
     index: u16,
-    /// The fleet, the routes and this shard's devices: what a reload changes.
-    /// Borrowed briefly (never across an await) by each dispatch and job.
+    /// The routes and this shard's devices: what a reload or a handover
+    /// changes. Borrowed briefly (never across an await) by each dispatch and job.
     members: RefCell<Members>,
     /// Builds routes and keeps every node pool, for a reload's new routes.
     builder: RefCell<RouteBuilder>,
-    /// A reload the coordinator sent, for the tick loop to apply between two
-    /// rounds of due ticks.
-    pending_reload: RefCell<Option<Arc<Reload>>>,
+    /// Reloads the coordinator sent, for the tick loop to apply between two
+    /// rounds of due ticks, in order.
+    pending_reloads: RefCell<Vec<Arc<Reload>>>,
+    /// Device changes the coordinator sent, for the tick loop to apply
+    /// between two rounds of due ticks, in order.
+    pending_changes: RefCell<Vec<DeviceChanges>>,
     /// Jobs started and not finished.
     in_flight: Cell<usize>,
     /// Calls retried on another node, for the metrics.
@@ -259,26 +294,20 @@ struct Shard {
     payloads: RefCell<Vec<Option<Rc<Payload>>>>,
 }
 
-/// What a live reload changes on a shard, in one place.
+/// What a live reload or a handover changes on a shard, in one place.
 struct Members {
-    /// Ids and classes of all devices (read-only, shared by the shards; an
-    /// `Rc` of it per shard, so a job's copy is no atomic count on a cache
-    /// line every shard writes).
-    #[allow(clippy::redundant_allocation)]
-    fleet: Rc<Arc<Fleet>>,
     /// Per class: this shard's replica sets and the class settings a job
     /// needs; a job holds its own `Rc`, so a reload never pulls one from under it.
     routes: Vec<Rc<ClassRoute>>,
+    /// Per class: for each of its compute nodes (replica order), its index in
+    /// the writer's names of the class's nodes, which only grow; a job holds
+    /// the map of its route, so a row names the node that answered even when
+    /// the class's nodes changed meanwhile.
+    node_names: Vec<Rc<[u16]>>,
     /// Every node pool of this shard, for connection and traffic gauges.
     pools: Vec<Rc<NodePool>>,
-    /// Shard-local device index -> fleet index; only grows (a reload appends).
-    devices: Vec<DeviceIndex>,
-    /// Per local device: whether its previous job still runs (at most one in flight).
-    busy: Vec<Cell<bool>>,
-    /// Per local device: its last tick, so closed-loop ticks never repeat a key.
-    last_tick_ms: Vec<Cell<i64>>,
-    /// Per local device: retired by a reload, so never scheduled again.
-    retired: Vec<bool>,
+    /// This shard's devices, one slot each; the schedule and jobs point here.
+    slots: Slots,
 }
 
 /// The executor's main future: runs the shard's workload, drains, reports, and
@@ -287,7 +316,6 @@ pub async fn run(plan: ShardPlan) {
     let ShardPlan {
         index,
         devices,
-        fleet,
         classes,
         clock,
         workload,
@@ -297,6 +325,21 @@ pub async fn run(plan: ShardPlan) {
         mut exit_notice,
     } = plan;
     let mut builder = RouteBuilder::new(&limits, index);
+    let node_names = classes
+        .iter()
+        .map(|class| (0..class.compute_nodes.len() as u16).collect())
+        .collect();
+    let mut slots = Slots::with_capacity(devices.len());
+    for (count, (id, class)) in devices.into_iter().enumerate() {
+        if let Some(held) = slots.insert(id, class) {
+            slots.schedule(held);
+        }
+        // A million devices take tens of ms: in slices, so the executor's
+        // stall detector sees no task hold it (the first tick is START_LEAD away).
+        if count % 65_536 == 65_535 {
+            runtime::yield_if_needed().await;
+        }
+    }
     let routes = match builder.routes(&classes) {
         Ok(built) => built,
         Err(message) => {
@@ -311,16 +354,14 @@ pub async fn run(plan: ShardPlan) {
     let shard = Rc::new(Shard {
         index,
         members: RefCell::new(Members {
-            busy: devices.iter().map(|_| Cell::new(false)).collect(),
-            last_tick_ms: devices.iter().map(|_| Cell::new(i64::MIN)).collect(),
-            retired: vec![false; devices.len()],
-            devices,
-            fleet: Rc::new(fleet),
+            slots,
+            node_names,
             pools: builder.pools(),
             routes,
         }),
         builder: RefCell::new(builder),
-        pending_reload: RefCell::new(None),
+        pending_reloads: RefCell::new(Vec::new()),
+        pending_changes: RefCell::new(Vec::new()),
         in_flight: Cell::new(0),
         retries: Cell::new(0),
         executor: Cell::new(runtime::ExecutorStats::default()),
@@ -630,22 +671,73 @@ fn start_probes(route: &ClassRoute, stopped: &Rc<Cell<bool>>) {
     }
 }
 
+/// The period of each class, by class index: the schedule's lanes.
+fn periods_of(classes: &[Class]) -> Vec<u64> {
+    classes.iter().map(|class| class.period_ms).collect()
+}
+
+/// A scheduled slot's entry in the schedule: its class's lane, its phase, the slot.
+fn schedule_entry(periods: &[u64], local: u32, slot: &slots::Slot) -> (usize, u64, u32) {
+    let class = usize::from(slot.class);
+    // Slots only hold classes the shard has routes for, and every route's
+    // class has a period; a missing one would be a bug, kept from panicking.
+    let period = periods.get(class).copied().unwrap_or(1).max(1);
+    (class, tick::phase_ms(stable_hash(&slot.id), period), local)
+}
+
 async fn tick_loop(shard: &Rc<Shard>, classes: &[Class], start_ms: i64, end_ms: i64) {
+    let mut periods = periods_of(classes);
     let mut schedule = shard.schedule(classes, start_ms);
-    // Every tick at or before this has been fired: a reload's schedule starts
-    // after it, so a device that stays is neither skipped nor fired twice.
+    // Every tick at or before this has been fired: changes apply after it, so
+    // a device that stays is neither skipped nor fired twice.
     let mut fired_through = start_ms - 1;
+    // Gained devices waiting for their start, earliest first.
+    let mut waiting: Vec<(i64, Vec<SlotRef>)> = Vec::new();
     let mut end_ms = end_ms;
     loop {
         if let Some(stop_ms) = shard.poll_control() {
             end_ms = end_ms.min(stop_ms);
         }
-        let reload = shard.pending_reload.borrow_mut().take();
-        if let Some(reload) = reload {
+        let reloads = std::mem::take(&mut *shard.pending_reloads.borrow_mut());
+        for reload in reloads {
             shard.apply(&reload);
+            periods = periods_of(&reload.classes);
+            let changes = reload.devices.get(usize::from(shard.index)).cloned();
+            if let Some(changes) = changes {
+                shard.change_devices(
+                    changes,
+                    &mut schedule,
+                    &periods,
+                    &mut waiting,
+                    fired_through + 1,
+                );
+            }
+            // Periods may have changed: every phase is placed again.
             schedule = shard.schedule(&reload.classes, fired_through + 1);
         }
+        let changes = std::mem::take(&mut *shard.pending_changes.borrow_mut());
+        for changes in changes {
+            shard.change_devices(
+                changes,
+                &mut schedule,
+                &periods,
+                &mut waiting,
+                fired_through + 1,
+            );
+        }
         let through = shard.clock.now_ms().min(end_ms - 1);
+        // Gains whose start has come: the ticks before it fire first, so the
+        // gained devices' first tick is their first at or after the start.
+        while waiting.first().is_some_and(|(start, _)| *start <= through) {
+            let (start, held) = waiting.remove(0);
+            if start - 1 > fired_through {
+                schedule.fire_due(start - 1, |_, local, tick_ms| {
+                    shard.dispatch(local, tick_ms, shard.clock.instant_of(tick_ms))
+                });
+                fired_through = start - 1;
+            }
+            shard.start_waiting(held, &mut schedule, &periods, fired_through + 1);
+        }
         schedule.fire_due(through, |_, local, tick_ms| {
             shard.dispatch(local, tick_ms, shard.clock.instant_of(tick_ms))
         });
@@ -661,7 +753,11 @@ async fn tick_loop(shard: &Rc<Shard>, classes: &[Class], start_ms: i64, end_ms: 
         let mut wake = shard.next_wake();
         if let Some(next) = next_due {
             wake = wake.min(shard.clock.instant_of(next));
-        } else if end_ms < i64::MAX {
+        }
+        if let Some((start, _)) = waiting.first() {
+            wake = wake.min(shard.clock.instant_of(*start));
+        }
+        if next_due.is_none() && end_ms < i64::MAX {
             wake = wake.min(shard.clock.instant_of(end_ms));
         }
         shard.sleep_until(wake).await;
@@ -669,7 +765,7 @@ async fn tick_loop(shard: &Rc<Shard>, classes: &[Class], start_ms: i64, end_ms: 
 }
 
 async fn closed_loop(shard: &Rc<Shard>, concurrency: usize, start_ms: i64, end_ms: i64) {
-    if shard.members.borrow().devices.is_empty() {
+    if shard.members.borrow().slots.is_empty() {
         return;
     }
     runtime::sleep_until(shard.clock.instant_of(start_ms)).await;
@@ -700,8 +796,8 @@ async fn closed_loop_worker(shard: Rc<Shard>, end_ms: i64) {
         };
         // A device that ran this millisecond takes the next one: keys stay unique.
         let tick_ms = shard.next_tick_ms(local, now_ms);
-        shard.begin(local);
-        run_job(&shard, local, tick_ms, Instant::now()).await;
+        let held = shard.begin(local);
+        run_job(&shard, held, tick_ms, Instant::now()).await;
         runtime::yield_if_needed().await;
     }
 }
@@ -742,7 +838,7 @@ impl Arrivals {
 const OPEN_LOOP_GRANULARITY: Duration = Duration::from_micros(200);
 
 async fn open_loop(shard: &Rc<Shard>, mut arrivals: Arrivals, start_ms: i64, end_ms: i64) {
-    if shard.members.borrow().devices.is_empty() {
+    if shard.members.borrow().slots.is_empty() {
         return;
     }
     let mut planned = shard.clock.instant_of(start_ms);
@@ -772,22 +868,20 @@ async fn open_loop(shard: &Rc<Shard>, mut arrivals: Arrivals, start_ms: i64, end
 /// this shard owns, before the first job is due. A class whose fetch fails is
 /// fetched again by its first job.
 async fn fetch_payloads(shard: &Shard) {
-    let (fleet, routes, devices) = {
+    let (routes, devices) = {
         let members = shard.members.borrow();
-        (
-            members.fleet.clone(),
-            members.routes.clone(),
-            members.devices.clone(),
-        )
+        // One device per class is enough.
+        let mut devices: Vec<Option<DeviceId>> = vec![None; members.routes.len()];
+        for (_, slot) in members.slots.scheduled() {
+            if let Some(first @ None) = devices.get_mut(usize::from(slot.class)) {
+                *first = Some(slot.id.clone());
+            }
+        }
+        (members.routes.clone(), devices)
     };
     let mut payloads = vec![None; routes.len()];
     for (class, slot) in payloads.iter_mut().enumerate() {
-        let device = devices
-            .iter()
-            .copied()
-            .find(|&device| fleet.class(device) as usize == class);
-        if let Some(device) = device {
-            let id = fleet.id(device);
+        if let Some(Some(id)) = devices.get(class) {
             let tick_ms = shard.clock.now_ms();
             if let Ok(payload) = job::fetch_payload(&routes[class], id, tick_ms).await {
                 *slot = Some(Rc::new(payload));
@@ -826,16 +920,23 @@ async fn run_infer_only(
     job::run_infer_only(route, &payload, planned).await
 }
 
-async fn run_job(shard: &Shard, local: u32, tick_ms: i64, planned: Instant) {
-    let (device, class, route, fleet) = {
+/// Runs the job of the device in `held` for one tick and hands its record over.
+/// The device's id, class and route are taken at the start: the device may
+/// leave (and its slot be reused) while the job runs, and its row is still its own.
+async fn run_job(shard: &Shard, held: SlotRef, tick_ms: i64, planned: Instant) {
+    let (device, class, route, node_names) = {
         let members = shard.members.borrow();
-        let device = members.devices[local as usize];
-        let class = members.fleet.class(device);
-        let route = members.routes[class as usize].clone();
-        (device, class, route, members.fleet.clone())
+        let slot = members.slots.get(held.slot);
+        let class = slot.class;
+        (
+            slot.id.clone(),
+            class,
+            members.routes[class as usize].clone(),
+            members.node_names.get(class as usize).cloned(),
+        )
     };
     let route = &*route;
-    let device_id = fleet.id(device);
+    let device_id = device.as_str();
     let finished = match shard.stage {
         StageMode::Whole => job::run(route, device_id, tick_ms, planned).await,
         StageMode::FetchOnly => job::run_fetch_only(route, device_id, tick_ms, planned).await,
@@ -851,8 +952,15 @@ async fn run_job(shard: &Shard, local: u32, tick_ms: i64, planned: Instant) {
         Ok(outputs) => (Outcome::Ok, outputs),
         Err(error) => (Outcome::Failed(error), Vec::new()),
     };
-    shard.members.borrow().busy[local as usize].set(false);
+    shard.members.borrow().slots.finish(held);
     shard.in_flight.set(shard.in_flight.get() - 1);
+    // The node's index among the writer's names of the class's nodes; a
+    // replica past the map (none: the map is the route's) names none.
+    let compute_node = finished.compute_node.and_then(|replica| {
+        node_names
+            .as_deref()
+            .and_then(|names| names.get(usize::from(replica)).copied())
+    });
     shard.push(JobRecord {
         device,
         tick_ms,
@@ -861,7 +969,7 @@ async fn run_job(shard: &Shard, local: u32, tick_ms: i64, planned: Instant) {
         outcome,
         outputs,
         latency: finished.latency,
-        compute_node: finished.compute_node,
+        compute_node,
         attempts: finished.attempts,
         ready_at: Instant::now(),
     });
@@ -916,10 +1024,10 @@ impl Shard {
     /// skipped.
     fn dispatch(self: &Rc<Self>, local: u32, tick_ms: i64, planned: Instant) {
         let members = self.members.borrow();
-        let device = members.devices[local as usize];
-        let class = members.fleet.class(device);
+        let slot = members.slots.get(local);
+        let class = slot.class;
         let route = &members.routes[class as usize];
-        let skip = if members.busy[local as usize].get() {
+        let skip = if slot.busy.get() {
             Some(SkipReason::PreviousJobRunning)
         } else if self.in_flight.get() >= self.max_in_flight {
             Some(SkipReason::ShardAtCapacity)
@@ -931,6 +1039,7 @@ impl Shard {
             None
         };
         if let Some(reason) = skip {
+            let device = slot.id.clone();
             drop(members);
             self.push(JobRecord {
                 device,
@@ -949,28 +1058,29 @@ impl Shard {
             });
             return;
         }
-        members.busy[local as usize].set(true);
+        let held = members.slots.begin(local);
         self.in_flight.set(self.in_flight.get() + 1);
-        let slot = route.computes.admit();
+        let admitted = route.computes.admit();
         drop(members);
         let shard = self.clone();
         runtime::spawn(async move {
-            run_job(&shard, local, tick_ms, planned).await;
-            drop(slot);
+            run_job(&shard, held, tick_ms, planned).await;
+            drop(admitted);
         })
         .detach();
     }
 
-    fn begin(&self, local: u32) {
-        self.members.borrow().busy[local as usize].set(true);
+    /// A closed-loop job starts on `local`: the hold its job keeps.
+    fn begin(&self, local: u32) -> SlotRef {
         self.in_flight.set(self.in_flight.get() + 1);
+        self.members.borrow().slots.begin(local)
     }
 
     /// The next tick key of a closed- or open-loop device: `now_ms`, or one
     /// past its last if that was this millisecond, so keys stay unique.
     fn next_tick_ms(&self, local: u32, now_ms: i64) -> i64 {
         let members = self.members.borrow();
-        let last = &members.last_tick_ms[local as usize];
+        let last = &members.slots.get(local).last_tick_ms;
         let tick_ms = now_ms.max(last.get() + 1);
         last.set(tick_ms);
         tick_ms
@@ -980,18 +1090,88 @@ impl Shard {
     /// from `start_ms` on.
     fn schedule(&self, classes: &[Class], start_ms: i64) -> Schedule {
         let members = self.members.borrow();
-        let periods: Vec<u64> = classes.iter().map(|class| class.period_ms).collect();
+        let periods = periods_of(classes);
         let entries = members
-            .devices
-            .iter()
-            .enumerate()
-            .filter(|&(local, _)| !members.retired[local])
-            .map(|(local, &device)| {
-                let class = members.fleet.class(device) as usize;
-                let phase = tick::phase_ms(stable_hash(members.fleet.id(device)), periods[class]);
-                (class, phase, local as u32)
-            });
+            .slots
+            .scheduled()
+            .map(|(local, slot)| schedule_entry(&periods, local, slot));
         Schedule::new(&periods, entries, start_ms)
+    }
+
+    /// Applies device changes to the slots and the schedule, as of `from_ms`
+    /// (every tick before it has fired): losses at once, gains at once when
+    /// they may start by then, else kept waiting in `waiting` for their time.
+    fn change_devices(
+        &self,
+        changes: DeviceChanges,
+        schedule: &mut Schedule,
+        periods: &[u64],
+        waiting: &mut Vec<(i64, Vec<SlotRef>)>,
+        from_ms: i64,
+    ) {
+        let mut members = self.members.borrow_mut();
+        let classes = members.routes.len();
+        let mut removed = Vec::with_capacity(changes.remove.len());
+        for id in &changes.remove {
+            if let Some((slot, SlotState::Scheduled)) = members.slots.remove(id) {
+                removed.push(slot);
+            }
+        }
+        let mut gained = Vec::with_capacity(changes.add.len());
+        for (id, class) in changes.add {
+            // The coordinator only names classes it sent; one past the routes
+            // would have no route to run on.
+            if usize::from(class) >= classes {
+                crate::console::err(format_args!(
+                    "percore: shard {}: device {id} has class {class}, beyond the {classes} known; not run",
+                    self.index
+                ));
+                continue;
+            }
+            if let Some(held) = members.slots.insert(id, class) {
+                gained.push(held);
+            }
+        }
+        let mut added = Vec::new();
+        if changes.start_at_ms <= from_ms {
+            for held in gained {
+                if members.slots.schedule(held) {
+                    added.push(schedule_entry(
+                        periods,
+                        held.slot,
+                        members.slots.get(held.slot),
+                    ));
+                }
+            }
+        } else if !gained.is_empty() {
+            let at = waiting.partition_point(|(start, _)| *start <= changes.start_at_ms);
+            waiting.insert(at, (changes.start_at_ms, gained));
+        }
+        schedule.change(periods, &removed, &added, from_ms);
+    }
+
+    /// Gained devices whose wait is over start, as of `start_ms` (every tick
+    /// before it has fired).
+    fn start_waiting(
+        &self,
+        held: Vec<SlotRef>,
+        schedule: &mut Schedule,
+        periods: &[u64],
+        start_ms: i64,
+    ) {
+        let mut members = self.members.borrow_mut();
+        let mut added = Vec::with_capacity(held.len());
+        for held in held {
+            // Removed while it waited: its slot changed generation.
+            if members.slots.schedule(held) {
+                added.push(schedule_entry(
+                    periods,
+                    held.slot,
+                    members.slots.get(held.slot),
+                ));
+            }
+        }
+        schedule.change(periods, &[], &added, start_ms);
     }
 
     /// Starts the probes of every class's route.
@@ -1005,10 +1185,9 @@ impl Shard {
         }
     }
 
-    /// Applies a live reload: the longer fleet, new routes for the classes
-    /// that changed (their old probes stop; jobs in flight keep the old route
-    /// until they end), and the devices added and retired. The tick loop then
-    /// builds its schedule again.
+    /// Applies a live reload: new routes for the classes that changed (their
+    /// old probes stop; jobs in flight keep the old route until they end). The
+    /// tick loop then applies its device changes and builds its schedule again.
     fn apply(&self, reload: &Reload) {
         let mut routes = Vec::with_capacity(reload.classes.len());
         for (class, settings) in reload.classes.iter().enumerate() {
@@ -1045,31 +1224,14 @@ impl Shard {
             routes.push(route);
         }
         self.stats.borrow_mut().add_classes(reload.classes.len());
-        let retired = &reload.retired[usize::from(self.index)];
-        let added = &reload.added[usize::from(self.index)];
         let mut members = self.members.borrow_mut();
-        members.fleet = Rc::new(reload.fleet.clone());
         members.routes = routes;
+        members.node_names = reload
+            .node_names
+            .iter()
+            .map(|names| Rc::from(&names[..]))
+            .collect();
         members.pools = self.builder.borrow().pools();
-        if !retired.is_empty() {
-            let locals: HashMap<DeviceIndex, usize> = members
-                .devices
-                .iter()
-                .enumerate()
-                .map(|(local, &device)| (device, local))
-                .collect();
-            for device in retired {
-                if let Some(&local) = locals.get(device) {
-                    members.retired[local] = true;
-                }
-            }
-        }
-        for &device in added {
-            members.devices.push(device);
-            members.busy.push(Cell::new(false));
-            members.last_tick_ms.push(Cell::new(i64::MIN));
-            members.retired.push(false);
-        }
     }
 
     /// Sends the batches gathering on every class without waiting for more
@@ -1123,7 +1285,7 @@ impl Shard {
     /// The next device in turn, busy or not (open loop: a busy one is skipped and
     /// recorded as such).
     fn next_device_in_turn(&self) -> u32 {
-        let local = self.closed_loop_cursor.get() % self.members.borrow().devices.len();
+        let local = self.closed_loop_cursor.get() % self.members.borrow().slots.len();
         self.closed_loop_cursor.set(local + 1);
         local as u32
     }
@@ -1131,11 +1293,14 @@ impl Shard {
     /// The next device in turn whose previous job has finished.
     fn next_idle_device(&self) -> Option<u32> {
         let members = self.members.borrow();
-        let count = members.devices.len();
+        let count = members.slots.len();
         let start = self.closed_loop_cursor.get();
         let found = (0..count)
             .map(|offset| (start + offset) % count)
-            .find(|&local| !members.busy[local].get())?;
+            .find(|&local| {
+                let slot = members.slots.get(local as u32);
+                slot.state == SlotState::Scheduled && !slot.busy.get()
+            })?;
         self.closed_loop_cursor.set(found + 1);
         Some(found as u32)
     }
@@ -1155,7 +1320,10 @@ impl Shard {
                     self.stop_at_ms.set(Some(self.clock.now_ms()));
                 }
                 Control::Reload(reload) => {
-                    self.pending_reload.replace(Some(reload));
+                    self.pending_reloads.borrow_mut().push(reload);
+                }
+                Control::Devices(changes) => {
+                    self.pending_changes.borrow_mut().push(*changes);
                 }
                 Control::Release => {}
             }

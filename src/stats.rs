@@ -631,7 +631,7 @@ mod tests {
 
     fn record(class: u16, outcome: Outcome, end_to_end_us: u64) -> JobRecord {
         JobRecord {
-            device: 0,
+            device: "dev-0".into(),
             tick_ms: 0,
             class,
             shard: 0,

@@ -8,7 +8,6 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 use crate::failures::FailureBreakdown;
-use crate::record::DeviceIndex;
 use crate::report::{self, hlog, FailureRow, ReasonTextRow, Recording, ReplicaRow, ReportError};
 use crate::sink::writer::JournalTotals;
 use crate::stats::{ClassStats, Counters, StageHistograms, UpstreamTotals};
@@ -62,6 +61,10 @@ pub struct RunSummary {
     pub config: Value,
     /// The run's id, as every row's `run_id` and the `runs` table hold it.
     pub run_id: String,
+    /// What this instance ran of a shared fleet (`[cluster]`): its id, the
+    /// live instances, devices run, handovers; `None` for runs not made by
+    /// the dispatcher (tests that build a summary).
+    pub cluster: Option<Value>,
 }
 
 /// One shard's share of a run.
@@ -142,6 +145,7 @@ impl RunSummary {
         let per_job = |cpu: Duration| cpu.as_secs_f64() * 1e6 / jobs;
         json!({
             "run_id": self.run_id,
+            "cluster": self.cluster,
             "jobs": self.counters.jobs(),
             "ok": self.counters.ok,
             "failed": self.counters.failed,
@@ -311,12 +315,8 @@ impl RunSummary {
 }
 
 /// A merged breakdown as the summary's rows: most frequent first, shares out
-/// of `jobs` (all outcomes), device indexes turned into ids by `device_id`.
-pub fn failure_rows(
-    breakdown: &FailureBreakdown,
-    jobs: u64,
-    device_id: impl Fn(DeviceIndex) -> String,
-) -> Vec<FailureRow> {
+/// of `jobs` (all outcomes).
+pub fn failure_rows(breakdown: &FailureBreakdown, jobs: u64) -> Vec<FailureRow> {
     breakdown
         .by_count()
         .into_iter()
@@ -332,7 +332,7 @@ pub fn failure_rows(
                 .map(|text| ReasonTextRow {
                     text: text.text.to_string(),
                     count: text.count,
-                    example_device: device_id(text.example_device),
+                    example_device: text.example_device.to_string(),
                 })
                 .collect(),
             other_reasons: entry.other_texts,
@@ -355,7 +355,7 @@ mod tests {
         let mut buffer = String::new();
         let mut push = |device: u32, outcome: Outcome| {
             let record = JobRecord {
-                device,
+                device: crate::record::DeviceId::new(&format!("dev-{device}")),
                 tick_ms: 0,
                 class: 0,
                 shard: 0,
@@ -417,6 +417,7 @@ mod tests {
             sink_location: "x.db".into(),
             sink_error: None,
             run_id: "6f1c2d3e-0000-4000-8000-000000000001".into(),
+            cluster: None,
             counters: Counters {
                 ok: 4_000,
                 failed: 900,
@@ -469,7 +470,7 @@ mod tests {
                 ],
                 retry_budget_exhausted: vec![12],
             },
-            failures: failure_rows(&breakdown, 5_000, |device| format!("dev-{device}")),
+            failures: failure_rows(&breakdown, 5_000),
             interval_log: None,
             config: json!({"load": {"mode": "ticks"}}),
         };

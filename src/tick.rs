@@ -9,6 +9,10 @@
 //! devices of each class by phase once, and a cursor walks that ring as time
 //! passes. Firing costs O(1) per tick, the structure is 8 bytes per device, and the
 //! shard wakes at most once per millisecond (ticks are whole milliseconds).
+//!
+//! Devices join and leave a running schedule in batches ([`Schedule::change`]):
+//! the leavers are filtered out and the joiners, sorted, merged in — O(n + k log k)
+//! for k changes on a ring of n, one pass over 8 bytes per device.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -106,11 +110,54 @@ struct Lane {
 }
 
 impl Lane {
+    /// Points the cursor at the first entry due at or after `from_ms`.
+    fn position(&mut self, from_ms: i64) {
+        let period = self.period_ms as i64;
+        self.cycle_start_ms = from_ms.div_euclid(period) * period;
+        let offset = from_ms - self.cycle_start_ms;
+        self.cursor = self
+            .ring
+            .partition_point(|&(phase, _)| (phase as i64) < offset);
+        if self.cursor == self.ring.len() {
+            self.cursor = 0;
+            self.cycle_start_ms += period;
+        }
+    }
+
     fn next_tick_ms(&self) -> Option<i64> {
         self.ring
             .get(self.cursor)
             .map(|&(phase, _)| self.cycle_start_ms + phase as i64)
     }
+}
+
+/// Two rings sorted by (phase, slot) as one.
+fn merge_sorted(ring: Vec<(u32, u32)>, joiners: &[(u32, u32)]) -> Vec<(u32, u32)> {
+    let mut merged = Vec::with_capacity(ring.len() + joiners.len());
+    let (mut old, mut new) = (ring.iter().peekable(), joiners.iter().peekable());
+    loop {
+        match (old.peek(), new.peek()) {
+            (Some(&&a), Some(&&b)) => {
+                if a <= b {
+                    merged.push(a);
+                    old.next();
+                } else {
+                    merged.push(b);
+                    new.next();
+                }
+            }
+            (Some(_), None) => {
+                merged.extend(old);
+                break;
+            }
+            (None, Some(_)) => {
+                merged.extend(new);
+                break;
+            }
+            (None, None) => break,
+        }
+    }
+    merged
 }
 
 /// A shard's schedule: which of its devices are due when.
@@ -141,14 +188,7 @@ impl Schedule {
         }
         for lane in &mut lanes {
             lane.ring.sort_unstable();
-            let offset = start_ms - lane.cycle_start_ms;
-            lane.cursor = lane
-                .ring
-                .partition_point(|&(phase, _)| (phase as i64) < offset);
-            if lane.cursor == lane.ring.len() {
-                lane.cursor = 0;
-                lane.cycle_start_ms += lane.period_ms as i64;
-            }
+            lane.position(start_ms);
         }
         Schedule { lanes }
     }
@@ -169,6 +209,72 @@ impl Schedule {
                 }
             }
         }
+    }
+
+    /// Takes the devices in `removed` slots out and puts `added` ones
+    /// (`(class lane, phase, slot)`) in, as of `from_ms`: every tick before it
+    /// counts as fired (the caller fired through `from_ms - 1`), so a joiner's
+    /// first tick is its first at or after `from_ms` and a device that stays
+    /// neither misses a tick nor fires one twice. `periods_ms` gives the period
+    /// of any lane a joiner opens (a class new to this schedule).
+    pub fn change(
+        &mut self,
+        periods_ms: &[u64],
+        removed: &[u32],
+        added: &[(usize, u64, u32)],
+        from_ms: i64,
+    ) {
+        if removed.is_empty() && added.is_empty() {
+            return;
+        }
+        while self.lanes.len() < periods_ms.len() {
+            let period_ms = periods_ms[self.lanes.len()];
+            self.lanes.push(Lane {
+                period_ms,
+                ring: Vec::new(),
+                cursor: 0,
+                cycle_start_ms: from_ms.div_euclid(period_ms as i64) * period_ms as i64,
+            });
+        }
+        let mut gone = Vec::new();
+        if let Some(&largest) = removed.iter().max() {
+            gone = vec![false; largest as usize + 1];
+            for &slot in removed {
+                gone[slot as usize] = true;
+            }
+        }
+        let mut joining: Vec<Vec<(u32, u32)>> = vec![Vec::new(); self.lanes.len()];
+        for &(lane, phase, slot) in added {
+            // A lane beyond the periods given has no period to fire on; the
+            // caller passes every class's, so this never drops one.
+            if let Some(entries) = joining.get_mut(lane) {
+                entries.push((phase as u32, slot));
+            }
+        }
+        for (lane, mut joiners) in self.lanes.iter_mut().zip(joining) {
+            let before = lane.ring.len();
+            if !gone.is_empty() {
+                lane.ring
+                    .retain(|&(_, slot)| !gone.get(slot as usize).copied().unwrap_or(false));
+            }
+            if joiners.is_empty() && lane.ring.len() == before {
+                continue;
+            }
+            if !joiners.is_empty() {
+                joiners.sort_unstable();
+                lane.ring = merge_sorted(std::mem::take(&mut lane.ring), &joiners);
+            }
+            lane.position(from_ms);
+        }
+    }
+
+    /// Devices in the schedule.
+    pub fn len(&self) -> usize {
+        self.lanes.iter().map(|lane| lane.ring.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The earliest tick not yet fired, if the shard has any devices.
@@ -285,6 +391,59 @@ mod tests {
         );
         let next = schedule.next_due_ms().unwrap();
         assert!((start + period as i64..start + 2 * period as i64).contains(&next));
+    }
+
+    /// Devices leave and join between two rounds: leavers fire nothing after
+    /// the change, joiners start at their first tick at or after it, and the
+    /// devices that stay fire exactly their grid ticks, none twice or missed.
+    #[test]
+    fn changes_take_effect_at_the_next_tick_and_spare_the_stayers() {
+        let periods = [1000u64, 300];
+        let phase_of = |slot: u32, lane: usize| (slot as u64 * 37 + 11) % periods[lane];
+        let device = |slot: u32| {
+            let lane = (slot % 2) as usize;
+            (lane, phase_of(slot, lane), slot)
+        };
+        let (start, change, end) = (100_000i64, 102_345i64, 105_000i64);
+        let mut schedule = Schedule::new(&periods, (0..40).map(device), start);
+        let mut fired = Vec::new();
+        schedule.fire_due(change - 1, |lane, slot, tick| {
+            fired.push((lane, slot, tick))
+        });
+        // Slots 0..10 leave; 40..50 join; slot 3 is reused by a joiner at once.
+        let removed: Vec<u32> = (0..10).collect();
+        let mut added: Vec<(usize, u64, u32)> = (40..50).map(device).collect();
+        added.push((1, 7, 3));
+        schedule.change(&periods, &removed, &added, change);
+        assert_eq!(schedule.len(), 40 - 10 + 11);
+        let mut now = change;
+        while now < end {
+            schedule.fire_due(now, |lane, slot, tick| fired.push((lane, slot, tick)));
+            now += 13;
+        }
+        schedule.fire_due(end - 1, |lane, slot, tick| fired.push((lane, slot, tick)));
+        let mut expected: Vec<(usize, u32, i64)> = Vec::new();
+        for slot in 0..40u32 {
+            let (lane, phase, _) = device(slot);
+            let until = if slot < 10 { change } else { end };
+            expected.extend(ticks_in(start, until, phase, periods[lane]).map(|t| (lane, slot, t)));
+        }
+        for &(lane, phase, slot) in &added {
+            expected.extend(ticks_in(change, end, phase, periods[lane]).map(|t| (lane, slot, t)));
+        }
+        fired.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(fired, expected);
+    }
+
+    #[test]
+    fn a_joiner_may_open_a_lane() {
+        let mut schedule = Schedule::new(&[1000], std::iter::empty(), 0);
+        assert_eq!(schedule.next_due_ms(), None);
+        schedule.change(&[1000, 500], &[], &[(1, 250, 0)], 600);
+        assert_eq!(schedule.next_due_ms(), Some(750));
+        schedule.change(&[1000, 500], &[0], &[], 600);
+        assert!(schedule.is_empty());
     }
 
     #[test]

@@ -415,7 +415,7 @@ mod tests {
         // Shard 0's failure is in its breakdown; its two skips are not.
         let mut breakdown = FailureBreakdown::default();
         let failed = crate::record::JobRecord {
-            device: 0,
+            device: "dev-0".into(),
             tick_ms: 0,
             class: 0,
             shard: 0,

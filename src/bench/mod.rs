@@ -176,6 +176,7 @@ impl Bench {
             sink,
             grpc: GrpcConfig::default(),
             tuning: self.tuning.clone(),
+            cluster: crate::config::ClusterConfig::default(),
         }
     }
 

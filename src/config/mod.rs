@@ -24,7 +24,8 @@
 //! - `devices`: `[devices]`, a device list or a generated fleet;
 //! - `sink`: `[sink]` ([`SinkConfig`]), SQLite's keys and the spill journal's;
 //!   `postgres`: PostgreSQL's keys;
-//! - `grpc`: `[grpc]` ([`GrpcConfig`]).
+//! - `grpc`: `[grpc]` ([`GrpcConfig`]);
+//! - `cluster`: `[cluster]` ([`ClusterConfig`]): etcd membership or a static split.
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +34,7 @@ use toml::Spanned;
 
 mod batching;
 mod class;
+mod cluster;
 mod devices;
 mod endpoint;
 mod grpc;
@@ -45,6 +47,9 @@ mod upstream;
 
 pub use batching::{Batching, DEFAULT_LINGER, MAX_BATCH_LIMIT};
 pub use class::{Class, ContractConfig, OutputSpec, Parameter};
+pub use cluster::{
+    host_name, ClusterConfig, Slice, StaticSplit, DEFAULT_CLUSTER_NAME, DEFAULT_LEASE_TTL_S,
+};
 pub use endpoint::{Gateway, DEFAULT_CLASS_HEADER, DEFAULT_MODEL_HEADER};
 pub use grpc::GrpcConfig;
 pub use metadata::{Metadata, Secret};
@@ -57,6 +62,7 @@ pub use upstream::{BalancerKind, Ejection, HealthCheck, Hedge, Upstream};
 pub use crate::diagnostic::ConfigError;
 
 use class::{validate_classes, ClassFile};
+use cluster::ClusterFile;
 use devices::{DevicesFile, FleetSource};
 use grpc::GrpcFile;
 use sink::{validate_sink, SinkFile};
@@ -81,6 +87,9 @@ pub struct Config {
     pub grpc: GrpcConfig,
     /// Per-host settings (CPUs, connection and in-flight limits).
     pub tuning: Tuning,
+    /// How this instance shares the fleet with others: etcd membership, a
+    /// static split, or (the default) not at all.
+    pub cluster: ClusterConfig,
 }
 
 impl Config {
@@ -136,6 +145,9 @@ struct ConfigFile {
     /// Left out means none, which validation rejects with a clear message.
     #[serde(default = "Vec::new")]
     classes: Vec<Spanned<ClassFile>>,
+    /// Sharing the fleet with other instances; left out, this one runs it all.
+    #[serde(default)]
+    cluster: ClusterFile,
 }
 
 // ---------------------------------------------------------------------------------
@@ -152,6 +164,7 @@ impl ConfigFile {
         let class_names: Vec<&str> = classes.iter().map(|class| class.name.as_str()).collect();
         let grpc = self.grpc.validate(source)?;
         let sink = validate_sink(&self.sink, base, source)?;
+        let cluster = self.cluster.validate(&classes, source)?;
         let fleet_source =
             self.devices
                 .get_ref()
@@ -178,6 +191,7 @@ impl ConfigFile {
             sink,
             grpc,
             tuning,
+            cluster,
         })
     }
 }

@@ -158,7 +158,7 @@ fn unknown_fields_are_rejected_with_their_line() {
     assert_eq!(
         error_of(&text),
         "conf/fleet.toml:30: unknown field `extra`, expected one of `tuning`, `devices`, \
-         `sink`, `grpc`, `classes`"
+         `sink`, `grpc`, `classes`, `cluster`"
     );
 }
 
@@ -958,4 +958,55 @@ fn credentials_are_read_checked_and_never_shown() {
     ));
     assert!(error.contains("classes[1].metadata.x-key: its value is not a valid header value"));
     assert!(!error.contains("secret-part"), "{error}");
+}
+
+#[test]
+fn cluster_keys_are_read_and_defaulted() {
+    let config = parse(VALID).unwrap();
+    assert_eq!(config.cluster, ClusterConfig::default());
+    assert!(!config.cluster.uses_etcd());
+    assert!(config.cluster.split.keeps_all());
+    let text = format!(
+        "{VALID}\n[cluster]\nname = \"plant-a\"\netcd = [\"http://127.0.0.1:2379\", \"https://10.0.0.2:2379\"]\n\
+         instance = \"host-7\"\nlease_ttl_s = 5\nsafety_delay_ms = 61000\n"
+    );
+    let cluster = parse(&text).unwrap().cluster;
+    assert_eq!(cluster.name, "plant-a");
+    assert_eq!(cluster.etcd.len(), 2);
+    assert_eq!(cluster.instance, "host-7");
+    assert_eq!(cluster.lease_ttl_s, 5);
+    assert_eq!(cluster.safety_delay_ms, Some(61_000));
+    assert_eq!(cluster.safety_delay_ms(2_000), 61_000);
+    let split = parse(&format!(
+        "{VALID}\n[cluster]\nclasses = [\"thermostat\"]\nslice = \"2/3\"\n"
+    ))
+    .unwrap()
+    .cluster
+    .split;
+    assert_eq!(split.classes, Some(vec![1]));
+    assert_eq!(split.slice, Some(Slice { index: 1, count: 3 }));
+    // Without a configured delay, the largest deadline of the classes involved.
+    assert_eq!(ClusterConfig::default().safety_delay_ms(700), 700);
+}
+
+#[test]
+fn cluster_mistakes_name_their_line() {
+    let cases = [
+        ("slice = \"4/3\"", "conf/fleet.toml:31: cluster.slice: expected \"K/N\" (the K-th of N slices, 1 ≤ K ≤ N), found \"4/3\""),
+        ("classes = [\"camera\", \"fridge\"]", "conf/fleet.toml:31: cluster.classes[1]: unknown class \"fridge\" (known classes: camera, thermostat)"),
+        ("classes = [\"camera\", \"camera\"]", "conf/fleet.toml:31: cluster.classes[1]: \"camera\" is listed twice"),
+        ("classes = []", "conf/fleet.toml:31: cluster.classes: must name at least one class (or leave the key out: every class)"),
+        ("etcd = [\"127.0.0.1:2379\"]", "conf/fleet.toml:31: cluster.etcd[0]: expected \"http://host:port\" or \"https://host:port\", found \"127.0.0.1:2379\""),
+        ("etcd = []", "conf/fleet.toml:31: cluster.etcd: must list at least one endpoint (or leave the key out: no etcd)"),
+        ("lease_ttl_s = 5", "conf/fleet.toml:31: cluster.lease_ttl_s: has no effect without cluster.etcd (only etcd membership moves devices)"),
+        ("instance = \"a/b\"", "conf/fleet.toml:31: cluster.instance: \"a/b\": must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' or '-' (it is part of etcd keys)"),
+        ("etcd = [\"http://h:1\"]\nslice = \"1/2\"", "conf/fleet.toml:32: cluster.slice: a static split cannot be combined with cluster.etcd: etcd membership places every device on a live instance"),
+        ("etcd = [\"http://h:1\"]\nlease_ttl_s = 0", "conf/fleet.toml:32: cluster.lease_ttl_s: must be from 2 (etcd's shortest lease) to 3600 seconds"),
+        ("etcd = [\"http://h:1\"]\nsafety_delay_ms = 100", "conf/fleet.toml:32: cluster.safety_delay_ms: must be at least the largest deadline_ms (60000 ms, class \"thermostat\"), so a device's last job on the instance that lost it has ended before the instance that gained it starts it"),
+        ("shards = 2", "conf/fleet.toml:31: unknown field `shards`, expected one of `name`, `etcd`, `instance`, `lease_ttl_s`, `safety_delay_ms`, `classes`, `slice`"),
+    ];
+    for (keys, expected) in cases {
+        let text = format!("{VALID}\n[cluster]\n{keys}\n");
+        assert_eq!(error_of(&text), expected, "{keys}");
+    }
 }

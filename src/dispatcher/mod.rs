@@ -34,6 +34,7 @@ use start::Running;
 use supervise::FinalReport;
 
 mod describe;
+mod ownership;
 mod per_second;
 mod reloader;
 mod shutdown;
@@ -84,6 +85,10 @@ pub struct RunOptions {
     /// Each message asks for a live reload: the config file (`Config::path`)
     /// read again and its device list and classes applied (tick-driven runs).
     pub reload: Option<flume::Receiver<()>>,
+    /// What the cluster thread (etcd) says: membership changes move devices
+    /// to and from this instance (handover), registered compute nodes replace
+    /// a class's, etcd outages are shown. `None` without etcd.
+    pub cluster: Option<flume::Receiver<crate::cluster::event::ClusterEvent>>,
 }
 
 /// Why a run could not start or did not complete.

@@ -35,7 +35,7 @@ pub(super) fn shut_down(
         reloader,
     } = running;
     let live = reloader.live;
-    let fleet = live.fleet.clone();
+    let cluster = reloader.ownership.summary();
     let writer_report = writer
         .join()
         .map_err(|_| RunError("the sink writer thread panicked".into()))?;
@@ -108,6 +108,7 @@ pub(super) fn shut_down(
         interval_log,
         config: description,
         run_id,
+        cluster: Some(cluster),
     };
     for (index, report) in finished.iter().enumerate() {
         let mut latency = report.stats.latency.clone();
@@ -131,9 +132,7 @@ pub(super) fn shut_down(
     }
     summary.counters.in_flight = 0;
     let failures = FailureBreakdown::merge(finished.iter().map(|report| &report.stats.failures));
-    summary.failures = summary::failure_rows(&failures, summary.counters.jobs(), |device| {
-        fleet.id(device).to_string()
-    });
+    summary.failures = summary::failure_rows(&failures, summary.counters.jobs());
     supervisor.publish_final(&summary);
     // Rows still in the journal are safe on disk: the next run replays them.
     let kept = summary.rows_written + summary.journal.run_rows_left;

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::describe::config_description;
+use super::ownership::Ownership;
 use super::per_second::PerSecond;
 use super::reloader::{class_names, Reloader, RELOADS_QUEUED};
 use super::supervise::Supervisor;
@@ -11,8 +12,6 @@ use super::{Load, RunError, RunOptions, START_LEAD};
 use crate::config::{Config, SinkConfig};
 use crate::console;
 use crate::cpu;
-use crate::devices::shard_of;
-use crate::record::DeviceIndex;
 use crate::reload::Live;
 use crate::runtime::{self, Executor, ExecutorSpec};
 use crate::shard::{self, Control, ExitNotice, ShardChannels, ShardLimits, ShardPlan, Workload};
@@ -73,10 +72,48 @@ pub(super) fn start<'a>(config: &Config, options: &'a RunOptions) -> Result<Runn
         return Err(RunError("no CPU to run a shard on".into()));
     }
     let shard_count = shard_cpus.len();
-    let fleet = Arc::new(config.fleet.clone());
-    let mut owned: Vec<Vec<DeviceIndex>> = vec![Vec::new(); shard_count];
-    for device in 0..fleet.len() as DeviceIndex {
-        owned[shard_of(fleet.id(device), shard_count)].push(device);
+    // Which devices run here, on which shard: the static split's (all of them
+    // without [cluster]), or with etcd none until the first membership.
+    let mut live = Live::new(config);
+    let mut ownership = Ownership::new(&config.cluster, shard_count, config.classes.len());
+    let owned = ownership.initial(&live);
+    if ownership.clustered() && options.cluster.is_none() {
+        return Err(RunError(
+            "[cluster] etcd is set but nothing feeds this run the cluster's membership \
+             (RunOptions::cluster): no device would ever run"
+                .into(),
+        ));
+    }
+    if ownership.clustered() && !matches!(options.load, Load::Ticks) {
+        return Err(RunError(
+            "a clustered config ([cluster] etcd) runs tick-driven only, not a benchmark's load"
+                .into(),
+        ));
+    }
+    if !config.cluster.split.keeps_all() {
+        console::err(format_args!(
+            "cluster: static split{}{}: {} of {} devices run here",
+            config
+                .cluster
+                .split
+                .slice
+                .map_or(String::new(), |slice| format!(", slice {slice}")),
+            config
+                .cluster
+                .split
+                .classes
+                .as_ref()
+                .map_or(String::new(), |classes| {
+                    let names: Vec<&str> = classes
+                        .iter()
+                        .filter_map(|&class| config.classes.get(usize::from(class)))
+                        .map(|class| class.name.as_str())
+                        .collect();
+                    format!(", classes {}", names.join(", "))
+                }),
+            ownership.status.devices,
+            config.fleet.len()
+        ));
     }
 
     // A class without nodes could not run one job. The config file cannot say
@@ -98,10 +135,16 @@ pub(super) fn start<'a>(config: &Config, options: &'a RunOptions) -> Result<Runn
     let description = config_description(config, options);
     let run = sink::run::RunIdentity::new(sink::run::config_digest(&description.to_string()));
     let run_id = run.run_id.clone();
+    let node_names = live.node_index();
+    debug_assert_eq!(node_names.len(), config.classes.len());
     let names = Arc::new(RowNames {
         run,
-        fleet: fleet.clone(),
-        classes: config.classes.iter().map(class_names).collect(),
+        classes: config
+            .classes
+            .iter()
+            .zip(&live.node_names)
+            .map(|(class, nodes)| class_names(class, nodes))
+            .collect(),
     });
     let target = match &config.sink {
         SinkConfig::Sqlite {
@@ -182,7 +225,6 @@ pub(super) fn start<'a>(config: &Config, options: &'a RunOptions) -> Result<Runn
         let plan = ShardPlan {
             index: index as u16,
             devices,
-            fleet: fleet.clone(),
             classes: classes.clone(),
             clock,
             workload: shard_workload(options.load, index, shard_count, start_ms, end_ms),
@@ -230,7 +272,8 @@ pub(super) fn start<'a>(config: &Config, options: &'a RunOptions) -> Result<Runn
     );
     let reloader = Reloader {
         path: config.path.clone(),
-        live: Live::new(config, shard_count),
+        live,
+        ownership,
         run: run_identity,
         names: names_tx,
     };

@@ -8,6 +8,7 @@ use super::per_second::PerSecond;
 use super::reloader::Reloader;
 use super::{Load, RunError, RunOptions, START_LEAD};
 use crate::admin::{Health, MetricsSnapshot};
+use crate::cluster::event::ClusterEvent;
 use crate::console;
 use crate::failures::FailureBreakdown;
 use crate::shard::Control;
@@ -54,6 +55,8 @@ pub(super) enum Message {
     Sink(Result<SinkEvent, flume::RecvError>),
     /// A reload was asked for (or, `Err`, can no longer be).
     Reload(Result<(), flume::RecvError>),
+    /// The cluster thread said something (or, `Err`, has stopped).
+    Cluster(Result<ClusterEvent, flume::RecvError>),
 }
 
 /// The coordinator's view of the run while it lasts.
@@ -85,6 +88,11 @@ pub(super) struct Supervisor<'a> {
     pub(super) sink_failed: bool,
     /// Whether reload requests can still come (their sender is alive).
     pub(super) reloads_heard: bool,
+    /// Whether cluster events can still come (the cluster thread is alive).
+    pub(super) cluster_heard: bool,
+    /// etcd is unreachable, as the cluster thread last said: the status
+    /// line says so (ownership stays as it is meanwhile).
+    pub(super) etcd_down: Option<String>,
     /// Jobs counted at the previous status line.
     pub(super) jobs_at_last_status: u64,
     /// The progress bar under the status lines, for a run with a duration
@@ -116,6 +124,8 @@ impl<'a> Supervisor<'a> {
             health: Health::Ok,
             sink_failed: false,
             reloads_heard: true,
+            cluster_heard: true,
+            etcd_down: None,
             jobs_at_last_status: 0,
             progress_bar: match (options.print_status, options.duration) {
                 (true, Some(duration)) => {
@@ -206,6 +216,11 @@ impl<'a> Supervisor<'a> {
         if let (Some(requests), true) = (&self.options.reload, self.reloads_heard) {
             selector = selector.recv(requests, Message::Reload);
         }
+        // A membership change waits for no status line either: a lost device
+        // must stop at once.
+        if let (Some(events), true) = (&self.options.cluster, self.cluster_heard) {
+            selector = selector.recv(events, Message::Cluster);
+        }
         selector.wait_deadline(deadline).ok()
     }
 
@@ -279,6 +294,17 @@ impl<'a> Supervisor<'a> {
                 Some(Message::Reload(Err(flume::RecvError::Disconnected))) => {
                     self.reloads_heard = false
                 }
+                Some(Message::Cluster(Ok(event))) => {
+                    if let Some(reloader) = reloader.as_deref_mut() {
+                        self.on_cluster_event(event, controls, reloader, stop_sent);
+                    }
+                }
+                Some(Message::Cluster(Err(flume::RecvError::Disconnected))) => {
+                    self.cluster_heard = false;
+                    console::err(format_args!(
+                        "cluster: the cluster thread has stopped; this instance keeps the devices it runs"
+                    ));
+                }
                 None => {}
             }
             if !stop_sent {
@@ -305,6 +331,51 @@ impl<'a> Supervisor<'a> {
         // The bar's line is cleared before the summary is printed.
         self.progress_bar = None;
         Ok(finished.into_iter().flatten().collect())
+    }
+
+    /// Acts on what the cluster thread says: a membership change moves
+    /// devices, registered compute nodes replace a class's, a lost or found
+    /// etcd is logged and shown. Nothing moves once the run is stopping.
+    pub(super) fn on_cluster_event(
+        &mut self,
+        event: ClusterEvent,
+        controls: &[flume::Sender<Control>],
+        reloader: &mut Reloader,
+        stopping: bool,
+    ) {
+        match event {
+            ClusterEvent::Connection { up, detail } => {
+                if up {
+                    console::err(format_args!("cluster: etcd reachable again: {detail}"));
+                    self.etcd_down = None;
+                } else {
+                    console::err(format_args!(
+                        "cluster: warning: etcd unreachable: {detail}; this instance keeps the devices it runs"
+                    ));
+                    self.etcd_down = Some(detail.clone());
+                }
+                reloader.ownership.status.connection = Some((up, detail));
+            }
+            _ if stopping => {}
+            _ if self.options.load != Load::Ticks => {
+                console::err(format_args!(
+                    "cluster: only tick-driven runs change their devices; ignored"
+                ));
+            }
+            ClusterEvent::Members {
+                instances,
+                revision,
+            } => {
+                reloader.members(&instances, revision, self.clock.now_ms(), controls);
+            }
+            ClusterEvent::Nodes {
+                class,
+                nodes,
+                revision,
+            } => {
+                reloader.nodes(&class, &nodes, revision, controls);
+            }
+        }
     }
 
     /// Applies a reload request (tick-driven runs only).
@@ -375,6 +446,10 @@ impl<'a> Supervisor<'a> {
         if let Health::Failing(cause) = &self.health {
             line.push_str(" | FAILING: ");
             line.push_str(cause);
+        }
+        if let Some(detail) = &self.etcd_down {
+            line.push_str(" | etcd DOWN: ");
+            line.push_str(detail);
         }
         if let Some(bar) = &self.progress_bar {
             bar.set(started.elapsed());
@@ -500,7 +575,7 @@ mod tests {
         let mut buffer = String::new();
         let mut push = |outcome: Outcome| {
             let record = JobRecord {
-                device: 0,
+                device: "dev-0".into(),
                 tick_ms: 0,
                 class: 0,
                 shard: 0,

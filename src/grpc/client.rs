@@ -504,12 +504,15 @@ async fn keepalive(
     }
 }
 
-/// Counts a call as in flight until it ends or is dropped by a deadline.
+/// Counts a call as in flight until it ends or is dropped by a deadline: on
+/// its connection, and on the executor, which spins before parking while
+/// replies are awaited ([`runtime::expect_replies`]).
 struct InFlight<'a>(&'a Cell<usize>);
 
 impl<'a> InFlight<'a> {
     fn enter(counter: &'a Cell<usize>) -> InFlight<'a> {
         counter.set(counter.get() + 1);
+        runtime::expect_replies(1);
         InFlight(counter)
     }
 }
@@ -517,6 +520,7 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.set(self.0.get() - 1);
+        runtime::expect_replies(-1);
     }
 }
 

@@ -47,8 +47,10 @@ pub struct ExecutorTuning {
     /// Entries of each io_uring ring. A network-only shard needs few: a shallow ring
     /// keeps locked memory low; deeper ones help only with many sockets per shard.
     pub ring_depth: usize,
-    /// How long an idle executor spins before it parks in the kernel: trades a
-    /// core's idle power for the wake-up latency of the next completion.
+    /// How long an idle executor spins before it parks in the kernel, while
+    /// calls await their reply ([`expect_replies`]): a reply due within it
+    /// costs no park and no wake-up; an executor waiting for nothing else
+    /// parks at once.
     pub spin_before_park: Option<Duration>,
     /// How long a task queue runs before the executor checks whether another needs
     /// the CPU; long loops must still yield (see [`yield_if_needed`]).
@@ -243,6 +245,15 @@ where
     R: Send + 'static,
 {
     glommio::executor().spawn_blocking(work).await
+}
+
+/// Tells the executor on this thread that `delta` more (or, negative, fewer)
+/// calls await their reply: while at least one does, an idle executor spins
+/// for [`ExecutorTuning::spin_before_park`] before it parks, so a reply that
+/// comes within the spin costs no park and no wake-up; with none it parks at
+/// once. The gRPC client keeps the count, one per call in flight.
+pub fn expect_replies(delta: isize) {
+    glommio::expect_replies(delta);
 }
 
 /// Sleeps on the current executor's timer.

@@ -35,14 +35,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::devices::Fleet;
 use crate::record::JobRecord;
 
-/// Names the writer resolves record indexes to; shared read-only with the writer thread.
+/// Names the writer resolves record indexes to; shared read-only with the writer
+/// thread. Records carry their device's id, so no device list is needed here.
 pub struct RowNames {
-    /// Device ids by [`DeviceIndex`](crate::record::DeviceIndex); the same fleet the
-    /// shards schedule from, so an index in a record always names the right device.
-    pub fleet: Arc<Fleet>,
     /// Class and model names by [`ClassIndex`](crate::record::ClassIndex), in the
     /// config's class order; built once at start-up.
     pub classes: Vec<ClassNames>,

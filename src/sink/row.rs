@@ -4,9 +4,9 @@
 //! The writer resolves a batch of records once ([`Resolver::resolve`]) and hands
 //! the same rows to whichever backend it drives (SQLite, PostgreSQL) or to the
 //! spill journal; rows read back from the journal are the same type, owning
-//! their text. Resolving allocates one vector per batch: names are borrowed from
-//! the fleet and the class table, and failure reasons are formatted into one
-//! text buffer the batch's rows borrow from.
+//! their text. Resolving allocates one vector per batch: device ids are borrowed
+//! from the records, class names from the class table, and failure reasons are
+//! formatted into one text buffer the batch's rows borrow from.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -41,7 +41,7 @@ pub const COLUMNS: [&str; 15] = [
 /// One row of the `jobs` table. Keyed by (`device_id`, `tick_ms`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row<'a> {
-    /// The device, as the fleet names it.
+    /// The device's id.
     pub device_id: Cow<'a, str>,
     /// The planned tick, Unix ms: with the device, the row's key.
     pub tick_ms: i64,
@@ -154,13 +154,13 @@ impl Resolver {
         &self.names
     }
 
-    /// Resolves with `names` from now on (a live reload's longer fleet).
+    /// Resolves with `names` from now on (a live reload's classes or compute nodes).
     pub fn rename(&mut self, names: Arc<RowNames>) {
         self.names = names;
     }
 
     /// The rows of `records`, in the same order; fails on the first record
-    /// whose device or class index is out of range.
+    /// whose class index is out of range.
     pub fn resolve<'s>(
         &'s mut self,
         records: &'s [JobRecord],
@@ -190,13 +190,6 @@ impl Resolver {
                     tick_ms: record.tick_ms,
                     detail,
                 };
-                if record.device as usize >= names.fleet.len() {
-                    return Err(bad(format!(
-                        "device index {} is outside the fleet of {} devices",
-                        record.device,
-                        names.fleet.len()
-                    )));
-                }
                 let class = names
                     .classes
                     .get(usize::from(record.class))
@@ -209,7 +202,7 @@ impl Resolver {
                     })?;
                 let latency = &record.latency;
                 Ok(Row {
-                    device_id: Cow::Borrowed(names.fleet.id(record.device)),
+                    device_id: Cow::Borrowed(record.device.as_str()),
                     tick_ms: record.tick_ms,
                     class: Cow::Borrowed(&class.class),
                     model: Cow::Borrowed(&class.model),
@@ -252,7 +245,6 @@ fn micros(value: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::Fleet;
     use crate::error::{ErrorKind, JobError, Stage};
     use crate::grpc::status::Code;
     use crate::record::{SkipReason, StageLatency};
@@ -260,10 +252,6 @@ mod tests {
 
     fn names() -> Arc<RowNames> {
         Arc::new(RowNames {
-            fleet: Arc::new(Fleet::from_parts(vec![
-                ("cam-01".into(), 0),
-                ("thermo-02".into(), 1),
-            ])),
             classes: vec![
                 ClassNames {
                     all_outputs: true,
@@ -282,9 +270,9 @@ mod tests {
         })
     }
 
-    fn record(device: u32, class: u16, outcome: Outcome) -> JobRecord {
+    fn record(device: &str, class: u16, outcome: Outcome) -> JobRecord {
         JobRecord {
-            device,
+            device: crate::record::DeviceId::new(device),
             tick_ms: 1_700_000_000_000,
             class,
             shard: 1,
@@ -317,10 +305,14 @@ mod tests {
                     "OUTPUT0",
                     Bytes::from_static(b"out"),
                 )],
-                ..record(0, 0, Outcome::Ok)
+                ..record("cam-01", 0, Outcome::Ok)
             },
-            record(1, 1, failed),
-            record(1, 1, Outcome::Skipped(SkipReason::PreviousJobRunning)),
+            record("thermo-02", 1, failed),
+            record(
+                "thermo-02",
+                1,
+                Outcome::Skipped(SkipReason::PreviousJobRunning),
+            ),
         ];
         let mut resolver = Resolver::new(names());
         let rows = resolver.resolve(&records).unwrap();
@@ -360,14 +352,14 @@ mod tests {
     #[test]
     fn out_of_range_indexes_are_named() {
         let mut resolver = Resolver::new(names());
-        let error = resolver.resolve(&[record(7, 0, Outcome::Ok)]).unwrap_err();
-        assert!(
-            error
-                .to_string()
-                .contains("device index 7 is outside the fleet of 2"),
-            "{error}"
-        );
-        let error = resolver.resolve(&[record(0, 9, Outcome::Ok)]).unwrap_err();
+        // Any device id resolves: records carry it.
+        let elsewhere = [record("elsewhere-7", 0, Outcome::Ok)];
+        let rows = resolver.resolve(&elsewhere).unwrap();
+        assert_eq!(rows[0].device_id, "elsewhere-7");
+        drop(rows);
+        let error = resolver
+            .resolve(&[record("cam-01", 9, Outcome::Ok)])
+            .unwrap_err();
         assert!(
             error.to_string().contains("class index 9 is outside the 2"),
             "{error}"

@@ -115,7 +115,33 @@ impl SqliteSink {
     /// `synchronous=NORMAL`, creates the `jobs` table if missing, and checks that
     /// the file can be written: a read-only file (or file system) is refused here,
     /// at start-up, not found out by the first batch.
+    ///
+    /// Several dispatchers may open one file at the same moment (instances of a
+    /// cluster sharing a sink). SQLite answers some of those races with "database
+    /// is locked" at once, without waiting on `busy_timeout` (switching to WAL,
+    /// upgrading a read lock to a write lock), so a transient failure here opens
+    /// again until `busy_timeout` has passed. Nothing is committed before the last
+    /// step, so a retry never leaves half a start behind.
     pub fn open(
+        path: &Path,
+        busy_timeout: std::time::Duration,
+        names: Arc<RowNames>,
+    ) -> Result<SqliteSink, SinkError> {
+        let deadline = std::time::Instant::now() + busy_timeout;
+        let mut pause = std::time::Duration::from_millis(5);
+        loop {
+            match SqliteSink::open_once(path, busy_timeout, Arc::clone(&names)) {
+                Err(error) if error.transient && std::time::Instant::now() + pause < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(100));
+                }
+                opened => return opened,
+            }
+        }
+    }
+
+    /// One attempt of [`SqliteSink::open`].
+    fn open_once(
         path: &Path,
         busy_timeout: std::time::Duration,
         names: Arc<RowNames>,
@@ -383,7 +409,6 @@ fn failed<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::Fleet;
     use crate::error::{ErrorKind, JobError, Stage};
     use crate::grpc::status::Code;
     use crate::record::{Outcome, SkipReason, StageLatency};
@@ -392,10 +417,6 @@ mod tests {
 
     fn names() -> Arc<RowNames> {
         Arc::new(RowNames {
-            fleet: Arc::new(Fleet::from_parts(vec![
-                ("cam-01".into(), 0),
-                ("thermo-02".into(), 1),
-            ])),
             classes: vec![
                 ClassNames {
                     all_outputs: true,
@@ -416,7 +437,7 @@ mod tests {
 
     fn ok_row() -> JobRecord {
         JobRecord {
-            device: 0,
+            device: "cam-01".into(),
             tick_ms: 1_700_000_000_000,
             class: 0,
             shard: 3,
@@ -439,7 +460,7 @@ mod tests {
 
     fn failed_row() -> JobRecord {
         JobRecord {
-            device: 1,
+            device: "thermo-02".into(),
             tick_ms: 1_700_000_000_000,
             class: 1,
             shard: 1,
@@ -465,7 +486,7 @@ mod tests {
 
     fn skipped_row() -> JobRecord {
         JobRecord {
-            device: 1,
+            device: "thermo-02".into(),
             tick_ms: 1_700_000_001_000,
             class: 1,
             shard: 1,
@@ -642,6 +663,43 @@ mod tests {
     }
 
     #[test]
+    fn instances_opening_one_new_file_at_once_all_start() {
+        // Cluster instances sharing a sink race to switch the new file to WAL and
+        // create its tables; SQLite refuses some of those races at once.
+        for round in 0..40 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("jobs.db");
+            open_at_once(&path, 6, round);
+        }
+    }
+
+    fn open_at_once(path: &Path, instances: usize, round: usize) {
+        let barrier = std::sync::Barrier::new(instances);
+        let opened: Vec<Result<(), String>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..instances)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        SqliteSink::open(path, DEFAULT_BUSY_TIMEOUT, names())
+                            .map(drop)
+                            .map_err(|error| error.to_string())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(
+            opened.iter().all(Result::is_ok),
+            "round {round}: {opened:?}"
+        );
+        let runs: i64 = Connection::open(path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM runs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(runs, instances as i64);
+    }
+
+    #[test]
     fn reopening_keeps_existing_rows() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jobs.db");
@@ -748,22 +806,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jobs.db");
         let mut sink = SqliteSink::open(&path, DEFAULT_BUSY_TIMEOUT, names()).unwrap();
-        let bad_device = JobRecord {
-            device: 9,
-            ..skipped_row()
-        };
-        let error = sink.write_batch(&[ok_row(), bad_device]).unwrap_err();
-        assert!(
-            error
-                .to_string()
-                .contains("device index 9 is outside the fleet of 2 devices"),
-            "{error}"
-        );
         let bad_class = JobRecord {
             class: 5,
             ..ok_row()
         };
-        let error = sink.write_batch(&[bad_class]).unwrap_err();
+        let error = sink.write_batch(&[skipped_row(), bad_class]).unwrap_err();
         assert!(error.to_string().contains("class index 5"), "{error}");
         assert_eq!(count(&path), 0);
         // The sink stays usable after a failed batch.

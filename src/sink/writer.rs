@@ -223,7 +223,7 @@ pub struct WriterChannels {
     pub events: flume::Sender<SinkEvent>,
     /// Rows committed, read by the coordinator.
     pub progress: Arc<SinkProgress>,
-    /// New names after a live reload (a longer fleet, more classes), sent by
+    /// New names after a live reload (more classes, new compute nodes), sent by
     /// the coordinator before any shard starts the devices they name.
     pub names: flume::Receiver<Arc<RowNames>>,
 }
@@ -881,14 +881,13 @@ fn take_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::Fleet;
-    use crate::record::{Outcome, StageLatency};
+    use crate::record::{DeviceId, Outcome, StageLatency};
     use crate::sink::{open, ClassNames, RowNames, SinkTarget};
     use bytes::Bytes;
 
     fn record(device: u32, tick_ms: i64) -> JobRecord {
         JobRecord {
-            device,
+            device: DeviceId::new(&format!("dev-{device:05}")),
             tick_ms,
             class: 0,
             shard: (device % 3) as u16,
@@ -909,10 +908,10 @@ mod tests {
         }
     }
 
-    fn names(devices: u32) -> Arc<RowNames> {
-        let entries = (0..devices).map(|d| (format!("dev-{d:05}"), 0)).collect();
+    /// Names for `_devices` devices: records carry their ids, so only the
+    /// class's names are needed (the count is kept to read like the tests).
+    fn names(_devices: u32) -> Arc<RowNames> {
         Arc::new(RowNames {
-            fleet: Arc::new(Fleet::from_parts(entries)),
             classes: vec![ClassNames {
                 all_outputs: true,
                 class: "camera".into(),
@@ -1026,7 +1025,8 @@ mod tests {
         fn rename(&mut self, _names: Arc<RowNames>) {}
 
         fn write_batch(&mut self, rows: &[JobRecord]) -> Result<(), SinkError> {
-            if rows.iter().any(|row| row.device == self.poison_device) {
+            let poison = format!("dev-{:05}", self.poison_device);
+            if rows.iter().any(|row| row.device.as_str() == poison) {
                 if self.transient_failures > 0 {
                     self.transient_failures -= 1;
                     let error = SinkError::new("writing", self.location(), "database is locked");
@@ -1149,10 +1149,7 @@ mod tests {
         fn write_batch(&mut self, rows: &[JobRecord]) -> Result<(), SinkError> {
             self.check()?;
             let mut written = self.written.lock().unwrap();
-            written.extend(
-                rows.iter()
-                    .map(|row| (row.tick_ms, format!("dev-{:05}", row.device))),
-            );
+            written.extend(rows.iter().map(|row| (row.tick_ms, row.device.to_string())));
             Ok(())
         }
 

@@ -87,6 +87,7 @@ pub fn config(classes: Vec<Class>, devices: usize, db: PathBuf, grpc: GrpcConfig
         sink: SinkConfig::sqlite(db),
         grpc,
         tuning: tuning(),
+        cluster: percore::config::ClusterConfig::default(),
     }
 }
 

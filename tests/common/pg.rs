@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use percore::devices::Fleet;
 use percore::record::{JobRecord, Outcome, StageLatency};
 use percore::sink::postgres::{PgUrl, PostgresOptions};
 use percore::sink::run::RunIdentity;
@@ -48,13 +47,12 @@ pub fn connect(url: &PgUrl) -> Client {
         .unwrap_or_else(|error| panic!("cannot connect to {}: {error:?}", url.location()))
 }
 
-/// The names a directly opened sink resolves records against: two devices, one class.
+/// The devices [`record`] names by number.
+const DEVICE_IDS: [&str; 2] = ["dev-a", "dev-b"];
+
+/// The names a directly opened sink resolves records against: one class.
 pub fn names() -> Arc<RowNames> {
     Arc::new(RowNames {
-        fleet: Arc::new(Fleet::from_parts(vec![
-            ("dev-a".into(), 0),
-            ("dev-b".into(), 0),
-        ])),
         classes: vec![ClassNames {
             all_outputs: true,
             class: "meter".into(),
@@ -65,10 +63,10 @@ pub fn names() -> Arc<RowNames> {
     })
 }
 
-/// A record of device `device` (an index into [`names`]' fleet) at `tick_ms`.
+/// A record of device `device` (0: `dev-a`, 1: `dev-b`) at `tick_ms`.
 pub fn record(device: u32, tick_ms: i64, outcome: Outcome, output: &'static [u8]) -> JobRecord {
     JobRecord {
-        device,
+        device: DEVICE_IDS[device as usize].into(),
         tick_ms,
         class: 0,
         shard: 1,

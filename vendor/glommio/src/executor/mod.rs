@@ -87,6 +87,27 @@ static mut LOCAL_EX: *const LocalExecutor = std::ptr::null();
 #[cfg(not(feature = "native-tls"))]
 scoped_tls::scoped_thread_local!(static LOCAL_EX: LocalExecutor);
 
+std::thread_local! {
+    /// percore: replies this thread's executor waits for, kept by its user
+    /// through [`expect_replies`]; it spins before parking only while some
+    /// are awaited.
+    static REPLIES_AWAITED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// percore: tells the executor on this thread that `delta` more (or, negative,
+/// fewer) replies are awaited. An idle executor spins for its
+/// `spin_before_park` only while at least one is: a reply due within the spin
+/// then costs no park and no wake-up, and an executor that waits for nothing
+/// (idle, or only timers) parks at once instead of spinning for nothing.
+#[inline]
+pub fn expect_replies(delta: isize) {
+    REPLIES_AWAITED.with(|awaited| awaited.set(awaited.get().saturating_add_signed(delta)));
+}
+
+fn replies_awaited() -> bool {
+    REPLIES_AWAITED.with(|awaited| awaited.get() > 0)
+}
+
 /// Returns a proxy struct to the [`LocalExecutor`]
 #[inline(always)]
 pub fn executor() -> ExecutorProxy {
@@ -1494,8 +1515,14 @@ impl LocalExecutor {
                         // future is probably the one setting up the task queues and etc.
                         break t.unwrap();
                     } else {
+                        // percore: spin only while replies are awaited.
+                        let spin = if replies_awaited() {
+                            spin_before_park
+                        } else {
+                            Duration::ZERO
+                        };
                         while !this.reactor.spin_poll_io().unwrap() {
-                            if pre_time.elapsed() > spin_before_park {
+                            if pre_time.elapsed() > spin {
                                 this.parker
                                     .park()
                                     .expect("Failed to park! This is actually pretty bad!");
