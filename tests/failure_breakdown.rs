@@ -40,10 +40,20 @@ fn faulty_compute() -> MockOptions {
     }
 }
 
+/// A skipped row's reason when the device's previous job had not ended.
+const PREVIOUS_RUNNING: &str = "previous job of this device still running";
+
 /// (outcome, stage, reason class) of a row, classified from its `reason` the
 /// way an operator would read it; `None` for an ok row.
 fn class_of(row: &Row) -> Option<(String, String, String)> {
     let reason = row.reason.as_deref()?;
+    if reason == PREVIOUS_RUNNING {
+        return Some((
+            row.outcome.clone(),
+            "start".into(),
+            "previous job running".into(),
+        ));
+    }
     let (stage, cause) = reason.split_once(": ")?;
     let class = if cause.starts_with("grpc status 5 NOT_FOUND") {
         "grpc NOT_FOUND"
@@ -76,8 +86,14 @@ fn expected(rows: &[Row]) -> Expected {
 /// The known failures are there in the expected proportions (loosely: the
 /// mock draws at random), and nothing else failed.
 fn assert_known_failures(expected: &Expected, jobs: usize) {
-    let keys: Vec<_> = expected.keys().cloned().collect();
     let key = |stage: &str, class: &str| ("failed".to_string(), stage.into(), class.into());
+    // A machine loaded enough to end a hung job late may skip the next tick.
+    let late = (
+        "skipped".to_string(),
+        "start".into(),
+        "previous job running".into(),
+    );
+    let keys: Vec<_> = expected.keys().filter(|k| **k != late).cloned().collect();
     assert_eq!(
         keys,
         vec![key("infer", "deadline"), key("infer", "grpc NOT_FOUND")],
@@ -489,13 +505,13 @@ fn a_run_where_every_job_failed_exits_4_and_says_why() {
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(4), "{stderr}");
     let rows = common::read_rows(&db);
-    assert!(!rows.is_empty());
-    assert!(rows.iter().all(|row| row.outcome == "failed"));
+    // None ok; a loaded machine may skip a tick or two besides.
+    let failed = rows.iter().filter(|row| row.outcome == "failed").count();
+    assert!(failed > 0);
+    assert!(rows.iter().all(|row| row.outcome != "ok"));
     assert!(
         stderr.contains(&format!(
-            "error: every job of the run failed ({} failed, none ok); top reasons:\n  infer grpc NOT_FOUND × {}: infer: grpc status 5 NOT_FOUND",
-            rows.len(),
-            rows.len()
+            "error: every job of the run failed ({failed} failed, none ok); top reasons:\n  infer grpc NOT_FOUND × {failed}: infer: grpc status 5 NOT_FOUND"
         )),
         "{stderr}"
     );

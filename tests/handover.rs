@@ -212,8 +212,14 @@ fn check(db: &Path, a: &RunSummary, b: &RunSummary, [t1, t2, t3]: [i64; 3]) {
             // most, b again from t3 + delay.
             for (tick, run, _, e2e) in ticks {
                 let by_b = run == b_run;
-                if *tick >= t2 && *tick < t3 {
-                    assert!(!by_b, "{device} at {tick}: b ran it after it lost it");
+                // b stops when its coordinator reads the change, which a
+                // loaded machine may do a little after the test sent it.
+                if *tick >= t2 + SKEW_ALLOWANCE_MS && *tick < t3 {
+                    assert!(
+                        !by_b,
+                        "{device} at {tick}: b ran it {} ms after it lost it",
+                        tick - t2
+                    );
                 }
                 if !by_b && *tick < t2 {
                     panic!("{device} at {tick}: a ran it before it gained it");
