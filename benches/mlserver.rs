@@ -87,6 +87,7 @@ fn percore_run(args: &Args, source: &PythonSource, server: &MlServer) -> Result<
         data_sources: vec![source.addr.into()],
         compute_nodes: vec![server.grpc.into()],
         gateway: None,
+        compute_nodes_from_etcd: false,
         input_name: "INPUT0".to_string(),
         output: Some(OutputSpec {
             name: Some("max".to_string()),

@@ -126,6 +126,7 @@ pub fn mock_class(
         data_sources: vec![source.into()],
         compute_nodes: vec![compute.into()],
         gateway: None,
+        compute_nodes_from_etcd: false,
         input_name: "INPUT0".to_string(),
         requested_outputs: Vec::new(),
         parameters: Default::default(),

@@ -145,6 +145,7 @@ impl ReasonClass {
                 SkipReason::ShardAtCapacity => "shard at capacity",
                 SkipReason::SinkBacklog => "sink backlog",
                 SkipReason::ReplicasAtCapacity => "replicas at capacity",
+                SkipReason::NoComputeNode => "no compute node registered",
             },
         }
     }

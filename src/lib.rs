@@ -51,8 +51,17 @@
 //!   once, gains after the safety delay).
 //!   [`reload`]: a live reload (SIGHUP) merged into the running config — the
 //!   fleet only grows, classes matched by name, compute node names only grow —
-//!   as one message per shard. [`cluster`]: several instances sharing a fleet
-//!   through etcd; [`cluster::event`] is what its thread tells the coordinator.
+//!   as one message per shard.
+//! - [`cluster`]: several instances sharing a fleet through etcd — the control
+//!   plane's etcd work, on a thread of its own with a current-thread tokio
+//!   runtime (never on a shard): `event` (the one interface to the
+//!   coordinator: members, a class's nodes, etcd's reachability), `keys` (the
+//!   layout under `/percore/<cluster>/`), `etcd` (the v3 client over tonic,
+//!   stubs from `proto/etcd_rpc.proto`), `session` (register under a lease,
+//!   renew it, watch, ride out outages, resynchronise), `membership` (a
+//!   dispatcher's registration), `nodes` (a compute node's, checked), `join`
+//!   (a run joins its cluster), `backoff`, and the commands around it:
+//!   `announce` with `readiness` (`percore announce`) and `status`.
 //! - [`shard`]: the per-core loop. Owns its devices, schedule, connections,
 //!   counters; fires ticks, starts jobs, batches results to the sink. Its
 //!   devices sit in [`shard::slots`], one slot each with a generation, so they
@@ -146,6 +155,7 @@
 //!
 //! One coordinator (the caller of [`dispatcher::run`]), one executor thread per
 //! shard CPU, one sink writer thread, the admin thread when metrics are served,
+//! the cluster thread when `[cluster] etcd` is set,
 //! and, in demos and benchmarks, mock-node executors. Between them only bounded
 //! flume channels, created at start-up.
 
@@ -199,5 +209,11 @@ pub mod proto {
     /// of the `jobs` table, written by [`crate::sink::journal`].
     pub mod journal {
         include!(concat!(env!("OUT_DIR"), "/percore.journal.v1.rs"));
+    }
+    /// etcd's v3 API (`etcdserverpb`: KV, Watch, Lease, Cluster), messages and
+    /// tonic client stubs, for [`crate::cluster`].
+    #[allow(clippy::all, missing_docs)]
+    pub mod etcd {
+        include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
     }
 }

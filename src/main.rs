@@ -63,6 +63,76 @@ enum Command {
     /// Check a host tuning file against this host, or write one from its topology.
     #[command(subcommand)]
     Tune(TuneCommand),
+    /// Register a compute node that cannot register itself (an MLServer, a
+    /// Triton) in etcd, for the dispatchers of a cluster whose class has
+    /// `compute_nodes = "etcd"`, for as long as the node is ready.
+    ///
+    /// Puts /percore/<cluster>/nodes/<class>/<id> = {"addr", "weight", "model"}
+    /// under a lease of --ttl seconds. Every --interval the node's readiness is
+    /// checked (--health): while it passes the lease is renewed; when it fails
+    /// the lease is revoked (the key goes at once, or at the latest when the
+    /// lease expires if etcd is away), and the node is registered again when it
+    /// passes again. SIGINT or SIGTERM revokes the lease and exits.
+    Announce(AnnounceArgs),
+    /// Show what etcd says about a cluster: its dispatchers (instance, host,
+    /// shards, devices owned) and each class's registered compute nodes.
+    Status(StatusArgs),
+}
+
+/// `percore announce`'s flags.
+#[derive(Args)]
+struct AnnounceArgs {
+    /// etcd client URL (http://host:port); repeat, or separate with commas,
+    /// for every member of the etcd cluster.
+    #[arg(long, required = true, value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// The percore cluster ([cluster] name of the dispatchers).
+    #[arg(long)]
+    cluster: String,
+    /// The class the node serves (a [[classes]] name with compute_nodes = "etcd").
+    #[arg(long)]
+    class: String,
+    /// Where the node serves KServe v2 gRPC: host:port.
+    #[arg(long)]
+    addr: String,
+    /// The node's id in etcd; default: --addr.
+    #[arg(long)]
+    id: Option<String>,
+    /// The model the node serves: checked with ModelReady (--health kserve),
+    /// and registered (the dispatchers ignore a node whose model is not the class's).
+    #[arg(long)]
+    model: Option<String>,
+    /// The node's weight among the class's replicas.
+    #[arg(long, default_value_t = 1)]
+    weight: u32,
+    /// Readiness check: kserve (ServerReady, then ModelReady for --model), grpc
+    /// (grpc.health.v1 Health/Check) or none (a TCP connect).
+    #[arg(long, default_value = "kserve", value_parser = ["kserve", "grpc", "none"])]
+    health: String,
+    /// With --health grpc: the service name asked about (default: the server).
+    #[arg(long, default_value = "")]
+    health_service: String,
+    /// The lease's TTL in seconds: how long the key outlives this process if it
+    /// dies without revoking it.
+    #[arg(long, default_value_t = 5)]
+    ttl: u64,
+    /// Time between two readiness checks (and lease renewals): 1s, 500ms, …
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
+}
+
+/// `percore status`'s flags.
+#[derive(Args)]
+struct StatusArgs {
+    /// etcd client URL (http://host:port); repeat, or separate with commas.
+    #[arg(long, required = true, value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Only this cluster; default: every percore cluster in etcd.
+    #[arg(long)]
+    cluster: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -522,9 +592,50 @@ fn run(cli: Cli) -> Result<i32> {
             };
             done(mock_command(MockKind::Compute, args.common, options, stop))
         }
+        Command::Announce(args) => done(announce_command(args, stop)),
+        Command::Status(args) => done(status_command(&args)),
         Command::Tune(TuneCommand::Check(args)) => Ok(tune_check(&args)),
         Command::Tune(TuneCommand::Generate(args)) => done(tune_generate(&args)),
     }
+}
+
+/// `percore announce`: registers the node until a signal.
+fn announce_command(args: AnnounceArgs, stop: flume::Receiver<()>) -> Result<()> {
+    use percore::cluster::readiness::Check;
+    let check = match args.health.as_str() {
+        "grpc" => Check::Grpc {
+            service: args.health_service.clone(),
+        },
+        "none" => Check::Connect,
+        _ => Check::Kserve {
+            model: args.model.clone(),
+        },
+    };
+    let spec = percore::cluster::announce::AnnounceSpec {
+        endpoints: args.etcd,
+        cluster: args.cluster,
+        class: args.class,
+        id: args.id.unwrap_or_else(|| args.addr.clone()),
+        addr: args.addr,
+        model: args.model,
+        weight: args.weight,
+        check,
+        ttl: Duration::from_secs(args.ttl),
+        interval: args.interval,
+    };
+    percore::cluster::announce::run(spec, stop)?;
+    Ok(())
+}
+
+/// `percore status`: the cluster's dispatchers and compute nodes, from etcd.
+fn status_command(args: &StatusArgs) -> Result<()> {
+    let report = percore::cluster::status::read(&args.etcd, args.cluster.as_deref())?;
+    if args.json {
+        say!("{}\n", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        say!("{}", report.table());
+    }
+    Ok(())
 }
 
 /// Exit status of `tune check` when the file cannot be read or is invalid.
@@ -654,7 +765,7 @@ fn demo_command(args: DemoArgs, stop: flume::Receiver<()>) -> Result<i32> {
         stage: StageMode::Whole,
         // The demo's config is built in, with no file to read again.
         reload: None,
-        cluster: None,
+        ..RunOptions::default()
     };
     let result = dispatcher::run(&config, &options);
     mocks.stop();
@@ -678,6 +789,9 @@ fn run_command(
     }
     check_placement(&config.tuning)?;
     let admin = start_admin_and_pin(&args.output.admin, &mut config.tuning)?;
+    // After pinning: the cluster thread shares the coordinator's CPUs.
+    // Registered before the run starts: the first membership includes this instance.
+    let cluster = percore::cluster::join(&config)?;
     let options = RunOptions {
         duration: args.duration,
         load: Load::Ticks,
@@ -688,12 +802,16 @@ fn run_command(
         mocks: None,
         stage: StageMode::Whole,
         reload,
-        // The etcd side (src/cluster/) feeds this when [cluster] etcd is set.
-        cluster: None,
+        cluster: cluster.as_ref().map(|handle| handle.events.clone()),
+        cluster_devices: cluster.as_ref().map(|handle| handle.device_report()),
     };
     let finished = dispatcher::run(&config, &options)
         .map_err(anyhow::Error::from)
         .and_then(|summary| finish(&summary, &args.output));
+    // The lease is revoked here, once every result is written: the other
+    // instances take this one's devices over now rather than at its expiry.
+    drop(options);
+    drop(cluster);
     if let Some(admin) = admin {
         admin.stop();
     }

@@ -143,6 +143,8 @@ pub enum SkipReason {
     /// Every compute replica of the class already had its configured maximum
     /// of calls outstanding from this shard: compute capacity is below the load.
     ReplicasAtCapacity,
+    /// The class discovers its compute nodes in etcd, and none is registered.
+    NoComputeNode,
 }
 
 impl Outcome {
@@ -174,6 +176,7 @@ impl std::fmt::Display for SkipReason {
             SkipReason::ReplicasAtCapacity => {
                 "every compute replica of the class at its outstanding limit"
             }
+            SkipReason::NoComputeNode => "no compute node of the class is registered in etcd",
         })
     }
 }

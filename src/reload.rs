@@ -233,6 +233,8 @@ impl Live {
         for class in &next.classes {
             match classes.iter().position(|known| known.name == class.name) {
                 Some(index) => {
+                    // A discovered class's nodes are etcd's, not the file's.
+                    let class = &keep_discovered_nodes(class, &classes[index]);
                     if classes[index] != *class {
                         classes[index] = class.clone();
                         changed[index] = true;
@@ -306,6 +308,17 @@ impl Live {
             changes,
         ))
     }
+}
+
+/// `class` as read from the file, with the compute nodes (and their weights)
+/// the run has from etcd when both it and the running `known` discover them.
+fn keep_discovered_nodes(class: &Class, known: &Class) -> Class {
+    let mut class = class.clone();
+    if class.compute_nodes_from_etcd && known.compute_nodes_from_etcd {
+        class.compute_nodes = known.compute_nodes.clone();
+        class.upstream.weights = known.upstream.weights.clone();
+    }
+    class
 }
 
 #[cfg(test)]

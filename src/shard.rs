@@ -1034,7 +1034,11 @@ impl Shard {
         } else if self.results.borrow().len() >= self.backlog_limit {
             Some(SkipReason::SinkBacklog)
         } else if !route.computes.has_room(planned.max(Instant::now())) {
-            Some(SkipReason::ReplicasAtCapacity)
+            // Only a discovered class's set is ever empty.
+            Some(match route.computes.replicas().is_empty() {
+                true => SkipReason::NoComputeNode,
+                false => SkipReason::ReplicasAtCapacity,
+            })
         } else {
             None
         };

@@ -133,6 +133,18 @@ export PERCORE_TEST_PG_DATA="$pg_data"
 export PERCORE_TEST_PG_OS_USER="$pg_os_user"
 echo "test PostgreSQL on 127.0.0.1:$pg_port (data in $pg_data)" >&2
 
+# tests/cluster_*.rs run against a real etcd (Debian's etcd-server, 3.4): each test
+# starts its own members on free loopback ports (tests/common/etcd.rs), so only the
+# binary is needed here. PERCORE_TEST_ETCD names another one.
+if [ -z "${PERCORE_TEST_ETCD:-}" ] && ! command -v etcd >/dev/null 2>&1; then
+  echo "installing etcd-server for tests/cluster_*.rs" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends etcd-server >/dev/null
+  # The package may start a system etcd on the default ports; the tests use their own.
+  if command -v systemctl >/dev/null 2>&1; then systemctl stop etcd >/dev/null 2>&1 || true; fi
+fi
+
 # Two test processes at a time: each starts shard and mock executors pinned to the
 # two cores, and the locked-memory budget is per process.
 cargo nextest run --release --no-fail-fast --test-threads 2 "$@"

@@ -39,8 +39,14 @@ pub struct Class {
     /// Data sources to fetch inputs from; each shard balances over them.
     pub data_sources: Vec<Endpoint>,
     /// Compute nodes (replicas) serving the model; each shard balances over
-    /// them. In gateway mode, the gateway alone.
+    /// them. In gateway mode, the gateway alone. For a class that discovers
+    /// them in etcd, the nodes registered now (empty until one registers: the
+    /// class's ticks are then skipped, saying so).
     pub compute_nodes: Vec<Endpoint>,
+    /// Whether the compute nodes come from etcd (`compute_nodes = "etcd"`):
+    /// registrations under `/percore/<cluster>/nodes/<class>/`, kept current by
+    /// a watch, each with its weight.
+    pub compute_nodes_from_etcd: bool,
     /// Set when the class calls a routing gateway (`gateway = …`) instead of
     /// its replicas: the routing headers its calls carry. The gateway is
     /// `compute_nodes[0]`, and balancing over the replicas is the gateway's.
@@ -191,7 +197,7 @@ pub(super) struct ClassFile {
     period_ms: Spanned<u64>,
     deadline_ms: Spanned<u64>,
     data_sources: Spanned<Vec<Spanned<String>>>,
-    compute_nodes: Option<Spanned<Vec<Spanned<String>>>>,
+    compute_nodes: Option<Spanned<NodesFile>>,
     gateway: Option<Spanned<GatewayFile>>,
     authority: Option<Spanned<String>>,
     tls: Option<Spanned<TlsFile>>,
@@ -213,6 +219,45 @@ pub(super) struct ClassFile {
     #[serde(default)]
     upstream: UpstreamFile,
     batching: Option<BatchingFile>,
+}
+
+/// A list of endpoints as written, each with its place in the file.
+type NodeList = Spanned<Vec<Spanned<String>>>;
+
+/// `compute_nodes` as written: a list of `"host:port"`, or a word saying where
+/// the list comes from (`"etcd"`).
+#[derive(Debug)]
+pub(super) enum NodesFile {
+    /// The nodes, each with its place in the file.
+    List(Vec<Spanned<String>>),
+    /// A source, as written.
+    Source(String),
+}
+
+impl<'de> Deserialize<'de> for NodesFile {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<NodesFile, D::Error> {
+        struct Nodes;
+        impl<'de> serde::de::Visitor<'de> for Nodes {
+            type Value = NodesFile;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of \"host:port\", or \"etcd\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<NodesFile, E> {
+                Ok(NodesFile::Source(text.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<NodesFile, A::Error> {
+                let mut nodes = Vec::new();
+                while let Some(node) = seq.next_element::<Spanned<String>>()? {
+                    nodes.push(node);
+                }
+                Ok(NodesFile::List(nodes))
+            }
+        }
+        deserializer.deserialize_any(Nodes)
+    }
 }
 
 /// `[classes.contract]`; see [`ContractConfig`].
@@ -248,8 +293,11 @@ struct OutputFile {
 // Validation: file structs → runtime structs.
 // ---------------------------------------------------------------------------------
 
+/// Checks every class; `etcd` says whether `[cluster] etcd` is set, which a
+/// class that discovers its nodes needs.
 pub(super) fn validate_classes(
     classes: &[Spanned<ClassFile>],
+    etcd: bool,
     source: &Source,
 ) -> Result<Vec<Class>, ConfigError> {
     if classes.is_empty() {
@@ -279,13 +327,53 @@ pub(super) fn validate_classes(
                 format!("class {:?} is defined twice", class.name.get_ref()),
             ));
         }
-        validated.push(class.validate(&prefix, source)?);
+        validated.push(class.validate(&prefix, etcd, source)?);
     }
     Ok(validated)
 }
 
 impl ClassFile {
-    fn validate(&self, prefix: &str, source: &Source) -> Result<Class, ConfigError> {
+    /// Where the class's compute nodes come from: the list as written (for
+    /// the endpoint checks), or etcd (`true`), which needs `[cluster] etcd`
+    /// and no gateway.
+    fn compute_node_source(
+        &self,
+        field: &str,
+        etcd: bool,
+        source: &Source,
+    ) -> Result<(Option<NodeList>, bool), ConfigError> {
+        let Some(nodes) = &self.compute_nodes else {
+            return Ok((None, false));
+        };
+        let span = nodes.span();
+        match nodes.get_ref() {
+            NodesFile::List(list) => Ok((Some(Spanned::new(span, list.clone())), false)),
+            NodesFile::Source(word) if word == "etcd" => {
+                if !etcd {
+                    return Err(source.error(
+                        span,
+                        field,
+                        "\"etcd\" needs [cluster] with etcd = [\"http://host:2379\", …] to read the nodes from",
+                    ));
+                }
+                if let Some(gateway) = &self.gateway {
+                    return Err(source.error(
+                        gateway.span(),
+                        field.replace("compute_nodes", "gateway"),
+                        "a class has compute_nodes = \"etcd\" or a gateway, not both",
+                    ));
+                }
+                Ok((None, true))
+            }
+            NodesFile::Source(word) => Err(source.error(
+                span,
+                field,
+                format!("expected a list of \"host:port\", or \"etcd\", found {word:?}"),
+            )),
+        }
+    }
+
+    fn validate(&self, prefix: &str, etcd: bool, source: &Source) -> Result<Class, ConfigError> {
         let field = |name: &str| format!("{prefix}.{name}");
         non_empty(&self.name, &field("name"), source)?;
         non_empty(&self.model, &field("model"), source)?;
@@ -356,12 +444,15 @@ impl ClassFile {
             source,
             &|var| std::env::var(var).ok(),
         )?;
+        let (listed, compute_nodes_from_etcd) =
+            self.compute_node_source(&field("compute_nodes"), etcd, source)?;
         let endpoints = endpoint::validate(
             &EndpointKeys {
                 name: &self.name,
                 model: self.model.get_ref(),
                 data_sources: &self.data_sources,
-                compute_nodes: self.compute_nodes.as_ref(),
+                compute_nodes: listed.as_ref(),
+                discovered: compute_nodes_from_etcd,
                 gateway: self.gateway.as_ref(),
                 authority: self.authority.as_ref(),
                 tls: self.tls.as_ref(),
@@ -406,6 +497,7 @@ impl ClassFile {
                 .into_iter()
                 .map(|(_, endpoint)| endpoint)
                 .collect(),
+            compute_nodes_from_etcd,
             gateway: endpoints.gateway,
             input_name: self.input_name.get_ref().clone(),
             output,

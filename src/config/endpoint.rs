@@ -135,6 +135,9 @@ pub(super) struct EndpointKeys<'a> {
     pub data_sources: &'a Spanned<Vec<Spanned<String>>>,
     /// `compute_nodes`: this or `gateway`.
     pub compute_nodes: Option<&'a Spanned<Vec<Spanned<String>>>>,
+    /// `compute_nodes = "etcd"`: neither a list nor a gateway; the nodes come
+    /// from etcd at run time (none here).
+    pub discovered: bool,
     /// `gateway`: this or `compute_nodes`.
     pub gateway: Option<&'a Spanned<GatewayFile>>,
     /// `authority`: the compute-node calls' `:authority`.
@@ -200,6 +203,7 @@ pub(super) fn validate(
                  directly, or one gateway that balances over them",
             ))
         }
+        (None, None) if keys.discovered => (Vec::new(), None),
         (None, None) => {
             return Err(source.error(
                 keys.name.span(),

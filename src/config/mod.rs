@@ -25,7 +25,9 @@
 //! - `sink`: `[sink]` ([`SinkConfig`]), SQLite's keys and the spill journal's;
 //!   `postgres`: PostgreSQL's keys;
 //! - `grpc`: `[grpc]` ([`GrpcConfig`]);
-//! - `cluster`: `[cluster]` ([`ClusterConfig`]): etcd membership or a static split.
+//! - `cluster`: `[cluster]` ([`ClusterConfig`]): etcd membership (the cluster's
+//!   name, etcd, the instance id, its lease, the handover's safety delay) or a
+//!   static split.
 
 use std::path::{Path, PathBuf};
 
@@ -160,7 +162,8 @@ impl ConfigFile {
     /// a million-line device list is read.
     fn validate(self, source: &Source, running: Option<&Tuning>) -> Result<Config, ConfigError> {
         let base = source.file.parent().unwrap_or_else(|| Path::new(""));
-        let classes = validate_classes(&self.classes, source)?;
+        // `compute_nodes = "etcd"` needs `[cluster] etcd`, which is checked after the classes.
+        let classes = validate_classes(&self.classes, self.cluster.names_etcd(), source)?;
         let class_names: Vec<&str> = classes.iter().map(|class| class.name.as_str()).collect();
         let grpc = self.grpc.validate(source)?;
         let sink = validate_sink(&self.sink, base, source)?;

@@ -961,13 +961,48 @@ fn credentials_are_read_checked_and_never_shown() {
 }
 
 #[test]
+fn a_cluster_section_reads_with_its_defaults_and_a_class_may_discover_its_nodes() {
+    let text = VALID.replace(
+        "compute_nodes = [\"127.0.0.1:9011\"]",
+        "compute_nodes = \"etcd\"",
+    )
+        + "\n[cluster]\nname = \"prod\"\netcd = [\"http://10.0.0.1:2379\", \"http://10.0.0.2:2379/\"]\n";
+    assert!(
+        text.contains("compute_nodes = \"etcd\""),
+        "the fixture names the node"
+    );
+    let config = Config::from_str(&text, Path::new("conf/fleet.toml")).unwrap();
+    let cluster = config.cluster.clone();
+    assert_eq!(cluster.name, "prod");
+    assert_eq!(
+        cluster.etcd,
+        ["http://10.0.0.1:2379", "http://10.0.0.2:2379/"]
+    );
+    assert_eq!(cluster.instance, super::host_name());
+    assert_eq!(cluster.lease_ttl_s, super::DEFAULT_LEASE_TTL_S);
+    assert_eq!(cluster.safety_delay_ms, None);
+    let discovered: Vec<bool> = config
+        .classes
+        .iter()
+        .map(|c| c.compute_nodes_from_etcd)
+        .collect();
+    assert!(discovered.contains(&true));
+    let class = config
+        .classes
+        .iter()
+        .find(|c| c.compute_nodes_from_etcd)
+        .unwrap();
+    assert!(class.compute_nodes.is_empty());
+}
+
+#[test]
 fn cluster_keys_are_read_and_defaulted() {
     let config = parse(VALID).unwrap();
     assert_eq!(config.cluster, ClusterConfig::default());
     assert!(!config.cluster.uses_etcd());
     assert!(config.cluster.split.keeps_all());
     let text = format!(
-        "{VALID}\n[cluster]\nname = \"plant-a\"\netcd = [\"http://127.0.0.1:2379\", \"https://10.0.0.2:2379\"]\n\
+        "{VALID}\n[cluster]\nname = \"plant-a\"\netcd = [\"http://127.0.0.1:2379\", \"http://10.0.0.2:2379\"]\n\
          instance = \"host-7\"\nlease_ttl_s = 5\nsafety_delay_ms = 61000\n"
     );
     let cluster = parse(&text).unwrap().cluster;
@@ -996,7 +1031,7 @@ fn cluster_mistakes_name_their_line() {
         ("classes = [\"camera\", \"fridge\"]", "conf/fleet.toml:31: cluster.classes[1]: unknown class \"fridge\" (known classes: camera, thermostat)"),
         ("classes = [\"camera\", \"camera\"]", "conf/fleet.toml:31: cluster.classes[1]: \"camera\" is listed twice"),
         ("classes = []", "conf/fleet.toml:31: cluster.classes: must name at least one class (or leave the key out: every class)"),
-        ("etcd = [\"127.0.0.1:2379\"]", "conf/fleet.toml:31: cluster.etcd[0]: expected \"http://host:port\" or \"https://host:port\", found \"127.0.0.1:2379\""),
+        ("etcd = [\"127.0.0.1:2379\"]", "conf/fleet.toml:31: cluster.etcd[0]: expected \"http://host:port\", found \"127.0.0.1:2379\""),
         ("etcd = []", "conf/fleet.toml:31: cluster.etcd: must list at least one endpoint (or leave the key out: no etcd)"),
         ("lease_ttl_s = 5", "conf/fleet.toml:31: cluster.lease_ttl_s: has no effect without cluster.etcd (only etcd membership moves devices)"),
         ("instance = \"a/b\"", "conf/fleet.toml:31: cluster.instance: \"a/b\": must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' or '-' (it is part of etcd keys)"),

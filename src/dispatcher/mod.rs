@@ -89,6 +89,9 @@ pub struct RunOptions {
     /// to and from this instance (handover), registered compute nodes replace
     /// a class's, etcd outages are shown. `None` without etcd.
     pub cluster: Option<flume::Receiver<crate::cluster::event::ClusterEvent>>,
+    /// Where to tell the cluster thread how many devices this instance runs
+    /// (written into its registration, for `percore status`); `None` without etcd.
+    pub cluster_devices: Option<crate::cluster::DeviceReport>,
 }
 
 /// Why a run could not start or did not complete.

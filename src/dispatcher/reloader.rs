@@ -96,47 +96,50 @@ impl Reloader {
 
     /// A class's compute nodes as registered in etcd replace its list: the
     /// class is rebuilt on every shard, as a reload that changed it would.
+    /// Returns `false` when it must be asked again (the sink writer has not
+    /// taken the last names yet; the supervisor retries at its next status tick).
     pub(super) fn nodes(
         &mut self,
         class: &str,
         nodes: &[NodeRecord],
         revision: i64,
         controls: &[flume::Sender<Control>],
-    ) {
+    ) -> bool {
+        if self.names.is_full() {
+            return false;
+        }
         let Some(resolved) = self
             .ownership
             .nodes(&self.live.classes, class, nodes, revision)
         else {
-            return;
+            return true;
         };
-        if self.names.is_full() {
-            console::err(format_args!(
-                "cluster: the sink writer has not taken the last changes' names yet; \
-                 class {class:?} keeps its compute nodes until the next registration change"
-            ));
-            return;
-        }
         let merged = match self.live.replace_nodes(class, &resolved) {
             Ok(merged) => merged,
             Err(why) => {
                 console::err(format_args!("cluster: warning: {why}; nothing changed"));
-                return;
+                return true;
             }
         };
         if !merged.changed.iter().any(|&changed| changed) {
-            return;
+            return true;
         }
         let listed: Vec<String> = resolved
             .iter()
             .map(|(addr, w)| format!("{addr} (weight {w})"))
             .collect();
         match self.publish(merged, Vec::new(), controls) {
+            Ok(()) if listed.is_empty() => console::err(format_args!(
+                "cluster: class {class:?} has no compute node at revision {revision}: \
+                 its ticks are skipped (\"no compute node registered\") until one registers"
+            )),
             Ok(()) => console::err(format_args!(
                 "cluster: class {class:?} compute nodes at revision {revision}: {}",
                 listed.join(", ")
             )),
             Err(why) => console::err(format_args!("cluster: {why}; compute nodes not changed")),
         }
+        true
     }
 
     /// The writer's new names, then one [`Reload`] to every shard.

@@ -118,12 +118,13 @@ pub(super) fn start<'a>(config: &Config, options: &'a RunOptions) -> Result<Runn
 
     // A class without nodes could not run one job. The config file cannot say
     // so, but a Config built in code can: refuse it before anything starts.
+    // A class that discovers its compute nodes in etcd may have none yet.
     for class in &config.classes {
         for (nodes, role) in [
             (&class.data_sources, "data_sources"),
             (&class.compute_nodes, "compute_nodes"),
         ] {
-            if nodes.is_empty() {
+            if nodes.is_empty() && !(role == "compute_nodes" && class.compute_nodes_from_etcd) {
                 return Err(RunError(format!(
                     "class {:?} has no {role}: at least one is needed",
                     class.name

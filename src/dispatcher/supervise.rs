@@ -8,7 +8,7 @@ use super::per_second::PerSecond;
 use super::reloader::Reloader;
 use super::{Load, RunError, RunOptions, START_LEAD};
 use crate::admin::{Health, MetricsSnapshot};
-use crate::cluster::event::ClusterEvent;
+use crate::cluster::event::{ClusterEvent, NodeRecord};
 use crate::console;
 use crate::failures::FailureBreakdown;
 use crate::shard::Control;
@@ -93,6 +93,13 @@ pub(super) struct Supervisor<'a> {
     /// etcd is unreachable, as the cluster thread last said: the status
     /// line says so (ownership stays as it is meanwhile).
     pub(super) etcd_down: Option<String>,
+    /// Registered compute nodes the writer could not take the names of yet,
+    /// by class: applied again at the next status tick (only the newest list
+    /// of a class is kept).
+    pub(super) nodes_pending: std::collections::BTreeMap<String, (Vec<NodeRecord>, i64)>,
+    /// The device count last told to the cluster thread (for its
+    /// registration, which `percore status` shows); `None` before one.
+    pub(super) devices_reported: Option<usize>,
     /// Jobs counted at the previous status line.
     pub(super) jobs_at_last_status: u64,
     /// The progress bar under the status lines, for a run with a duration
@@ -126,6 +133,8 @@ impl<'a> Supervisor<'a> {
             reloads_heard: true,
             cluster_heard: true,
             etcd_down: None,
+            nodes_pending: std::collections::BTreeMap::new(),
+            devices_reported: None,
             jobs_at_last_status: 0,
             progress_bar: match (options.print_status, options.duration) {
                 (true, Some(duration)) => {
@@ -319,6 +328,9 @@ impl<'a> Supervisor<'a> {
                 }
             }
             if Instant::now() >= next_status {
+                if let Some(reloader) = reloader.as_deref_mut() {
+                    self.cluster_tick(controls, reloader, stop_sent);
+                }
                 let second = self.run_second();
                 self.per_second
                     .close_before(second.saturating_sub(SECONDS_KEPT_OPEN));
@@ -331,6 +343,31 @@ impl<'a> Supervisor<'a> {
         // The bar's line is cleared before the summary is printed.
         self.progress_bar = None;
         Ok(finished.into_iter().flatten().collect())
+    }
+
+    /// Once a second with a cluster: registered compute nodes the writer
+    /// could not take before are applied again, and the cluster thread hears
+    /// how many devices this instance runs now (when that changed).
+    fn cluster_tick(
+        &mut self,
+        controls: &[flume::Sender<Control>],
+        reloader: &mut Reloader,
+        stopping: bool,
+    ) {
+        if !stopping && !self.nodes_pending.is_empty() {
+            for (class, (nodes, revision)) in std::mem::take(&mut self.nodes_pending) {
+                if !reloader.nodes(&class, &nodes, revision, controls) {
+                    self.nodes_pending.insert(class, (nodes, revision));
+                }
+            }
+        }
+        if let Some(report) = &self.options.cluster_devices {
+            let devices = reloader.ownership.status.devices;
+            if self.devices_reported != Some(devices) {
+                report.report(devices);
+                self.devices_reported = Some(devices);
+            }
+        }
     }
 
     /// Acts on what the cluster thread says: a membership change moves
@@ -373,7 +410,14 @@ impl<'a> Supervisor<'a> {
                 nodes,
                 revision,
             } => {
-                reloader.nodes(&class, &nodes, revision, controls);
+                self.nodes_pending.remove(&class);
+                if !reloader.nodes(&class, &nodes, revision, controls) {
+                    console::err(format_args!(
+                        "cluster: the sink writer has not taken the last changes' names yet; \
+                         class {class:?} gets its registered compute nodes at the next status tick"
+                    ));
+                    self.nodes_pending.insert(class, (nodes, revision));
+                }
             }
         }
     }

@@ -1,7 +1,10 @@
 //! A class's replicas for one role (its data sources, or its compute nodes) on
 //! one shard, and the rules every call on them follows.
 //!
-//! A [`ReplicaSet`] is never empty: [`ReplicaSet::new`] refuses an empty list.
+//! A data sources' [`ReplicaSet`] is never empty: [`ReplicaSet::new`] refuses an
+//! empty list. A compute nodes' set may be, for a class that discovers its nodes
+//! in etcd while none is registered: it has no room, so the class's ticks are
+//! skipped with that reason.
 //! It answers the questions a call asks — which replica now
 //! ([`ReplicaSet::pick`]), may I retry ([`RetryBudget`]), when do I hedge — and
 //! takes every attempt's outcome back ([`Attempt::finish`]) into the replica's
@@ -59,13 +62,13 @@ pub struct SetPolicy {
     pub metadata: http::HeaderMap,
 }
 
-/// Refused: a replica set needs at least one replica.
+/// Refused: a data sources' set needs at least one replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmptySet;
 
 /// A class's replicas for one role, on one shard.
 pub struct ReplicaSet {
-    /// At least one, by construction.
+    /// At least one for data sources, by construction (see the module docs).
     replicas: Vec<Replica>,
     /// The algorithm that chooses among usable replicas.
     balance: Box<dyn Balance>,
@@ -126,7 +129,7 @@ impl ReplicaSet {
         policy: &SetPolicy,
         now: Instant,
     ) -> Result<ReplicaSet, EmptySet> {
-        if replicas.is_empty() {
+        if replicas.is_empty() && policy.role == Role::DataSource {
             return Err(EmptySet);
         }
         let upstream = &policy.upstream;
@@ -134,8 +137,8 @@ impl ReplicaSet {
         let seed = crate::devices::stable_hash(&policy.class)
             ^ (u64::from(policy.shard) << 32)
             ^ policy.role as u64;
-        let max_ejected =
-            (count * upstream.ejection.max_ejected_percent as usize / 100).min(count - 1);
+        let max_ejected = (count * upstream.ejection.max_ejected_percent as usize / 100)
+            .min(count.saturating_sub(1));
         Ok(ReplicaSet {
             balance: balance::for_kind(upstream.balancer, count, seed),
             replicas,
@@ -514,9 +517,23 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_set_cannot_be_built() {
-        let result = ReplicaSet::new(Vec::new(), &policy(Upstream::default()), Instant::now());
+    fn an_empty_data_source_set_cannot_be_built() {
+        let policy = SetPolicy {
+            role: Role::DataSource,
+            ..policy(Upstream::default())
+        };
+        let result = ReplicaSet::new(Vec::new(), &policy, Instant::now());
         assert!(matches!(result, Err(EmptySet)));
+    }
+
+    #[test]
+    fn an_empty_compute_set_has_no_room_and_picks_nothing() {
+        // A discovered class while no node is registered.
+        let now = Instant::now();
+        let set = ReplicaSet::new(Vec::new(), &policy(Upstream::default()), now)
+            .expect("a compute set may be empty");
+        assert!(!set.has_room(now));
+        assert!(set.pick(now, &[]).is_err());
     }
 
     #[test]

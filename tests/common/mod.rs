@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod etcd;
 pub mod pg;
 pub mod python;
 
