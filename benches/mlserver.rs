@@ -101,6 +101,7 @@ fn percore_run(args: &Args, source: &PythonSource, server: &MlServer) -> Result<
         contract: percore::config::ContractConfig::default(),
         metadata: percore::config::Metadata::default(),
         upstream: Upstream::default(),
+        batching: None,
     };
     let scratch =
         std::env::temp_dir().join(format!("percore-bench-mlserver-{}", std::process::id()));

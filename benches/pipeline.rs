@@ -5,8 +5,11 @@
 //! cargo bench --bench pipeline -- [--shards N] [--service-time-us U]
 //!     [--concurrency C | --rate R [--poisson] | --tick-rate R] [--duration SECS]
 //!     [--payload-bytes B] [--devices N] [--postgres postgresql://user@host:port/db]
-//!     [--tls]
+//!     [--tls] [--batch B [--linger-us L]]
 //! ```
+//! `--batch B` batches the class's ModelInfer calls, up to B rows each, with a
+//! linger of L µs (default 1000), as `[classes.batching]` does; the output's
+//! `bench.infer_calls` is the calls the mock compute node took.
 //! With `--postgres` the rows go into that database (a table per level, dropped
 //! after it) instead of a scratch SQLite file. With `--tls` both calls of every
 //! job go over TLS: the mock nodes serve a certificate made at start (rcgen) by
@@ -19,6 +22,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use percore::bench::{Bench, BenchOptions, Level};
+use percore::config::{Batching, DEFAULT_LINGER, MAX_BATCH_LIMIT};
 use percore::endpoint::tls::{server_config, ClientTlsSpec};
 use percore::endpoint::{ClientTls, Endpoint};
 use percore::mock::{MockKind, MockNode, MockOptions, ServiceTime};
@@ -100,7 +104,19 @@ fn tls_mocks(
     Ok((mocks, class))
 }
 
-fn parse_args() -> Result<(BenchOptions, Level, bool), String> {
+/// What the command line asks for.
+struct Args {
+    /// Every level's options.
+    options: BenchOptions,
+    /// The level run.
+    level: Level,
+    /// `--tls`: both calls of every job over TLS.
+    tls: bool,
+    /// `--batch B --linger-us L`: the class batches its ModelInfer calls.
+    batching: Option<Batching>,
+}
+
+fn parse_args() -> Result<Args, String> {
     let mut options = BenchOptions {
         shards: 1,
         poisson: false,
@@ -115,6 +131,8 @@ fn parse_args() -> Result<(BenchOptions, Level, bool), String> {
     };
     let mut level = Level::Concurrency(64);
     let mut tls = false;
+    let mut batch: Option<usize> = None;
+    let mut linger = DEFAULT_LINGER;
     let mut words = std::env::args().skip(1);
     while let Some(flag) = words.next() {
         match flag.as_str() {
@@ -144,6 +162,8 @@ fn parse_args() -> Result<(BenchOptions, Level, bool), String> {
             "--duration" => options.duration = Duration::from_secs(number()?),
             "--payload-bytes" => options.payload_bytes = number()? as usize,
             "--devices" => options.devices = number()? as usize,
+            "--batch" => batch = Some(number()? as usize),
+            "--linger-us" => linger = Duration::from_micros(number()?),
             "--postgres" => {
                 let url = PgUrl::parse(&value).map_err(|why| format!("--postgres {why}"))?;
                 let mut postgres = PostgresOptions::new(url);
@@ -153,11 +173,28 @@ fn parse_args() -> Result<(BenchOptions, Level, bool), String> {
             other => return Err(format!("unknown flag {other}")),
         }
     }
-    Ok((options, level, tls))
+    let batching = match batch {
+        None => None,
+        Some(max_batch) if (2..=MAX_BATCH_LIMIT as usize).contains(&max_batch) => {
+            Some(Batching { max_batch, linger })
+        }
+        Some(other) => return Err(format!("--batch {other}: must be 2 to {MAX_BATCH_LIMIT}")),
+    };
+    Ok(Args {
+        options,
+        level,
+        tls,
+        batching,
+    })
 }
 
 fn main() {
-    let (mut options, level, tls) = match parse_args() {
+    let Args {
+        mut options,
+        level,
+        tls,
+        batching,
+    } = match parse_args() {
         Ok(parsed) => parsed,
         Err(error) => {
             eprintln!("pipeline: {error}");
@@ -185,11 +222,21 @@ fn main() {
         "level": level.to_string(),
         "payload_bytes": options.payload_bytes,
         "devices": options.devices,
+        "batch": batching.map(|b| b.max_batch),
+        "linger_us": batching.map(|b| b.linger.as_micros() as u64),
     });
     let result = Bench::start(options).and_then(|bench| {
+        let bench = bench.with_batching(batching);
         let summary = bench.run(level);
+        let calls = bench.infer_calls();
         bench.stop();
-        summary
+        summary.map(|summary| (summary, calls))
+    });
+    let result = result.map(|(summary, calls)| {
+        let tls_calls = tls_mocks_started
+            .as_ref()
+            .map(|mocks| mocks.compute.control().calls());
+        (summary, calls.or(tls_calls))
     });
     if let Some(mocks) = tls_mocks_started {
         mocks.source.stop();
@@ -197,9 +244,10 @@ fn main() {
     }
     let _ = std::fs::remove_dir_all(scratch);
     match result {
-        Ok(summary) => {
+        Ok((summary, calls)) => {
             let mut json = summary.to_json();
             json["bench"] = described;
+            json["bench"]["infer_calls"] = calls.into();
             println!(
                 "{}",
                 serde_json::to_string_pretty(&json).unwrap_or_default()

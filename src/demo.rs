@@ -140,6 +140,7 @@ pub fn mock_class(
             shape: vec![1, 2],
         }),
         upstream: Upstream::default(),
+        batching: None,
     }
 }
 

@@ -10,6 +10,10 @@
 //! ModelInfer may be hedged on a second replica (the first answer wins, the
 //! other is cancelled). Every path ends in a [`JobRecord`](crate::record::JobRecord):
 //! a job never panics and is never lost.
+//!
+//! A class with `[classes.batching]` sends its jobs' ModelInfer through the
+//! shard's [`Batcher`] for the class (the `batch` module): many jobs' inputs
+//! in one call, each job's share of the answer checked as its own.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,6 +34,10 @@ use crate::record::{Output, StageLatency};
 use crate::runtime;
 use crate::tensor;
 use crate::upstream::{NodePool, ReplicaSet};
+
+mod batch;
+
+pub use batch::Batcher;
 
 /// Everything a job needs to know about its device's class, on one shard (built
 /// and owned by that shard).
@@ -63,6 +71,9 @@ pub struct ClassRoute {
     pub max_message_len: usize,
     /// Most extra attempts of one call (retries and hedges).
     pub retries: u32,
+    /// This shard's batcher for the class, when it batches
+    /// (`[classes.batching]`); `None` sends each job's ModelInfer alone.
+    pub batcher: Option<Batcher>,
 }
 
 /// How many attempts one call keeps track of for "not this replica again";
@@ -143,8 +154,32 @@ async fn fetch_and_infer(
 ) -> Result<Vec<Output>, JobError> {
     let fetched = fetch(route, device_id, tick_ms, deadline, latency, tally).await?;
     let inputs = checked_inputs(route, fetched)?;
-    let request = infer_request(route, device_id, tick_ms, inputs);
-    infer(route, &request, deadline, latency, tally).await
+    infer_inputs(route, device_id, tick_ms, inputs, deadline, latency, tally).await
+}
+
+/// The ModelInfer of one job's checked inputs: alone, or as part of a batch
+/// when the class batches. Either way the job's outputs pass the same checks,
+/// and `latency.infer_us` runs from the inputs being ready to the answer (a
+/// batched job's wait for its batch included).
+async fn infer_inputs(
+    route: &ClassRoute,
+    device_id: &str,
+    tick_ms: i64,
+    inputs: ModelInputs,
+    deadline: Instant,
+    latency: &mut StageLatency,
+    tally: &mut Tally,
+) -> Result<Vec<Output>, JobError> {
+    let Some(batcher) = &route.batcher else {
+        let request = infer_request(route, device_id, tick_ms, inputs);
+        return infer(route, &request, deadline, latency, tally).await;
+    };
+    let infer_started = Instant::now();
+    let outputs = batcher
+        .infer(route, device_id, tick_ms, inputs, deadline, tally)
+        .await;
+    latency.infer_us = Some(micros(infer_started.elapsed()));
+    checked_outputs(route, outputs?)
 }
 
 /// One unary call: attempts on replicas the set picks, until one answers, the
@@ -436,8 +471,16 @@ pub async fn run_infer_only(route: &ClassRoute, payload: &Payload, planned: Inst
         ..StageLatency::default()
     };
     let mut tally = Tally::default();
-    let request = infer_request(route, "", 0, payload.inputs.clone());
-    let result = infer(route, &request, deadline, &mut latency, &mut tally).await;
+    let result = infer_inputs(
+        route,
+        "",
+        0,
+        payload.inputs.clone(),
+        deadline,
+        &mut latency,
+        &mut tally,
+    )
+    .await;
     latency.end_to_end_us = Some(micros(planned.elapsed()));
     Finished {
         result,
@@ -640,8 +683,19 @@ async fn infer(
     let response =
         call::<_, ModelInferResponse>(Method::Infer, request, deadline, route, tally).await;
     latency.infer_us = Some(micros(infer_started.elapsed()));
-    let bad = |detail: String| JobError::new(Stage::Infer, ErrorKind::BadResponse(detail.into()));
-    let outputs = tensor::outputs(response?).map_err(bad)?;
+    let outputs = tensor::outputs(response?).map_err(bad_answer)?;
+    checked_outputs(route, outputs)
+}
+
+/// A ModelInfer answer that is not what the class expects.
+fn bad_answer(detail: String) -> JobError {
+    JobError::new(Stage::Infer, ErrorKind::BadResponse(detail.into()))
+}
+
+/// One job's outputs held against what its class asks for: every requested
+/// output answered, the class's output spec, the model's contract.
+fn checked_outputs(route: &ClassRoute, outputs: Vec<Output>) -> Result<Vec<Output>, JobError> {
+    let bad = bad_answer;
     for requested in &route.requested_outputs {
         if !outputs.iter().any(|output| output.name == requested.name) {
             return Err(bad(format!(

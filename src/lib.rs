@@ -20,7 +20,8 @@
 //!   `data_sources`, `compute_nodes` or a `gateway` with its routing headers,
 //!   `authority`, `[classes.tls]`, `[classes.source_tls]`), `metadata.rs`
 //!   (`token_env`, `[classes.metadata]`), `upstream.rs` (`[classes.upstream]`: balancing,
-//!   limits, retries, hedging, probes, ejection), `devices.rs`, `sink.rs` (SQLite
+//!   limits, retries, hedging, probes, ejection), `batching.rs`
+//!   (`[classes.batching]`: rows per call, linger), `devices.rs`, `sink.rs` (SQLite
 //!   and the spill journal's keys), `postgres.rs`, `grpc.rs`; unit tests in
 //!   `tests.rs`. [`diagnostic`]: the [`diagnostic::ConfigError`] every start-up
 //!   file reports, naming file, line and field, and the TOML text it points into;
@@ -74,7 +75,10 @@
 //!   or more attempts (retries on other replicas, hedges) — ending in a
 //!   [`record::JobRecord`]: ok, failed with a reason, or skipped with a reason,
 //!   with the replica that answered and the attempts made, keyed by the device's
-//!   id ([`record::DeviceId`]) and the tick.
+//!   id ([`record::DeviceId`]) and the tick. Its `batch` module
+//!   ([`job::Batcher`], one per class and shard when the class batches)
+//!   gathers jobs' checked inputs into one ModelInfer, stacked along the first
+//!   dimension, and splits the answer back into each job's rows.
 //! - [`endpoint`]: a node as the config names it, carried to the pool: host as
 //!   written, port, `http`/`https`, TLS settings, `:authority`
 //!   ([`endpoint::Endpoint`]); [`endpoint::resolve`] looks names up at every

@@ -412,6 +412,7 @@ pub async fn run(plan: ShardPlan) {
         }
     }
     let end_ms = shard.end_ms(end_ms);
+    shard.flush_batches();
     while shard.in_flight.get() > 0 && !shard.aborted.get() {
         runtime::sleep(Duration::from_millis(1)).await;
         shard.poll_control();
@@ -605,6 +606,7 @@ impl RouteBuilder {
             computes: self.replica_set(class, Role::ComputeNode)?,
             max_message_len: self.limits.max_message_len,
             retries: self.limits.retries,
+            batcher: class.batching.as_ref().map(job::Batcher::new),
         }))
     }
 }
@@ -776,6 +778,7 @@ async fn closed_loop(shard: &Rc<Shard>, concurrency: usize, start_ms: i64, end_m
         shard.poll_control();
         shard.progress_if_due();
     }
+    shard.flush_batches();
     for worker in workers {
         worker.await;
     }
@@ -1233,6 +1236,16 @@ impl Shard {
             .map(|names| Rc::from(&names[..]))
             .collect();
         members.pools = self.builder.borrow().pools();
+    }
+
+    /// Sends the batches gathering on every class without waiting for more
+    /// jobs: no new job starts (the run ends or was aborted).
+    fn flush_batches(&self) {
+        for route in &self.members.borrow().routes {
+            if let Some(batcher) = &route.batcher {
+                batcher.flush();
+            }
+        }
     }
 
     fn push(&self, record: JobRecord) {

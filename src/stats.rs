@@ -866,6 +866,7 @@ mod tests {
             computes: set(Role::ComputeNode, &[9001, 9002]),
             max_message_len: 1 << 20,
             retries: 1,
+            batcher: None,
         });
         route
             .computes

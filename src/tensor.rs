@@ -85,6 +85,55 @@ fn bytes_elements(mut raw: &[u8]) -> Option<usize> {
     raw.is_empty().then_some(count)
 }
 
+/// Most rows [`row_offsets`] splits a tensor whose rows hold no bytes (a zero
+/// dimension after the first) into: a hostile shape such as `[2^40, 0]` must
+/// not make it allocate an offset per row.
+const MAX_EMPTY_ROWS: usize = 4096;
+
+/// Where each row of a tensor starts along its first dimension, in bytes:
+/// `rows + 1` offsets from 0 to `raw.len()`, row `i` being
+/// `raw[offsets[i]..offsets[i + 1]]` (for BYTES, whole length-prefixed
+/// elements). `raw` must fill `datatype` × `shape` ([`check_raw`]); a tensor
+/// of rank 0 has no rows to split.
+pub fn row_offsets(datatype: &str, shape: &[i64], raw: &[u8]) -> Result<Vec<usize>, String> {
+    check_raw(datatype, shape, raw)?;
+    let Some((&rows, inner)) = shape.split_first() else {
+        return Err(format!(
+            "tensor of {datatype} {shape:?} has no first dimension to split"
+        ));
+    };
+    let rows = usize::try_from(rows).map_err(|_| format!("tensor shape {shape:?}"))?;
+    if rows > raw.len() && rows > MAX_EMPTY_ROWS {
+        return Err(format!(
+            "tensor of {datatype} {shape:?}: {rows} rows of no bytes are not split"
+        ));
+    }
+    let mut offsets = Vec::with_capacity(rows + 1);
+    match element_size(datatype) {
+        Some(_) => {
+            let row_bytes = raw.len().checked_div(rows).unwrap_or(0);
+            offsets.extend((0..=rows).map(|row| row * row_bytes));
+        }
+        None => {
+            // BYTES: walk the length prefixes, `per_row` elements a row.
+            let per_row = element_count(inner).unwrap_or(0);
+            let mut at = 0;
+            offsets.push(0);
+            for _ in 0..rows {
+                for _ in 0..per_row {
+                    let prefix = raw
+                        .get(at..at + 4)
+                        .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
+                        .ok_or_else(|| format!("tensor of BYTES {shape:?} ends inside a row"))?;
+                    at += 4 + u32::from_le_bytes(prefix) as usize;
+                }
+                offsets.push(at);
+            }
+        }
+    }
+    Ok(offsets)
+}
+
 /// One output tensor of a ModelInfer response, as stored (a `job_outputs` row).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {
@@ -363,6 +412,26 @@ mod tests {
             &element(b"x")[..]
         );
         assert!(first_output(typed(vec![2])).is_err());
+    }
+
+    #[test]
+    fn rows_are_split_along_the_first_dimension_whatever_the_datatype() {
+        let fp32: Vec<u8> = (0..24).collect();
+        assert_eq!(row_offsets("FP32", &[3, 2], &fp32), Ok(vec![0, 8, 16, 24]));
+        assert_eq!(row_offsets("UINT8", &[1, 24], &fp32), Ok(vec![0, 24]));
+        assert_eq!(row_offsets("FP32", &[0, 2], &[]), Ok(vec![0]));
+        assert_eq!(row_offsets("FP32", &[2, 0], &[]), Ok(vec![0, 0, 0]));
+        let element = |text: &[u8]| [&(text.len() as u32).to_le_bytes()[..], text].concat();
+        // BYTES [2, 2]: rows of unequal byte lengths.
+        let raw = [element(b"a"), element(b"bcd"), element(b""), element(b"ef")].concat();
+        assert_eq!(row_offsets("BYTES", &[2, 2], &raw), Ok(vec![0, 12, 22]));
+        assert!(row_offsets("FP32", &[], &fp32[..4])
+            .unwrap_err()
+            .contains("no first dimension"));
+        assert!(row_offsets("FP32", &[3, 2], &fp32[..20]).is_err());
+        assert!(row_offsets("FP32", &[1 << 40, 0], &[])
+            .unwrap_err()
+            .contains("rows of no bytes"));
     }
 
     #[test]

@@ -126,7 +126,8 @@ fn an_unknown_field_is_named_with_its_line() {
         format!(
             "{}:12: unknown field `perod_ms`, expected one of `name`, `model`, \
              `model_version`, `period_ms`, `deadline_ms`, `data_sources`, `compute_nodes`, `gateway`, `authority`, `tls`, `source_tls`, \
-             `input_name`, `output`, `outputs`, `parameters`, `request_id`, `store_outputs`, `contract`, `token_env`, `metadata`, `upstream`",
+             `input_name`, `output`, `outputs`, `parameters`, `request_id`, `store_outputs`, `contract`, `token_env`, `metadata`, `upstream`, \
+             `batching`",
             config_path.display()
         )
     );

@@ -303,6 +303,22 @@ impl Bench {
         })
     }
 
+    /// Every level from now on batches its class's ModelInfer calls so
+    /// (`[classes.batching]`), or sends each job alone (`None`).
+    pub fn with_batching(mut self, batching: Option<crate::config::Batching>) -> Bench {
+        self.class.batching = batching;
+        self
+    }
+
+    /// ModelInfer calls the mock compute node took so far, all levels
+    /// together; `None` against external nodes. With batching, jobs / calls
+    /// is the mean batch size.
+    pub fn infer_calls(&self) -> Option<u64> {
+        self.mocks
+            .as_ref()
+            .map(|mocks| mocks.compute.control().calls())
+    }
+
     pub fn stop(mut self) {
         if let Some(mocks) = self.mocks.take() {
             mocks.stop();

@@ -1,6 +1,7 @@
 //! `[[classes]]`: a kind of device, the model that serves it and how often it
 //! ticks, with its `[classes.output]`, `[classes.parameters]` and
-//! `[classes.contract]` tables (`[classes.upstream]` is [`super::upstream`]'s).
+//! `[classes.contract]` tables (`[classes.upstream]` is [`super::upstream`]'s,
+//! `[classes.batching]` [`super::batching`]'s).
 //!
 //! The runtime [`Class`] the shards and jobs read, the table as written
 //! ([`ClassFile`]), and the checks between them: names, periods and deadlines,
@@ -12,6 +13,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::batching::{Batching, BatchingFile};
 use super::endpoint::{self, EndpointKeys, Gateway, GatewayFile, TlsFile};
 use super::metadata::{self, Metadata, MetadataValueFile};
 use super::upstream::{HealthCheck, Upstream, UpstreamFile};
@@ -80,6 +82,9 @@ pub struct Class {
     /// Balancing, admission, retries, hedging, health checks and ejection over
     /// the class's replicas (`[classes.upstream]`).
     pub upstream: Upstream,
+    /// Client-side batching of the class's ModelInfer calls
+    /// (`[classes.batching]`); `None`, the default, sends each job alone.
+    pub batching: Option<Batching>,
 }
 
 /// `[classes.contract]`: what a class's model takes and gives, and where
@@ -213,6 +218,7 @@ pub(super) struct ClassFile {
     metadata: BTreeMap<String, Spanned<MetadataValueFile>>,
     #[serde(default)]
     upstream: UpstreamFile,
+    batching: Option<BatchingFile>,
 }
 
 /// A list of endpoints as written, each with its place in the file.
@@ -476,6 +482,10 @@ impl ClassFile {
                 source,
             )?,
         };
+        let batching = match &self.batching {
+            None => None,
+            Some(batching) => Some(batching.validate(deadline_ms, &field("batching"), source)?),
+        };
         Ok(Class {
             name: self.name.get_ref().clone(),
             model: self.model.get_ref().clone(),
@@ -498,6 +508,7 @@ impl ClassFile {
             contract,
             metadata,
             upstream,
+            batching,
         })
     }
 }

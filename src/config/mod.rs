@@ -20,6 +20,7 @@
 //!   `endpoint`: where a class's calls go — `data_sources`, `compute_nodes` or
 //!   a `gateway` ([`Gateway`]), `authority`, `[classes.tls]` and
 //!   `[classes.source_tls]` — as [`crate::endpoint::Endpoint`]s;
+//!   `batching`: `[classes.batching]` ([`Batching`]);
 //! - `devices`: `[devices]`, a device list or a generated fleet;
 //! - `sink`: `[sink]` ([`SinkConfig`]), SQLite's keys and the spill journal's;
 //!   `postgres`: PostgreSQL's keys;
@@ -33,6 +34,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+mod batching;
 mod class;
 mod cluster;
 mod devices;
@@ -45,6 +47,7 @@ mod sink;
 mod tests;
 mod upstream;
 
+pub use batching::{Batching, DEFAULT_LINGER, MAX_BATCH_LIMIT};
 pub use class::{Class, ContractConfig, OutputSpec, Parameter};
 pub use cluster::{
     host_name, ClusterConfig, Slice, StaticSplit, DEFAULT_CLUSTER_NAME, DEFAULT_LEASE_TTL_S,

@@ -151,7 +151,8 @@ fn unknown_fields_are_rejected_with_their_line() {
         error_of(&text),
         "conf/fleet.toml:13: unknown field `period`, expected one of `name`, `model`, \
          `model_version`, `period_ms`, `deadline_ms`, `data_sources`, `compute_nodes`, `gateway`, `authority`, `tls`, `source_tls`, \
-         `input_name`, `output`, `outputs`, `parameters`, `request_id`, `store_outputs`, `contract`, `token_env`, `metadata`, `upstream`"
+         `input_name`, `output`, `outputs`, `parameters`, `request_id`, `store_outputs`, `contract`, `token_env`, `metadata`, `upstream`, \
+         `batching`"
     );
     let text = format!("{VALID}\n[extra]\n");
     assert_eq!(

@@ -3,9 +3,11 @@
 //! (every input back), requested outputs picked by name, typed `contents`
 //! instead of raw bytes, and the `ModelMetadata` that describes it all.
 //!
-//! - **default**: one FP32 [1, 2] output `OUTPUT0` = [sum of the first input's
+//! - **default**: one FP32 output `OUTPUT0` = [sum of the first input's
 //!   bytes, their count] ([`super::mock_model_output`]), whatever the input's
-//!   datatype; requested outputs are not looked at.
+//!   datatype, per row of an input of rank 2 or more (`[rows, …]` gives
+//!   `[rows, 2]`, so a batch of devices gets each one's answer alone), else
+//!   over the whole input (`[1, 2]`); requested outputs are not looked at.
 //! - **max-l2**: the input named `input_name` must be FP32 of rank 2,
 //!   `[rows, cols]` with `cols >= 1`; outputs `max` (FP32 [rows, 1], each
 //!   row's maximum, NaNs ignored unless the row is all NaN) and `l2` (FP32
@@ -30,7 +32,8 @@ use crate::tensor;
 /// What the compute mock computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Computation {
-    /// FP32 [1, 2] `OUTPUT0` = [byte sum, byte count] of the first input.
+    /// FP32 [rows, 2] `OUTPUT0` = [byte sum, byte count] of each row of the
+    /// first input.
     #[default]
     ByteSum,
     /// Per-row maximum and L2 norm of an FP32 [rows, cols] input.
@@ -134,12 +137,26 @@ fn byte_sum(request: &ModelInferRequest) -> Result<Vec<Computed>, (Code, String)
         return Err((Code::INTERNAL, "request has no raw input tensor".into()));
     };
     tensor::check_raw(&input.datatype, &input.shape, raw).map_err(|e| (Code::INTERNAL, e))?;
-    let [sum, len] = super::mock_model_output(raw);
+    // Row by row along the first dimension of a [rows, …] input, so a
+    // batch of devices gets each device's answer to it alone; anything
+    // else, as one row.
+    let offsets = match input.shape.as_slice() {
+        [rows, _, ..] if *rows >= 1 => tensor::row_offsets(&input.datatype, &input.shape, raw)
+            .map_err(|e| (Code::INTERNAL, e))?,
+        _ => vec![0, raw.len()],
+    };
+    let rows = offsets.len() - 1;
+    let mut values = Vec::with_capacity(rows * 8);
+    for row in offsets.windows(2) {
+        let [sum, len] = super::mock_model_output(&raw[row[0]..row[1]]);
+        values.extend_from_slice(&sum.to_le_bytes());
+        values.extend_from_slice(&len.to_le_bytes());
+    }
     Ok(vec![Computed {
         name: "OUTPUT0".into(),
         datatype: "FP32".into(),
-        shape: vec![1, 2],
-        raw: [sum, len].iter().flat_map(|v| v.to_le_bytes()).collect(),
+        shape: vec![rows as i64, 2],
+        raw: values.into(),
     }])
 }
 
@@ -289,7 +306,7 @@ pub fn metadata(
     match computation {
         Computation::ByteSum => (
             vec![tensor(input_name, "UINT8", &[-1, -1])],
-            vec![tensor("OUTPUT0", "FP32", &[1, 2])],
+            vec![tensor("OUTPUT0", "FP32", &[-1, 2])],
         ),
         Computation::MaxL2 => (
             vec![tensor(input_name, "FP32", &[-1, -1])],
@@ -322,6 +339,58 @@ mod tests {
         assert!(max_l2(&[2, 0], &[]).unwrap_err().contains("one column"));
         assert!(max_l2(&[1, 3], &fp32(&[1.0])).is_err());
         assert_eq!(max_l2(&[0, 3], &[]).unwrap(), (vec![], vec![]));
+    }
+
+    #[test]
+    fn a_batch_gets_from_each_computation_what_each_row_gets_alone() {
+        let request = |shape: Vec<i64>, datatype: &str, raw: Bytes| ModelInferRequest {
+            inputs: vec![InferInputTensor {
+                name: "INPUT0".into(),
+                datatype: datatype.into(),
+                shape,
+                ..Default::default()
+            }],
+            raw_input_contents: vec![raw],
+            ..Default::default()
+        };
+        let rows: Vec<Bytes> = (0..3u8)
+            .map(|row| fp32(&[f32::from(row), -2.5, f32::from(row) * 7.0]))
+            .collect();
+        let stacked: Bytes = rows.concat().into();
+        for computation in [Computation::ByteSum, Computation::MaxL2, Computation::Echo] {
+            let batched = compute(
+                computation,
+                "INPUT0",
+                &request(vec![3, 3], "FP32", stacked.clone()),
+            )
+            .unwrap();
+            for (index, row) in rows.iter().enumerate() {
+                let alone = compute(
+                    computation,
+                    "INPUT0",
+                    &request(vec![1, 3], "FP32", row.clone()),
+                )
+                .unwrap();
+                for (batch_output, alone_output) in batched.iter().zip(&alone) {
+                    assert_eq!(batch_output.shape[0], 3, "{computation:?}");
+                    let size = batch_output.raw.len() / 3;
+                    assert_eq!(
+                        &batch_output.raw[index * size..(index + 1) * size],
+                        &alone_output.raw[..],
+                        "{computation:?} row {index}"
+                    );
+                }
+            }
+        }
+        // Rank 1 stays one row, as before.
+        let whole = compute(
+            Computation::ByteSum,
+            "INPUT0",
+            &request(vec![3], "UINT8", Bytes::from_static(&[1, 2, 3])),
+        )
+        .unwrap();
+        assert_eq!(whole[0].shape, vec![1, 2]);
+        assert_eq!(&whole[0].raw[..], &fp32(&[6.0, 3.0])[..]);
     }
 
     #[test]

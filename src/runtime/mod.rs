@@ -278,6 +278,11 @@ pub async fn until_deadline<T>(deadline: Instant, future: impl Future<Output = T
     futures_lite::future::or(async { Some(future.await) }, timer).await
 }
 
+/// Lets every other task that is ready now run before this one goes on.
+pub async fn yield_now() {
+    futures_lite::future::yield_now().await;
+}
+
 /// Lets other tasks run if this one has used its time slice.
 pub async fn yield_if_needed() {
     glommio::yield_if_needed().await;
