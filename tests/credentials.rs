@@ -4,36 +4,10 @@
 
 mod common;
 
-use std::path::Path;
-
 use percore::mock::{MockKind, MockOptions};
 
 /// What the compute node demands, and what the test environment holds.
 const TOKEN: &str = "s3cr3t-T0KEN-4f9a1c";
-
-/// Every file under `dir`, and `also`, searched for `needle`'s bytes.
-fn assert_nowhere(dir: &Path, also: &[&str], needle: &str) {
-    for text in also {
-        assert!(!text.contains(needle), "the token was printed");
-    }
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        if path.is_dir() {
-            for entry in std::fs::read_dir(&path).expect("a folder") {
-                stack.push(entry.expect("an entry").path());
-            }
-            continue;
-        }
-        let bytes = std::fs::read(&path).expect("a file");
-        assert!(
-            !bytes
-                .windows(needle.len())
-                .any(|window| window == needle.as_bytes()),
-            "the token is in {}",
-            path.display()
-        );
-    }
-}
 
 /// A run of 50 devices for 2 s against a node requiring `Bearer TOKEN`, with
 /// the environment variable `var` holding `sent`; its exit code, stderr and
@@ -78,7 +52,7 @@ fn the_token_opens_the_node_and_is_written_nowhere() {
         serde_json::json!(["authorization", "x-percore-class"]),
         "the configuration names the headers, not their values"
     );
-    assert_nowhere(dir.path(), &[&stderr], TOKEN);
+    common::assert_nowhere(dir.path(), &[&stderr], TOKEN);
 }
 
 #[test]
@@ -94,8 +68,8 @@ fn a_wrong_token_fails_every_job_as_unauthenticated_and_is_written_nowhere() {
             "{reason}"
         );
     }
-    assert_nowhere(dir.path(), &[&stderr], wrong);
-    assert_nowhere(dir.path(), &[&stderr], TOKEN);
+    common::assert_nowhere(dir.path(), &[&stderr], wrong);
+    common::assert_nowhere(dir.path(), &[&stderr], TOKEN);
 }
 
 #[test]
