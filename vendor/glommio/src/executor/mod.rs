@@ -1341,11 +1341,20 @@ impl LocalExecutor {
         self.reactor.need_preempt()
     }
 
+    /// Runs task queues until they are empty or the reactor asks for
+    /// preemption. Returns whether the caller must come back before parking:
+    /// a task ran, or a queue still has runnable tasks.
     fn run_task_queues(&self) -> bool {
         let mut ran = false;
         loop {
             self.reactor.sys.install_eventfd();
             if self.need_preempt() {
+                // percore: a preemption can come before any task ran (a timer
+                // or a completion that wakes nobody flares the latency ring).
+                // Reporting that as "nothing ran" let the executor park with
+                // runnable tasks, and sleep until unrelated I/O or a timer
+                // woke it.
+                ran = ran || !self.queues.borrow().active_executors.is_empty();
                 break;
             }
             if !self.run_one_task_queue() {

@@ -1224,6 +1224,19 @@ pub(crate) struct Reactor {
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
+    /// percore: when the timeout in `latency_preemption_timeout_src` expires
+    /// (it now only ever holds a user timer armed for a sleep), so a later
+    /// sleep keeps it instead of cancelling and arming another.
+    latency_timeout_deadline: Cell<Option<Instant>>,
+    /// percore: when the running task queue must yield, in nanoseconds of
+    /// `CLOCK_MONOTONIC_COARSE` (0: no deadline). Preemption is decided by
+    /// the clock here, not by a timeout armed in the latency ring on every
+    /// turn of the executor (an SQE, its cancellation and an `io_uring_enter`
+    /// for each, every turn). The coarse clock is a memory read (no TSC), as
+    /// cheap as the ring-pointer comparison `need_preempt` also makes, and its
+    /// resolution (a scheduler tick, 1–4 ms) is far below the 100 ms slice.
+    preempt_deadline: Cell<u64>,
+
     link_fd: RawFd,
 
     // This keeps the `eventfd` alive. Drop will close it when we're done
@@ -1277,6 +1290,22 @@ macro_rules! flush_rings {
         )*
         io::Result::Ok(ret)
     }}
+}
+
+/// percore: `CLOCK_MONOTONIC_COARSE` in nanoseconds: the time of the last
+/// scheduler tick, read from the vDSO's data page without the TSC.
+#[inline]
+fn coarse_now_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write; the clock id is a constant
+    // Linux has had since 2.6.32.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) };
+    (now.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(now.tv_nsec as u64)
 }
 
 fn align_up(v: usize, align: usize) -> usize {
@@ -1354,6 +1383,8 @@ impl Reactor {
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
+            latency_timeout_deadline: Cell::new(None),
+            preempt_deadline: Cell::new(0),
             blocking_thread,
             link_fd,
             notifier,
@@ -1814,22 +1845,15 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
-
-        // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        // percore: the throughput-based timeout stays armed until it fires
+        // (it counts main-ring completions; re-arming it on every turn cost a
+        // cancellation, a new SQE pair and an `io_uring_enter` each time).
+        let throughput = match self.throughput_preemption_timeout_src.take() {
+            Some(armed) if !armed.is_completed() => armed,
+            _ => main_ring
+                .prepare_throughput_preemption_timer(self.ring_depth() as u32, self.eventfd_src.raw()),
+        };
+        self.throughput_preemption_timeout_src.set(Some(throughput));
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1840,20 +1864,47 @@ impl Reactor {
         // pick up the results of any cancellations
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
+        let preempt = preempt_timer();
         // If we generated any event so far, we can't sleep. Need to handle them.
-        let should_sleep = preempt_timer().is_none()
+        let should_sleep = preempt.is_none()
             && (woke == 0)
             && poll_ring.can_sleep()
             && main_ring.can_sleep()
             && lat_ring.can_sleep();
 
         if should_sleep {
+            self.preempt_deadline.set(0);
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
-            if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                assert!(flush_rings!(lat_ring)? > 0);
+            // percore: a timeout armed for an earlier sleep is kept when it
+            // fires at most a millisecond before this one must (an early
+            // wake-up only finds nothing due); one that would fire too late,
+            // or much too early, or one left with no user timer at all, is
+            // cancelled.
+            const EARLY_ENOUGH: Duration = Duration::from_millis(1);
+            let now = Instant::now();
+            let wanted = user_timer.map(|dur| now + dur);
+            let armed = self.latency_preemption_timeout_src.take();
+            let keep = match (&armed, self.latency_timeout_deadline.get(), wanted) {
+                (Some(src), Some(armed_at), Some(wanted)) => {
+                    !src.is_completed()
+                        && armed_at <= wanted
+                        && wanted - armed_at <= EARLY_ENOUGH
+                }
+                _ => false,
+            };
+            if keep {
+                self.latency_preemption_timeout_src.set(armed);
+            } else {
+                drop(armed);
+                self.latency_timeout_deadline.set(None);
+                flush_cancellations!(into &mut 0; lat_ring);
+                if let Some(dur) = user_timer {
+                    self.latency_preemption_timeout_src
+                        .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
+                    self.latency_timeout_deadline.set(wanted);
+                }
+                flush_rings!(lat_ring)?;
             }
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
@@ -1883,13 +1934,23 @@ impl Reactor {
             }
         }
 
-        if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
+        // percore: the task queues now run until this time (or until the
+        // latency ring has something: I/O that matters, a user timer, the
+        // throughput timeout), checked by `need_preempt`.
+        if let Some(preempt) = preempt {
+            let slice = u64::try_from(preempt.as_nanos()).unwrap_or(u64::MAX);
+            self.preempt_deadline
+                .set(coarse_now_ns().saturating_add(slice).max(1));
         }
 
         Ok(should_sleep)
+    }
+
+    /// percore: whether the running task queue has used its time slice.
+    #[inline]
+    pub(crate) fn preempt_deadline_passed(&self) -> bool {
+        let deadline = self.preempt_deadline.get();
+        deadline != 0 && coarse_now_ns() >= deadline
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
