@@ -82,3 +82,38 @@ fn a_task_that_yields_in_time_is_no_stall() {
     let (stalls, reports) = executor.join().expect("it ran");
     assert_eq!((stalls, reports), (0, Vec::<String>::new()));
 }
+
+/// The stall timer is armed lazily (once per threshold while queue runs come
+/// and go, not once per run): a stall that begins while the timer is already
+/// armed by an earlier, short run is still caught, each stall once.
+#[test]
+fn stalls_among_many_short_runs_are_each_reported_once() {
+    let executor = runtime::start_with(&spec(), &tuning(), || async {
+        runtime::sleep(Duration::from_millis(20)).await;
+        let _ = runtime::take_stalls();
+        let mut reports = Vec::new();
+        for _ in 0..2 {
+            // Many queue runs, each ended by a short sleep: ~60 ms of them,
+            // three times the 20 ms deadline of a run.
+            let began = Instant::now();
+            while began.elapsed() < Duration::from_millis(60) {
+                hold_the_cpu_without_yielding(Duration::from_micros(100));
+                runtime::sleep(Duration::from_micros(50)).await;
+            }
+            hold_the_cpu_without_yielding(Duration::from_millis(100));
+            runtime::sleep(Duration::from_millis(20)).await;
+            reports.push(runtime::take_stalls());
+        }
+        reports
+    })
+    .expect("an executor");
+    let reports = executor.join().expect("it ran");
+    assert_eq!(reports.len(), 2);
+    for (stalls, texts) in reports {
+        assert_eq!(stalls, 1, "one stall per long run: {texts:?}");
+        assert!(
+            texts[0].contains("hold_the_cpu_without_yielding"),
+            "{texts:?}"
+        );
+    }
+}

@@ -1390,14 +1390,10 @@ impl LocalExecutor {
 
         let (runtime, tasks_executed_this_loop) = {
             let detector = self.stall_detector.borrow();
-            let guard = detector.as_ref().map(|x| {
-                let queue = queue.borrow_mut();
-                x.enter_task_queue(
-                    queue.stats.index,
-                    queue.name.clone(),
-                    time,
-                    self.preempt_timer_duration(),
-                )
+            // percore: the queue itself, not a copy of its name, goes to the guard.
+            let guard = detector.as_ref().and_then(|x| {
+                let index = queue.borrow().stats.index;
+                x.enter_task_queue(index, &queue, time, self.preempt_timer_duration())
             });
 
             let mut tasks_executed_this_loop = 0;
