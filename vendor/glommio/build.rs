@@ -15,6 +15,13 @@ fn main() {
         Err(_) => project.join("liburing"),
     };
 
+    // percore: the `cc` crate prints `rerun-if-env-changed` lines, which turn
+    // off cargo's default of re-running this script when any file changes;
+    // name the C sources so a change to them is built.
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=rusturing.c");
+    println!("cargo:rerun-if-changed={}", liburing.join("src").display());
+
     // Run the configure script in OUT_DIR to get `compat.h`
     let configured_include = configure(&liburing);
 

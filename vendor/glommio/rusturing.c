@@ -1,4 +1,12 @@
+/* percore: for syscall(2) */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include "liburing.h"
+#include <errno.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 extern inline int rust_io_uring_opcode_supported(struct io_uring_probe *p, int op)
 {
@@ -311,4 +319,26 @@ extern inline int rust_io_uring_peek_cqe(struct io_uring *ring, struct io_uring_
 extern inline int rust_io_uring_wait_cqe(struct io_uring *ring, struct io_uring_cqe **cqe_ptr)
 {
     return io_uring_wait_cqe(ring, cqe_ptr);
+}
+
+/* percore: submit what is queued and wait for `wait_nr` completions or until
+ * `ts` has passed, in one io_uring_enter (IORING_ENTER_EXT_ARG, Linux 5.11;
+ * the caller checks IORING_FEAT_EXT_ARG). The timeout is the enter's own: no
+ * timeout SQE to arm and cancel. Returns what io_uring_enter returns: the
+ * number of SQEs submitted if any was, else 0 or -errno (-ETIME when the
+ * time passed first). */
+int __io_uring_flush_sq(struct io_uring *ring);
+
+int rust_io_uring_submit_and_wait_timeout(struct io_uring *ring, unsigned wait_nr,
+                                          struct __kernel_timespec *ts)
+{
+    struct io_uring_getevents_arg arg = {
+        .sigmask = 0,
+        .sigmask_sz = _NSIG / 8,
+        .ts = (unsigned long) ts,
+    };
+    unsigned submit = __io_uring_flush_sq(ring);
+    int ret = syscall(__NR_io_uring_enter, ring->ring_fd, submit, wait_nr,
+                      IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg, sizeof(arg));
+    return ret < 0 ? -errno : ret;
 }

@@ -1526,8 +1526,12 @@ impl LocalExecutor {
                         } else {
                             Duration::ZERO
                         };
-                        while !this.reactor.spin_poll_io().unwrap() {
-                            if pre_time.elapsed() > spin {
+                        // percore: with no spin, park at once: the park polls
+                        // the rings too, and submits what is queued with its
+                        // sleep in one `io_uring_enter` (a poll here first
+                        // cost one of its own).
+                        while spin.is_zero() || !this.reactor.spin_poll_io().unwrap() {
+                            if spin.is_zero() || pre_time.elapsed() > spin {
                                 this.parker
                                     .park()
                                     .expect("Failed to park! This is actually pretty bad!");

@@ -208,6 +208,33 @@ impl IoUring {
         self.sq().submit_and_wait_with_timeout(wait_for, duration)
     }
 
+    /// percore: whether [`IoUring::submit_sqes_and_wait_until`] can be used:
+    /// the kernel takes a timeout in `io_uring_enter` itself.
+    pub fn enter_takes_timeout(&self) -> bool {
+        self.ring.features & uring_sys::IORING_FEAT_EXT_ARG != 0
+            && self.ring.flags & uring_sys::IORING_SETUP_SQPOLL == 0
+    }
+
+    /// percore: submit all prepared [`SQE`]s and wait until `wait_for` events
+    /// have completed or `duration` has passed, in one `io_uring_enter` and
+    /// without a timeout SQE. Returns how many SQEs were submitted; time
+    /// passing first is `ETIME` only when none was. Needs
+    /// [`IoUring::enter_takes_timeout`].
+    pub fn submit_sqes_and_wait_until(
+        &mut self,
+        wait_for: u32,
+        duration: Duration,
+    ) -> io::Result<u32> {
+        let ts = uring_sys::__kernel_timespec {
+            tv_sec: duration.as_secs() as _,
+            tv_nsec: duration.subsec_nanos() as _,
+        };
+        // SAFETY: the ring is valid for as long as `self`; `ts` outlives the call.
+        resultify(unsafe {
+            uring_sys::rust_io_uring_submit_and_wait_timeout(&mut self.ring, wait_for, &ts)
+        })
+    }
+
     /// Peek for any [`CQE`] that is already completed, without blocking. This
     /// will consume that CQE.
     pub fn peek_for_cqe(&mut self) -> Option<CQE> {

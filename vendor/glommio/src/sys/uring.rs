@@ -1045,12 +1045,41 @@ impl SleepableRing {
         }
     }
 
-    fn sleep(&mut self, link: &Source) -> io::Result<usize> {
-        assert_eq!(
-            self.waiting_kernel_submission(),
-            0,
-            "sleeping with pending SQEs"
-        );
+    /// percore: whether a sleep can carry its own timeout (see
+    /// [`SleepableRing::sleep`]).
+    fn sleep_takes_timeout(&self) -> bool {
+        self.ring.enter_takes_timeout()
+    }
+
+    /// percore: moves queued requests into the submission ring without
+    /// entering the kernel (unless the ring is full), for a sleep to submit.
+    fn fill_submission_queue(&mut self) -> io::Result<usize> {
+        let q = self.submission_queue();
+        let mut queue = q.borrow_mut();
+        self.consume_sqe_queue(&mut queue.submissions, false)
+            .or_else(Reactor::busy_ok)
+            .or_else(Reactor::again_ok)
+            .or_else(Reactor::intr_ok)
+    }
+
+    /// percore: [`UringCommon::can_sleep`], where SQEs waiting in the ring
+    /// do not prevent a sleep that will submit them.
+    fn can_sleep_submitting(&self, with_sleep: bool) -> bool {
+        if with_sleep {
+            self.submission_queue.borrow().is_empty()
+        } else {
+            self.can_sleep()
+        }
+    }
+
+    /// Sleeps until a completion, `link` (the latency ring's fd) among them.
+    /// percore: the link is submitted and the sleep begins in one
+    /// `io_uring_enter` (upstream: one to submit, one to wait), and `timeout`,
+    /// where the kernel takes one (`sleep_takes_timeout`), bounds the sleep
+    /// in that same call instead of a timeout SQE in the latency ring.
+    fn sleep(&mut self, link: &Source, timeout: Option<Duration>) -> io::Result<usize> {
+        // percore: SQEs not yet submitted go with the link (see `Reactor::wait`).
+        let pending = self.waiting_kernel_submission();
         if let Some(mut sqe) = self.ring.sq().prepare_sqe() {
             let sqe_ptr = unsafe { sqe.raw_mut() as *mut _ };
             let op = UringDescriptor {
@@ -1073,13 +1102,18 @@ impl SleepableRing {
             // We have now prepared the SQE that links the two rings. We now need to submit
             // it successfully to be able to safely sleep.
 
-            if self
-                .submit_sqes()
-                .or_else(Reactor::busy_ok)
-                .or_else(Reactor::again_ok)
-                .or_else(Reactor::intr_ok)?
-                != 1
-            {
+            // The kernel waits only once it has taken the SQE that links the
+            // rings: a failed submission returns at once, with fewer than one.
+            let submitted = match timeout.filter(|_| self.sleep_takes_timeout()) {
+                Some(timeout) => self.ring.submit_sqes_and_wait_until(1, timeout),
+                None => self.ring.submit_sqes_and_wait(1),
+            }
+            .or_else(Reactor::busy_ok)
+            .or_else(Reactor::again_ok)
+            .or_else(Reactor::intr_ok)
+            .or_else(Reactor::time_ok)? as usize;
+            self.in_kernel += submitted;
+            if submitted != pending + 1 {
                 // We failed to submit the `SQE` that links the rings. Just can't sleep.
                 // Waiting here is unsafe because we could end up waiting much longer than
                 // needed.
@@ -1087,14 +1121,8 @@ impl SleepableRing {
                 unsafe { crate::uring_sys::io_uring_prep_nop(sqe_ptr) };
                 Err(io::Error::from_raw_os_error(libc::EBUSY))
             } else {
-                // The rings are linked. Goodnight!
-                self.ring
-                    .cq()
-                    .wait(1)
-                    .map(|_| 1)
-                    .or_else(Reactor::busy_ok)
-                    .or_else(Reactor::again_ok)
-                    .or_else(Reactor::intr_ok)
+                // The rings were linked, and we slept.
+                Ok(1)
             }
         } else {
             // Can't link rings because we ran out of `CQE`s. Just can't sleep.
@@ -1741,6 +1769,16 @@ impl Reactor {
     /// delivery. This is fine: we just need to make sure that we
     /// don't sleep and that we don't failed rushed polls. So we just ignore
     /// this error
+    /// percore: a sleep bounded by its own timeout (`IORING_ENTER_EXT_ARG`)
+    /// returns `ETIME` when the time passed with nothing submitted or done.
+    fn time_ok<T: Default>(x: std::io::Error) -> io::Result<T> {
+        match x.raw_os_error() {
+            Some(libc::ETIME) => Ok(Default::default()),
+            Some(_) => Err(x),
+            None => Err(x),
+        }
+    }
+
     fn intr_ok<T: Default>(x: std::io::Error) -> io::Result<T> {
         match x.raw_os_error() {
             Some(libc::EINTR) => Ok(Default::default()),
@@ -1756,7 +1794,11 @@ impl Reactor {
     ///
     /// We may not be able to register an `SQE` at this point, so we return an
     /// Error and will just not sleep.
-    fn link_rings_and_sleep(&self, ring: &mut SleepableRing) -> io::Result<()> {
+    fn link_rings_and_sleep(
+        &self,
+        ring: &mut SleepableRing,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
         let link_rings = Source::new(
             IoRequirements::default(),
             self.link_fd,
@@ -1764,7 +1806,9 @@ impl Reactor {
             None,
             None,
         );
-        ring.sleep(&link_rings).or_else(Self::busy_ok).map(|_| {})
+        ring.sleep(&link_rings, timeout)
+            .or_else(Self::busy_ok)
+            .map(|_| {})
     }
 
     pub(crate) fn poll_io(&self, woke: &mut usize) -> io::Result<()> {
@@ -1860,16 +1904,27 @@ impl Reactor {
         flush_cancellations!(into &mut woke; lat_ring, poll_ring, main_ring);
         // ... which happens right here. If you ever reorder this code just
         // be careful about this dependency.
-        flush_rings!(lat_ring, poll_ring, main_ring)?;
+        //
+        // percore: when this turn may end in a sleep, the main ring's new
+        // SQEs (typically a poll for a socket that would block) go to the
+        // kernel with the sleep, in its `io_uring_enter`, not in one of
+        // their own; any left when we do not sleep are submitted below.
+        let preempt = preempt_timer();
+        let submit_with_sleep = preempt.is_none() && main_ring.sleep_takes_timeout();
+        flush_rings!(lat_ring, poll_ring)?;
+        if submit_with_sleep {
+            main_ring.fill_submission_queue()?;
+        } else {
+            flush_rings!(main_ring)?;
+        }
         // pick up the results of any cancellations
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        let preempt = preempt_timer();
         // If we generated any event so far, we can't sleep. Need to handle them.
         let should_sleep = preempt.is_none()
             && (woke == 0)
             && poll_ring.can_sleep()
-            && main_ring.can_sleep()
+            && main_ring.can_sleep_submitting(submit_with_sleep)
             && lat_ring.can_sleep();
 
         if should_sleep {
@@ -1881,9 +1936,14 @@ impl Reactor {
             // wake-up only finds nothing due); one that would fire too late,
             // or much too early, or one left with no user timer at all, is
             // cancelled.
+            //
+            // percore: where the kernel takes a timeout in `io_uring_enter`,
+            // the sleep carries the user timer itself and no timeout SQE is
+            // armed at all (one left from before is cancelled).
+            let timer_in_sleep = main_ring.sleep_takes_timeout();
             const EARLY_ENOUGH: Duration = Duration::from_millis(1);
             let now = Instant::now();
-            let wanted = user_timer.map(|dur| now + dur);
+            let wanted = user_timer.filter(|_| !timer_in_sleep).map(|dur| now + dur);
             let armed = self.latency_preemption_timeout_src.take();
             let keep = match (&armed, self.latency_timeout_deadline.get(), wanted) {
                 (Some(src), Some(armed_at), Some(wanted)) => {
@@ -1899,7 +1959,7 @@ impl Reactor {
                 drop(armed);
                 self.latency_timeout_deadline.set(None);
                 flush_cancellations!(into &mut 0; lat_ring);
-                if let Some(dur) = user_timer {
+                if let Some(dur) = user_timer.filter(|_| !timer_in_sleep) {
                     self.latency_preemption_timeout_src
                         .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
                     self.latency_timeout_deadline.set(wanted);
@@ -1922,8 +1982,11 @@ impl Reactor {
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
-                    self.link_rings_and_sleep(&mut main_ring)
-                        .expect("some error");
+                    self.link_rings_and_sleep(
+                        &mut main_ring,
+                        user_timer.filter(|_| timer_in_sleep),
+                    )
+                    .expect("some error");
                     // May have new cancellations related to the link ring fd.
                     flush_cancellations!(into &mut 0; lat_ring, poll_ring, main_ring);
                     flush_rings!(lat_ring, poll_ring, main_ring)?;
@@ -1933,6 +1996,8 @@ impl Reactor {
                 self.notifier.wake_up();
             }
         }
+        // percore: SQEs kept for a sleep that did not happen.
+        flush_rings!(main_ring)?;
 
         // percore: the task queues now run until this time (or until the
         // latency ring has something: I/O that matters, a user timer, the

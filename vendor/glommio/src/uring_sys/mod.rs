@@ -98,6 +98,8 @@ pub const IORING_FEAT_RW_CUR_POS: libc::__u32 = 1 << 3;
 pub const IORING_FEAT_CUR_PERSONALITY: libc::__u32 = 1 << 4;
 pub const IORING_FEAT_FAST_POLL: libc::__u32 = 1 << 5;
 pub const IORING_FEAT_POLL_32BITS: libc::__u32 = 1 << 6;
+/// percore: `io_uring_enter` takes a timeout (`IORING_ENTER_EXT_ARG`), Linux 5.11.
+pub const IORING_FEAT_EXT_ARG: libc::__u32 = 1 << 8;
 
 // io_uring_register opcodes and arguments
 pub const IORING_REGISTER_BUFFERS: libc::c_uint = 0;
@@ -382,6 +384,13 @@ extern "C" {
 
 #[link(name = "rusturing")]
 extern "C" {
+    /// percore: submit and wait with the enter's own timeout (see rusturing.c).
+    pub fn rust_io_uring_submit_and_wait_timeout(
+        ring: *mut io_uring,
+        wait_nr: libc::c_uint,
+        ts: *const __kernel_timespec,
+    ) -> libc::c_int;
+
     #[link_name = "rust_io_uring_opcode_supported"]
     pub fn io_uring_opcode_supported(p: *mut io_uring_probe, op: libc::c_int) -> libc::c_int;
 
