@@ -886,6 +886,9 @@ impl UringCommon for PollRing {
 
 struct SleepableRing {
     ring: iou::IoUring,
+    /// percore: a sleep submits its SQEs and bounds its wait in one
+    /// `io_uring_enter` (see [`SleepableRing::sleep`]).
+    sleep_takes_timeout: bool,
     size: usize,
     submission_queue: ReactorQueue,
     name: &'static str,
@@ -904,8 +907,15 @@ impl SleepableRing {
         source_map: Rc<RefCell<SourceMap>>,
     ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
+        let ring = iou::IoUring::new(size as _)?;
+        // percore: `PERCORE_GLOMMIO_SLEEP_TIMER=ring` keeps upstream's way (a
+        // timeout SQE in the latency ring, one enter to submit, one to wait),
+        // which kernels before 5.11 get anyway: tests run both on one kernel.
+        let sleep_takes_timeout = ring.enter_takes_timeout()
+            && std::env::var_os("PERCORE_GLOMMIO_SLEEP_TIMER").map_or(true, |way| way != "ring");
         Ok(SleepableRing {
-            ring: iou::IoUring::new(size as _)?,
+            ring,
+            sleep_takes_timeout,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,
@@ -1048,7 +1058,7 @@ impl SleepableRing {
     /// percore: whether a sleep can carry its own timeout (see
     /// [`SleepableRing::sleep`]).
     fn sleep_takes_timeout(&self) -> bool {
-        self.ring.enter_takes_timeout()
+        self.sleep_takes_timeout
     }
 
     /// percore: moves queued requests into the submission ring without
