@@ -93,7 +93,22 @@ fn assert_known_failures(expected: &Expected, jobs: usize) {
         "start".into(),
         "previous job running".into(),
     );
-    let keys: Vec<_> = expected.keys().filter(|k| **k != late).cloned().collect();
+    // And one loaded enough (the suite's etcd clusters and fleets beside this
+    // test) can hold a fetch past the 100 ms deadline now and then: a real
+    // outcome, labelled as such, but not one of the faults under test — a few
+    // are allowed, no more than 1 % of the jobs.
+    let slow_fetch = key("fetch", "deadline");
+    if let Some((count, _)) = expected.get(&slow_fetch) {
+        assert!(
+            *count as f64 <= jobs as f64 * 0.01,
+            "{count} fetches met the deadline: {expected:?}"
+        );
+    }
+    let keys: Vec<_> = expected
+        .keys()
+        .filter(|k| **k != late && **k != slow_fetch)
+        .cloned()
+        .collect();
     assert_eq!(
         keys,
         vec![key("infer", "deadline"), key("infer", "grpc NOT_FOUND")],
