@@ -7,8 +7,10 @@
 //! behind: a sleep that missed a wake-up shows as jobs skipped, failed or never
 //! run.
 
+mod common;
+
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// `percore bench LOAD…` for 1 s with the sleep timer `way` (`None`: the
 /// default); the summary of its one level.
@@ -35,18 +37,11 @@ fn bench(dir: &Path, way: Option<&str>, load: &[&str]) -> serde_json::Value {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("the binary runs");
-    let began = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if began.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("sleep timer {way:?}, {load:?}: the 1 s bench still runs after 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = common::wait_within(
+        &mut child,
+        Duration::from_secs(30),
+        &format!("sleep timer {way:?}, {load:?}: the 1 s bench"),
+    );
     assert!(
         status.success(),
         "sleep timer {way:?}, {load:?}: bench exited with {status}"

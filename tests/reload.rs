@@ -9,7 +9,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::Row;
 use percore::devices::stable_hash;
@@ -105,17 +105,7 @@ fn finish(mut child: Child) -> String {
         let _ = pipe.read_to_string(&mut text);
         text
     });
-    let began = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if began.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("percore run still going after 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = common::wait_within(&mut child, Duration::from_secs(60), "percore run");
     let stderr = reader.join().expect("stderr");
     eprintln!("{stderr}");
     assert!(status.success(), "percore run exited with {status}");

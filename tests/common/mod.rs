@@ -426,18 +426,7 @@ pub fn run_percore_with(config: &Path, args: &[&str]) -> (i32, String, String) {
     };
     let stdout = read_all(Box::new(child.stdout.take().expect("a stdout pipe")));
     let stderr = read_all(Box::new(child.stderr.take().expect("a stderr pipe")));
-    let began = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if began.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("percore run still going after 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_within(&mut child, Duration::from_secs(60), "percore run");
     let stdout = stdout.join().expect("stdout read");
     let stderr = stderr.join().expect("stderr read");
     eprintln!("{stderr}");
@@ -447,6 +436,27 @@ pub fn run_percore_with(config: &Path, args: &[&str]) -> (i32, String, String) {
         "percore run exited with {status}: {stderr}"
     );
     (code, stdout, stderr)
+}
+
+/// Waits for `child` to end; kills it and fails the test, naming it `what`,
+/// if it outlives `limit` (a run that never ends must not hang the suite).
+pub fn wait_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let began = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if began.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} still going after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Fails the test if `needle` is in any of `texts` (a run's output) or in
