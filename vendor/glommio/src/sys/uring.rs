@@ -1779,19 +1779,19 @@ impl Reactor {
     /// delivery. This is fine: we just need to make sure that we
     /// don't sleep and that we don't failed rushed polls. So we just ignore
     /// this error
-    /// percore: a sleep bounded by its own timeout (`IORING_ENTER_EXT_ARG`)
-    /// returns `ETIME` when the time passed with nothing submitted or done.
-    fn time_ok<T: Default>(x: std::io::Error) -> io::Result<T> {
+    fn intr_ok<T: Default>(x: std::io::Error) -> io::Result<T> {
         match x.raw_os_error() {
-            Some(libc::ETIME) => Ok(Default::default()),
+            Some(libc::EINTR) => Ok(Default::default()),
             Some(_) => Err(x),
             None => Err(x),
         }
     }
 
-    fn intr_ok<T: Default>(x: std::io::Error) -> io::Result<T> {
+    /// percore: a sleep bounded by its own timeout (`IORING_ENTER_EXT_ARG`)
+    /// returns `ETIME` when the time passed with nothing submitted or done.
+    fn time_ok<T: Default>(x: std::io::Error) -> io::Result<T> {
         match x.raw_os_error() {
-            Some(libc::EINTR) => Ok(Default::default()),
+            Some(libc::ETIME) => Ok(Default::default()),
             Some(_) => Err(x),
             None => Err(x),
         }
@@ -1952,8 +1952,10 @@ impl Reactor {
             // armed at all (one left from before is cancelled).
             let timer_in_sleep = main_ring.sleep_takes_timeout();
             const EARLY_ENOUGH: Duration = Duration::from_millis(1);
-            let now = Instant::now();
-            let wanted = user_timer.filter(|_| !timer_in_sleep).map(|dur| now + dur);
+            let wanted = match user_timer {
+                Some(dur) if !timer_in_sleep => Some(Instant::now() + dur),
+                _ => None,
+            };
             let armed = self.latency_preemption_timeout_src.take();
             let keep = match (&armed, self.latency_timeout_deadline.get(), wanted) {
                 (Some(src), Some(armed_at), Some(wanted)) => {
