@@ -159,20 +159,8 @@ fn config(class: Class, devices: usize, db: &Path) -> Config {
 #[test]
 fn each_device_gets_its_own_answer_from_a_batch_in_fewer_calls() {
     let spec = TensorSpec::new("", "FP32", vec![1, 8]).expect("a spec");
-    let source = common::start_mock(
-        MockKind::Source,
-        MockOptions {
-            source_tensors: SourceTensors::Tensor(spec.clone()),
-            ..MockOptions::default()
-        },
-    );
-    let compute = common::start_mock(
-        MockKind::Compute,
-        MockOptions {
-            computation: Computation::MaxL2,
-            ..MockOptions::default()
-        },
-    );
+    let (source, compute) =
+        common::start_tensor_mocks(SourceTensors::Tensor(spec.clone()), Computation::MaxL2);
     let calls = compute.control();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let batching = Batching {
@@ -242,20 +230,8 @@ fn several_inputs_bytes_included_are_stacked_and_split_per_device() {
         TensorSpec::new("labels", "BYTES", vec![1, 2]).expect("a spec"),
         TensorSpec::new("flags", "BOOL", vec![1, 5]).expect("a spec"),
     ];
-    let source = common::start_mock(
-        MockKind::Source,
-        MockOptions {
-            source_tensors: SourceTensors::Inputs(specs.clone()),
-            ..MockOptions::default()
-        },
-    );
-    let compute = common::start_mock(
-        MockKind::Compute,
-        MockOptions {
-            computation: Computation::Echo,
-            ..MockOptions::default()
-        },
-    );
+    let (source, compute) =
+        common::start_tensor_mocks(SourceTensors::Inputs(specs.clone()), Computation::Echo);
     let calls = compute.control();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let db = dir.path().join("jobs.db");

@@ -12,9 +12,7 @@ use std::time::Duration;
 
 use common::ClassSpec;
 use percore::config::GrpcConfig;
-use percore::mock::{
-    tensor_content, Computation, MockKind, MockOptions, SourceTensors, TensorSpec,
-};
+use percore::mock::{tensor_content, Computation, SourceTensors, TensorSpec};
 
 const METER: ClassSpec = ClassSpec {
     name: "meter",
@@ -45,20 +43,8 @@ fn named_inputs_of_several_datatypes_come_back_as_the_outputs_asked_for() {
         TensorSpec::new("ids", "INT64", vec![1, 4]).expect("a spec"),
         TensorSpec::new("labels", "BYTES", vec![2]).expect("a spec"),
     ];
-    let source = common::start_mock(
-        MockKind::Source,
-        MockOptions {
-            source_tensors: SourceTensors::Inputs(inputs.clone()),
-            ..MockOptions::default()
-        },
-    );
-    let compute = common::start_mock(
-        MockKind::Compute,
-        MockOptions {
-            computation: Computation::Echo,
-            ..MockOptions::default()
-        },
-    );
+    let (source, compute) =
+        common::start_tensor_mocks(SourceTensors::Inputs(inputs.clone()), Computation::Echo);
     let dir = tempfile::tempdir().expect("a temporary directory");
     let db = dir.path().join("jobs.db");
     let mut class = common::class(METER, source.addr, compute.addr);
@@ -110,21 +96,9 @@ fn named_inputs_of_several_datatypes_come_back_as_the_outputs_asked_for() {
 
 #[test]
 fn max_and_l2_are_stored_with_their_values_and_a_missing_output_fails_the_job() {
-    let source = common::start_mock(
-        MockKind::Source,
-        MockOptions {
-            source_tensors: SourceTensors::Tensor(
-                TensorSpec::new("", "FP32", vec![3, 5]).expect("a spec"),
-            ),
-            ..MockOptions::default()
-        },
-    );
-    let compute = common::start_mock(
-        MockKind::Compute,
-        MockOptions {
-            computation: Computation::MaxL2,
-            ..MockOptions::default()
-        },
+    let (source, compute) = common::start_tensor_mocks(
+        SourceTensors::Tensor(TensorSpec::new("", "FP32", vec![3, 5]).expect("a spec")),
+        Computation::MaxL2,
     );
     let dir = tempfile::tempdir().expect("a temporary directory");
     let db = dir.path().join("jobs.db");

@@ -56,6 +56,29 @@ pub fn start_mock(kind: MockKind, options: MockOptions) -> MockNode {
     start_mock_at(kind, SocketAddr::from(([127, 0, 0, 1], 0)), options)
 }
 
+/// A mock data source serving `tensors` and a mock compute node running
+/// `computation`, both otherwise default, on loopback.
+pub fn start_tensor_mocks(
+    tensors: percore::mock::SourceTensors,
+    computation: percore::mock::compute::Computation,
+) -> (MockNode, MockNode) {
+    let source = start_mock(
+        MockKind::Source,
+        MockOptions {
+            source_tensors: tensors,
+            ..MockOptions::default()
+        },
+    );
+    let compute = start_mock(
+        MockKind::Compute,
+        MockOptions {
+            computation,
+            ..MockOptions::default()
+        },
+    );
+    (source, compute)
+}
+
 /// Starts a mock node on `addr`, on one unpinned executor.
 pub fn start_mock_at(kind: MockKind, addr: SocketAddr, options: MockOptions) -> MockNode {
     match MockNode::start(kind, addr, &[None], MOCK_IO_MEMORY, options) {
