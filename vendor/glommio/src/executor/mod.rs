@@ -89,23 +89,115 @@ scoped_tls::scoped_thread_local!(static LOCAL_EX: LocalExecutor);
 
 std::thread_local! {
     /// percore: replies this thread's executor waits for, kept by its user
-    /// through [`expect_replies`]; it spins before parking only while some
-    /// are awaited.
+    /// through [`expect_replies`]; it spins before parking only while several
+    /// are awaited ([`SpinPolicy`]).
     static REPLIES_AWAITED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// percore: tells the executor on this thread that `delta` more (or, negative,
-/// fewer) replies are awaited. An idle executor spins for its
-/// `spin_before_park` only while at least one is: a reply due within the spin
-/// then costs no park and no wake-up, and an executor that waits for nothing
-/// (idle, or only timers) parks at once instead of spinning for nothing.
+/// fewer) replies are awaited. An idle executor spins before it parks only
+/// while several are, for as long as its [`SpinPolicy`] says: a reply due
+/// within the spin then costs no park and no wake-up, and an executor that
+/// waits for nothing (idle, or only timers) parks at once.
 #[inline]
 pub fn expect_replies(delta: isize) {
     REPLIES_AWAITED.with(|awaited| awaited.set(awaited.get().saturating_add_signed(delta)));
 }
 
-fn replies_awaited() -> bool {
-    REPLIES_AWAITED.with(|awaited| awaited.get() > 0)
+fn replies_awaited() -> usize {
+    REPLIES_AWAITED.with(|awaited| awaited.get())
+}
+
+/// percore: how long an idle executor spins before it parks, learnt from how
+/// its recent waits ended. A spin pays only when a reply comes within it, and
+/// soon: a park and a wake-up cost the CPU time of a short spin, so a reply
+/// caught after a long spin saved nothing, and one never caught wasted the
+/// whole window. So the executor spins only while at least
+/// [`SpinPolicy::MIN_REPLIES`] replies are awaited (one of several is due
+/// soon; a single one, or an open loop's trickle, is not), and only for a
+/// window earned by cheap catches:
+///
+/// - a reply caught within `cheap` (a quarter of the most) doubles the window,
+///   up to `spin_before_park`;
+/// - one caught later, or a spin that parked after all, halves it, below
+///   `cheap` to none;
+/// - with no window, a park that ended within `cheap` opens one; a reply
+///   already there (caught within [`SpinPolicy::ALREADY_THERE`]) says nothing.
+///
+/// A closed loop with several calls in flight keeps spinning; an open loop,
+/// one call at a time, or an idle executor parks at once.
+#[derive(Debug, Clone)]
+pub struct SpinPolicy {
+    /// `spin_before_park`: the longest window; zero turns spinning off.
+    most: Duration,
+    /// The window the next wait spins for; zero parks at once.
+    window: Duration,
+}
+
+impl SpinPolicy {
+    /// Fewer awaited replies than this never spin: they come too far apart.
+    pub const MIN_REPLIES: usize = 3;
+    /// A catch this soon found the reply already there: neither cheap nor dear.
+    pub const ALREADY_THERE: Duration = Duration::from_micros(10);
+
+    /// A policy that spins for at most `most` (zero: never).
+    pub fn new(most: Duration) -> Self {
+        Self {
+            most,
+            window: Duration::ZERO,
+        }
+    }
+
+    /// A catch within this is cheap, and the shortest window spun for.
+    fn cheap(&self) -> Duration {
+        self.most / 4
+    }
+
+    /// How long to spin for, with `awaited` replies awaited; zero parks at once.
+    pub fn window(&self, awaited: usize) -> Duration {
+        if awaited < Self::MIN_REPLIES {
+            Duration::ZERO
+        } else {
+            self.window
+        }
+    }
+
+    /// A spin caught a reply (or another event) `after` going idle.
+    pub fn caught(&mut self, after: Duration) {
+        if after < Self::ALREADY_THERE {
+            return;
+        }
+        if after <= self.cheap() {
+            self.grow();
+        } else {
+            self.shrink();
+        }
+    }
+
+    /// The executor parked `blocked` after going idle, with `awaited` replies
+    /// awaited, after spinning for `window(awaited)`.
+    pub fn parked(&mut self, awaited: usize, blocked: Duration) {
+        if awaited < Self::MIN_REPLIES {
+            return;
+        }
+        if self.window.is_zero() && blocked <= self.cheap() {
+            self.grow();
+        } else {
+            self.shrink();
+        }
+    }
+
+    fn grow(&mut self) {
+        self.window = (self.window * 2).max(self.cheap()).min(self.most);
+    }
+
+    fn shrink(&mut self) {
+        self.window = if self.window / 2 < self.cheap() {
+            Duration::ZERO
+        } else {
+            self.window / 2
+        };
+    }
 }
 
 /// Returns a proxy struct to the [`LocalExecutor`]
@@ -1478,7 +1570,7 @@ impl LocalExecutor {
             let waker = dummy_waker();
             let cx = &mut Context::from_waker(&waker);
 
-            let spin_before_park = self.spin_before_park().unwrap_or_default();
+            let mut spin = SpinPolicy::new(self.spin_before_park().unwrap_or_default());
 
             let future = this
                 .spawn_into(future, TaskQueueHandle::default())
@@ -1520,23 +1612,27 @@ impl LocalExecutor {
                         // future is probably the one setting up the task queues and etc.
                         break t.unwrap();
                     } else {
-                        // percore: spin only while replies are awaited.
-                        let spin = if replies_awaited() {
-                            spin_before_park
-                        } else {
-                            Duration::ZERO
-                        };
-                        // percore: with no spin, park at once: the park polls
+                        // percore: spin for the window the policy gives,
+                        // then park. With none, park at once: the park polls
                         // the rings too, and submits what is queued with its
                         // sleep in one `io_uring_enter` (a poll here first
                         // cost one of its own).
-                        while spin.is_zero() || !this.reactor.spin_poll_io().unwrap() {
-                            if spin.is_zero() || pre_time.elapsed() > spin {
-                                this.parker
-                                    .park()
-                                    .expect("Failed to park! This is actually pretty bad!");
+                        let awaited = replies_awaited();
+                        let window = spin.window(awaited);
+                        let mut caught = false;
+                        while !window.is_zero() && pre_time.elapsed() <= window {
+                            if this.reactor.spin_poll_io().unwrap() {
+                                caught = true;
                                 break;
                             }
+                        }
+                        if caught {
+                            spin.caught(pre_time.elapsed());
+                        } else {
+                            this.parker
+                                .park()
+                                .expect("Failed to park! This is actually pretty bad!");
+                            spin.parked(awaited, pre_time.elapsed());
                         }
                         // reset the timer for deduct spin loop time
                         pre_time = Instant::now();
