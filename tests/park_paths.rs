@@ -5,7 +5,8 @@
 //! `PERCORE_GLOMMIO_SLEEP_TIMER=ring`). Each must wake for timers (the open
 //! loop's arrivals) and for replies (every job's two calls), and leave no job
 //! behind: a sleep that missed a wake-up shows as jobs skipped, failed or never
-//! run.
+//! run. Several jobs in flight also make the shard spin before it parks
+//! (`PATCHES.md` 10): a spin that catches a reply must hand it on like a park.
 
 mod common;
 
@@ -98,5 +99,25 @@ fn one_job_in_flight_completes_with_either_sleep_timer() {
             "sleep timer {way:?}: only {jobs} jobs in 1 s: {summary}"
         );
         every_job_ran_and_succeeded(&summary, jobs, &format!("1 in flight, sleep timer {way:?}"));
+    }
+}
+
+#[test]
+fn many_jobs_in_flight_complete_while_the_shard_spins_with_either_sleep_timer() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    for way in [None, Some("ring")] {
+        // 16 calls in flight: always several replies awaited, so the default
+        // spin (at most 120 µs) is on whenever the shard runs out of work.
+        let summary = bench(dir.path(), way, &["--concurrency", "16"]);
+        let jobs = summary["jobs"].as_u64().unwrap_or(0);
+        assert!(
+            jobs >= 100,
+            "sleep timer {way:?}: only {jobs} jobs in 1 s: {summary}"
+        );
+        every_job_ran_and_succeeded(
+            &summary,
+            jobs,
+            &format!("16 in flight, sleep timer {way:?}"),
+        );
     }
 }

@@ -20,6 +20,10 @@ pub mod watch;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 pub use watch::{context_switches, take_stalls, take_stats, ExecutorStats};
 
+/// How an idle executor decides to spin before it parks; re-exported so its
+/// rules are tested here, beside the runtime that configures it.
+pub use glommio::SpinPolicy;
+
 /// A TCP stream that implements tokio's `AsyncRead`/`AsyncWrite`, as `h2` wants.
 pub type Stream = Compat<glommio::net::TcpStream>;
 
@@ -47,10 +51,11 @@ pub struct ExecutorTuning {
     /// Entries of each io_uring ring. A network-only shard needs few: a shallow ring
     /// keeps locked memory low; deeper ones help only with many sockets per shard.
     pub ring_depth: usize,
-    /// How long an idle executor spins before it parks in the kernel, while
-    /// calls await their reply ([`expect_replies`]): a reply due within it
-    /// costs no park and no wake-up; an executor waiting for nothing else
-    /// parks at once.
+    /// The longest an idle executor spins before it parks in the kernel,
+    /// while several calls await their reply ([`expect_replies`]): a reply
+    /// due within the spin costs no park and no wake-up. The window actually
+    /// spun adapts to how soon replies came ([`SpinPolicy`]); an
+    /// executor waiting for one reply or for nothing else parks at once.
     pub spin_before_park: Option<Duration>,
     /// How long a task queue runs before the executor checks whether another needs
     /// the CPU; long loops must still yield (see [`yield_if_needed`]).
@@ -66,7 +71,7 @@ impl ExecutorTuning {
     /// The values percore used before the tuning file could set them.
     pub const DEFAULT: ExecutorTuning = ExecutorTuning {
         ring_depth: 128,
-        spin_before_park: None,
+        spin_before_park: Some(Duration::from_micros(120)),
         preempt_timer: Duration::from_millis(100),
         stall_threshold: Some(Duration::from_millis(10)),
         net: NetTuning::DEFAULT,
@@ -248,10 +253,11 @@ where
 }
 
 /// Tells the executor on this thread that `delta` more (or, negative, fewer)
-/// calls await their reply: while at least one does, an idle executor spins
-/// for [`ExecutorTuning::spin_before_park`] before it parks, so a reply that
-/// comes within the spin costs no park and no wake-up; with none it parks at
-/// once. The gRPC client keeps the count, one per call in flight.
+/// calls await their reply: while several do, an idle executor may spin
+/// before it parks (at most [`ExecutorTuning::spin_before_park`], as long as
+/// [`SpinPolicy`] finds that it pays), so a reply that comes within the spin costs
+/// no park and no wake-up; otherwise it parks at once. The gRPC client keeps
+/// the count, one per call in flight.
 pub fn expect_replies(delta: isize) {
     glommio::expect_replies(delta);
 }
@@ -369,5 +375,101 @@ impl Listener {
         stream.set_nodelay(true).map_err(io::Error::from)?;
         let peer = stream.peer_addr().map_err(io::Error::from)?;
         Ok((stream.compat(), peer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SpinPolicy;
+    use std::time::Duration;
+
+    const MOST: Duration = Duration::from_micros(120);
+    /// A quarter of the most: a cheap catch, and the shortest window.
+    const CHEAP: Duration = Duration::from_micros(30);
+    const SEVERAL: usize = SpinPolicy::MIN_REPLIES;
+
+    fn us(micros: u64) -> Duration {
+        Duration::from_micros(micros)
+    }
+
+    /// A policy whose window has been opened and grown to the most.
+    fn spinning() -> SpinPolicy {
+        let mut policy = SpinPolicy::new(MOST);
+        policy.parked(SEVERAL, us(20));
+        for _ in 0..4 {
+            policy.caught(us(25));
+        }
+        assert_eq!(policy.window(SEVERAL), MOST);
+        policy
+    }
+
+    #[test]
+    fn a_new_policy_parks_at_once() {
+        assert_eq!(SpinPolicy::new(MOST).window(SEVERAL), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_short_park_opens_a_window_and_cheap_catches_grow_it_to_the_most() {
+        let mut policy = SpinPolicy::new(MOST);
+        policy.parked(SEVERAL, us(20));
+        assert_eq!(policy.window(SEVERAL), CHEAP);
+        policy.caught(us(25));
+        assert_eq!(policy.window(SEVERAL), us(60));
+        policy.caught(us(12));
+        assert_eq!(policy.window(SEVERAL), MOST);
+        policy.caught(us(12));
+        assert_eq!(policy.window(SEVERAL), MOST, "never beyond the most");
+    }
+
+    #[test]
+    fn a_long_park_keeps_the_window_shut() {
+        let mut policy = SpinPolicy::new(MOST);
+        policy.parked(SEVERAL, us(31));
+        policy.parked(SEVERAL, us(500));
+        assert_eq!(policy.window(SEVERAL), Duration::ZERO);
+    }
+
+    #[test]
+    fn late_catches_and_spins_that_parked_halve_the_window_then_shut_it() {
+        let mut policy = spinning();
+        policy.caught(us(90));
+        assert_eq!(policy.window(SEVERAL), us(60), "a catch after 90 µs");
+        policy.parked(SEVERAL, us(200));
+        assert_eq!(policy.window(SEVERAL), CHEAP, "a spin that parked");
+        policy.caught(us(40));
+        assert_eq!(policy.window(SEVERAL), Duration::ZERO, "below cheap: none");
+        // Shut, a park that outlasts a cheap catch opens nothing.
+        policy.parked(SEVERAL, us(45));
+        assert_eq!(policy.window(SEVERAL), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_reply_already_there_says_nothing() {
+        let mut policy = spinning();
+        policy.caught(SpinPolicy::ALREADY_THERE - us(1));
+        assert_eq!(policy.window(SEVERAL), MOST);
+        let mut shut = SpinPolicy::new(MOST);
+        shut.caught(us(1));
+        assert_eq!(shut.window(SEVERAL), Duration::ZERO);
+    }
+
+    #[test]
+    fn fewer_replies_than_several_never_spin_nor_teach() {
+        let mut policy = spinning();
+        for awaited in 0..SEVERAL {
+            assert_eq!(policy.window(awaited), Duration::ZERO, "{awaited} awaited");
+            // Their long parks (an open loop's trickle) leave the window be.
+            policy.parked(awaited, us(800));
+        }
+        assert_eq!(policy.window(SEVERAL), MOST);
+        assert_eq!(policy.window(SEVERAL + 10), MOST);
+    }
+
+    #[test]
+    fn no_most_never_spins() {
+        let mut policy = SpinPolicy::new(Duration::ZERO);
+        policy.parked(SEVERAL, Duration::ZERO);
+        policy.caught(us(20));
+        assert_eq!(policy.window(SEVERAL), Duration::ZERO);
     }
 }

@@ -119,7 +119,8 @@ struct TuningFile {
 struct ExecutorSection {
     /// Entries per io_uring ring.
     ring_depth: Option<Spanned<usize>>,
-    /// Idle spin before parking, µs; 0 is none.
+    /// Longest idle spin before parking while several replies are awaited,
+    /// µs; 0 is none.
     spin_before_park_us: Option<Spanned<u64>>,
     /// glommio's preempt timer, ms.
     preempt_timer_ms: Option<Spanned<u64>>,
@@ -338,7 +339,9 @@ impl TuningFile {
             )?;
             let spin = bounded(
                 &section.spin_before_park_us,
-                0,
+                defaults
+                    .spin_before_park
+                    .map_or(0, |spin| spin.as_micros() as u64),
                 "executor.spin_before_park_us",
                 (0, 1_000_000),
                 source,

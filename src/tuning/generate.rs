@@ -133,7 +133,10 @@ pub fn generate(host: &Host) -> Result<String, String> {
     line(String::new());
     line("[executor]".into());
     line(format!("ring_depth = {}", defaults.ring_depth));
-    line("spin_before_park_us = 0".into());
+    line(format!(
+        "spin_before_park_us = {}",
+        defaults.spin_before_park.map_or(0, |spin| spin.as_micros())
+    ));
     line(format!(
         "preempt_timer_ms = {}",
         defaults.preempt_timer.as_millis()
