@@ -87,37 +87,31 @@ fn an_open_loop_runs_every_job_with_either_sleep_timer() {
     }
 }
 
-#[test]
-fn one_job_in_flight_completes_with_either_sleep_timer() {
+/// A closed loop of `in_flight` jobs for 1 s with each sleep timer: hundreds of
+/// jobs at least, every one run and written.
+fn closed_loop_runs_every_job(in_flight: &str) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     for way in [None, Some("ring")] {
-        let summary = bench(dir.path(), way, &["--concurrency", "1"]);
+        let summary = bench(dir.path(), way, &["--concurrency", in_flight]);
         let jobs = summary["jobs"].as_u64().unwrap_or(0);
-        // One job at a time for a second: hundreds at least, each parking twice.
         assert!(
             jobs >= 100,
-            "sleep timer {way:?}: only {jobs} jobs in 1 s: {summary}"
+            "{in_flight} in flight, sleep timer {way:?}: only {jobs} jobs in 1 s: {summary}"
         );
-        every_job_ran_and_succeeded(&summary, jobs, &format!("1 in flight, sleep timer {way:?}"));
+        let what = format!("{in_flight} in flight, sleep timer {way:?}");
+        every_job_ran_and_succeeded(&summary, jobs, &what);
     }
 }
 
 #[test]
+fn one_job_in_flight_completes_with_either_sleep_timer() {
+    // One job at a time: each parks twice, and never spins (one reply awaited).
+    closed_loop_runs_every_job("1");
+}
+
+#[test]
 fn many_jobs_in_flight_complete_while_the_shard_spins_with_either_sleep_timer() {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    for way in [None, Some("ring")] {
-        // 16 calls in flight: always several replies awaited, so the default
-        // spin (at most 120 µs) is on whenever the shard runs out of work.
-        let summary = bench(dir.path(), way, &["--concurrency", "16"]);
-        let jobs = summary["jobs"].as_u64().unwrap_or(0);
-        assert!(
-            jobs >= 100,
-            "sleep timer {way:?}: only {jobs} jobs in 1 s: {summary}"
-        );
-        every_job_ran_and_succeeded(
-            &summary,
-            jobs,
-            &format!("16 in flight, sleep timer {way:?}"),
-        );
-    }
+    // Always several replies awaited, so the default spin (at most 120 µs) is
+    // on whenever the shard runs out of work.
+    closed_loop_runs_every_job("16");
 }

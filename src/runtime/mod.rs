@@ -68,7 +68,7 @@ pub struct ExecutorTuning {
 }
 
 impl ExecutorTuning {
-    /// The values percore used before the tuning file could set them.
+    /// The values a shard runs with where the tuning file does not set them.
     pub const DEFAULT: ExecutorTuning = ExecutorTuning {
         ring_depth: 128,
         spin_before_park: Some(Duration::from_micros(120)),

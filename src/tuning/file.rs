@@ -663,6 +663,15 @@ mod tests {
             (256 << 10, 512 << 10, 64 << 10)
         );
         assert_eq!(net.max_streams_per_connection, Some(100));
+        // The spin is on by default (adaptive, at most 120 µs); 0 turns it off.
+        let default = parse_text("[executor]\nring_depth = 64\n")
+            .unwrap()
+            .executor;
+        assert_eq!(default.spin_before_park, Some(Duration::from_micros(120)));
+        let off = parse_text("[executor]\nspin_before_park_us = 0\n")
+            .unwrap()
+            .executor;
+        assert_eq!(off.spin_before_park, None);
         assert!(!net.nodelay);
         assert_eq!(net.send_buffer_bytes, Some(4 << 20));
         assert_eq!(net.recv_buffer_bytes, Some(2 << 20));
